@@ -1,0 +1,345 @@
+//! The `Account` aggregate: open, deposit, withdraw, close. Pure: no I/O.
+//!
+//! Rules: amounts are positive and in the account's currency; no overdraft; a closed
+//! account takes nothing; an account closes only at a zero balance. Who may act is a
+//! rule of the account too: the owner for everything, a teller also for deposits.
+
+use eventstore::money::checked_credit;
+use eventstore::{Aggregate, Currency, DomainEvent, Money};
+use serde::{Deserialize, Serialize};
+
+/// Everything that can happen to an account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AccountEvent {
+    #[serde(rename = "account.opened")]
+    Opened { owner: String, currency: Currency },
+    #[serde(rename = "account.deposited")]
+    Deposited { amount: i64, currency: Currency, balance_after: i64 },
+    #[serde(rename = "account.withdrawn")]
+    Withdrawn { amount: i64, currency: Currency, balance_after: i64 },
+    #[serde(rename = "account.closed")]
+    Closed {},
+}
+
+impl DomainEvent for AccountEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            AccountEvent::Opened { .. } => "account.opened",
+            AccountEvent::Deposited { .. } => "account.deposited",
+            AccountEvent::Withdrawn { .. } => "account.withdrawn",
+            AccountEvent::Closed {} => "account.closed",
+        }
+    }
+}
+
+/// The event types that change a balance (the account's transactions).
+pub const BALANCE_EVENTS: &[&str] = &["account.deposited", "account.withdrawn"];
+
+/// Who asks for a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub id: String,
+    /// Tellers and admins may deposit to any account.
+    pub staff: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountCommand {
+    Open { owner: String, currency: Currency, initial_deposit: Option<Money> },
+    Deposit { amount: Money, by: Actor },
+    Withdraw { amount: Money, by: Actor },
+    Close { by: Actor },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("the account already exists")]
+    AlreadyOpened,
+    #[error("no such account")]
+    NotFound,
+    #[error("this account belongs to someone else")]
+    NotOwner,
+    #[error("the account is closed")]
+    Closed,
+    #[error("the account holds {account}, not {given}")]
+    CurrencyMismatch { account: Currency, given: Currency },
+    #[error("insufficient funds: the balance is {balance}, {requested} was requested")]
+    InsufficientFunds { balance: i64, requested: i64 },
+    #[error("the balance must be zero to close the account, it is {balance}")]
+    BalanceNotZero { balance: i64 },
+    #[error("the balance would exceed the largest amount an account can hold")]
+    BalanceLimit,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStatus {
+    #[default]
+    Unopened,
+    Open,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccountStatus::Unopened => "unopened",
+            AccountStatus::Open => "open",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+/// The state of one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub status: AccountStatus,
+    pub owner: String,
+    pub currency: Option<Currency>,
+    pub balance: i64,
+}
+
+impl Account {
+    /// The account's currency; only `None` before it is opened.
+    pub fn currency_code(&self) -> &str {
+        self.currency.as_ref().map(Currency::as_str).unwrap_or("")
+    }
+
+    fn open_for(&self, by: &Actor, staff_allowed: bool, amount: Option<&Money>) -> Result<Currency, AccountError> {
+        let currency = match (self.status, self.currency) {
+            (AccountStatus::Unopened, _) | (_, None) => return Err(AccountError::NotFound),
+            (_, Some(currency)) => currency,
+        };
+        if self.owner != by.id && !(staff_allowed && by.staff) {
+            return Err(AccountError::NotOwner);
+        }
+        if self.status == AccountStatus::Closed {
+            return Err(AccountError::Closed);
+        }
+        if let Some(amount) = amount
+            && amount.currency() != currency
+        {
+            return Err(AccountError::CurrencyMismatch { account: currency, given: amount.currency() });
+        }
+        Ok(currency)
+    }
+}
+
+impl Aggregate for Account {
+    const STREAM_TYPE: &'static str = "account";
+    const SNAPSHOT_SCHEMA_VERSION: i16 = 1;
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        match command {
+            AccountCommand::Open { owner, currency, initial_deposit } => {
+                if self.status != AccountStatus::Unopened {
+                    return Err(AccountError::AlreadyOpened);
+                }
+                let mut events = vec![AccountEvent::Opened { owner: owner.clone(), currency: *currency }];
+                if let Some(deposit) = initial_deposit {
+                    if deposit.currency() != *currency {
+                        return Err(AccountError::CurrencyMismatch { account: *currency, given: deposit.currency() });
+                    }
+                    events.push(AccountEvent::Deposited {
+                        amount: deposit.minor(),
+                        currency: *currency,
+                        balance_after: deposit.minor(),
+                    });
+                }
+                Ok(events)
+            }
+            AccountCommand::Deposit { amount, by } => {
+                let currency = self.open_for(by, true, Some(amount))?;
+                let balance_after = checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)?;
+                Ok(vec![AccountEvent::Deposited { amount: amount.minor(), currency, balance_after }])
+            }
+            AccountCommand::Withdraw { amount, by } => {
+                let currency = self.open_for(by, false, Some(amount))?;
+                if amount.minor() > self.balance {
+                    return Err(AccountError::InsufficientFunds { balance: self.balance, requested: amount.minor() });
+                }
+                Ok(vec![AccountEvent::Withdrawn {
+                    amount: amount.minor(),
+                    currency,
+                    balance_after: self.balance - amount.minor(),
+                }])
+            }
+            AccountCommand::Close { by } => {
+                self.open_for(by, false, None)?;
+                if self.balance != 0 {
+                    return Err(AccountError::BalanceNotZero { balance: self.balance });
+                }
+                Ok(vec![AccountEvent::Closed {}])
+            }
+        }
+    }
+
+    fn apply(mut self, event: &AccountEvent) -> Self {
+        match event {
+            AccountEvent::Opened { owner, currency } => {
+                self.status = AccountStatus::Open;
+                self.owner = owner.clone();
+                self.currency = Some(*currency);
+            }
+            AccountEvent::Deposited { balance_after, .. } | AccountEvent::Withdrawn { balance_after, .. } => {
+                self.balance = *balance_after;
+            }
+            AccountEvent::Closed {} => self.status = AccountStatus::Closed,
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventstore::aggregate::testing::given;
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").expect("EUR")
+    }
+    fn usd() -> Currency {
+        Currency::parse("USD").expect("USD")
+    }
+    fn money(minor: i64, currency: Currency) -> Money {
+        Money::new(minor, currency, i64::MAX).expect("valid amount")
+    }
+    fn alice() -> Actor {
+        Actor { id: "alice".into(), staff: false }
+    }
+    fn bob() -> Actor {
+        Actor { id: "bob".into(), staff: false }
+    }
+    fn teller() -> Actor {
+        Actor { id: "tom".into(), staff: true }
+    }
+    fn opened() -> AccountEvent {
+        AccountEvent::Opened { owner: "alice".into(), currency: eur() }
+    }
+    fn deposited(amount: i64, balance_after: i64) -> AccountEvent {
+        AccountEvent::Deposited { amount, currency: eur(), balance_after }
+    }
+
+    #[test]
+    fn opening_records_the_owner_and_currency() {
+        given::<Account>(&[])
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None })
+            .then_events(&[opened()]);
+    }
+
+    #[test]
+    fn opening_with_a_deposit_records_both() {
+        let state = given::<Account>(&[])
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: Some(money(1000, eur())) })
+            .then_events(&[opened(), deposited(1000, 1000)]);
+        assert_eq!((state.balance, state.status), (1000, AccountStatus::Open));
+    }
+
+    #[test]
+    fn opening_twice_is_refused() {
+        given::<Account>(&[opened()])
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None })
+            .then_error(&AccountError::AlreadyOpened);
+    }
+
+    #[test]
+    fn an_initial_deposit_in_another_currency_is_refused() {
+        given::<Account>(&[])
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: Some(money(5, usd())) })
+            .then_error(&AccountError::CurrencyMismatch { account: eur(), given: usd() });
+    }
+
+    #[test]
+    fn deposits_add_to_the_balance() {
+        let state = given::<Account>(&[opened(), deposited(100, 100)])
+            .when(&AccountCommand::Deposit { amount: money(50, eur()), by: alice() })
+            .then_events(&[deposited(50, 150)]);
+        assert_eq!(state.balance, 150);
+    }
+
+    #[test]
+    fn a_teller_may_deposit_to_anyones_account_but_a_stranger_may_not() {
+        given::<Account>(&[opened()])
+            .when(&AccountCommand::Deposit { amount: money(50, eur()), by: teller() })
+            .then_events(&[deposited(50, 50)]);
+        given::<Account>(&[opened()])
+            .when(&AccountCommand::Deposit { amount: money(50, eur()), by: bob() })
+            .then_error(&AccountError::NotOwner);
+    }
+
+    #[test]
+    fn deposits_in_another_currency_are_refused() {
+        given::<Account>(&[opened()])
+            .when(&AccountCommand::Deposit { amount: money(50, usd()), by: alice() })
+            .then_error(&AccountError::CurrencyMismatch { account: eur(), given: usd() });
+    }
+
+    #[test]
+    fn a_deposit_that_overflows_the_balance_is_refused() {
+        given::<Account>(&[opened(), deposited(i64::MAX, i64::MAX)])
+            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })
+            .then_error(&AccountError::BalanceLimit);
+    }
+
+    #[test]
+    fn withdrawals_never_overdraw() {
+        given::<Account>(&[opened(), deposited(100, 100)])
+            .when(&AccountCommand::Withdraw { amount: money(101, eur()), by: alice() })
+            .then_error(&AccountError::InsufficientFunds { balance: 100, requested: 101 });
+        let state = given::<Account>(&[opened(), deposited(100, 100)])
+            .when(&AccountCommand::Withdraw { amount: money(100, eur()), by: alice() })
+            .then_events(&[AccountEvent::Withdrawn { amount: 100, currency: eur(), balance_after: 0 }]);
+        assert_eq!(state.balance, 0);
+    }
+
+    #[test]
+    fn only_the_owner_withdraws_not_even_a_teller() {
+        given::<Account>(&[opened(), deposited(100, 100)])
+            .when(&AccountCommand::Withdraw { amount: money(1, eur()), by: teller() })
+            .then_error(&AccountError::NotOwner);
+    }
+
+    #[test]
+    fn commands_on_an_unopened_account_find_nothing() {
+        given::<Account>(&[])
+            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })
+            .then_error(&AccountError::NotFound);
+        given::<Account>(&[]).when(&AccountCommand::Close { by: alice() }).then_error(&AccountError::NotFound);
+    }
+
+    #[test]
+    fn closing_needs_a_zero_balance_and_then_nothing_moves() {
+        given::<Account>(&[opened(), deposited(5, 5)])
+            .when(&AccountCommand::Close { by: alice() })
+            .then_error(&AccountError::BalanceNotZero { balance: 5 });
+        let closed = given::<Account>(&[opened()]).when(&AccountCommand::Close { by: alice() }).then_events(&[AccountEvent::Closed {}]);
+        assert_eq!(closed.status, AccountStatus::Closed);
+        given::<Account>(&[opened(), AccountEvent::Closed {}])
+            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })
+            .then_error(&AccountError::Closed);
+        given::<Account>(&[opened(), AccountEvent::Closed {}])
+            .when(&AccountCommand::Close { by: alice() })
+            .then_error(&AccountError::Closed);
+    }
+
+    #[test]
+    fn events_round_trip_through_the_store_encoding() {
+        for event in [opened(), deposited(5, 5), AccountEvent::Closed {}] {
+            let (event_type, data) = eventstore::aggregate::encode(&event).expect("encodes");
+            assert_eq!(event_type, event.event_type());
+            let back: AccountEvent = eventstore::aggregate::decode(&event_type, data).expect("decodes");
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_in_stored_events_are_ignored() {
+        let data = serde_json::json!({"amount": 5, "currency": "EUR", "balance_after": 5, "channel": "atm"});
+        let event: AccountEvent = eventstore::aggregate::decode("account.deposited", data).expect("decodes");
+        assert_eq!(event, deposited(5, 5));
+    }
+}

@@ -1,0 +1,166 @@
+//! The account routes: open, deposit, withdraw, close, read.
+
+use crate::AppState;
+use crate::domain::{Account, AccountCommand, AccountError, Actor, BALANCE_EVENTS};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use eventstore::{Currency, Money};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use service_kit::ApiError;
+use service_kit::auth::Caller;
+use service_kit::extract::{ApiJson, CommandMeta, parse_id};
+use service_kit::http::command_response;
+use uuid::Uuid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/accounts", post(open))
+        .route("/accounts/{id}", get(read))
+        .route("/accounts/{id}/deposits", post(deposit))
+        .route("/accounts/{id}/withdrawals", post(withdraw))
+        .route("/accounts/{id}/close", post(close))
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccountError::NotFound => ApiError::not_found("account_not_found", message),
+            AccountError::NotOwner => ApiError::forbidden(message),
+            AccountError::AlreadyOpened => ApiError::conflict("already_exists", message),
+            AccountError::Closed => ApiError::unprocessable("account_closed", message),
+            AccountError::CurrencyMismatch { account, .. } => {
+                ApiError::unprocessable("currency_mismatch", message).with_detail("account_currency", account.as_str())
+            }
+            AccountError::InsufficientFunds { balance, .. } => {
+                ApiError::unprocessable("insufficient_funds", message).with_detail("balance", balance)
+            }
+            AccountError::BalanceNotZero { balance } => {
+                ApiError::unprocessable("balance_not_zero", message).with_detail("balance", balance)
+            }
+            AccountError::BalanceLimit => ApiError::unprocessable("balance_limit_exceeded", message),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenBody {
+    currency: String,
+    #[serde(default)]
+    initial_deposit: Option<serde_json::Number>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmountBody {
+    amount: serde_json::Number,
+    currency: String,
+    /// Optional optimistic check: refuse with 409 unless the account is at this version.
+    #[serde(default)]
+    expected_version: Option<i32>,
+}
+
+fn account_json(id: Uuid, account: &Account, version: i32) -> Value {
+    json!({
+        "id": id,
+        "version": version,
+        "owner": account.owner,
+        "currency": account.currency_code(),
+        "status": account.status.as_str(),
+        "balance": account.balance,
+    })
+}
+
+async fn open(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<OpenBody>) -> Result<Response, ApiError> {
+    let currency = Currency::parse(&body.value.currency)?;
+    let initial_deposit = match &body.value.initial_deposit {
+        Some(n) if n.as_i64() == Some(0) => None,
+        Some(n) => Some(Money::new(eventstore::money::amount_from_json(n, state.max_amount)?, currency, state.max_amount)?),
+        None => None,
+    };
+    let id = Uuid::now_v7();
+    let command = AccountCommand::Open { owner: meta.caller.subject.clone(), currency, initial_deposit };
+    let ctx = meta.context(&body.canonical, None);
+    let reply = state
+        .accounts
+        .create(id, &command, &ctx, |account, version| (201, account_json(id, account, version)))
+        .await?;
+    Ok(command_response(reply))
+}
+
+fn actor(caller: &Caller) -> Actor {
+    Actor { id: caller.subject.clone(), staff: caller.is_staff() }
+}
+
+async fn deposit(
+    State(state): State<AppState>,
+    meta: CommandMeta,
+    Path(id): Path<String>,
+    body: ApiJson<AmountBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
+    let command = AccountCommand::Deposit { amount, by: actor(&meta.caller) };
+    let ctx = meta.context(&body.canonical, body.value.expected_version);
+    let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
+    Ok(command_response(reply))
+}
+
+async fn withdraw(
+    State(state): State<AppState>,
+    meta: CommandMeta,
+    Path(id): Path<String>,
+    body: ApiJson<AmountBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
+    let command = AccountCommand::Withdraw { amount, by: actor(&meta.caller) };
+    let ctx = meta.context(&body.canonical, body.value.expected_version);
+    let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
+    Ok(command_response(reply))
+}
+
+async fn close(State(state): State<AppState>, meta: CommandMeta, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let command = AccountCommand::Close { by: actor(&meta.caller) };
+    let ctx = meta.context(b"", None);
+    let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
+    Ok(command_response(reply))
+}
+
+/// The command side's view of one account: its state from the event store (not the
+/// cache, which another instance may have overtaken) and its 20 newest transactions.
+async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let store = state.accounts.store();
+    let loaded = store
+        .load::<Account>(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;
+    if !caller.may_read(&loaded.state.owner) {
+        return Err(ApiError::forbidden("this account belongs to someone else"));
+    }
+    let recent = store.latest_of_types(id, BALANCE_EVENTS, 20).await?;
+    let transactions: Vec<Value> = recent
+        .iter()
+        .map(|e| {
+            json!({
+                "kind": if e.event_type == "account.deposited" { "credit" } else { "debit" },
+                "type": e.event_type,
+                "amount": e.data.get("amount"),
+                "currency": e.data.get("currency"),
+                "balance_after": e.data.get("balance_after"),
+                "transfer_id": e.data.get("transfer_id"),
+                "version": e.version,
+                "recorded_at": e.recorded_at,
+            })
+        })
+        .collect();
+    let mut body = account_json(id, &loaded.state, loaded.version);
+    body["recent_transactions"] = Value::Array(transactions);
+    Ok(Json(body))
+}

@@ -1,0 +1,122 @@
+//! The Kinesis stream ("the rapids"): client construction shared by services and tools.
+//!
+//! With an endpoint configured (the dev and test default, a local Kinesis API server)
+//! the client uses that endpoint over plain HTTP and, unless AWS credentials are in
+//! the environment, fixed dummy credentials (the emulators check the shape of the
+//! signature, not its value). Without one it talks to AWS with the default chain.
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_sdk_kinesis::types::StreamStatus;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use std::time::Duration;
+
+/// Where the rapids are.
+#[derive(Debug, Clone)]
+pub struct RapidsConfig {
+    /// `http://host:port` of a Kinesis API server; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    pub stream: String,
+    pub region: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RapidsError {
+    #[error("kinesis request failed: {0}")]
+    Request(String),
+    #[error("stream {0} did not become active in time")]
+    NotActive(String),
+}
+
+fn request_error<E: std::error::Error>(e: E) -> RapidsError {
+    // the SDK's Display is terse; its source chain says what went wrong
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    RapidsError::Request(text)
+}
+
+/// A Kinesis client bound to one stream.
+#[derive(Debug, Clone)]
+pub struct Rapids {
+    client: aws_sdk_kinesis::Client,
+    stream: String,
+}
+
+impl Rapids {
+    pub async fn connect(config: &RapidsConfig) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(aws_config::Region::new(config.region.clone()));
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                loader = loader.credentials_provider(Credentials::new("local", "local", None, None, "local"));
+            }
+        }
+        let sdk = loader.load().await;
+        Rapids { client: aws_sdk_kinesis::Client::new(&sdk), stream: config.stream.clone() }
+    }
+
+    pub fn client(&self) -> &aws_sdk_kinesis::Client {
+        &self.client
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Succeeds when the stream exists and answers (readiness).
+    pub async fn probe(&self) -> Result<(), RapidsError> {
+        self.client
+            .describe_stream_summary()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .map_err(request_error)?;
+        Ok(())
+    }
+
+    /// Creates the stream with `shards` shards unless it exists, then waits until it is active.
+    pub async fn ensure_stream(&self, shards: i32, wait: Duration) -> Result<(), RapidsError> {
+        let exists = self.client.describe_stream_summary().stream_name(&self.stream).send().await;
+        if let Err(e) = exists {
+            let not_found = e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception());
+            if !not_found {
+                return Err(request_error(e));
+            }
+            let created = self.client.create_stream().stream_name(&self.stream).shard_count(shards).send().await;
+            if let Err(e) = created {
+                // another process created it in between
+                if !e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception()) {
+                    return Err(request_error(e));
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let summary = self
+                .client
+                .describe_stream_summary()
+                .stream_name(&self.stream)
+                .send()
+                .await
+                .map_err(request_error)?;
+            let active = summary.stream_description_summary().map(|s| s.stream_status() == &StreamStatus::Active);
+            if active == Some(true) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RapidsError::NotActive(self.stream.clone()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

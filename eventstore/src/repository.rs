@@ -1,0 +1,288 @@
+//! Runs commands against aggregates.
+//!
+//! For each command: replay an Idempotency-Key's stored response if there is one;
+//! take the stream's in-process lock (commands on one stream run one at a time in
+//! this process, so commuting commands such as deposits never conflict with each
+//! other here); take the state from the cache or load it (snapshot + tail); decide;
+//! append the events, the snapshot when due and the idempotency record in one
+//! statement. A conflict (another process wrote the stream) drops the cached state,
+//! reloads and decides again, a bounded number of times.
+//!
+//! The cache only ever holds a state that was committed, so it can be behind the
+//! store (then the append conflicts and the command re-runs) but never ahead of it.
+
+use crate::aggregate::Aggregate;
+use crate::envelope::EventMetadata;
+use crate::metrics::StoreMetrics;
+use crate::store::{Append, EventStore, IdempotencyWrite, Loaded, NewEvent, SnapshotWrite, StoreError};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Tuning of a [`Repository`].
+#[derive(Debug, Clone, Copy)]
+pub struct RepositoryConfig {
+    /// Write a snapshot whenever a stream's version crosses a multiple of this.
+    pub snapshot_every: u32,
+    /// How many times a command runs before a conflict is reported (409).
+    pub max_attempts: u32,
+    /// Streams whose state is kept in memory (0 disables the cache).
+    pub cache_capacity: usize,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig { snapshot_every: 100, max_attempts: 5, cache_capacity: 100_000 }
+    }
+}
+
+/// The Idempotency-Key of a request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRequest {
+    pub actor: String,
+    pub key: String,
+    /// Hash of what the request asked (method, path, canonical body).
+    pub request_hash: String,
+}
+
+/// Who asks, and under which conditions.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    pub metadata: EventMetadata,
+    pub idempotency: Option<IdempotencyRequest>,
+    /// Refuse the command unless the stream is at exactly this version.
+    pub expected_version: Option<i32>,
+}
+
+/// The response of a command, as given the first time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandReply {
+    pub status: u16,
+    pub body: serde_json::Value,
+    /// True when this is a stored response replayed for a repeated Idempotency-Key.
+    pub replayed: bool,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E> {
+    #[error("command rejected: {0}")]
+    Domain(E),
+    #[error("stream is at version {current}, not {expected}")]
+    VersionMismatch { current: i32, expected: i32 },
+    #[error("still conflicting after {attempts} attempts")]
+    Conflict { attempts: u32 },
+    #[error("the Idempotency-Key was used for another request")]
+    IdempotencyMismatch,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
+
+/// Runs commands of one aggregate type. Cheap to clone; clones share the cache.
+pub struct Repository<A: Aggregate> {
+    store: EventStore,
+    config: RepositoryConfig,
+    metrics: StoreMetrics,
+    shards: Arc<[Mutex<HashMap<Uuid, Slot<A>>>]>,
+}
+
+impl<A: Aggregate> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Repository {
+            store: self.store.clone(),
+            config: self.config,
+            metrics: self.metrics.clone(),
+            shards: self.shards.clone(),
+        }
+    }
+}
+
+const SHARDS: usize = 64;
+
+impl<A: Aggregate> Repository<A> {
+    pub fn new(store: EventStore, config: RepositoryConfig, metrics: StoreMetrics) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect::<Vec<_>>();
+        Repository { store, config: RepositoryConfig { max_attempts: config.max_attempts.max(1), ..config }, metrics, shards: shards.into() }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Runs a command on an existing (or not yet existing) stream. `reply` builds the
+    /// response from the new state and version; it is stored with an Idempotency-Key.
+    pub async fn execute(
+        &self,
+        stream_id: Uuid,
+        command: &A::Command,
+        ctx: &CommandContext,
+        reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
+    ) -> Result<CommandReply, ExecuteError<A::Error>> {
+        self.run(stream_id, false, command, ctx, reply).await
+    }
+
+    /// Runs a command that creates a stream under a fresh id: nothing to load.
+    pub async fn create(
+        &self,
+        stream_id: Uuid,
+        command: &A::Command,
+        ctx: &CommandContext,
+        reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
+    ) -> Result<CommandReply, ExecuteError<A::Error>> {
+        self.run(stream_id, true, command, ctx, reply).await
+    }
+
+    async fn run(
+        &self,
+        stream_id: Uuid,
+        fresh: bool,
+        command: &A::Command,
+        ctx: &CommandContext,
+        reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
+    ) -> Result<CommandReply, ExecuteError<A::Error>> {
+        if let Some(stored) = self.stored_reply(ctx).await? {
+            return Ok(stored);
+        }
+        let slot = self.slot(stream_id);
+        let mut cached = slot.lock().await;
+        let mut fresh = fresh;
+        for attempt in 1..=self.config.max_attempts {
+            let loaded = match cached.take() {
+                Some(loaded) => loaded,
+                None if fresh => Loaded::new_stream(),
+                None => self.store.load::<A>(stream_id).await?.unwrap_or_else(Loaded::new_stream),
+            };
+            fresh = false;
+            if let Some(expected) = ctx.expected_version
+                && expected != loaded.version
+            {
+                *cached = self.keep(loaded.clone());
+                return Err(ExecuteError::VersionMismatch { current: loaded.version, expected });
+            }
+            let events = match loaded.state.decide(command) {
+                Ok(events) => events,
+                Err(e) => {
+                    *cached = self.keep(loaded);
+                    return Err(ExecuteError::Domain(e));
+                }
+            };
+            if events.is_empty() {
+                // nothing happens (e.g. an idempotent saga step seen before)
+                let (status, body) = reply(&loaded.state, loaded.version);
+                *cached = self.keep(loaded);
+                return Ok(CommandReply { status, body, replayed: false });
+            }
+
+            let new_version = loaded.version + events.len() as i32;
+            let new_state = loaded.state.clone().apply_all(&events);
+            let (status, body) = reply(&new_state, new_version);
+            let append = self.build_append(stream_id, loaded.version, &events, &new_state, ctx, status, &body)?;
+            match self.store.append(&append).await {
+                Ok(_) => {
+                    self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
+                    self.metrics.events.with_label_values(&[A::STREAM_TYPE]).inc_by(events.len() as u64);
+                    *cached = self.keep(Loaded { state: new_state, version: new_version });
+                    return Ok(CommandReply { status, body, replayed: false });
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    self.metrics.conflicts.with_label_values(&[A::STREAM_TYPE]).inc();
+                    if attempt < self.config.max_attempts {
+                        self.metrics.retries.with_label_values(&[A::STREAM_TYPE]).inc();
+                        let pause = rand::rng().random_range(1..=5 * attempt as u64);
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                }
+                Err(StoreError::IdempotencyKeyTaken) => {
+                    // a concurrent request with the same key won; answer as it did
+                    drop(cached);
+                    return match self.stored_reply(ctx).await? {
+                        Some(stored) => Ok(stored),
+                        None => Err(StoreError::Corrupt("idempotency record vanished".into()).into()),
+                    };
+                }
+                // the outcome is unknown: the cache stays empty, the next command reloads
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ExecuteError::Conflict { attempts: self.config.max_attempts })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_append(
+        &self,
+        stream_id: Uuid,
+        expected_version: i32,
+        events: &[A::Event],
+        new_state: &A,
+        ctx: &CommandContext,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> Result<Append, StoreError> {
+        let new_version = expected_version + events.len() as i32;
+        let every = self.config.snapshot_every.max(1) as i32;
+        let snapshot = if self.config.snapshot_every > 0 && new_version / every != expected_version / every {
+            let state = serde_json::to_value(new_state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Some(SnapshotWrite { version: new_version, schema_version: A::SNAPSHOT_SCHEMA_VERSION, state })
+        } else {
+            None
+        };
+        Ok(Append {
+            stream_id,
+            stream_type: A::STREAM_TYPE,
+            expected_version,
+            events: events.iter().map(NewEvent::from_domain).collect::<Result<_, _>>()?,
+            metadata: ctx.metadata.clone(),
+            snapshot,
+            idempotency: ctx.idempotency.as_ref().map(|i| IdempotencyWrite {
+                actor: i.actor.clone(),
+                key: i.key.clone(),
+                request_hash: i.request_hash.clone(),
+                status,
+                body: body.clone(),
+            }),
+        })
+    }
+
+    async fn stored_reply(&self, ctx: &CommandContext) -> Result<Option<CommandReply>, ExecuteError<A::Error>> {
+        let Some(idem) = &ctx.idempotency else { return Ok(None) };
+        match self.store.find_idempotent_response(&idem.actor, &idem.key).await? {
+            None => Ok(None),
+            Some(stored) if stored.request_hash == idem.request_hash => {
+                self.metrics.idempotent_replays.with_label_values(&[A::STREAM_TYPE]).inc();
+                Ok(Some(CommandReply { status: stored.status, body: stored.body, replayed: true }))
+            }
+            Some(_) => Err(ExecuteError::IdempotencyMismatch),
+        }
+    }
+
+    fn keep(&self, loaded: Loaded<A>) -> Option<Loaded<A>> {
+        (self.config.cache_capacity > 0).then_some(loaded)
+    }
+
+    /// The stream's lock (and cached state). Idle slots are evicted when a shard is full.
+    fn slot(&self, stream_id: Uuid) -> Slot<A> {
+        let shard = &self.shards[(stream_id.as_u128() % SHARDS as u128) as usize];
+        let mut map = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = map.get(&stream_id) {
+            return slot.clone();
+        }
+        let cap = (self.config.cache_capacity / SHARDS).max(16);
+        if map.len() >= cap {
+            // drop idle slots (held by nobody but the map) until half the room is free
+            let mut excess = map.len() - cap / 2;
+            map.retain(|_, slot| {
+                if excess > 0 && Arc::strong_count(slot) == 1 {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        map.entry(stream_id).or_default().clone()
+    }
+}

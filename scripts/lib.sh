@@ -1,0 +1,146 @@
+# Shared helpers of scripts/up, scripts/test and scripts/bench. Source it; do not run it.
+#
+# Everything the project needs on a fresh machine is installed here: PostgreSQL 15
+# from Debian when its binaries are missing, Node.js when missing, and the Kinesis API
+# servers from the committed npm lock file (tools/kinesis).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+KINESIS_TOOLS="$ROOT/tools/kinesis"
+
+log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+apt_install() {
+  log "installing $* from Debian"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq >/dev/null
+  as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_postgres() {
+  [ -x "$PG_BIN/initdb" ] || apt_install postgresql-15
+  [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PG_BIN"
+  command -v curl >/dev/null || apt_install curl
+}
+
+ensure_kinesis_servers() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  local stamp="$KINESIS_TOOLS/node_modules/.installed-lock"
+  if [ ! -f "$stamp" ] || ! cmp -s "$KINESIS_TOOLS/package-lock.json" "$stamp"; then
+    log "installing the Kinesis API servers (npm ci, tools/kinesis)"
+    (cd "$KINESIS_TOOLS" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || die "npm ci failed in tools/kinesis"
+    cp "$KINESIS_TOOLS/package-lock.json" "$stamp"
+  fi
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+}
+
+# Runs a command as the postgres user when we are root (initdb refuses root).
+pg_as() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# A free TCP port on 127.0.0.1, starting the search at $1.
+free_port() {
+  local p=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+
+# pg_init DIR: a new cluster in DIR/data unless one is there. Extra settings follow.
+pg_init() {
+  local dir=$1; shift
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || as_root useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    chown postgres: "$dir"
+    runuser -u postgres -- test -x "$dir" || die "the postgres user cannot reach $dir (a parent directory is not traversable); set PG_DIR to another place"
+  fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    log "creating a PostgreSQL cluster in $dir/data"
+    pg_as "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --no-locale >"$dir/initdb.log" 2>&1 \
+      || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+    {
+      echo "# written by scripts/lib.sh"
+      echo "listen_addresses = '127.0.0.1'"
+      echo "unix_socket_directories = ''"
+      echo "wal_level = logical"
+      echo "max_replication_slots = 16"
+      echo "max_wal_senders = 16"
+      echo "max_connections = 400"
+      for setting in "$@"; do echo "$setting"; done
+    } | pg_as tee -a "$dir/data/postgresql.conf" >/dev/null
+  fi
+}
+
+# pg_start DIR PORT: starts the cluster and waits until it accepts connections.
+pg_start() {
+  local dir=$1 port=$2
+  pg_as "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "-p $port" -w -t 60 start >/dev/null \
+    || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start"; }
+}
+
+pg_stop() {
+  local dir=$1
+  [ -f "$dir/data/postmaster.pid" ] && pg_as "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# pg_createdb PORT NAME: creates the database unless it exists.
+pg_createdb() {
+  local port=$1 name=$2
+  if ! "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "select 1 from pg_database where datname = '$name'" | grep -q 1; then
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "create database \"$name\"" >/dev/null
+  fi
+}
+
+# The emulators want a SigV4-shaped Authorization header and an X-Amz-Date.
+kinesis_call() {
+  local endpoint=$1 target=$2 body=$3
+  curl -sf -X POST "$endpoint" \
+    -H "Content-Type: application/x-amz-json-1.1" \
+    -H "X-Amz-Target: Kinesis_20131202.$target" \
+    -H "X-Amz-Date: 20260101T000000Z" \
+    -H "Authorization: AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/kinesis/aws4_request, SignedHeaders=host, Signature=0" \
+    -d "$body"
+}
+
+# kinesalite_start PORT LOG [DATA_DIR]: in memory, or persisted in DATA_DIR. Prints the pid.
+kinesalite_start() {
+  local port=$1 logfile=$2 data=${3:-}
+  local args=(--port "$port" --createStreamMs 0 --deleteStreamMs 0 --updateStreamMs 0 --shardLimit 100)
+  [ -n "$data" ] && { mkdir -p "$data"; args+=(--path "$data"); }
+  node "$KINESIS_TOOLS/node_modules/kinesalite/cli.js" "${args[@]}" >"$logfile" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do
+    if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then echo "$pid"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "kinesalite exited"; }
+    sleep 0.1
+  done
+  die "kinesalite did not answer on port $port"
+}
+
+# wait_http URL PID NAME: until URL answers 200, or the process dies.
+wait_http() {
+  local url=$1 pid=$2 name=$3
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "$url" && return 0
+    kill -0 "$pid" 2>/dev/null || die "$name exited during start-up (see its log)"
+    sleep 0.1
+  done
+  die "$name did not become healthy at $url"
+}
+
+# A dev JWT secret that survives restarts (kept in FILE unless JWT_SECRET is set).
+dev_jwt_secret() {
+  local file=$1
+  if [ -n "${JWT_SECRET:-}" ]; then echo "$JWT_SECRET"; return; fi
+  [ -s "$file" ] || { mkdir -p "$(dirname "$file")"; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file"; chmod 600 "$file"; }
+  cat "$file"
+}

@@ -1,0 +1,146 @@
+//! Bearer-token authentication: JWTs signed HS256 (shared secret) or RS256 (public
+//! key), with claims `sub`, `role` and `exp`.
+
+use crate::config::AuthArgs;
+use crate::error::ApiError;
+use axum::extract::{FromRef, FromRequestParts};
+use http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What the caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Acts on their own accounts only.
+    Customer,
+    /// Reads every account and deposits to any.
+    Teller,
+    /// Reads everything; operates the system.
+    Admin,
+}
+
+/// The claims this service reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: Role,
+    pub exp: i64,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Tellers and admins act for the bank, not for themselves.
+    pub fn is_staff(&self) -> bool {
+        matches!(self.role, Role::Teller | Role::Admin)
+    }
+
+    /// May this caller read what `owner` owns?
+    pub fn may_read(&self, owner: &str) -> bool {
+        self.is_staff() || self.subject == owner
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("set JWT_SECRET or JWT_PUBLIC_KEY_FILE: tokens cannot be checked without one")]
+    NoKey,
+    #[error("JWT_SECRET must be at least 16 bytes")]
+    WeakSecret,
+    #[error("cannot read the RS256 public key: {0}")]
+    PublicKey(String),
+}
+
+/// Checks tokens. Shared by every request through `Arc`.
+pub struct JwtVerifier {
+    hs256: Option<DecodingKey>,
+    rs256: Option<DecodingKey>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier").field("hs256", &self.hs256.is_some()).field("rs256", &self.rs256.is_some()).finish()
+    }
+}
+
+impl JwtVerifier {
+    pub fn from_args(args: &AuthArgs) -> Result<Self, AuthSetupError> {
+        let hs256 = match &args.jwt_secret {
+            Some(secret) if secret.expose().len() < 16 => return Err(AuthSetupError::WeakSecret),
+            Some(secret) => Some(DecodingKey::from_secret(secret.expose().as_bytes())),
+            None => None,
+        };
+        let rs256 = match &args.jwt_public_key_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| AuthSetupError::PublicKey(e.to_string()))?;
+                Some(DecodingKey::from_rsa_pem(&pem).map_err(|e| AuthSetupError::PublicKey(e.to_string()))?)
+            }
+            None => None,
+        };
+        if hs256.is_none() && rs256.is_none() {
+            return Err(AuthSetupError::NoKey);
+        }
+        Ok(JwtVerifier { hs256, rs256 })
+    }
+
+    /// Verifies a compact JWT and returns its caller.
+    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let invalid = || ApiError::unauthorized("invalid_token", "the bearer token is not valid");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 => self.rs256.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(invalid)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => ApiError::unauthorized("token_expired", "the bearer token has expired"),
+            _ => invalid(),
+        })?;
+        if data.claims.sub.trim().is_empty() {
+            return Err(invalid());
+        }
+        Ok(Caller { subject: data.claims.sub, role: data.claims.role })
+    }
+}
+
+/// Mints an HS256 token (development tools and tests).
+pub fn issue_hs256(secret: &str, subject: &str, role: Role, ttl_secs: i64) -> Result<String, jsonwebtoken::errors::Error> {
+    let claims = Claims { sub: subject.to_owned(), role, exp: chrono::Utc::now().timestamp() + ttl_secs };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<JwtVerifier>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing_token", "an Authorization: Bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))?;
+        let caller = Arc::<JwtVerifier>::from_ref(state).verify(token)?;
+        tracing::Span::current().record("actor", caller.subject.as_str());
+        Ok(caller)
+    }
+}

@@ -1,0 +1,146 @@
+//! Configuration every service reads from the environment (see `.env.example`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A value that must never be printed (tokens, passwords in URLs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// The database every service connects to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Postgres URL of the event store (and the service's own schemas).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Secret,
+    /// Connections in this process's pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// How long start-up waits for the database to accept connections.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECS", default_value_t = 30)]
+    pub database_connect_timeout_secs: u64,
+}
+
+/// The Kinesis stream (the rapids).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KinesisArgs {
+    /// Kinesis API endpoint; set it empty to use AWS's own endpoint for the region.
+    #[arg(long, env = "KINESIS_ENDPOINT", default_value = "http://127.0.0.1:4567")]
+    pub kinesis_endpoint: String,
+    #[arg(long, env = "KINESIS_STREAM", default_value = "rapids")]
+    pub kinesis_stream: String,
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
+}
+
+impl KinesisArgs {
+    pub fn rapids_config(&self) -> eventstore::rapids::RapidsConfig {
+        eventstore::rapids::RapidsConfig {
+            endpoint: (!self.kinesis_endpoint.trim().is_empty()).then(|| self.kinesis_endpoint.clone()),
+            stream: self.kinesis_stream.clone(),
+            region: self.aws_region.clone(),
+        }
+    }
+}
+
+/// How tokens are checked.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// HS256 secret shared with the token issuer.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+    /// PEM file with the RS256 public key of the token issuer.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+}
+
+/// Limits of the HTTP layer.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// A request still running after this long is answered 503 `timeout`.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Larger request bodies are refused with 413.
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
+    pub body_limit_bytes: usize,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024 }
+    }
+}
+
+/// Log output.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// `text` for people, `json` for log shippers. The filter is `RUST_LOG`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+/// What every command service reads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kinesis: KinesisArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// How the command side treats streams.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommandArgs {
+    /// Snapshot a stream every this many events.
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    pub snapshot_every: u32,
+    /// Attempts of a command that keeps losing concurrency races before 409.
+    #[arg(long, env = "COMMAND_MAX_ATTEMPTS", default_value_t = 5)]
+    pub command_max_attempts: u32,
+    /// Aggregates kept in memory (0: load every command's aggregate from the store).
+    #[arg(long, env = "AGGREGATE_CACHE_SIZE", default_value_t = 100_000)]
+    pub aggregate_cache_size: usize,
+    /// Largest amount of one command, in minor units.
+    #[arg(long, env = "MAX_AMOUNT_MINOR", default_value_t = 1_000_000_000)]
+    pub max_amount_minor: i64,
+}
+
+impl CommandArgs {
+    pub fn repository_config(&self) -> eventstore::RepositoryConfig {
+        eventstore::RepositoryConfig {
+            snapshot_every: self.snapshot_every,
+            max_attempts: self.command_max_attempts,
+            cache_capacity: self.aggregate_cache_size,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Request extractors whose rejections are [`ApiError`]s, so bad input always gets the
+//! same error shape: the JSON body, and the metadata a command needs.
+
+use crate::auth::{Caller, JwtVerifier};
+use crate::error::ApiError;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use bytes::Bytes;
+use eventstore::{CommandContext, EventMetadata, IdempotencyRequest};
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The header that carries the request id (set by the layer stack when absent).
+pub const REQUEST_ID: &str = "x-request-id";
+/// An optional client header that groups the events of one business flow.
+pub const CORRELATION_ID: &str = "x-correlation-id";
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A JSON body. Rejections: 415 `unsupported_media_type`, 413 `payload_too_large`,
+/// 400 `malformed_json` (not JSON at all), 400 `invalid_body` (JSON of the wrong shape).
+#[derive(Debug, Clone)]
+pub struct ApiJson<T> {
+    pub value: T,
+    /// The body re-serialized with sorted keys: equal requests hash equal.
+    pub canonical: Vec<u8>,
+}
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(content_type) = req.headers().get(http::header::CONTENT_TYPE) {
+            let ct = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if essence != "application/json" && !essence.ends_with("+json") {
+                return Err(ApiError::new(
+                    http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "the body must be application/json",
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(http::StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is too large")
+            } else {
+                ApiError::bad_request("malformed_json", "the body could not be read")
+            }
+        })?;
+        parse_json_body(&bytes)
+    }
+}
+
+/// Parses a body the way [`ApiJson`] does.
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("malformed_json", "a JSON body is required"));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let canonical = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+    let value = serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    Ok(ApiJson { value, canonical })
+}
+
+/// The caller and the request metadata a command records with its events.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    pub caller: Caller,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    method: String,
+    path: String,
+}
+
+impl CommandMeta {
+    /// The command context: metadata for the events and, with an Idempotency-Key,
+    /// the hash of this request (method, path, canonical body).
+    pub fn context(&self, canonical_body: &[u8], expected_version: Option<i32>) -> CommandContext {
+        let idempotency = self.idempotency_key.as_ref().map(|key| {
+            let mut hasher = Sha256::new();
+            hasher.update(self.method.as_bytes());
+            hasher.update(b"\n");
+            hasher.update(self.path.as_bytes());
+            hasher.update(b"\n");
+            hasher.update(canonical_body);
+            IdempotencyRequest {
+                actor: self.caller.subject.clone(),
+                key: key.clone(),
+                request_hash: hex::encode(hasher.finalize()),
+            }
+        });
+        CommandContext {
+            metadata: EventMetadata {
+                correlation_id: self.correlation_id.clone().or_else(|| self.request_id.clone()),
+                causation_id: self.request_id.clone(),
+                request_id: self.request_id.clone(),
+                actor: self.caller.subject.clone(),
+            },
+            idempotency,
+            expected_version,
+        }
+    }
+}
+
+fn header_text(parts: &Parts, name: &str) -> Option<String> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+impl<S> FromRequestParts<S> for CommandMeta
+where
+    S: Send + Sync,
+    Arc<JwtVerifier>: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let idempotency_key = match parts.headers.get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(v) => {
+                let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+                Some(
+                    key.ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_idempotency_key",
+                            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                        )
+                    })?
+                    .to_owned(),
+                )
+            }
+        };
+        let correlation_id = header_text(parts, CORRELATION_ID).filter(|c| !c.is_empty() && c.len() <= 128);
+        Ok(CommandMeta {
+            caller,
+            request_id: header_text(parts, REQUEST_ID),
+            correlation_id,
+            idempotency_key,
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+        })
+    }
+}
+
+/// Parses an id from the path: 400 `invalid_id` rather than a bare 404.
+pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_id", format!("`{}` is not a valid id", truncate(raw, 64))))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

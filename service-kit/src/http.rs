@@ -1,0 +1,162 @@
+//! The HTTP plumbing every service uses: the operational routes, the layer stack and
+//! `serve`.
+//!
+//! Layers, outermost first: request id (set, then propagated to the response) →
+//! trace span (request id, method, path) → catch-panic (opaque JSON 500) → timeout
+//! (JSON 503 `timeout`) → body-size limit; per matched route, the metrics.
+
+use crate::error::ApiError;
+use crate::extract::REQUEST_ID;
+use crate::metrics::{self, HttpMetrics};
+use axum::extract::{Request, State};
+use axum::middleware::{self as mw, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use eventstore::rapids::Rapids;
+use http::{HeaderName, StatusCode};
+use prometheus::Registry;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// What the operational routes and the layer stack need.
+#[derive(Clone)]
+pub struct Kit {
+    pub service: &'static str,
+    pub pool: PgPool,
+    /// `None` where the service does not use Kinesis (readiness then skips it).
+    pub rapids: Option<Rapids>,
+    pub registry: Registry,
+    pub http_metrics: HttpMetrics,
+    pub openapi: Arc<Value>,
+    pub request_timeout: Duration,
+    pub body_limit: usize,
+}
+
+impl Kit {
+    pub fn new(
+        service: &'static str,
+        pool: PgPool,
+        rapids: Option<Rapids>,
+        registry: Registry,
+        openapi: Value,
+        http: &crate::config::HttpArgs,
+    ) -> prometheus::Result<Self> {
+        let http_metrics = HttpMetrics::register(&registry)?;
+        Ok(Kit {
+            service,
+            pool,
+            rapids,
+            registry,
+            http_metrics,
+            openapi: Arc::new(openapi),
+            request_timeout: Duration::from_millis(http.request_timeout_ms),
+            body_limit: http.body_limit_bytes,
+        })
+    }
+}
+
+/// Wraps a service's routes with the operational routes and the layer stack.
+pub fn app(routes: Router, kit: Kit) -> Router {
+    let ops = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .with_state(kit.clone());
+    let timeout = kit.request_timeout;
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    routes
+        .merge(ops)
+        .route_layer(mw::from_fn_with_state(kit.http_metrics.clone(), metrics::track))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(kit.body_limit))
+        .layer(mw::from_fn(move |req: Request, next: Next| with_timeout(timeout, req, next)))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("request handler panicked");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it was logged").into_response()
+        }))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(), actor = tracing::field::Empty)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Serves until `shutdown` is cancelled, then finishes the requests in flight.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+async fn with_timeout(timeout: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable("timeout", "the request took too long; if it was a command, retry it with the same Idempotency-Key").into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+async fn health(State(kit): State<Kit>) -> Json<Value> {
+    Json(json!({"status": "ok", "service": kit.service}))
+}
+
+async fn ready(State(kit): State<Kit>) -> Response {
+    let probe = Duration::from_secs(2);
+    let db = matches!(
+        tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await,
+        Ok(Ok(_))
+    );
+    let kinesis = match &kit.rapids {
+        None => None,
+        Some(rapids) => Some(matches!(tokio::time::timeout(probe, rapids.probe()).await, Ok(Ok(())))),
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let mut checks = json!({"database": word(db)});
+    if let Some(k) = kinesis {
+        checks["kinesis"] = json!(word(k));
+    }
+    if db && kinesis.unwrap_or(true) {
+        Json(json!({"status": "ready", "checks": checks})).into_response()
+    } else {
+        ApiError::unavailable("not_ready", "a dependency is unavailable").with_detail("checks", checks).into_response()
+    }
+}
+
+async fn metrics_text(State(kit): State<Kit>) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&kit.registry),
+    )
+        .into_response()
+}
+
+async fn openapi(State(kit): State<Kit>) -> Json<Value> {
+    Json(kit.openapi.as_ref().clone())
+}
+
+/// The HTTP response of a command; a replayed Idempotency-Key answer says so in the
+/// `Idempotent-Replayed: true` header.
+pub fn command_response(reply: eventstore::CommandReply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, Json(reply.body)).into_response();
+    if reply.replayed {
+        response.headers_mut().insert("idempotent-replayed", http::HeaderValue::from_static("true"));
+    }
+    response
+}

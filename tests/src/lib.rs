@@ -1,0 +1,254 @@
+//! Helpers shared by the end-to-end tests: services started on port 0 over a
+//! per-test database, tokens, a small HTTP client, and event-store look-ups.
+//!
+//! The tests expect what `scripts/test` provides: `DATABASE_URL` (a server where each
+//! `#[sqlx::test]` gets its own database), `KINESIS_ENDPOINT` and `JWT_SECRET`.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used)]
+
+use clap::Parser;
+use eventstore::rapids::{Rapids, RapidsConfig};
+use serde_json::Value;
+use service_kit::auth::{Role, issue_hs256};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use service_kit::auth::Role::{Admin, Customer, Teller};
+
+/// The JWT secret the services under test check tokens with.
+pub fn secret() -> String {
+    std::env::var("JWT_SECRET").unwrap_or_else(|_| "test-secret-0123456789abcdef".into())
+}
+
+/// A valid token for `sub` with `role`.
+pub fn token(sub: &str, role: Role) -> String {
+    issue_hs256(&secret(), sub, role, 600).unwrap()
+}
+
+/// A token that expired an hour ago.
+pub fn expired_token(sub: &str) -> String {
+    issue_hs256(&secret(), sub, Role::Customer, -3600).unwrap()
+}
+
+/// A pool on the test's database, larger than the 5 connections sqlx::test gives.
+pub async fn pool(options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
+    options.max_connections(40).connect_with(connect).await.unwrap()
+}
+
+/// The Kinesis API server scripts/test started.
+#[track_caller]
+pub fn rapids_config() -> RapidsConfig {
+    let endpoint =
+        std::env::var("KINESIS_ENDPOINT").expect("KINESIS_ENDPOINT is not set: run the tests with scripts/test");
+    RapidsConfig {
+        endpoint: Some(endpoint),
+        stream: std::env::var("KINESIS_STREAM").unwrap_or_else(|_| "rapids".into()),
+        region: "us-east-1".into(),
+    }
+}
+
+/// A service running in this process on a free port; stopped when dropped.
+pub struct Running {
+    pub base: String,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    pub fn api(&self) -> Api {
+        Api::new(&self.base)
+    }
+
+    /// Stops it gracefully and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn args(bin: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![bin.to_owned(), "--addr".into(), "127.0.0.1:0".into(), "--jwt-secret".into(), secret()];
+    // the config requires a database URL, but the tests hand the pool over directly
+    args.extend(["--database-url".into(), "postgres://unused".into()]);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+async fn spawn(router: axum::Router) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(service_kit::http::serve(listener, router, shutdown.clone()));
+    Running { base: format!("http://{addr}"), addr, shutdown, handle: Some(handle) }
+}
+
+/// account-service over `pool`, with extra command-line arguments.
+pub async fn start_accounts(pool: &PgPool, extra: &[&str]) -> Running {
+    let config = account_service::Config::try_parse_from(args("account-service", extra)).unwrap();
+    let rapids = Rapids::connect(&rapids_config()).await;
+    let state = account_service::AppState::new(&config, pool.clone(), Some(rapids)).unwrap();
+    spawn(account_service::router(state)).await
+}
+
+/// transfer-service over `pool`, with extra command-line arguments.
+pub async fn start_transfers(pool: &PgPool, extra: &[&str]) -> Running {
+    let config = transfer_service::Config::try_parse_from(args("transfer-service", extra)).unwrap();
+    let rapids = Rapids::connect(&rapids_config()).await;
+    let state = transfer_service::AppState::new(&config, pool.clone(), Some(rapids)).unwrap();
+    spawn(transfer_service::router(state)).await
+}
+
+/// A JSON-over-HTTP client for one service.
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+/// An answer: status, JSON body (Null when there is none) and headers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    /// The stable error code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
+        &self.body
+    }
+
+    /// Asserts an error status and code, and that the error has a message.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.code()), (status, code), "unexpected answer; body: {}", self.body);
+        assert!(
+            self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {}",
+            self.body
+        );
+    }
+
+    #[track_caller]
+    pub fn id(&self) -> Uuid {
+        Uuid::parse_str(self.body["id"].as_str().unwrap()).unwrap()
+    }
+
+    #[track_caller]
+    pub fn version(&self) -> i64 {
+        self.body["version"].as_i64().unwrap()
+    }
+}
+
+/// A request being built.
+pub struct Request {
+    builder: reqwest::RequestBuilder,
+}
+
+impl Request {
+    pub fn token(mut self, token: &str) -> Self {
+        self.builder = self.builder.bearer_auth(token);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.builder = self.builder.header(name, value);
+        self
+    }
+
+    pub fn idempotency_key(self, key: &str) -> Self {
+        self.header("Idempotency-Key", key)
+    }
+
+    pub fn json(mut self, body: Value) -> Self {
+        self.builder = self.builder.json(&body);
+        self
+    }
+
+    /// A body sent as it is, with `Content-Type: application/json`.
+    pub fn raw(mut self, body: impl Into<reqwest::Body>) -> Self {
+        self.builder = self.builder.header("content-type", "application/json").body(body);
+        self
+    }
+
+    pub async fn send(self) -> Reply {
+        let response = self.builder.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply { status, body, headers }
+    }
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Api { client: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned() }
+    }
+
+    pub fn get(&self, path: &str) -> Request {
+        Request { builder: self.client.get(format!("{}{path}", self.base)) }
+    }
+
+    pub fn post(&self, path: &str) -> Request {
+        Request { builder: self.client.post(format!("{}{path}", self.base)) }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> Request {
+        Request { builder: self.client.request(method, format!("{}{path}", self.base)) }
+    }
+
+    /// Opens an account for the token's subject and returns its id.
+    pub async fn open_account(&self, token: &str, currency: &str, initial_deposit: i64) -> Uuid {
+        let reply = self
+            .post("/accounts")
+            .token(token)
+            .json(serde_json::json!({"currency": currency, "initial_deposit": initial_deposit}))
+            .send()
+            .await;
+        reply.expect(201);
+        reply.id()
+    }
+}
+
+/// `(version, type, data)` of every event of a stream, oldest first.
+pub async fn stream_events(pool: &PgPool, stream_id: Uuid) -> Vec<(i32, String, Value)> {
+    let rows: Vec<(i32, String, sqlx::types::Json<Value>)> =
+        sqlx::query_as("select version, type, data from es.events where stream_id = $1 order by version")
+            .bind(stream_id)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter().map(|(v, t, d)| (v, t, d.0)).collect()
+}
+
+/// Events in the whole store.
+pub async fn total_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from es.events").fetch_one(pool).await.unwrap()
+}

@@ -1,0 +1,161 @@
+//! The `MoneyTransfer` aggregate. Pure: no I/O.
+//!
+//! A transfer is created `initiated`; the saga (over the rapids) moves it on to
+//! `debited`, then `completed` or `failed`.
+
+use eventstore::{Aggregate, Currency, DomainEvent, Money};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum TransferEvent {
+    #[serde(rename = "transfer.created")]
+    Created { from: Uuid, to: Uuid, amount: i64, currency: Currency, initiated_by: String },
+}
+
+impl DomainEvent for TransferEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            TransferEvent::Created { .. } => "transfer.created",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferCommand {
+    Create { from: Uuid, to: Uuid, amount: Money, initiated_by: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("the transfer already exists")]
+    AlreadyExists,
+    #[error("a transfer needs two different accounts")]
+    SameAccount,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    #[default]
+    New,
+    Initiated,
+    Debited,
+    Completed,
+    Failed,
+}
+
+impl TransferState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransferState::New => "new",
+            TransferState::Initiated => "initiated",
+            TransferState::Debited => "debited",
+            TransferState::Completed => "completed",
+            TransferState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyTransfer {
+    pub state: TransferState,
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: i64,
+    pub currency: Option<Currency>,
+    pub initiated_by: String,
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+}
+
+impl Aggregate for MoneyTransfer {
+    const STREAM_TYPE: &'static str = "transfer";
+    const SNAPSHOT_SCHEMA_VERSION: i16 = 1;
+    type Command = TransferCommand;
+    type Event = TransferEvent;
+    type Error = TransferError;
+
+    fn decide(&self, command: &TransferCommand) -> Result<Vec<TransferEvent>, TransferError> {
+        match command {
+            TransferCommand::Create { from, to, amount, initiated_by } => {
+                if self.state != TransferState::New {
+                    return Err(TransferError::AlreadyExists);
+                }
+                if from == to {
+                    return Err(TransferError::SameAccount);
+                }
+                Ok(vec![TransferEvent::Created {
+                    from: *from,
+                    to: *to,
+                    amount: amount.minor(),
+                    currency: amount.currency(),
+                    initiated_by: initiated_by.clone(),
+                }])
+            }
+        }
+    }
+
+    fn apply(mut self, event: &TransferEvent) -> Self {
+        match event {
+            TransferEvent::Created { from, to, amount, currency, initiated_by } => {
+                self.state = TransferState::Initiated;
+                self.from = *from;
+                self.to = *to;
+                self.amount = *amount;
+                self.currency = Some(*currency);
+                self.initiated_by = initiated_by.clone();
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventstore::aggregate::testing::given;
+
+    fn eur(minor: i64) -> Money {
+        Money::new(minor, Currency::parse("EUR").expect("EUR"), i64::MAX).expect("amount")
+    }
+
+    #[test]
+    fn creating_a_transfer_initiates_it() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let state = given::<MoneyTransfer>(&[])
+            .when(&TransferCommand::Create { from: a, to: b, amount: eur(500), initiated_by: "alice".into() })
+            .then_events(&[TransferEvent::Created {
+                from: a,
+                to: b,
+                amount: 500,
+                currency: Currency::parse("EUR").expect("EUR"),
+                initiated_by: "alice".into(),
+            }]);
+        assert_eq!((state.state, state.amount, state.from, state.to), (TransferState::Initiated, 500, a, b));
+    }
+
+    #[test]
+    fn a_transfer_to_the_same_account_is_refused() {
+        let a = Uuid::now_v7();
+        given::<MoneyTransfer>(&[])
+            .when(&TransferCommand::Create { from: a, to: a, amount: eur(1), initiated_by: "alice".into() })
+            .then_error(&TransferError::SameAccount);
+    }
+
+    #[test]
+    fn a_transfer_is_created_once() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let created = TransferEvent::Created {
+            from: a,
+            to: b,
+            amount: 1,
+            currency: Currency::parse("EUR").expect("EUR"),
+            initiated_by: "alice".into(),
+        };
+        given::<MoneyTransfer>(&[created])
+            .when(&TransferCommand::Create { from: a, to: b, amount: eur(1), initiated_by: "alice".into() })
+            .then_error(&TransferError::AlreadyExists);
+    }
+}

@@ -1,0 +1,104 @@
+//! The transfer routes: create (validated against the event store's accounts), read.
+
+use crate::AppState;
+use crate::domain::{MoneyTransfer, TransferCommand, TransferError};
+use account_service::domain::{Account, AccountStatus};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use eventstore::Money;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use service_kit::ApiError;
+use service_kit::auth::Caller;
+use service_kit::extract::{ApiJson, CommandMeta, parse_id};
+use service_kit::http::command_response;
+use uuid::Uuid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/transfers", post(create)).route("/transfers/{id}", get(read))
+}
+
+impl From<TransferError> for ApiError {
+    fn from(e: TransferError) -> Self {
+        let message = e.to_string();
+        match e {
+            TransferError::AlreadyExists => ApiError::conflict("already_exists", message),
+            TransferError::SameAccount => ApiError::unprocessable("same_account", message),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    from: String,
+    to: String,
+    amount: serde_json::Number,
+    currency: String,
+}
+
+fn transfer_json(id: Uuid, t: &MoneyTransfer, version: i32) -> Value {
+    json!({
+        "id": id,
+        "version": version,
+        "from": t.from,
+        "to": t.to,
+        "amount": t.amount,
+        "currency": t.currency.map(|c| c.as_str().to_owned()),
+        "state": t.state.as_str(),
+        "initiated_by": t.initiated_by,
+        "failure_reason": t.failure_reason,
+    })
+}
+
+async fn create(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<CreateBody>) -> Result<Response, ApiError> {
+    let from = parse_id(&body.value.from)?;
+    let to = parse_id(&body.value.to)?;
+    let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
+    if from == to {
+        return Err(TransferError::SameAccount.into());
+    }
+    // what the event store says about the source: it exists, it is the caller's,
+    // it is open and holds this currency; and the target exists
+    let store = state.transfers.store();
+    let source = store
+        .load::<Account>(from)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account_not_found", "the source account does not exist"))?
+        .state;
+    if source.owner != meta.caller.subject {
+        return Err(ApiError::forbidden("the source account belongs to someone else"));
+    }
+    if source.status == AccountStatus::Closed {
+        return Err(ApiError::unprocessable("account_closed", "the source account is closed"));
+    }
+    if source.currency != Some(amount.currency()) {
+        return Err(ApiError::unprocessable("currency_mismatch", "the source account holds another currency")
+            .with_detail("account_currency", source.currency_code()));
+    }
+    if store.load::<Account>(to).await?.is_none() {
+        return Err(ApiError::not_found("account_not_found", "the target account does not exist"));
+    }
+
+    let id = Uuid::now_v7();
+    let command = TransferCommand::Create { from, to, amount, initiated_by: meta.caller.subject.clone() };
+    let ctx = meta.context(&body.canonical, None);
+    let reply = state.transfers.create(id, &command, &ctx, |t, v| (201, transfer_json(id, t, v))).await?;
+    Ok(command_response(reply))
+}
+
+async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let loaded = state
+        .transfers
+        .store()
+        .load::<MoneyTransfer>(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+    if !caller.may_read(&loaded.state.initiated_by) {
+        return Err(ApiError::forbidden("this transfer belongs to someone else"));
+    }
+    Ok(Json(transfer_json(id, &loaded.state, loaded.version)))
+}
