@@ -63,6 +63,10 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, 
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    // serde would read a struct from an array too (`[5, "EUR"]`); the contract is an object
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
+    }
     let canonical = serde_json::to_vec(&value).map_err(ApiError::internal)?;
     let value = serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     Ok(ApiJson { value, canonical })

@@ -35,9 +35,11 @@ pub fn expired_token(sub: &str) -> String {
     issue_hs256(&secret(), sub, Role::Customer, -3600).unwrap()
 }
 
-/// A pool on the test's database, larger than the 5 connections sqlx::test gives.
-pub async fn pool(options: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
-    options.max_connections(40).connect_with(connect).await.unwrap()
+/// A pool of its own on the test's database: sqlx::test's pools borrow from one
+/// parent of 20 connections shared by every test of the binary, too few for services
+/// under concurrent load.
+pub async fn pool(_borrowed: PgPoolOptions, connect: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new().max_connections(30).connect_with(connect).await.unwrap()
 }
 
 /// The Kinesis API server scripts/test started.
@@ -194,16 +196,21 @@ impl Request {
     }
 
     pub async fn send(self) -> Reply {
-        let response = self.builder.send().await.unwrap();
+        self.send_result().await.unwrap()
+    }
+
+    /// Sends, returning transport errors instead of panicking on them.
+    pub async fn send_result(self) -> Result<Reply, reqwest::Error> {
+        let response = self.builder.send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.unwrap();
+        let bytes = response.bytes().await?;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Reply { status, body, headers }
+        Ok(Reply { status, body, headers })
     }
 }
 

@@ -1,0 +1,232 @@
+//! The event store on a real Postgres: appends, conflicts, snapshots, NOTIFY,
+//! idempotency records, migrations under concurrent start-up.
+#![allow(clippy::unwrap_used)]
+
+use account_service::domain::{Account, AccountCommand, AccountEvent, AccountStatus, Actor};
+use eventstore::metrics::StoreMetrics;
+use eventstore::store::{Append, NewEvent};
+use eventstore::{CommandContext, Currency, EventMetadata, EventStore, Money, Repository, RepositoryConfig, StoreError};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use uuid::Uuid;
+
+fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+fn deposited(amount: i64, balance_after: i64) -> NewEvent {
+    NewEvent::from_domain(&AccountEvent::Deposited { amount, currency: eur(), balance_after }).unwrap()
+}
+
+fn append(stream_id: Uuid, expected_version: i32, events: Vec<NewEvent>) -> Append {
+    Append {
+        stream_id,
+        stream_type: "account",
+        expected_version,
+        events,
+        metadata: EventMetadata { actor: "test".into(), ..Default::default() },
+        snapshot: None,
+        idempotency: None,
+    }
+}
+
+fn repository(pool: &PgPool, snapshot_every: u32, cache_capacity: usize) -> Repository<Account> {
+    let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
+    Repository::new(
+        EventStore::new(pool.clone()),
+        RepositoryConfig { snapshot_every, max_attempts: 5, cache_capacity },
+        metrics,
+    )
+}
+
+fn alice() -> Actor {
+    Actor { id: "alice".into(), staff: false }
+}
+
+async fn open(repo: &Repository<Account>, id: Uuid) {
+    let command = AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None };
+    repo.create(id, &command, &CommandContext::default(), |_, v| (201, serde_json::json!({"version": v}))).await.unwrap();
+}
+
+async fn deposit(repo: &Repository<Account>, id: Uuid, minor: i64) -> i64 {
+    let command = AccountCommand::Deposit { amount: Money::new(minor, eur(), i64::MAX).unwrap(), by: alice() };
+    let reply = repo.execute(id, &command, &CommandContext::default(), |_, v| (200, serde_json::json!({"version": v}))).await.unwrap();
+    reply.body["version"].as_i64().unwrap()
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn appends_are_versioned_and_a_stale_expected_version_is_a_typed_conflict(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let id = Uuid::now_v7();
+    let opened = NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
+    let first = store.append(&append(id, 0, vec![opened, deposited(5, 5)])).await.unwrap();
+    assert_eq!(first.new_version, 2);
+    assert_eq!(first.last_position - first.first_position, 1);
+
+    // the same expected version again loses: a conflict, not a database error
+    let again = store.append(&append(id, 0, vec![deposited(1, 6)])).await;
+    assert!(matches!(again, Err(StoreError::Conflict { expected: 0, .. })), "{again:?}");
+    let stale = store.append(&append(id, 1, vec![deposited(1, 6)])).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { expected: 1, .. })), "{stale:?}");
+    // an expected version beyond the stream's end never leaves a gap
+    let ahead = store.append(&append(id, 7, vec![deposited(1, 6)])).await;
+    assert!(matches!(ahead, Err(StoreError::Conflict { expected: 7, .. })), "{ahead:?}");
+
+    let events = tests::stream_events(&pool, id).await;
+    assert_eq!(events.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2]);
+    let loaded = store.load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.state.balance, loaded.state.status), (2, 5, AccountStatus::Open));
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn concurrent_appends_at_one_version_have_exactly_one_winner(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let id = Uuid::now_v7();
+    let opened = NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
+    store.append(&append(id, 0, vec![opened])).await.unwrap();
+
+    let racers = (0..10).map(|i| {
+        let store = store.clone();
+        async move { store.append(&append(id, 1, vec![deposited(i + 1, i + 1)])).await }
+    });
+    let results = futures::future::join_all(racers).await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    let conflicts = results.iter().filter(|r| matches!(r, Err(StoreError::Conflict { .. }))).count();
+    assert_eq!((wins, conflicts), (1, 9));
+    assert_eq!(tests::stream_events(&pool, id).await.len(), 2);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn loading_from_a_snapshot_equals_a_full_replay_over_thousands_of_events(pool: PgPool) {
+    let repo = repository(&pool, 100, 0);
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    let mut expected_balance = 0;
+    for i in 1..=2_500_i64 {
+        let amount = (i * 7919) % 1000 + 1;
+        expected_balance += amount;
+        deposit(&repo, id, amount).await;
+    }
+    let store = repo.store();
+    let (snapshot_version,): (i32,) =
+        sqlx::query_as("select version from es.snapshots where stream_id = $1").bind(id).fetch_one(&pool).await.unwrap();
+    assert_eq!(snapshot_version, 2_500, "a snapshot every 100 events, the last at 2,500");
+
+    let from_snapshot = store.load::<Account>(id).await.unwrap().unwrap();
+    let replayed = store.load_full_replay::<Account>(id).await.unwrap().unwrap();
+    assert_eq!(from_snapshot.version, 2_501);
+    assert_eq!(from_snapshot.version, replayed.version);
+    assert_eq!(from_snapshot.state, replayed.state);
+    assert_eq!(replayed.state.balance, expected_balance);
+
+    // a tail after the snapshot is folded on top of it
+    for _ in 0..37 {
+        expected_balance += 3;
+        deposit(&repo, id, 3).await;
+    }
+    let from_snapshot = store.load::<Account>(id).await.unwrap().unwrap();
+    let replayed = store.load_full_replay::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((from_snapshot.version, from_snapshot.state.balance), (2_538, expected_balance));
+    assert_eq!(from_snapshot.state, replayed.state);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_snapshot_of_another_schema_version_is_ignored(pool: PgPool) {
+    let repo = repository(&pool, 10, 0);
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    for _ in 0..12 {
+        deposit(&repo, id, 10).await;
+    }
+    // a snapshot that claims another owner, under another schema version
+    sqlx::query("update es.snapshots set schema_version = 99, state = jsonb_set(state, '{owner}', '\"mallory\"') where stream_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let loaded = repo.store().load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.state.balance, loaded.state.owner.as_str()), (13, 120, "alice"));
+
+    // the same lie under the code's schema version would be believed: the check matters
+    sqlx::query("update es.snapshots set schema_version = 1 where stream_id = $1").bind(id).execute(&pool).await.unwrap();
+    let believed = repo.store().load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((believed.version, believed.state.owner.as_str()), (13, "mallory"));
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn an_append_notifies_listeners_at_commit(pool: PgPool) {
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("es_events").await.unwrap();
+    let repo = repository(&pool, 100, 0);
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
+    assert_eq!(note.channel(), "es_events");
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn an_idempotency_record_is_written_only_with_its_events(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let id = Uuid::now_v7();
+    let opened = NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
+    let mut first = append(id, 0, vec![opened.clone()]);
+    first.idempotency = Some(eventstore::store::IdempotencyWrite {
+        actor: "alice".into(),
+        key: "k1".into(),
+        request_hash: "h".into(),
+        status: 201,
+        body: serde_json::json!({"id": id}),
+    });
+    store.append(&first).await.unwrap();
+    let stored = store.find_idempotent_response("alice", "k1").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.request_hash.as_str()), (201, "h"));
+
+    // a second append with the same key is refused as a whole: no event, no record change
+    let other = Uuid::now_v7();
+    let mut second = append(other, 0, vec![NewEvent { event_id: Uuid::now_v7(), ..opened }]);
+    second.idempotency = first.idempotency.clone();
+    assert!(matches!(store.append(&second).await, Err(StoreError::IdempotencyKeyTaken)));
+    assert!(tests::stream_events(&pool, other).await.is_empty());
+
+    // a conflicting append writes no record either
+    let mut stale = append(id, 0, vec![deposited(1, 1)]);
+    stale.idempotency = Some(eventstore::store::IdempotencyWrite { key: "k2".into(), ..first.idempotency.clone().unwrap() });
+    assert!(matches!(store.append(&stale).await, Err(StoreError::Conflict { .. })));
+    assert!(store.find_idempotent_response("alice", "k2").await.unwrap().is_none());
+}
+
+#[sqlx::test(migrations = false)]
+async fn services_starting_together_apply_the_migrations_once(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let runs = (0..6).map(|_| {
+        let pool = pool.clone();
+        async move { migrations::MIGRATOR.run(&pool).await }
+    });
+    for result in futures::future::join_all(runs).await {
+        result.unwrap();
+    }
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations").fetch_one(&pool).await.unwrap();
+    assert_eq!(applied, migrations::MIGRATOR.iter().count() as i64);
+    let tables: i64 = sqlx::query_scalar("select count(*) from information_schema.tables where table_schema = 'es'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tables, 3);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_cached_state_overtaken_by_another_writer_is_reloaded_not_trusted(pool: PgPool) {
+    // two repositories = two service instances, each with its own cache
+    let a = repository(&pool, 100, 1000);
+    let b = repository(&pool, 100, 1000);
+    let id = Uuid::now_v7();
+    open(&a, id).await;
+    assert_eq!(deposit(&a, id, 10).await, 2);
+    assert_eq!(deposit(&b, id, 20).await, 3);
+    // `a` still caches version 2; its append conflicts, it reloads and succeeds
+    assert_eq!(deposit(&a, id, 30).await, 4);
+    let loaded = a.store().load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (4, 60));
+    let conflicts: Vec<_> = tests::stream_events(&pool, id).await.into_iter().map(|e| e.2["balance_after"].clone()).collect();
+    assert_eq!(conflicts[1..], [serde_json::json!(10), serde_json::json!(30), serde_json::json!(60)]);
+}
