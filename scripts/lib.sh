@@ -111,15 +111,17 @@ kinesis_call() {
     -d "$body"
 }
 
-# kinesalite_start PORT LOG [DATA_DIR]: in memory, or persisted in DATA_DIR. Prints the pid.
+# kinesalite_start PORT LOG [DATA_DIR]: in memory, or persisted in DATA_DIR. Sets
+# KINESALITE_PID (call it directly, not in $(...), so the server is this shell's child).
 kinesalite_start() {
   local port=$1 logfile=$2 data=${3:-}
   local args=(--port "$port" --createStreamMs 0 --deleteStreamMs 0 --updateStreamMs 0 --shardLimit 100)
   [ -n "$data" ] && { mkdir -p "$data"; args+=(--path "$data"); }
   node "$KINESIS_TOOLS/node_modules/kinesalite/cli.js" "${args[@]}" >"$logfile" 2>&1 &
   local pid=$!
+  KINESALITE_PID=$pid
   for _ in $(seq 1 100); do
-    if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then echo "$pid"; return 0; fi
+    if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then return 0; fi
     kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "kinesalite exited"; }
     sleep 0.1
   done
