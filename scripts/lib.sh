@@ -26,6 +26,7 @@ ensure_postgres() {
   [ -x "$PG_BIN/initdb" ] || apt_install postgresql-15
   [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PG_BIN"
   command -v curl >/dev/null || apt_install curl
+  command -v openssl >/dev/null || apt_install openssl  # the RS256 test makes its key pair
 }
 
 ensure_kinesis_servers() {

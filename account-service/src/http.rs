@@ -102,12 +102,7 @@ async fn deposit(
     Path(id): Path<String>,
     body: ApiJson<AmountBody>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
-    let command = AccountCommand::Deposit { amount, by: actor(&meta.caller) };
-    let ctx = meta.context(&body.canonical, body.value.expected_version);
-    let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
-    Ok(command_response(reply))
+    amount_command(state, meta, &id, body, |amount, by| AccountCommand::Deposit { amount, by }).await
 }
 
 async fn withdraw(
@@ -116,9 +111,20 @@ async fn withdraw(
     Path(id): Path<String>,
     body: ApiJson<AmountBody>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    amount_command(state, meta, &id, body, |amount, by| AccountCommand::Withdraw { amount, by }).await
+}
+
+/// A deposit or a withdrawal: parse, check the amount, run the command.
+async fn amount_command(
+    state: AppState,
+    meta: CommandMeta,
+    id: &str,
+    body: ApiJson<AmountBody>,
+    command: fn(Money, Actor) -> AccountCommand,
+) -> Result<Response, ApiError> {
+    let id = parse_id(id)?;
     let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
-    let command = AccountCommand::Withdraw { amount, by: actor(&meta.caller) };
+    let command = command(amount, actor(&meta.caller));
     let ctx = meta.context(&body.canonical, body.value.expected_version);
     let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
     Ok(command_response(reply))

@@ -11,12 +11,12 @@ pub mod openapi;
 use axum::Router;
 use axum::extract::FromRef;
 use domain::Account;
-use eventstore::metrics::StoreMetrics;
 use eventstore::rapids::Rapids;
-use eventstore::{EventStore, Repository};
+use eventstore::Repository;
 use service_kit::auth::JwtVerifier;
 use service_kit::config::{CommandArgs, ServiceArgs};
 use service_kit::http::Kit;
+use service_kit::startup::CommandParts;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,12 +54,8 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 impl AppState {
     /// Builds the state over an already migrated pool.
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let registry = prometheus::Registry::new();
-        let store_metrics = StoreMetrics::register(&registry)?;
-        let accounts = Repository::new(EventStore::new(pool.clone()), config.commands.repository_config(), store_metrics);
-        let verifier = Arc::new(JwtVerifier::from_args(&config.service.auth)?);
-        let kit = Kit::new("account-service", pool, rapids, registry, openapi::document_json(), &config.service.http)?;
-        Ok(AppState { accounts, verifier, max_amount: config.commands.max_amount_minor, kit })
+        let parts = CommandParts::<Account>::build("account-service", &config.service, &config.commands, pool, rapids, openapi::document_json())?;
+        Ok(AppState { accounts: parts.repository, verifier: parts.verifier, max_amount: config.commands.max_amount_minor, kit: parts.kit })
     }
 }
 

@@ -9,11 +9,13 @@
 //! * [`repository`]: runs commands against aggregates: per-stream serialization,
 //!   an in-memory state cache, bounded retries on conflicts, snapshots, idempotency.
 //! * [`rapids`]: the Kinesis client configuration shared by services and tools.
+//! * [`group_commit`]: concurrent appends share one statement and one commit.
 //! * [`metrics`]: the store's Prometheus counters.
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
 pub mod envelope;
+pub mod group_commit;
 pub mod metrics;
 pub mod money;
 pub mod rapids;

@@ -13,6 +13,7 @@
 
 use crate::aggregate::Aggregate;
 use crate::envelope::EventMetadata;
+use crate::group_commit::GroupCommit;
 use crate::metrics::StoreMetrics;
 use crate::store::{Append, EventStore, IdempotencyWrite, Loaded, NewEvent, SnapshotWrite, StoreError};
 use rand::Rng;
@@ -30,11 +31,21 @@ pub struct RepositoryConfig {
     pub max_attempts: u32,
     /// Streams whose state is kept in memory (0 disables the cache).
     pub cache_capacity: usize,
+    /// Writer tasks of the group-commit queue (0: every command appends on its own).
+    pub append_writers: usize,
+    /// Most appends one group commit carries.
+    pub append_batch_max: usize,
 }
 
 impl Default for RepositoryConfig {
     fn default() -> Self {
-        RepositoryConfig { snapshot_every: 100, max_attempts: 5, cache_capacity: 100_000 }
+        RepositoryConfig {
+            snapshot_every: 100,
+            max_attempts: 5,
+            cache_capacity: 100_000,
+            append_writers: 4,
+            append_batch_max: 64,
+        }
     }
 }
 
@@ -88,6 +99,7 @@ pub struct Repository<A: Aggregate> {
     config: RepositoryConfig,
     metrics: StoreMetrics,
     shards: Arc<[Mutex<HashMap<Uuid, Slot<A>>>]>,
+    group_commit: Option<GroupCommit>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -97,6 +109,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             config: self.config,
             metrics: self.metrics.clone(),
             shards: self.shards.clone(),
+            group_commit: self.group_commit.clone(),
         }
     }
 }
@@ -104,9 +117,26 @@ impl<A: Aggregate> Clone for Repository<A> {
 const SHARDS: usize = 64;
 
 impl<A: Aggregate> Repository<A> {
+    /// A repository over `store`. With `append_writers > 0` it starts the group-commit
+    /// writers, so it must be created inside a Tokio runtime.
     pub fn new(store: EventStore, config: RepositoryConfig, metrics: StoreMetrics) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect::<Vec<_>>();
-        Repository { store, config: RepositoryConfig { max_attempts: config.max_attempts.max(1), ..config }, metrics, shards: shards.into() }
+        let group_commit = (config.append_writers > 0)
+            .then(|| GroupCommit::spawn(store.clone(), config.append_writers, config.append_batch_max));
+        Repository {
+            store,
+            config: RepositoryConfig { max_attempts: config.max_attempts.max(1), ..config },
+            metrics,
+            shards: shards.into(),
+            group_commit,
+        }
+    }
+
+    async fn append(&self, append: Append) -> Result<crate::store::Appended, StoreError> {
+        match &self.group_commit {
+            Some(queue) => queue.append(append).await,
+            None => self.store.append(&append).await,
+        }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -181,7 +211,7 @@ impl<A: Aggregate> Repository<A> {
             let new_state = loaded.state.clone().apply_all(&events);
             let (status, body) = reply(&new_state, new_version);
             let append = self.build_append(stream_id, loaded.version, &events, &new_state, ctx, status, &body)?;
-            match self.store.append(&append).await {
+            match self.append(append).await {
                 Ok(_) => {
                     self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
                     self.metrics.events.with_label_values(&[A::STREAM_TYPE]).inc_by(events.len() as u64);

@@ -27,6 +27,23 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database cannot be reached or has no free connection.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The batch this append was part of failed as a whole.
+    #[error("the batch of appends failed: {0}")]
+    Batch(String),
+}
+
+impl StoreError {
+    /// The same failure for each member of a batch (sqlx errors cannot be cloned).
+    pub fn shared(&self) -> StoreError {
+        match self {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+            | StoreError::Unavailable(_) => StoreError::Unavailable(self.to_string()),
+            other => StoreError::Batch(other.to_string()),
+        }
+    }
 }
 
 /// An aggregate's state and the version of its last event (0 for a stream that does not exist).
@@ -107,33 +124,108 @@ pub struct Appended {
 const EVENTS_VERSION_KEY: &str = "events_stream_version_key";
 const IDEMPOTENCY_KEY: &str = "idempotency_pkey";
 
-/// One statement: the events (only if the stream is at the expected version), the
-/// snapshot when one is due, the idempotency record when a key was given.
+/// One statement appends a batch: for each append whose expected version is its
+/// stream's last one (or 0 for a new stream), its events, its snapshot when one is
+/// due, and its idempotency record. An append whose expected version is not the
+/// stream's last writes nothing and is missing from the result. A unique violation
+/// (another writer took a version or the idempotency key) aborts the whole statement.
 const APPEND_SQL: &str = r#"
-with ev as (
-    insert into es.events (stream_id, stream_type, version, event_id, type, schema_version, data, metadata)
-    select $1, $2, $3 + e.ord::int, e.event_id, e.type, e.schema_version, e.data, $4
-    from unnest($5::uuid[], $6::text[], $7::int2[], $8::jsonb[])
-         with ordinality as e(event_id, type, schema_version, data, ord)
+with appends as (
+    select * from unnest($1::uuid[], $2::text[], $3::int[], $4::jsonb[])
+        with ordinality as a(stream_id, stream_type, expected, metadata, idx)
+), ready as (
     -- never leave a gap: the expected version must be the stream's last one
-    where $3 = 0 or exists (select 1 from es.events where stream_id = $1 and version = $3)
-    order by e.ord
-    returning position
+    select a.* from appends a
+    where a.expected = 0
+       or exists (select 1 from es.events x where x.stream_id = a.stream_id and x.version = a.expected)
+), ev as (
+    insert into es.events (stream_id, stream_type, version, event_id, type, schema_version, data, metadata)
+    select r.stream_id, r.stream_type, r.expected + e.n, e.event_id, e.type, e.schema_version, e.data, r.metadata
+    from unnest($5::int8[], $6::int[], $7::uuid[], $8::text[], $9::int2[], $10::jsonb[])
+        as e(idx, n, event_id, type, schema_version, data)
+    join ready r on r.idx = e.idx
+    order by e.idx, e.n
+    returning stream_id, position
 ), snap as (
     insert into es.snapshots (stream_id, stream_type, version, schema_version, state)
-    select $1, $2, $9, $10, $11
-    where $9::int is not null and exists (select 1 from ev)
+    select r.stream_id, r.stream_type, s.version, s.schema_version, s.state
+    from unnest($11::int8[], $12::int[], $13::int2[], $14::jsonb[]) as s(idx, version, schema_version, state)
+    join ready r on r.idx = s.idx
     on conflict (stream_id) do update
         set version = excluded.version, schema_version = excluded.schema_version,
             state = excluded.state, taken_at = now()
         where es.snapshots.version < excluded.version
 ), idem as (
     insert into es.idempotency (actor, key, request_hash, status, body, stream_id)
-    select $12, $13, $14, $15, $16, $1
-    where $13::text is not null and exists (select 1 from ev)
+    select i.actor, i.key, i.request_hash, i.status, i.body, r.stream_id
+    from unnest($15::int8[], $16::text[], $17::text[], $18::text[], $19::int2[], $20::jsonb[])
+        as i(idx, actor, key, request_hash, status, body)
+    join ready r on r.idx = i.idx
 )
-select min(position) as first_position, max(position) as last_position, count(*) as appended from ev
+select r.idx, min(ev.position) as first_position, max(ev.position) as last_position
+from ready r join ev on ev.stream_id = r.stream_id
+group by r.idx
 "#;
+
+/// The column arrays of one batch statement.
+#[derive(Default)]
+struct BatchColumns {
+    stream_ids: Vec<Uuid>,
+    stream_types: Vec<&'static str>,
+    expected: Vec<i32>,
+    metadata: Vec<serde_json::Value>,
+    ev_idx: Vec<i64>,
+    ev_n: Vec<i32>,
+    ev_ids: Vec<Uuid>,
+    ev_types: Vec<String>,
+    ev_schemas: Vec<i16>,
+    ev_data: Vec<serde_json::Value>,
+    snap_idx: Vec<i64>,
+    snap_versions: Vec<i32>,
+    snap_schemas: Vec<i16>,
+    snap_states: Vec<serde_json::Value>,
+    idem_idx: Vec<i64>,
+    idem_actors: Vec<String>,
+    idem_keys: Vec<String>,
+    idem_hashes: Vec<String>,
+    idem_statuses: Vec<i16>,
+    idem_bodies: Vec<serde_json::Value>,
+}
+
+impl BatchColumns {
+    fn push(&mut self, idx: i64, append: &Append) -> Result<(), StoreError> {
+        if append.events.is_empty() {
+            return Err(StoreError::Corrupt("an append needs at least one event".into()));
+        }
+        self.stream_ids.push(append.stream_id);
+        self.stream_types.push(append.stream_type);
+        self.expected.push(append.expected_version);
+        self.metadata.push(serde_json::to_value(&append.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        for (n, event) in append.events.iter().enumerate() {
+            self.ev_idx.push(idx);
+            self.ev_n.push(n as i32 + 1);
+            self.ev_ids.push(event.event_id);
+            self.ev_types.push(event.event_type.clone());
+            self.ev_schemas.push(event.schema_version);
+            self.ev_data.push(event.data.clone());
+        }
+        if let Some(snapshot) = &append.snapshot {
+            self.snap_idx.push(idx);
+            self.snap_versions.push(snapshot.version);
+            self.snap_schemas.push(snapshot.schema_version);
+            self.snap_states.push(snapshot.state.clone());
+        }
+        if let Some(idem) = &append.idempotency {
+            self.idem_idx.push(idx);
+            self.idem_actors.push(idem.actor.clone());
+            self.idem_keys.push(idem.key.clone());
+            self.idem_hashes.push(idem.request_hash.clone());
+            self.idem_statuses.push(i16::try_from(idem.status).unwrap_or(500));
+            self.idem_bodies.push(idem.body.clone());
+        }
+        Ok(())
+    }
+}
 
 /// The Postgres event store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -151,54 +243,93 @@ impl EventStore {
     }
 
     /// Appends events at `expected_version + 1 ..` in one statement.
-    #[tracing::instrument(skip_all, fields(stream_id = %append.stream_id, expected = append.expected_version), err(level = "debug"))]
     pub async fn append(&self, append: &Append) -> Result<Appended, StoreError> {
-        if append.events.is_empty() {
-            return Err(StoreError::Corrupt("an append needs at least one event".into()));
-        }
-        let metadata = serde_json::to_value(&append.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let ids: Vec<Uuid> = append.events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = append.events.iter().map(|e| e.event_type.as_str()).collect();
-        let schemas: Vec<i16> = append.events.iter().map(|e| e.schema_version).collect();
-        let data: Vec<serde_json::Value> = append.events.iter().map(|e| e.data.clone()).collect();
-        let snapshot = append.snapshot.as_ref();
-        let idem = append.idempotency.as_ref();
+        let mut results = self.append_batch(std::slice::from_ref(append)).await?;
+        results.pop().unwrap_or_else(|| Err(StoreError::Corrupt("an append without a result".into())))
+    }
 
-        let row: Result<(Option<i64>, Option<i64>, i64), sqlx::Error> = sqlx::query_as(APPEND_SQL)
-            .bind(append.stream_id)
-            .bind(append.stream_type)
-            .bind(append.expected_version)
-            .bind(sqlx::types::Json(&metadata))
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schemas)
-            .bind(&data)
-            .bind(snapshot.map(|s| s.version))
-            .bind(snapshot.map(|s| s.schema_version))
-            .bind(snapshot.map(|s| sqlx::types::Json(&s.state)))
-            .bind(idem.map(|i| i.actor.as_str()))
-            .bind(idem.map(|i| i.key.as_str()))
-            .bind(idem.map(|i| i.request_hash.as_str()))
-            .bind(idem.map(|i| i.status as i16))
-            .bind(idem.map(|i| sqlx::types::Json(&i.body)))
-            .fetch_one(&self.pool)
-            .await;
-
-        let conflict = StoreError::Conflict { stream_id: append.stream_id, expected: append.expected_version };
-        match row {
-            Ok((Some(first), Some(last), n)) if n == append.events.len() as i64 => Ok(Appended {
-                new_version: append.expected_version + append.events.len() as i32,
-                first_position: first,
-                last_position: last,
-            }),
-            // the expected version is not the stream's last one
-            Ok(_) => Err(conflict),
-            Err(sqlx::Error::Database(db)) if db.constraint() == Some(EVENTS_VERSION_KEY) => Err(conflict),
-            Err(sqlx::Error::Database(db)) if db.constraint() == Some(IDEMPOTENCY_KEY) => {
-                Err(StoreError::IdempotencyKeyTaken)
+    /// Appends a batch of appends to distinct streams in one statement and one commit
+    /// (group commit), with a result per append. When a unique violation aborts the
+    /// statement, each append is retried alone, so a conflict of one never fails the
+    /// others. The outer error is a fault of the whole batch.
+    #[tracing::instrument(skip_all, fields(appends = appends.len()), err(level = "debug"))]
+    pub async fn append_batch(&self, appends: &[Append]) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        match self.append_once(appends).await {
+            Ok(results) => Ok(results),
+            Err(StoreError::Conflict { .. } | StoreError::IdempotencyKeyTaken) if appends.len() > 1 => {
+                let mut results = Vec::with_capacity(appends.len());
+                for append in appends {
+                    results.push(match self.append_once(std::slice::from_ref(append)).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| Err(StoreError::Corrupt("no result".into()))),
+                        Err(e @ (StoreError::Conflict { .. } | StoreError::IdempotencyKeyTaken)) => Err(e),
+                        Err(e) => return Err(e),
+                    });
+                }
+                Ok(results)
             }
-            Err(e) => Err(StoreError::Database(e)),
+            Err(e) if appends.len() == 1 => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
         }
+    }
+
+    async fn append_once(&self, appends: &[Append]) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut c = BatchColumns::default();
+        for (i, append) in appends.iter().enumerate() {
+            c.push(i as i64 + 1, append)?;
+        }
+        let rows: Result<Vec<(i64, i64, i64)>, sqlx::Error> = sqlx::query_as(APPEND_SQL)
+            .bind(&c.stream_ids)
+            .bind(&c.stream_types)
+            .bind(&c.expected)
+            .bind(&c.metadata)
+            .bind(&c.ev_idx)
+            .bind(&c.ev_n)
+            .bind(&c.ev_ids)
+            .bind(&c.ev_types)
+            .bind(&c.ev_schemas)
+            .bind(&c.ev_data)
+            .bind(&c.snap_idx)
+            .bind(&c.snap_versions)
+            .bind(&c.snap_schemas)
+            .bind(&c.snap_states)
+            .bind(&c.idem_idx)
+            .bind(&c.idem_actors)
+            .bind(&c.idem_keys)
+            .bind(&c.idem_hashes)
+            .bind(&c.idem_statuses)
+            .bind(&c.idem_bodies)
+            .fetch_all(&self.pool)
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db)) if db.constraint() == Some(EVENTS_VERSION_KEY) => {
+                let first = &appends[0];
+                return Err(StoreError::Conflict { stream_id: first.stream_id, expected: first.expected_version });
+            }
+            Err(sqlx::Error::Database(db)) if db.constraint() == Some(IDEMPOTENCY_KEY) => {
+                return Err(StoreError::IdempotencyKeyTaken);
+            }
+            Err(e) => return Err(StoreError::Database(e)),
+        };
+        let mut done: Vec<Option<(i64, i64)>> = vec![None; appends.len()];
+        for (idx, first, last) in rows {
+            if let Some(slot) = usize::try_from(idx - 1).ok().and_then(|i| done.get_mut(i)) {
+                *slot = Some((first, last));
+            }
+        }
+        Ok(appends
+            .iter()
+            .zip(done)
+            .map(|(append, positions)| match positions {
+                Some((first_position, last_position)) => Ok(Appended {
+                    new_version: append.expected_version + append.events.len() as i32,
+                    first_position,
+                    last_position,
+                }),
+                // its expected version is not the stream's last one
+                None => Err(StoreError::Conflict { stream_id: append.stream_id, expected: append.expected_version }),
+            })
+            .collect())
     }
 
     /// Loads an aggregate: the latest snapshot of the code's schema version, then the

@@ -1,21 +1,13 @@
-//! query-service binary: configuration, connections, migrations, then [`query_service::run`].
+//! query-service binary: configuration, connections, migrations, then [`query_service::router`].
 
-use query_service::{AppState, Config, run};
 use clap::Parser;
-use eventstore::rapids::Rapids;
-use service_kit::{shutdown, startup, telemetry};
+use query_service::{AppState, Config, router};
+use service_kit::startup::{boot, serve_until_signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.service.log.log_format);
-    let pool = startup::connect(&config.service.database).await?;
-    startup::migrate(&pool).await?;
-    let rapids = Rapids::connect(&config.service.kinesis.rapids_config()).await;
+    let (pool, rapids) = boot(&config.service).await?;
     let state = AppState::new(&config, pool, Some(rapids))?;
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "query-service listening");
-    run(listener, state, shutdown::on_signals()).await?;
-    tracing::info!("query-service stopped");
-    Ok(())
+    serve_until_signal("query-service", config.addr, router(state)).await
 }

@@ -130,6 +130,12 @@ pub struct CommandArgs {
     /// Aggregates kept in memory (0: load every command's aggregate from the store).
     #[arg(long, env = "AGGREGATE_CACHE_SIZE", default_value_t = 100_000)]
     pub aggregate_cache_size: usize,
+    /// Writer tasks that group concurrent appends into one commit (0: no grouping).
+    #[arg(long, env = "APPEND_WRITERS", default_value_t = 4)]
+    pub append_writers: usize,
+    /// Most appends one group commit carries.
+    #[arg(long, env = "APPEND_BATCH_MAX", default_value_t = 64)]
+    pub append_batch_max: usize,
     /// Largest amount of one command, in minor units.
     #[arg(long, env = "MAX_AMOUNT_MINOR", default_value_t = 1_000_000_000)]
     pub max_amount_minor: i64,
@@ -141,6 +147,8 @@ impl CommandArgs {
             snapshot_every: self.snapshot_every,
             max_attempts: self.command_max_attempts,
             cache_capacity: self.aggregate_cache_size,
+            append_writers: self.append_writers,
+            append_batch_max: self.append_batch_max,
         }
     }
 }

@@ -112,9 +112,9 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => {
                 ApiError::conflict("version_conflict", "the stream was changed concurrently; retry")
             }
-            StoreError::Database(sqlx::Error::PoolTimedOut) => {
-                tracing::warn!("database pool exhausted");
-                ApiError::unavailable("unavailable", "the service is overloaded; retry shortly")
+            StoreError::Database(sqlx::Error::PoolTimedOut) | StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("unavailable", "the service is overloaded or its database is unreachable; retry shortly")
             }
             other => ApiError::internal(other),
         }

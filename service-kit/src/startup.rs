@@ -46,3 +46,50 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
     migrations::MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// What a service's `main` does before building its state: logging, the database
+/// (waiting for it, then migrating) and the Kinesis client.
+pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<(PgPool, eventstore::rapids::Rapids)> {
+    crate::telemetry::init(args.log.log_format);
+    let pool = connect(&args.database).await?;
+    migrate(&pool).await?;
+    let rapids = eventstore::rapids::Rapids::connect(&args.kinesis.rapids_config()).await;
+    Ok((pool, rapids))
+}
+
+/// Binds `addr` and serves `app` until SIGINT or SIGTERM, then drains requests in flight.
+pub async fn serve_until_signal(service: &str, addr: std::net::SocketAddr, app: axum::Router) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "{service} listening");
+    crate::http::serve(listener, app, crate::shutdown::on_signals()).await?;
+    tracing::info!("{service} stopped");
+    Ok(())
+}
+
+/// The parts every command service builds over its pool: the aggregate's repository
+/// (with the store's metrics), the token verifier and the HTTP kit.
+pub struct CommandParts<A: eventstore::Aggregate> {
+    pub repository: eventstore::Repository<A>,
+    pub verifier: std::sync::Arc<crate::auth::JwtVerifier>,
+    pub kit: crate::http::Kit,
+}
+
+impl<A: eventstore::Aggregate> CommandParts<A> {
+    pub fn build(
+        service: &'static str,
+        args: &crate::config::ServiceArgs,
+        commands: &crate::config::CommandArgs,
+        pool: PgPool,
+        rapids: Option<eventstore::rapids::Rapids>,
+        openapi: serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let metrics = eventstore::metrics::StoreMetrics::register(&registry)?;
+        let store = eventstore::EventStore::new(pool.clone());
+        Ok(CommandParts {
+            repository: eventstore::Repository::new(store, commands.repository_config(), metrics),
+            verifier: std::sync::Arc::new(crate::auth::JwtVerifier::from_args(&args.auth)?),
+            kit: crate::http::Kit::new(service, pool, rapids, registry, openapi, &args.http)?,
+        })
+    }
+}

@@ -34,7 +34,7 @@ fn repository(pool: &PgPool, snapshot_every: u32, cache_capacity: usize) -> Repo
     let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
     Repository::new(
         EventStore::new(pool.clone()),
-        RepositoryConfig { snapshot_every, max_attempts: 5, cache_capacity },
+        RepositoryConfig { snapshot_every, max_attempts: 5, cache_capacity, ..RepositoryConfig::default() },
         metrics,
     )
 }
@@ -229,4 +229,92 @@ async fn a_cached_state_overtaken_by_another_writer_is_reloaded_not_trusted(pool
     assert_eq!((loaded.version, loaded.state.balance), (4, 60));
     let conflicts: Vec<_> = tests::stream_events(&pool, id).await.into_iter().map(|e| e.2["balance_after"].clone()).collect();
     assert_eq!(conflicts[1..], [serde_json::json!(10), serde_json::json!(30), serde_json::json!(60)]);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn in_a_batch_a_conflicting_append_fails_alone(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let opened = || NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
+    let (a, b, c, d) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store.append(&append(a, 0, vec![opened()])).await.unwrap();
+    store.append(&append(b, 0, vec![opened(), deposited(1, 1)])).await.unwrap();
+
+    // c is new; a is at 1 (fine); b is at 2, so expected 1 takes a version that exists
+    // (a unique violation aborts the statement; each append is then tried alone);
+    // d expects version 3 of a stream that does not exist
+    let results = store
+        .append_batch(&[
+            append(c, 0, vec![opened(), deposited(5, 5)]),
+            append(a, 1, vec![deposited(2, 2)]),
+            append(b, 1, vec![deposited(3, 4)]),
+            append(d, 3, vec![deposited(4, 4)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().new_version, 2);
+    assert_eq!(results[1].as_ref().unwrap().new_version, 2);
+    assert!(matches!(results[2], Err(StoreError::Conflict { expected: 1, .. })), "{:?}", results[2]);
+    assert!(matches!(results[3], Err(StoreError::Conflict { expected: 3, .. })), "{:?}", results[3]);
+    assert_eq!(tests::stream_events(&pool, c).await.len(), 2);
+    assert_eq!(tests::stream_events(&pool, a).await.len(), 2);
+    assert_eq!(tests::stream_events(&pool, b).await.len(), 2);
+    assert!(tests::stream_events(&pool, d).await.is_empty());
+
+    // without a unique violation the batch is one statement: d still fails alone
+    let results = store
+        .append_batch(&[append(a, 2, vec![deposited(1, 3)]), append(d, 3, vec![deposited(4, 4)])])
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().new_version, 3);
+    assert!(matches!(results[1], Err(StoreError::Conflict { .. })));
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn in_a_batch_a_taken_idempotency_key_fails_alone(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let opened = || NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
+    let with_key = |stream, key: &str| {
+        let mut a = append(stream, 0, vec![opened()]);
+        a.idempotency = Some(eventstore::store::IdempotencyWrite {
+            actor: "alice".into(),
+            key: key.into(),
+            request_hash: "h".into(),
+            status: 201,
+            body: serde_json::json!({}),
+        });
+        a
+    };
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let results = store.append_batch(&[with_key(a, "k"), with_key(b, "k"), with_key(c, "other")]).await.unwrap();
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(StoreError::IdempotencyKeyTaken)), "{:?}", results[1]);
+    assert!(results[2].is_ok());
+    assert!(tests::stream_events(&pool, b).await.is_empty());
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn group_commit_gives_each_of_many_concurrent_commands_its_own_result(pool: PgPool) {
+    let repo = Repository::<Account>::new(
+        EventStore::new(pool.clone()),
+        RepositoryConfig { append_writers: 2, append_batch_max: 16, ..RepositoryConfig::default() },
+        StoreMetrics::register(&prometheus::Registry::new()).unwrap(),
+    );
+    let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    futures::future::join_all(ids.iter().map(|id| open(&repo, *id))).await;
+    // 40 streams x 5 deposits, all at once
+    let deposits = ids.iter().flat_map(|id| (1..=5).map(move |i| (*id, i)));
+    let versions = futures::future::join_all(deposits.map(|(id, i)| {
+        let repo = repo.clone();
+        async move { (id, deposit(&repo, id, i).await) }
+    }))
+    .await;
+    assert_eq!(versions.len(), 200);
+    for id in &ids {
+        let mut mine: Vec<i64> = versions.iter().filter(|(s, _)| s == id).map(|(_, v)| *v).collect();
+        mine.sort_unstable();
+        assert_eq!(mine, vec![2, 3, 4, 5, 6]);
+        let loaded = repo.store().load::<Account>(*id).await.unwrap().unwrap();
+        assert_eq!((loaded.version, loaded.state.balance), (6, 15));
+    }
+    assert_eq!(tests::total_events(&pool).await, 240);
 }
