@@ -43,7 +43,7 @@ impl Default for RepositoryConfig {
             snapshot_every: 100,
             max_attempts: 5,
             cache_capacity: 100_000,
-            append_writers: 4,
+            append_writers: 1,
             append_batch_max: 64,
         }
     }

@@ -76,11 +76,18 @@ enum Bench {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Deposits { target, accounts, connections, seconds, database_url, pgbench } => {
+            // each phase starts from a fresh checkpoint, so neither pays for the other's writes
+            if let Some(url) = &database_url {
+                checkpoint(&pgbench, url)?;
+            }
+            let service = deposits(&target, accounts, connections, seconds).await?;
             let raw = match &database_url {
-                Some(url) => Some(pgbench_insert_rate(&pgbench, url, connections, seconds)?),
+                Some(url) => {
+                    checkpoint(&pgbench, url)?;
+                    Some(pgbench_insert_rate(&pgbench, url, connections, seconds)?)
+                }
                 None => None,
             };
-            let service = deposits(&target, accounts, connections, seconds).await?;
             println!("deposits against account-service: M={accounts} accounts, C={connections}, T={seconds}s");
             println!("  commands/s   {:>10.0}", service.rate);
             println!("  p50          {:>10.2} ms", service.p50_ms);
@@ -244,9 +251,17 @@ fn percentile(samples: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+fn checkpoint(pgbench: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    let status = Command::new(pgbench.with_file_name("psql")).args(["-q", "-X", "-d", url, "-c", "checkpoint"]).status()?;
+    if !status.success() {
+        bail!("checkpoint failed");
+    }
+    Ok(())
+}
+
 /// pgbench, C clients, T seconds, one insert per transaction into a table shaped like
 /// es.events (identity position, two unique indexes, jsonb). Returns transactions/s.
-fn pgbench_insert_rate(pgbench: &PathBuf, url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+fn pgbench_insert_rate(pgbench: &std::path::Path, url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
     let psql = pgbench.with_file_name("psql");
     let setup = "drop table if exists bench_events;
         create table bench_events (
