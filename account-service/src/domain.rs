@@ -154,7 +154,8 @@ impl Aggregate for Account {
             }
             AccountCommand::Deposit { amount, by } => {
                 let currency = self.open_for(by, true, Some(amount))?;
-                let balance_after = checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)?;
+                let balance_after =
+                    checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)?;
                 Ok(vec![AccountEvent::Deposited { amount: amount.minor(), currency, balance_after }])
             }
             AccountCommand::Withdraw { amount, by } => {
@@ -234,7 +235,11 @@ mod tests {
     #[test]
     fn opening_with_a_deposit_records_both() {
         let state = given::<Account>(&[])
-            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: Some(money(1000, eur())) })
+            .when(&AccountCommand::Open {
+                owner: "alice".into(),
+                currency: eur(),
+                initial_deposit: Some(money(1000, eur())),
+            })
             .then_events(&[opened(), deposited(1000, 1000)]);
         assert_eq!((state.balance, state.status), (1000, AccountStatus::Open));
     }
@@ -249,7 +254,11 @@ mod tests {
     #[test]
     fn an_initial_deposit_in_another_currency_is_refused() {
         given::<Account>(&[])
-            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: Some(money(5, usd())) })
+            .when(&AccountCommand::Open {
+                owner: "alice".into(),
+                currency: eur(),
+                initial_deposit: Some(money(5, usd())),
+            })
             .then_error(&AccountError::CurrencyMismatch { account: eur(), given: usd() });
     }
 
@@ -316,7 +325,9 @@ mod tests {
         given::<Account>(&[opened(), deposited(5, 5)])
             .when(&AccountCommand::Close { by: alice() })
             .then_error(&AccountError::BalanceNotZero { balance: 5 });
-        let closed = given::<Account>(&[opened()]).when(&AccountCommand::Close { by: alice() }).then_events(&[AccountEvent::Closed {}]);
+        let closed = given::<Account>(&[opened()])
+            .when(&AccountCommand::Close { by: alice() })
+            .then_events(&[AccountEvent::Closed {}]);
         assert_eq!(closed.status, AccountStatus::Closed);
         given::<Account>(&[opened(), AccountEvent::Closed {}])
             .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })

@@ -79,16 +79,16 @@ async fn open(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<Op
     let currency = Currency::parse(&body.value.currency)?;
     let initial_deposit = match &body.value.initial_deposit {
         Some(n) if n.as_i64() == Some(0) => None,
-        Some(n) => Some(Money::new(eventstore::money::amount_from_json(n, state.max_amount)?, currency, state.max_amount)?),
+        Some(n) => {
+            Some(Money::new(eventstore::money::amount_from_json(n, state.max_amount)?, currency, state.max_amount)?)
+        }
         None => None,
     };
     let id = Uuid::now_v7();
     let command = AccountCommand::Open { owner: meta.caller.subject.clone(), currency, initial_deposit };
     let ctx = meta.context(&body.canonical, None);
-    let reply = state
-        .accounts
-        .create(id, &command, &ctx, |account, version| (201, account_json(id, account, version)))
-        .await?;
+    let reply =
+        state.accounts.create(id, &command, &ctx, |account, version| (201, account_json(id, account, version))).await?;
     Ok(command_response(reply))
 }
 
@@ -143,10 +143,8 @@ async fn close(State(state): State<AppState>, meta: CommandMeta, Path(id): Path<
 async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let store = state.accounts.store();
-    let loaded = store
-        .load::<Account>(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;
+    let loaded =
+        store.load::<Account>(id).await?.ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;
     if !caller.may_read(&loaded.state.owner) {
         return Err(ApiError::forbidden("this account belongs to someone else"));
     }

@@ -1,7 +1,7 @@
 //! account-service binary: configuration, connections, migrations, then [`account_service::router`].
 
-use clap::Parser;
 use account_service::{AppState, Config, router};
+use clap::Parser;
 use service_kit::startup::{boot, serve_until_signal};
 
 #[tokio::main]

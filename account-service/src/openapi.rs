@@ -4,18 +4,25 @@ use serde_json::{Value, json};
 use service_kit::openapi::{document, error_response, error_responses as errors, with_success as with_ok};
 
 pub fn document_json() -> Value {
-    let id_param = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}]);
+    let id_param =
+        json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}]);
     let idem = json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255}});
     let account = json!({"description": "the account after the command", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}});
     let mut command_errors = errors(&[
-        ("400", "malformed_json, invalid_body, invalid_id, invalid_amount, amount_too_large, invalid_currency, invalid_idempotency_key"),
+        (
+            "400",
+            "malformed_json, invalid_body, invalid_id, invalid_amount, amount_too_large, invalid_currency, invalid_idempotency_key",
+        ),
         ("401", "missing_token, invalid_token, token_expired"),
         ("403", "forbidden: not your account"),
         ("404", "account_not_found"),
         ("409", "version_conflict"),
         ("413", "payload_too_large"),
         ("415", "unsupported_media_type"),
-        ("422", "insufficient_funds, account_closed, currency_mismatch, balance_not_zero, balance_limit_exceeded, idempotency_key_reused"),
+        (
+            "422",
+            "insufficient_funds, account_closed, currency_mismatch, balance_not_zero, balance_limit_exceeded, idempotency_key_reused",
+        ),
     ]);
     let amount_body = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AmountRequest"}}}});
     command_errors["503"] = error_response("timeout, unavailable");

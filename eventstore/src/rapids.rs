@@ -49,9 +49,8 @@ pub struct Rapids {
 
 impl Rapids {
     pub async fn connect(config: &RapidsConfig) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .region(aws_config::Region::new(config.region.clone()));
@@ -75,12 +74,7 @@ impl Rapids {
 
     /// Succeeds when the stream exists and answers (readiness).
     pub async fn probe(&self) -> Result<(), RapidsError> {
-        self.client
-            .describe_stream_summary()
-            .stream_name(&self.stream)
-            .send()
-            .await
-            .map_err(request_error)?;
+        self.client.describe_stream_summary().stream_name(&self.stream).send().await.map_err(request_error)?;
         Ok(())
     }
 
@@ -102,13 +96,8 @@ impl Rapids {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let summary = self
-                .client
-                .describe_stream_summary()
-                .stream_name(&self.stream)
-                .send()
-                .await
-                .map_err(request_error)?;
+            let summary =
+                self.client.describe_stream_summary().stream_name(&self.stream).send().await.map_err(request_error)?;
             let active = summary.stream_description_summary().map(|s| s.stream_status() == &StreamStatus::Active);
             if active == Some(true) {
                 return Ok(());

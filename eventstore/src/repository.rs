@@ -92,13 +92,15 @@ pub enum ExecuteError<E> {
 }
 
 type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
+/// The per-stream slots, in shards so that looking one up locks only its shard.
+type Slots<A> = Arc<[Mutex<HashMap<Uuid, Slot<A>>>]>;
 
 /// Runs commands of one aggregate type. Cheap to clone; clones share the cache.
 pub struct Repository<A: Aggregate> {
     store: EventStore,
     config: RepositoryConfig,
     metrics: StoreMetrics,
-    shards: Arc<[Mutex<HashMap<Uuid, Slot<A>>>]>,
+    shards: Slots<A>,
     group_commit: Option<GroupCommit>,
 }
 

@@ -205,7 +205,8 @@ async fn deposits(target: &Target, accounts: usize, connections: usize, seconds:
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|w| {
-            let (client, url, ids, ok, errors) = (client.clone(), target.url.clone(), ids.clone(), ok.clone(), errors.clone());
+            let (client, url, ids, ok, errors) =
+                (client.clone(), target.url.clone(), ids.clone(), ok.clone(), errors.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut n = w;
@@ -252,7 +253,8 @@ fn percentile(samples: &[f64], q: f64) -> f64 {
 }
 
 fn checkpoint(pgbench: &std::path::Path, url: &str) -> anyhow::Result<()> {
-    let status = Command::new(pgbench.with_file_name("psql")).args(["-q", "-X", "-d", url, "-c", "checkpoint"]).status()?;
+    let status =
+        Command::new(pgbench.with_file_name("psql")).args(["-q", "-X", "-d", url, "-c", "checkpoint"]).status()?;
     if !status.success() {
         bail!("checkpoint failed");
     }

@@ -67,7 +67,10 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("hs256", &self.hs256.is_some()).field("rs256", &self.rs256.is_some()).finish()
+        f.debug_struct("JwtVerifier")
+            .field("hs256", &self.hs256.is_some())
+            .field("rs256", &self.rs256.is_some())
+            .finish()
     }
 }
 
@@ -116,7 +119,12 @@ impl JwtVerifier {
 }
 
 /// Mints an HS256 token (development tools and tests).
-pub fn issue_hs256(secret: &str, subject: &str, role: Role, ttl_secs: i64) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn issue_hs256(
+    secret: &str,
+    subject: &str,
+    role: Role,
+    ttl_secs: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let claims = Claims { sub: subject.to_owned(), role, exp: chrono::Utc::now().timestamp() + ttl_secs };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
 }
@@ -138,7 +146,9 @@ where
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`")
+            })?;
         let caller = Arc::<JwtVerifier>::from_ref(state).verify(token)?;
         tracing::Span::current().record("actor", caller.subject.as_str());
         Ok(caller)

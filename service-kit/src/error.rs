@@ -114,7 +114,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Database(sqlx::Error::PoolTimedOut) | StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "database unavailable");
-                ApiError::unavailable("unavailable", "the service is overloaded or its database is unreachable; retry shortly")
+                ApiError::unavailable(
+                    "unavailable",
+                    "the service is overloaded or its database is unreachable; retry shortly",
+                )
             }
             other => ApiError::internal(other),
         }

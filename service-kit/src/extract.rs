@@ -129,7 +129,10 @@ where
         let idempotency_key = match parts.headers.get(IDEMPOTENCY_KEY) {
             None => None,
             Some(v) => {
-                let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
+                let key = v
+                    .to_str()
+                    .ok()
+                    .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
                 Some(
                     key.ok_or_else(|| {
                         ApiError::bad_request(
@@ -155,7 +158,8 @@ where
 
 /// Parses an id from the path: 400 `invalid_id` rather than a bare 404.
 pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("invalid_id", format!("`{}` is not a valid id", truncate(raw, 64))))
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request("invalid_id", format!("`{}` is not a valid id", truncate(raw, 64))))
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -100,7 +100,11 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
 async fn with_timeout(timeout: Duration, req: Request, next: Next) -> Response {
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => ApiError::unavailable("timeout", "the request took too long; if it was a command, retry it with the same Idempotency-Key").into_response(),
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            "the request took too long; if it was a command, retry it with the same Idempotency-Key",
+        )
+        .into_response(),
     }
 }
 
@@ -118,10 +122,7 @@ async fn health(State(kit): State<Kit>) -> Json<Value> {
 
 async fn ready(State(kit): State<Kit>) -> Response {
     let probe = Duration::from_secs(2);
-    let db = matches!(
-        tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await,
-        Ok(Ok(_))
-    );
+    let db = matches!(tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await, Ok(Ok(_)));
     let kinesis = match &kit.rapids {
         None => None,
         Some(rapids) => Some(matches!(tokio::time::timeout(probe, rapids.probe()).await, Ok(Ok(())))),
@@ -139,11 +140,7 @@ async fn ready(State(kit): State<Kit>) -> Response {
 }
 
 async fn metrics_text(State(kit): State<Kit>) -> Response {
-    (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&kit.registry),
-    )
-        .into_response()
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render(&kit.registry)).into_response()
 }
 
 async fn openapi(State(kit): State<Kit>) -> Json<Value> {

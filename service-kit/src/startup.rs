@@ -1,8 +1,8 @@
 //! Start-up: connect to Postgres (waiting while it starts) and run the migrations.
 
 use crate::config::DatabaseArgs;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,8 @@ pub enum StartupError {
 
 /// A pool to `DATABASE_URL`, retried until the database answers or the timeout passes.
 pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, StartupError> {
-    let options = session_options(PgConnectOptions::from_str(args.database_url.expose()).map_err(|_| StartupError::BadUrl)?);
+    let options =
+        session_options(PgConnectOptions::from_str(args.database_url.expose()).map_err(|_| StartupError::BadUrl)?);
     let timeout = Duration::from_secs(args.database_connect_timeout_secs);
     let started = Instant::now();
     loop {

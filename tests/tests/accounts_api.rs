@@ -16,23 +16,49 @@ async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: P
     let api = svc.api();
     let alice = token("alice", Customer);
 
-    let opened = api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": 1000})).send().await;
+    let opened =
+        api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": 1000})).send().await;
     let body = opened.expect(201);
     assert_eq!((body["version"].as_i64(), body["balance"].as_i64()), (Some(2), Some(1000)));
-    assert_eq!((body["owner"].as_str(), body["currency"].as_str(), body["status"].as_str()), (Some("alice"), Some("EUR"), Some("open")));
+    assert_eq!(
+        (body["owner"].as_str(), body["currency"].as_str(), body["status"].as_str()),
+        (Some("alice"), Some("EUR"), Some("open"))
+    );
     let id = opened.id();
 
-    let deposit = api.post(&format!("/accounts/{id}/deposits")).token(&alice).json(json!({"amount": 500, "currency": "EUR"})).send().await;
+    let deposit = api
+        .post(&format!("/accounts/{id}/deposits"))
+        .token(&alice)
+        .json(json!({"amount": 500, "currency": "EUR"}))
+        .send()
+        .await;
     assert_eq!((deposit.expect(200)["balance"].as_i64(), deposit.version()), (Some(1500), 3));
-    let withdrawal =
-        api.post(&format!("/accounts/{id}/withdrawals")).token(&alice).json(json!({"amount": 1500, "currency": "EUR"})).send().await;
+    let withdrawal = api
+        .post(&format!("/accounts/{id}/withdrawals"))
+        .token(&alice)
+        .json(json!({"amount": 1500, "currency": "EUR"}))
+        .send()
+        .await;
     assert_eq!((withdrawal.expect(200)["balance"].as_i64(), withdrawal.version()), (Some(0), 4));
 
     let read = api.get(&format!("/accounts/{id}")).token(&alice).send().await;
     let body = read.expect(200);
-    assert_eq!((body["balance"].as_i64(), body["version"].as_i64(), body["status"].as_str()), (Some(0), Some(4), Some("open")));
+    assert_eq!(
+        (body["balance"].as_i64(), body["version"].as_i64(), body["status"].as_str()),
+        (Some(0), Some(4), Some("open"))
+    );
     let recent = body["recent_transactions"].as_array().unwrap();
-    let summary: Vec<_> = recent.iter().map(|t| (t["kind"].as_str().unwrap(), t["amount"].as_i64().unwrap(), t["balance_after"].as_i64().unwrap(), t["version"].as_i64().unwrap())).collect();
+    let summary: Vec<_> = recent
+        .iter()
+        .map(|t| {
+            (
+                t["kind"].as_str().unwrap(),
+                t["amount"].as_i64().unwrap(),
+                t["balance_after"].as_i64().unwrap(),
+                t["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(summary, vec![("debit", 1500, 0, 4), ("credit", 500, 1500, 3), ("credit", 1000, 1000, 2)]);
 
     let closed = api.post(&format!("/accounts/{id}/close")).token(&alice).send().await;
@@ -40,7 +66,10 @@ async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: P
 
     let events = stream_events(&pool, id).await;
     let types: Vec<_> = events.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(types, ["account.opened", "account.deposited", "account.deposited", "account.withdrawn", "account.closed"]);
+    assert_eq!(
+        types,
+        ["account.opened", "account.deposited", "account.deposited", "account.withdrawn", "account.closed"]
+    );
     // every event records who acted and the request that caused it
     let metadata: Vec<serde_json::Value> = sqlx::query_scalar::<_, sqlx::types::Json<serde_json::Value>>(
         "select metadata from es.events where stream_id = $1 order by version",
@@ -77,43 +106,205 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
     let cases: Vec<(&str, tests::Request, u16, &str)> = vec![
         ("malformed JSON", api.post(&deposits).token(&alice).raw("{\"amount\": 5,"), 400, "malformed_json"),
         ("empty body", api.post(&deposits).token(&alice).raw(""), 400, "malformed_json"),
-        ("amount of the wrong type", api.post(&deposits).token(&alice).json(json!({"amount": "5", "currency": "EUR"})), 400, "invalid_body"),
-        ("currency of the wrong type", api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": 978})), 400, "invalid_body"),
+        (
+            "amount of the wrong type",
+            api.post(&deposits).token(&alice).json(json!({"amount": "5", "currency": "EUR"})),
+            400,
+            "invalid_body",
+        ),
+        (
+            "currency of the wrong type",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": 978})),
+            400,
+            "invalid_body",
+        ),
         ("missing currency", api.post(&deposits).token(&alice).json(json!({"amount": 5})), 400, "invalid_body"),
-        ("unknown field", api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR", "amuont": 1})), 400, "invalid_body"),
+        (
+            "unknown field",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR", "amuont": 1})),
+            400,
+            "invalid_body",
+        ),
         ("a JSON array", api.post(&deposits).token(&alice).json(json!([5, "EUR"])), 400, "invalid_body"),
-        ("amount 0", api.post(&deposits).token(&alice).json(json!({"amount": 0, "currency": "EUR"})), 400, "invalid_amount"),
-        ("negative amount", api.post(&deposits).token(&alice).json(json!({"amount": -5, "currency": "EUR"})), 400, "invalid_amount"),
-        ("negative withdrawal", api.post(&withdrawals).token(&alice).json(json!({"amount": -5, "currency": "EUR"})), 400, "invalid_amount"),
-        ("fractional amount", api.post(&deposits).token(&alice).json(json!({"amount": 5.5, "currency": "EUR"})), 400, "invalid_amount"),
-        ("above the maximum", api.post(&deposits).token(&alice).json(json!({"amount": 1_000_001, "currency": "EUR"})), 400, "amount_too_large"),
-        ("beyond 64 bits", api.post(&deposits).token(&alice).raw("{\"amount\": 99999999999999999999999, \"currency\": \"EUR\"}"), 400, "amount_too_large"),
-        ("1e30", api.post(&deposits).token(&alice).raw("{\"amount\": 1e30, \"currency\": \"EUR\"}"), 400, "amount_too_large"),
-        ("unknown currency", api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "XYZ"})), 400, "invalid_currency"),
-        ("another currency", api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "USD"})), 422, "currency_mismatch"),
-        ("insufficient funds", api.post(&withdrawals).token(&alice).json(json!({"amount": 101, "currency": "EUR"})), 422, "insufficient_funds"),
+        (
+            "amount 0",
+            api.post(&deposits).token(&alice).json(json!({"amount": 0, "currency": "EUR"})),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "negative amount",
+            api.post(&deposits).token(&alice).json(json!({"amount": -5, "currency": "EUR"})),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "negative withdrawal",
+            api.post(&withdrawals).token(&alice).json(json!({"amount": -5, "currency": "EUR"})),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "fractional amount",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5.5, "currency": "EUR"})),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "above the maximum",
+            api.post(&deposits).token(&alice).json(json!({"amount": 1_000_001, "currency": "EUR"})),
+            400,
+            "amount_too_large",
+        ),
+        (
+            "beyond 64 bits",
+            api.post(&deposits).token(&alice).raw("{\"amount\": 99999999999999999999999, \"currency\": \"EUR\"}"),
+            400,
+            "amount_too_large",
+        ),
+        (
+            "1e30",
+            api.post(&deposits).token(&alice).raw("{\"amount\": 1e30, \"currency\": \"EUR\"}"),
+            400,
+            "amount_too_large",
+        ),
+        (
+            "unknown currency",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "XYZ"})),
+            400,
+            "invalid_currency",
+        ),
+        (
+            "another currency",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "USD"})),
+            422,
+            "currency_mismatch",
+        ),
+        (
+            "insufficient funds",
+            api.post(&withdrawals).token(&alice).json(json!({"amount": 101, "currency": "EUR"})),
+            422,
+            "insufficient_funds",
+        ),
         ("close with money in it", api.post(&format!("/accounts/{id}/close")).token(&alice), 422, "balance_not_zero"),
-        ("a stale expected version", api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR", "expected_version": 1})), 409, "version_conflict"),
-        ("someone else's account (deposit)", api.post(&deposits).token(&bob).json(json!({"amount": 5, "currency": "EUR"})), 403, "forbidden"),
-        ("someone else's account (withdraw)", api.post(&withdrawals).token(&bob).json(json!({"amount": 5, "currency": "EUR"})), 403, "forbidden"),
+        (
+            "a stale expected version",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR", "expected_version": 1})),
+            409,
+            "version_conflict",
+        ),
+        (
+            "someone else's account (deposit)",
+            api.post(&deposits).token(&bob).json(json!({"amount": 5, "currency": "EUR"})),
+            403,
+            "forbidden",
+        ),
+        (
+            "someone else's account (withdraw)",
+            api.post(&withdrawals).token(&bob).json(json!({"amount": 5, "currency": "EUR"})),
+            403,
+            "forbidden",
+        ),
         ("someone else's account (close)", api.post(&format!("/accounts/{id}/close")).token(&bob), 403, "forbidden"),
         ("someone else's account (read)", api.get(&format!("/accounts/{id}")).token(&bob), 403, "forbidden"),
-        ("a teller withdrawing", api.post(&withdrawals).token(&token("tom", Teller)).json(json!({"amount": 5, "currency": "EUR"})), 403, "forbidden"),
+        (
+            "a teller withdrawing",
+            api.post(&withdrawals).token(&token("tom", Teller)).json(json!({"amount": 5, "currency": "EUR"})),
+            403,
+            "forbidden",
+        ),
         ("no token", api.post(&deposits).json(json!({"amount": 5, "currency": "EUR"})), 401, "missing_token"),
-        ("expired token", api.post(&deposits).token(&expired_token("alice")).json(json!({"amount": 5, "currency": "EUR"})), 401, "token_expired"),
-        ("garbage token", api.post(&deposits).token("not.a.jwt").json(json!({"amount": 5, "currency": "EUR"})), 401, "invalid_token"),
-        ("token of another issuer", api.post(&deposits).token(&service_kit::auth::issue_hs256("another-secret-of-32-bytes-xxxxxx", "alice", Customer, 600).unwrap()).json(json!({"amount": 5, "currency": "EUR"})), 401, "invalid_token"),
-        ("not a Bearer header", api.post(&deposits).header("Authorization", "Basic YWxpY2U6eA==").json(json!({"amount": 5, "currency": "EUR"})), 401, "invalid_token"),
-        ("unknown account", api.post(&format!("/accounts/{}/deposits", Uuid::now_v7())).token(&alice).json(json!({"amount": 5, "currency": "EUR"})), 404, "account_not_found"),
-        ("unknown account (read)", api.get(&format!("/accounts/{}", Uuid::now_v7())).token(&alice), 404, "account_not_found"),
-        ("an id that is no id", api.post("/accounts/12345/deposits").token(&alice).json(json!({"amount": 5, "currency": "EUR"})), 400, "invalid_id"),
-        ("a body over the limit", api.post(&deposits).token(&alice).raw(format!("{{\"amount\": 5, \"currency\": \"EUR\", \"pad\": \"{}\"}}", "x".repeat(2048))), 413, "payload_too_large"),
-        ("not JSON", api.post(&deposits).token(&alice).header("content-type", "text/plain").json(json!({"amount": 5, "currency": "EUR"})), 415, "unsupported_media_type"),
-        ("a bad Idempotency-Key", api.post(&deposits).token(&alice).idempotency_key(&"k".repeat(300)).json(json!({"amount": 5, "currency": "EUR"})), 400, "invalid_idempotency_key"),
+        (
+            "expired token",
+            api.post(&deposits).token(&expired_token("alice")).json(json!({"amount": 5, "currency": "EUR"})),
+            401,
+            "token_expired",
+        ),
+        (
+            "garbage token",
+            api.post(&deposits).token("not.a.jwt").json(json!({"amount": 5, "currency": "EUR"})),
+            401,
+            "invalid_token",
+        ),
+        (
+            "token of another issuer",
+            api.post(&deposits)
+                .token(
+                    &service_kit::auth::issue_hs256("another-secret-of-32-bytes-xxxxxx", "alice", Customer, 600)
+                        .unwrap(),
+                )
+                .json(json!({"amount": 5, "currency": "EUR"})),
+            401,
+            "invalid_token",
+        ),
+        (
+            "not a Bearer header",
+            api.post(&deposits)
+                .header("Authorization", "Basic YWxpY2U6eA==")
+                .json(json!({"amount": 5, "currency": "EUR"})),
+            401,
+            "invalid_token",
+        ),
+        (
+            "unknown account",
+            api.post(&format!("/accounts/{}/deposits", Uuid::now_v7()))
+                .token(&alice)
+                .json(json!({"amount": 5, "currency": "EUR"})),
+            404,
+            "account_not_found",
+        ),
+        (
+            "unknown account (read)",
+            api.get(&format!("/accounts/{}", Uuid::now_v7())).token(&alice),
+            404,
+            "account_not_found",
+        ),
+        (
+            "an id that is no id",
+            api.post("/accounts/12345/deposits").token(&alice).json(json!({"amount": 5, "currency": "EUR"})),
+            400,
+            "invalid_id",
+        ),
+        (
+            "a body over the limit",
+            api.post(&deposits)
+                .token(&alice)
+                .raw(format!("{{\"amount\": 5, \"currency\": \"EUR\", \"pad\": \"{}\"}}", "x".repeat(2048))),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "not JSON",
+            api.post(&deposits)
+                .token(&alice)
+                .header("content-type", "text/plain")
+                .json(json!({"amount": 5, "currency": "EUR"})),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "a bad Idempotency-Key",
+            api.post(&deposits)
+                .token(&alice)
+                .idempotency_key(&"k".repeat(300))
+                .json(json!({"amount": 5, "currency": "EUR"})),
+            400,
+            "invalid_idempotency_key",
+        ),
         ("unknown route", api.get("/nowhere").token(&alice), 404, "not_found"),
         ("wrong method", api.request(reqwest::Method::DELETE, &deposits).token(&alice), 405, "method_not_allowed"),
-        ("open in an unknown currency", api.post("/accounts").token(&alice).json(json!({"currency": "EURO"})), 400, "invalid_currency"),
-        ("open with a negative deposit", api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": -1})), 400, "invalid_amount"),
+        (
+            "open in an unknown currency",
+            api.post("/accounts").token(&alice).json(json!({"currency": "EURO"})),
+            400,
+            "invalid_currency",
+        ),
+        (
+            "open with a negative deposit",
+            api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": -1})),
+            400,
+            "invalid_amount",
+        ),
         ("open without a token", api.post("/accounts").json(json!({"currency": "EUR"})), 401, "missing_token"),
     ];
     for (what, request, status, code) in cases {
@@ -130,7 +321,12 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
     let empty = api.open_account(&alice, "EUR", 0).await;
     api.post(&format!("/accounts/{empty}/close")).token(&alice).send().await.expect(200);
     let closed_before = stream_events(&pool, empty).await;
-    api.post(&format!("/accounts/{empty}/deposits")).token(&alice).json(json!({"amount": 5, "currency": "EUR"})).send().await.expect_error(422, "account_closed");
+    api.post(&format!("/accounts/{empty}/deposits"))
+        .token(&alice)
+        .json(json!({"amount": 5, "currency": "EUR"}))
+        .send()
+        .await
+        .expect_error(422, "account_closed");
     api.post(&format!("/accounts/{empty}/close")).token(&alice).send().await.expect_error(422, "account_closed");
     assert_eq!(stream_events(&pool, empty).await, closed_before);
 }
@@ -142,15 +338,21 @@ async fn tellers_deposit_to_and_read_any_account(options: PgPoolOptions, connect
     let api = svc.api();
     let id = api.open_account(&token("alice", Customer), "EUR", 0).await;
     let tom = token("tom", Teller);
-    let reply = api.post(&format!("/accounts/{id}/deposits")).token(&tom).json(json!({"amount": 700, "currency": "EUR"})).send().await;
+    let reply = api
+        .post(&format!("/accounts/{id}/deposits"))
+        .token(&tom)
+        .json(json!({"amount": 700, "currency": "EUR"}))
+        .send()
+        .await;
     assert_eq!(reply.expect(200)["balance"].as_i64(), Some(700));
     let read = api.get(&format!("/accounts/{id}")).token(&tom).send().await;
     assert_eq!((read.expect(200)["owner"].as_str(), read.body["balance"].as_i64()), (Some("alice"), Some(700)));
-    let actor: String = sqlx::query_scalar("select metadata->>'actor' from es.events where stream_id = $1 and version = 2")
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let actor: String =
+        sqlx::query_scalar("select metadata->>'actor' from es.events where stream_id = $1 and version = 2")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(actor, "tom");
 }
 
@@ -165,7 +367,12 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     let alice = token("alice", Customer);
 
     // opening: the same key gives the same account, once
-    let open = || api.post("/accounts").token(&alice).idempotency_key("open-1").json(json!({"currency": "EUR", "initial_deposit": 50}));
+    let open = || {
+        api.post("/accounts")
+            .token(&alice)
+            .idempotency_key("open-1")
+            .json(json!({"currency": "EUR", "initial_deposit": 50}))
+    };
     let first = open().send().await;
     let again = open().send().await;
     assert_eq!((first.status, again.status), (201, 201));
@@ -173,31 +380,70 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     assert!(first.headers.get("idempotent-replayed").is_none());
     assert_eq!(again.headers.get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
     let id = first.id();
-    let accounts: i64 = sqlx::query_scalar("select count(*) from es.events where type = 'account.opened'").fetch_one(&pool).await.unwrap();
+    let accounts: i64 = sqlx::query_scalar("select count(*) from es.events where type = 'account.opened'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(accounts, 1);
 
     // a deposit: replayed, not repeated; the key order of the body does not matter
     let deposits = format!("/accounts/{id}/deposits");
-    let d1 = api.post(&deposits).token(&alice).idempotency_key("dep-1").raw(r#"{"amount": 25, "currency": "EUR"}"#).send().await;
-    let d2 = api.post(&deposits).token(&alice).idempotency_key("dep-1").raw(r#"{"currency":"EUR","amount":25}"#).send().await;
+    let d1 = api
+        .post(&deposits)
+        .token(&alice)
+        .idempotency_key("dep-1")
+        .raw(r#"{"amount": 25, "currency": "EUR"}"#)
+        .send()
+        .await;
+    let d2 = api
+        .post(&deposits)
+        .token(&alice)
+        .idempotency_key("dep-1")
+        .raw(r#"{"currency":"EUR","amount":25}"#)
+        .send()
+        .await;
     assert_eq!((d1.status, d2.status), (200, 200));
     assert_eq!(d1.body, d2.body);
     assert_eq!(stream_events(&pool, id).await.len(), 3);
 
     // the same key with another body: 422 and nothing written
-    let other = api.post(&deposits).token(&alice).idempotency_key("dep-1").json(json!({"amount": 26, "currency": "EUR"})).send().await;
+    let other = api
+        .post(&deposits)
+        .token(&alice)
+        .idempotency_key("dep-1")
+        .json(json!({"amount": 26, "currency": "EUR"}))
+        .send()
+        .await;
     other.expect_error(422, "idempotency_key_reused");
     // the same key on another route is another request too
-    let elsewhere = api.post(&format!("/accounts/{id}/withdrawals")).token(&alice).idempotency_key("dep-1").json(json!({"amount": 25, "currency": "EUR"})).send().await;
+    let elsewhere = api
+        .post(&format!("/accounts/{id}/withdrawals"))
+        .token(&alice)
+        .idempotency_key("dep-1")
+        .json(json!({"amount": 25, "currency": "EUR"}))
+        .send()
+        .await;
     elsewhere.expect_error(422, "idempotency_key_reused");
     assert_eq!(stream_events(&pool, id).await.len(), 3);
 
     // keys belong to their actor: a teller's "dep-1" is a new request
-    let tom = api.post(&deposits).token(&token("tom", Teller)).idempotency_key("dep-1").json(json!({"amount": 25, "currency": "EUR"})).send().await;
+    let tom = api
+        .post(&deposits)
+        .token(&token("tom", Teller))
+        .idempotency_key("dep-1")
+        .json(json!({"amount": 25, "currency": "EUR"}))
+        .send()
+        .await;
     assert_eq!(tom.expect(200)["balance"].as_i64(), Some(100));
 
     // the same key sent ten times at once: one deposit, ten equal answers
-    let racers = (0..10).map(|_| api.post(&deposits).token(&alice).idempotency_key("dep-race").json(json!({"amount": 1, "currency": "EUR"})).send());
+    let racers = (0..10).map(|_| {
+        api.post(&deposits)
+            .token(&alice)
+            .idempotency_key("dep-race")
+            .json(json!({"amount": 1, "currency": "EUR"}))
+            .send()
+    });
     let replies = futures::future::join_all(racers).await;
     assert!(replies.iter().all(|r| r.status == 200 && r.body == replies[0].body), "{replies:?}");
     let events = stream_events(&pool, id).await;
@@ -206,7 +452,10 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
-async fn fifty_deposits_with_twenty_five_in_flight_all_succeed_exactly(options: PgPoolOptions, connect: PgConnectOptions) {
+async fn fifty_deposits_with_twenty_five_in_flight_all_succeed_exactly(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let pool = tests::pool(options, connect).await;
     let svc = start_accounts(&pool, &[]).await;
     let api = svc.api();
@@ -219,7 +468,11 @@ async fn fifty_deposits_with_twenty_five_in_flight_all_succeed_exactly(options: 
         .buffer_unordered(25)
         .collect()
         .await;
-    assert!(replies.iter().all(|r| r.status == 200), "{:?}", replies.iter().filter(|r| r.status != 200).collect::<Vec<_>>());
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "{:?}",
+        replies.iter().filter(|r| r.status != 200).collect::<Vec<_>>()
+    );
     let mut versions: Vec<i64> = replies.iter().map(|r| r.version()).collect();
     versions.sort_unstable();
     assert_eq!(versions, (2..=51).collect::<Vec<_>>(), "each deposit got its own version");
@@ -268,7 +521,13 @@ async fn two_instances_on_one_account_retry_conflicts_instead_of_failing(
     let id = a.api().open_account(&alice, "EUR", 0).await;
     let apis = [a.api(), b.api()];
     let replies: Vec<tests::Reply> = futures::stream::iter(0..40_usize)
-        .map(|i| apis[i % 2].post(&format!("/accounts/{id}/deposits")).token(&alice).json(json!({"amount": 10, "currency": "EUR"})).send())
+        .map(|i| {
+            apis[i % 2]
+                .post(&format!("/accounts/{id}/deposits"))
+                .token(&alice)
+                .json(json!({"amount": 10, "currency": "EUR"}))
+                .send()
+        })
         .buffer_unordered(8)
         .collect()
         .await;

@@ -33,16 +33,31 @@ async fn rs256_tokens_are_checked_with_the_configured_public_key(options: PgPool
     // HS256 tokens still work beside it; an expired RS256 token does not
     api.post("/accounts").token(&token("alice", Customer)).json(json!({"currency": "EUR"})).send().await.expect(201);
     let expired = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(-3600), &key).unwrap();
-    api.post("/accounts").token(&expired).json(json!({"currency": "EUR"})).send().await.expect_error(401, "token_expired");
+    api.post("/accounts")
+        .token(&expired)
+        .json(json!({"currency": "EUR"}))
+        .send()
+        .await
+        .expect_error(401, "token_expired");
     // a token signed by another key pair is refused
     let other = dir.join("other.pem");
     openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", other.to_str().unwrap()]);
     let forged_key = EncodingKey::from_rsa_pem(&std::fs::read(&other).unwrap()).unwrap();
     let forged = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(600), &forged_key).unwrap();
-    api.post("/accounts").token(&forged).json(json!({"currency": "EUR"})).send().await.expect_error(401, "invalid_token");
+    api.post("/accounts")
+        .token(&forged)
+        .json(json!({"currency": "EUR"}))
+        .send()
+        .await
+        .expect_error(401, "invalid_token");
     // alg "none" is never accepted
     let unsigned = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&claims(600).to_string()));
-    api.post("/accounts").token(&unsigned).json(json!({"currency": "EUR"})).send().await.expect_error(401, "invalid_token");
+    api.post("/accounts")
+        .token(&unsigned)
+        .json(json!({"currency": "EUR"}))
+        .send()
+        .await
+        .expect_error(401, "invalid_token");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -60,14 +75,20 @@ fn b64(s: &str) -> String {
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
-async fn a_timed_out_deposit_retried_with_its_key_happens_exactly_once(options: PgPoolOptions, connect: PgConnectOptions) {
+async fn a_timed_out_deposit_retried_with_its_key_happens_exactly_once(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let pool = tests::pool(options, connect).await;
     let svc = start_accounts(&pool, &["--request-timeout-ms", "300"]).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 100).await;
     let deposit = || {
-        api.post(&format!("/accounts/{id}/deposits")).token(&alice).idempotency_key("slow-1").json(json!({"amount": 7, "currency": "EUR"}))
+        api.post(&format!("/accounts/{id}/deposits"))
+            .token(&alice)
+            .idempotency_key("slow-1")
+            .json(json!({"amount": 7, "currency": "EUR"}))
     };
 
     // hold a lock that blocks every append until the request has timed out

@@ -71,7 +71,10 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
         clients.push(tokio::spawn(async move {
             for i in 0.. {
                 let amount = c + 8 * i + 1;
-                let req = api.post(&format!("/accounts/{id}/deposits")).token(&alice).json(json!({"amount": amount, "currency": "EUR"}));
+                let req = api
+                    .post(&format!("/accounts/{id}/deposits"))
+                    .token(&alice)
+                    .json(json!({"amount": amount, "currency": "EUR"}));
                 let sent = tokio::time::timeout(Duration::from_secs(10), req.send_result()).await;
                 match sent {
                     Ok(Ok(reply)) if reply.status == 200 => acked.lock().unwrap().push((reply.version(), amount)),
@@ -100,7 +103,10 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
         .map(|e| (i64::from(e.0), e.2["amount"].as_i64().unwrap()))
         .collect();
     for (version, amount) in &acked {
-        assert!(stored_deposits.contains(&(*version, *amount)), "acknowledged deposit of {amount} at version {version} is lost");
+        assert!(
+            stored_deposits.contains(&(*version, *amount)),
+            "acknowledged deposit of {amount} at version {version} is lost"
+        );
     }
     // the stream is whole: contiguous versions, and each balance follows from the last
     let mut balance = 0;
@@ -118,6 +124,11 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
     let api = Api::new(&format!("http://127.0.0.1:{port}"));
     let read = api.get(&format!("/accounts/{id}")).token(&alice).send().await;
     assert_eq!((read.expect(200)["balance"].as_i64(), read.version()), (Some(balance), stored.len() as i64));
-    let next = api.post(&format!("/accounts/{id}/deposits")).token(&alice).json(json!({"amount": 1, "currency": "EUR"})).send().await;
+    let next = api
+        .post(&format!("/accounts/{id}/deposits"))
+        .token(&alice)
+        .json(json!({"amount": 1, "currency": "EUR"}))
+        .send()
+        .await;
     assert_eq!((next.expect(200)["balance"].as_i64(), next.version()), (Some(balance + 1), stored.len() as i64 + 1));
 }

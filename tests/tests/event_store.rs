@@ -5,7 +5,9 @@
 use account_service::domain::{Account, AccountCommand, AccountEvent, AccountStatus, Actor};
 use eventstore::metrics::StoreMetrics;
 use eventstore::store::{Append, NewEvent};
-use eventstore::{CommandContext, Currency, EventMetadata, EventStore, Money, Repository, RepositoryConfig, StoreError};
+use eventstore::{
+    CommandContext, Currency, EventMetadata, EventStore, Money, Repository, RepositoryConfig, StoreError,
+};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use uuid::Uuid;
@@ -45,12 +47,17 @@ fn alice() -> Actor {
 
 async fn open(repo: &Repository<Account>, id: Uuid) {
     let command = AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None };
-    repo.create(id, &command, &CommandContext::default(), |_, v| (201, serde_json::json!({"version": v}))).await.unwrap();
+    repo.create(id, &command, &CommandContext::default(), |_, v| (201, serde_json::json!({"version": v})))
+        .await
+        .unwrap();
 }
 
 async fn deposit(repo: &Repository<Account>, id: Uuid, minor: i64) -> i64 {
     let command = AccountCommand::Deposit { amount: Money::new(minor, eur(), i64::MAX).unwrap(), by: alice() };
-    let reply = repo.execute(id, &command, &CommandContext::default(), |_, v| (200, serde_json::json!({"version": v}))).await.unwrap();
+    let reply = repo
+        .execute(id, &command, &CommandContext::default(), |_, v| (200, serde_json::json!({"version": v})))
+        .await
+        .unwrap();
     reply.body["version"].as_i64().unwrap()
 }
 
@@ -108,8 +115,11 @@ async fn loading_from_a_snapshot_equals_a_full_replay_over_thousands_of_events(p
         deposit(&repo, id, amount).await;
     }
     let store = repo.store();
-    let (snapshot_version,): (i32,) =
-        sqlx::query_as("select version from es.snapshots where stream_id = $1").bind(id).fetch_one(&pool).await.unwrap();
+    let (snapshot_version,): (i32,) = sqlx::query_as("select version from es.snapshots where stream_id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(snapshot_version, 2_500, "a snapshot every 100 events, the last at 2,500");
 
     let from_snapshot = store.load::<Account>(id).await.unwrap().unwrap();
@@ -148,7 +158,11 @@ async fn a_snapshot_of_another_schema_version_is_ignored(pool: PgPool) {
     assert_eq!((loaded.version, loaded.state.balance, loaded.state.owner.as_str()), (13, 120, "alice"));
 
     // the same lie under the code's schema version would be believed: the check matters
-    sqlx::query("update es.snapshots set schema_version = 1 where stream_id = $1").bind(id).execute(&pool).await.unwrap();
+    sqlx::query("update es.snapshots set schema_version = 1 where stream_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
     let believed = repo.store().load::<Account>(id).await.unwrap().unwrap();
     assert_eq!((believed.version, believed.state.owner.as_str()), (13, "mallory"));
 }
@@ -190,7 +204,8 @@ async fn an_idempotency_record_is_written_only_with_its_events(pool: PgPool) {
 
     // a conflicting append writes no record either
     let mut stale = append(id, 0, vec![deposited(1, 1)]);
-    stale.idempotency = Some(eventstore::store::IdempotencyWrite { key: "k2".into(), ..first.idempotency.clone().unwrap() });
+    stale.idempotency =
+        Some(eventstore::store::IdempotencyWrite { key: "k2".into(), ..first.idempotency.clone().unwrap() });
     assert!(matches!(store.append(&stale).await, Err(StoreError::Conflict { .. })));
     assert!(store.find_idempotent_response("alice", "k2").await.unwrap().is_none());
 }
@@ -227,7 +242,8 @@ async fn a_cached_state_overtaken_by_another_writer_is_reloaded_not_trusted(pool
     assert_eq!(deposit(&a, id, 30).await, 4);
     let loaded = a.store().load::<Account>(id).await.unwrap().unwrap();
     assert_eq!((loaded.version, loaded.state.balance), (4, 60));
-    let conflicts: Vec<_> = tests::stream_events(&pool, id).await.into_iter().map(|e| e.2["balance_after"].clone()).collect();
+    let conflicts: Vec<_> =
+        tests::stream_events(&pool, id).await.into_iter().map(|e| e.2["balance_after"].clone()).collect();
     assert_eq!(conflicts[1..], [serde_json::json!(10), serde_json::json!(30), serde_json::json!(60)]);
 }
 
@@ -261,10 +277,8 @@ async fn in_a_batch_a_conflicting_append_fails_alone(pool: PgPool) {
     assert!(tests::stream_events(&pool, d).await.is_empty());
 
     // without a unique violation the batch is one statement: d still fails alone
-    let results = store
-        .append_batch(&[append(a, 2, vec![deposited(1, 3)]), append(d, 3, vec![deposited(4, 4)])])
-        .await
-        .unwrap();
+    let results =
+        store.append_batch(&[append(a, 2, vec![deposited(1, 3)]), append(d, 3, vec![deposited(4, 4)])]).await.unwrap();
     assert_eq!(results[0].as_ref().unwrap().new_version, 3);
     assert!(matches!(results[1], Err(StoreError::Conflict { .. })));
 }

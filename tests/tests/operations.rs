@@ -59,14 +59,25 @@ async fn metrics_count_requests_by_route_and_the_stores_appends(options: PgPoolO
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 0).await;
     for _ in 0..3 {
-        api.post(&format!("/accounts/{id}/deposits")).token(&alice).json(json!({"amount": 1, "currency": "EUR"})).send().await.expect(200);
+        api.post(&format!("/accounts/{id}/deposits"))
+            .token(&alice)
+            .json(json!({"amount": 1, "currency": "EUR"}))
+            .send()
+            .await
+            .expect(200);
     }
-    api.post(&format!("/accounts/{id}/withdrawals")).token(&alice).json(json!({"amount": 99, "currency": "EUR"})).send().await.expect(422);
+    api.post(&format!("/accounts/{id}/withdrawals"))
+        .token(&alice)
+        .json(json!({"amount": 99, "currency": "EUR"}))
+        .send()
+        .await
+        .expect(422);
 
     let reply = api.get("/metrics").send().await;
     assert_eq!(reply.status, 200);
     let text = reply.body.as_str().unwrap();
-    let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().to_owned());
+    let line =
+        |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().to_owned());
     assert_eq!(
         line(r#"http_requests_total{method="POST",route="/accounts/{id}/deposits",status="200"}"#).as_deref(),
         Some("3")
@@ -86,13 +97,16 @@ async fn metrics_count_requests_by_route_and_the_stores_appends(options: PgPoolO
 async fn the_openapi_document_describes_every_route(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
     let cases = [
-        (start_accounts(&pool, &[]).await, vec![
-            ("/accounts", "post"),
-            ("/accounts/{id}", "get"),
-            ("/accounts/{id}/deposits", "post"),
-            ("/accounts/{id}/withdrawals", "post"),
-            ("/accounts/{id}/close", "post"),
-        ]),
+        (
+            start_accounts(&pool, &[]).await,
+            vec![
+                ("/accounts", "post"),
+                ("/accounts/{id}", "get"),
+                ("/accounts/{id}/deposits", "post"),
+                ("/accounts/{id}/withdrawals", "post"),
+                ("/accounts/{id}/close", "post"),
+            ],
+        ),
         (start_transfers(&pool, &[]).await, vec![("/transfers", "post"), ("/transfers/{id}", "get")]),
     ];
     let alice = token("alice", Customer);
@@ -141,7 +155,12 @@ async fn a_database_fault_is_an_opaque_error(options: PgPoolOptions, connect: Pg
     let id = api.open_account(&alice, "EUR", 10).await;
     // the table the store writes to disappears under the service
     sqlx::query("alter table es.events rename to events_gone").execute(&pool).await.unwrap();
-    let reply = api.post(&format!("/accounts/{id}/deposits")).token(&alice).json(json!({"amount": 1, "currency": "EUR"})).send().await;
+    let reply = api
+        .post(&format!("/accounts/{id}/deposits"))
+        .token(&alice)
+        .json(json!({"amount": 1, "currency": "EUR"}))
+        .send()
+        .await;
     reply.expect_error(500, "internal");
     let text = reply.body.to_string().to_lowercase();
     for internal in ["sqlx", "relation", "es.events", "select", "insert", "postgres"] {

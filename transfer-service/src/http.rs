@@ -53,7 +53,11 @@ fn transfer_json(id: Uuid, t: &MoneyTransfer, version: i32) -> Value {
     })
 }
 
-async fn create(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<CreateBody>) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    meta: CommandMeta,
+    body: ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
     let from = parse_id(&body.value.from)?;
     let to = parse_id(&body.value.to)?;
     let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;

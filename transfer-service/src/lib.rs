@@ -11,8 +11,8 @@ pub mod openapi;
 use axum::Router;
 use axum::extract::FromRef;
 use domain::MoneyTransfer;
-use eventstore::rapids::Rapids;
 use eventstore::Repository;
+use eventstore::rapids::Rapids;
 use service_kit::auth::JwtVerifier;
 use service_kit::config::{CommandArgs, ServiceArgs};
 use service_kit::http::Kit;
@@ -54,8 +54,20 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 impl AppState {
     /// Builds the state over an already migrated pool.
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let parts = CommandParts::<MoneyTransfer>::build("transfer-service", &config.service, &config.commands, pool, rapids, openapi::document_json())?;
-        Ok(AppState { transfers: parts.repository, verifier: parts.verifier, max_amount: config.commands.max_amount_minor, kit: parts.kit })
+        let parts = CommandParts::<MoneyTransfer>::build(
+            "transfer-service",
+            &config.service,
+            &config.commands,
+            pool,
+            rapids,
+            openapi::document_json(),
+        )?;
+        Ok(AppState {
+            transfers: parts.repository,
+            verifier: parts.verifier,
+            max_amount: config.commands.max_amount_minor,
+            kit: parts.kit,
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! transfer-service binary: configuration, connections, migrations, then [`transfer_service::router`].
 
 use clap::Parser;
-use transfer_service::{AppState, Config, router};
 use service_kit::startup::{boot, serve_until_signal};
+use transfer_service::{AppState, Config, router};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

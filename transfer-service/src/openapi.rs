@@ -6,7 +6,10 @@ use service_kit::openapi::{document, error_response, error_responses, with_succe
 pub fn document_json() -> Value {
     let transfer = json!({"description": "the transfer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Transfer"}}}});
     let mut create_errors = error_responses(&[
-        ("400", "malformed_json, invalid_body, invalid_id, invalid_amount, amount_too_large, invalid_currency, invalid_idempotency_key"),
+        (
+            "400",
+            "malformed_json, invalid_body, invalid_id, invalid_amount, amount_too_large, invalid_currency, invalid_idempotency_key",
+        ),
         ("401", "missing_token, invalid_token, token_expired"),
         ("403", "forbidden: the source account is not yours"),
         ("404", "account_not_found (source or target)"),

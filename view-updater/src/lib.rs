@@ -31,8 +31,15 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let openapi = service_kit::openapi::document("view-updater", "Projections of the event stream into views.* (built in a later issue; for now it runs its migrations and the operational routes).", serde_json_empty(), serde_json_empty());
-        Ok(AppState { kit: Kit::new("view-updater", pool, rapids, prometheus::Registry::new(), openapi, &config.service.http)? })
+        let openapi = service_kit::openapi::document(
+            "view-updater",
+            "Projections of the event stream into views.* (built in a later issue; for now it runs its migrations and the operational routes).",
+            serde_json_empty(),
+            serde_json_empty(),
+        );
+        Ok(AppState {
+            kit: Kit::new("view-updater", pool, rapids, prometheus::Registry::new(), openapi, &config.service.http)?,
+        })
     }
 }
 

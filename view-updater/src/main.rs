@@ -1,8 +1,8 @@
 //! view-updater binary: configuration, connections, migrations, then [`view_updater::router`].
 
 use clap::Parser;
-use view_updater::{AppState, Config, router};
 use service_kit::startup::{boot, serve_until_signal};
+use view_updater::{AppState, Config, router};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
