@@ -25,6 +25,10 @@ apt_install() {
 ensure_postgres() {
   [ -x "$PG_BIN/initdb" ] || apt_install postgresql-15
   [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PG_BIN"
+}
+
+# Tools the scripts and tests call, whatever else is configured.
+ensure_tools() {
   command -v curl >/dev/null || apt_install curl
   command -v openssl >/dev/null || apt_install openssl  # the RS256 test makes its key pair
 }
@@ -41,6 +45,7 @@ ensure_kinesis_servers() {
 
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
+  ensure_tools
 }
 
 # Runs a command as the postgres user when we are root (initdb refuses root).

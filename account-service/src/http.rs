@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use crate::domain::{Account, AccountCommand, AccountError, Actor, BALANCE_EVENTS};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::ApiError;
 use service_kit::auth::Caller;
-use service_kit::extract::{ApiJson, CommandMeta, parse_id};
+use service_kit::extract::{ApiJson, CommandMeta, PathId};
 use service_kit::http::command_response;
 use uuid::Uuid;
 
@@ -87,8 +87,10 @@ async fn open(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<Op
     let id = Uuid::now_v7();
     let command = AccountCommand::Open { owner: meta.caller.subject.clone(), currency, initial_deposit };
     let ctx = meta.context(&body.canonical, None);
-    let reply =
-        state.accounts.create(id, &command, &ctx, |account, version| (201, account_json(id, account, version))).await?;
+    let reply = state
+        .accounts
+        .create(id, command, ctx, move |account, version| (201, account_json(id, account, version)))
+        .await?;
     Ok(command_response(reply))
 }
 
@@ -99,49 +101,46 @@ fn actor(caller: &Caller) -> Actor {
 async fn deposit(
     State(state): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: ApiJson<AmountBody>,
 ) -> Result<Response, ApiError> {
-    amount_command(state, meta, &id, body, |amount, by| AccountCommand::Deposit { amount, by }).await
+    amount_command(state, meta, id, body, |amount, by| AccountCommand::Deposit { amount, by }).await
 }
 
 async fn withdraw(
     State(state): State<AppState>,
     meta: CommandMeta,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: ApiJson<AmountBody>,
 ) -> Result<Response, ApiError> {
-    amount_command(state, meta, &id, body, |amount, by| AccountCommand::Withdraw { amount, by }).await
+    amount_command(state, meta, id, body, |amount, by| AccountCommand::Withdraw { amount, by }).await
 }
 
 /// A deposit or a withdrawal: parse, check the amount, run the command.
 async fn amount_command(
     state: AppState,
     meta: CommandMeta,
-    id: &str,
+    id: Uuid,
     body: ApiJson<AmountBody>,
     command: fn(Money, Actor) -> AccountCommand,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(id)?;
     let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
     let command = command(amount, actor(&meta.caller));
     let ctx = meta.context(&body.canonical, body.value.expected_version);
-    let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
+    let reply = state.accounts.execute(id, command, ctx, move |a, v| (200, account_json(id, a, v))).await?;
     Ok(command_response(reply))
 }
 
-async fn close(State(state): State<AppState>, meta: CommandMeta, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+async fn close(State(state): State<AppState>, meta: CommandMeta, PathId(id): PathId) -> Result<Response, ApiError> {
     let command = AccountCommand::Close { by: actor(&meta.caller) };
     let ctx = meta.context(b"", None);
-    let reply = state.accounts.execute(id, &command, &ctx, |a, v| (200, account_json(id, a, v))).await?;
+    let reply = state.accounts.execute(id, command, ctx, move |a, v| (200, account_json(id, a, v))).await?;
     Ok(command_response(reply))
 }
 
 /// The command side's view of one account: its state from the event store (not the
 /// cache, which another instance may have overtaken) and its 20 newest transactions.
-async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+async fn read(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
     let store = state.accounts.store();
     let loaded =
         store.load::<Account>(id).await?.ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;

@@ -62,7 +62,7 @@ pub trait Aggregate: Default + Clone + Debug + Serialize + DeserializeOwned + Se
     /// snapshots of another schema version are ignored and the stream is replayed.
     const SNAPSHOT_SCHEMA_VERSION: i16;
 
-    type Command: Debug + Send + Sync;
+    type Command: Debug + Send + Sync + 'static;
     type Event: DomainEvent;
     type Error: std::error::Error + Send + Sync + 'static;
 

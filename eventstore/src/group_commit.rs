@@ -71,6 +71,9 @@ async fn write(store: EventStore, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max
                 batch.push(job);
             }
         }
+        // the same order in every instance, so two batches never wait on each other
+        // in a cycle (Postgres would abort both as a deadlock)
+        batch.sort_by_key(|job| job.append.stream_id);
         let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().map(|j| (j.append, j.reply)).unzip();
         match store.append_batch(&appends).await {
             Ok(results) => {

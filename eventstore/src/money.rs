@@ -129,6 +129,8 @@ pub fn amount_from_json(amount: &serde_json::Number, max: i64) -> Result<i64, Mo
     match amount.as_f64() {
         Some(f) if f <= 0.0 => Err(MoneyError::NotPositive),
         Some(f) if f.fract() != 0.0 => Err(MoneyError::NotInteger),
+        // a whole number written as a float (5.0, 1e2) is that integer
+        Some(f) if f <= max as f64 => Ok(f as i64),
         _ => Err(MoneyError::TooLarge { max }),
     }
 }
@@ -166,6 +168,9 @@ mod tests {
         assert_eq!(Money::parse(&n("1e30"), "EUR", 10), Err(MoneyError::TooLarge { max: 10 }));
         assert_eq!(Money::parse(&n("18446744073709551615"), "EUR", 10), Err(MoneyError::TooLarge { max: 10 }));
         assert_eq!(Money::parse(&n("5"), "XXX", 10), Err(MoneyError::UnknownCurrency));
+        assert_eq!(Money::parse(&n("5.0"), "EUR", 10).map(|m| m.minor()), Ok(5));
+        assert_eq!(Money::parse(&n("1e1"), "EUR", 10).map(|m| m.minor()), Ok(10));
+        assert_eq!(Money::parse(&n("1e2"), "EUR", 10), Err(MoneyError::TooLarge { max: 10 }));
         assert_eq!(Money::parse(&n("5"), "eur", 10), Err(MoneyError::UnknownCurrency));
     }
 

@@ -150,9 +150,9 @@ impl<A: Aggregate> Repository<A> {
     pub async fn execute(
         &self,
         stream_id: Uuid,
-        command: &A::Command,
-        ctx: &CommandContext,
-        reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
+        command: A::Command,
+        ctx: CommandContext,
+        reply: impl Fn(&A, i32) -> (u16, serde_json::Value) + Send + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         self.run(stream_id, false, command, ctx, reply).await
     }
@@ -161,14 +161,41 @@ impl<A: Aggregate> Repository<A> {
     pub async fn create(
         &self,
         stream_id: Uuid,
-        command: &A::Command,
-        ctx: &CommandContext,
-        reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
+        command: A::Command,
+        ctx: CommandContext,
+        reply: impl Fn(&A, i32) -> (u16, serde_json::Value) + Send + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         self.run(stream_id, true, command, ctx, reply).await
     }
 
+    /// The stored answer of an earlier request with this Idempotency-Key, if any (an
+    /// error when the key was used for another request). For handlers that check more
+    /// than the aggregate before running a command: a replay must not be re-validated.
+    pub async fn replay(&self, ctx: &CommandContext) -> Result<Option<CommandReply>, ExecuteError<A::Error>> {
+        self.stored_reply(ctx).await
+    }
+
+    /// A command runs to its end in a task of its own, even when its caller stops
+    /// waiting (the client went away, the request timed out): the stream stays locked
+    /// until the outcome is known and cached, so the next command on the stream (a
+    /// retry with the same Idempotency-Key among them) sees that outcome.
     async fn run(
+        &self,
+        stream_id: Uuid,
+        fresh: bool,
+        command: A::Command,
+        ctx: CommandContext,
+        reply: impl Fn(&A, i32) -> (u16, serde_json::Value) + Send + 'static,
+    ) -> Result<CommandReply, ExecuteError<A::Error>> {
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.run_to_end(stream_id, fresh, &command, &ctx, reply).await });
+        match task.await {
+            Ok(result) => result,
+            Err(failed) => Err(StoreError::Corrupt(format!("the command task failed: {failed}")).into()),
+        }
+    }
+
+    async fn run_to_end(
         &self,
         stream_id: Uuid,
         fresh: bool,
@@ -176,32 +203,42 @@ impl<A: Aggregate> Repository<A> {
         ctx: &CommandContext,
         reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
+        let slot = self.slot(stream_id);
+        let mut cached = slot.lock().await;
+        // under the stream's lock: an earlier request with this key on this stream has ended
         if let Some(stored) = self.stored_reply(ctx).await? {
             return Ok(stored);
         }
-        let slot = self.slot(stream_id);
-        let mut cached = slot.lock().await;
         let mut fresh = fresh;
         for attempt in 1..=self.config.max_attempts {
-            let loaded = match cached.take() {
-                Some(loaded) => loaded,
-                None if fresh => Loaded::new_stream(),
-                None => self.store.load::<A>(stream_id).await?.unwrap_or_else(Loaded::new_stream),
+            let (mut loaded, mut from_store) = match cached.take() {
+                Some(loaded) => (loaded, false),
+                None if fresh => (Loaded::new_stream(), true),
+                None => (self.load(stream_id).await?, true),
             };
             fresh = false;
-            if let Some(expected) = ctx.expected_version
-                && expected != loaded.version
-            {
-                *cached = self.keep(loaded.clone());
-                return Err(ExecuteError::VersionMismatch { current: loaded.version, expected });
+            let mut decided = loaded.state.decide(command);
+            let mismatch = |loaded: &Loaded<A>| ctx.expected_version.filter(|expected| *expected != loaded.version);
+            if !from_store && (decided.is_err() || mismatch(&loaded).is_some()) {
+                // a refusal must not rest on a cached state another instance has overtaken
+                loaded = self.load(stream_id).await?;
+                from_store = true;
+                decided = loaded.state.decide(command);
             }
-            let events = match loaded.state.decide(command) {
+            debug_assert!(from_store || (decided.is_ok() && mismatch(&loaded).is_none()));
+            let events = match decided {
                 Ok(events) => events,
                 Err(e) => {
                     *cached = self.keep(loaded);
                     return Err(ExecuteError::Domain(e));
                 }
             };
+            // after the decision, so that not-found and not-yours come first
+            if let Some(expected) = mismatch(&loaded) {
+                let current = loaded.version;
+                *cached = self.keep(loaded);
+                return Err(ExecuteError::VersionMismatch { current, expected });
+            }
             if events.is_empty() {
                 // nothing happens (e.g. an idempotent saga step seen before)
                 let (status, body) = reply(&loaded.state, loaded.version);
@@ -241,6 +278,10 @@ impl<A: Aggregate> Repository<A> {
             }
         }
         Err(ExecuteError::Conflict { attempts: self.config.max_attempts })
+    }
+
+    async fn load(&self, stream_id: Uuid) -> Result<Loaded<A>, StoreError> {
+        Ok(self.store.load::<A>(stream_id).await?.unwrap_or_else(Loaded::new_stream))
     }
 
     #[allow(clippy::too_many_arguments)]

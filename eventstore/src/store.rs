@@ -39,8 +39,11 @@ impl StoreError {
     /// The same failure for each member of a batch (sqlx errors cannot be cloned).
     pub fn shared(&self) -> StoreError {
         match self {
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
-            | StoreError::Unavailable(_) => StoreError::Unavailable(self.to_string()),
+            // known to have written nothing; an I/O error mid-statement is not (its
+            // outcome is unknown), so it stays an opaque fault
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) | StoreError::Unavailable(_) => {
+                StoreError::Unavailable(self.to_string())
+            }
             other => StoreError::Batch(other.to_string()),
         }
     }
@@ -258,11 +261,12 @@ impl EventStore {
             Ok(results) => Ok(results),
             Err(StoreError::Conflict { .. } | StoreError::IdempotencyKeyTaken) if appends.len() > 1 => {
                 let mut results = Vec::with_capacity(appends.len());
+                // each alone; a fault of one is that one's result, never the others'
+                // (those before it have committed)
                 for append in appends {
                     results.push(match self.append_once(std::slice::from_ref(append)).await {
                         Ok(mut one) => one.pop().unwrap_or_else(|| Err(StoreError::Corrupt("no result".into()))),
-                        Err(e @ (StoreError::Conflict { .. } | StoreError::IdempotencyKeyTaken)) => Err(e),
-                        Err(e) => return Err(e),
+                        Err(e) => Err(e),
                     });
                 }
                 Ok(results)
@@ -308,6 +312,12 @@ impl EventStore {
             }
             Err(sqlx::Error::Database(db)) if db.constraint() == Some(IDEMPOTENCY_KEY) => {
                 return Err(StoreError::IdempotencyKeyTaken);
+            }
+            // a deadlock with another instance's batch, or a serialization failure:
+            // nothing was written, so it is a conflict like any other
+            Err(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
+                let first = &appends[0];
+                return Err(StoreError::Conflict { stream_id: first.stream_id, expected: first.expected_version });
             }
             Err(e) => return Err(StoreError::Database(e)),
         };

@@ -147,7 +147,8 @@ where
         let correlation_id = header_text(parts, CORRELATION_ID).filter(|c| !c.is_empty() && c.len() <= 128);
         Ok(CommandMeta {
             caller,
-            request_id: header_text(parts, REQUEST_ID),
+            // recorded with every event: a client's id is kept only when it is sane
+            request_id: header_text(parts, REQUEST_ID).filter(|r| !r.is_empty() && r.len() <= 128),
             correlation_id,
             idempotency_key,
             method: parts.method.as_str().to_owned(),
@@ -156,7 +157,23 @@ where
     }
 }
 
-/// Parses an id from the path: 400 `invalid_id` rather than a bare 404.
+/// The `{id}` of a route, as a UUID. Rejections are 400 `invalid_id` in the JSON
+/// error shape (axum's own `Path` rejection is plain text, e.g. for `%FF`).
+#[derive(Debug, Clone, Copy)]
+pub struct PathId(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("invalid_id", "the id in the path is not valid"))?;
+        parse_id(&raw).map(PathId)
+    }
+}
+
+/// Parses an id: 400 `invalid_id` rather than a bare 404.
 pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw)
         .map_err(|_| ApiError::bad_request("invalid_id", format!("`{}` is not a valid id", truncate(raw, 64))))

@@ -207,6 +207,27 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         ),
         ("someone else's account (close)", api.post(&format!("/accounts/{id}/close")).token(&bob), 403, "forbidden"),
         ("someone else's account (read)", api.get(&format!("/accounts/{id}")).token(&bob), 403, "forbidden"),
+        // ownership comes before the version check: no version leaks to a stranger
+        (
+            "someone else's account with a version",
+            api.post(&deposits).token(&bob).json(json!({"amount": 5, "currency": "EUR", "expected_version": 0})),
+            403,
+            "forbidden",
+        ),
+        (
+            "an unknown account with a version",
+            api.post(&format!("/accounts/{}/deposits", Uuid::now_v7()))
+                .token(&alice)
+                .json(json!({"amount": 5, "currency": "EUR", "expected_version": 0})),
+            404,
+            "account_not_found",
+        ),
+        (
+            "a path id that is not UTF-8",
+            api.post("/accounts/%FF/deposits").token(&alice).json(json!({"amount": 5, "currency": "EUR"})),
+            400,
+            "invalid_id",
+        ),
         (
             "a teller withdrawing",
             api.post(&withdrawals).token(&token("tom", Teller)).json(json!({"amount": 5, "currency": "EUR"})),
@@ -449,6 +470,21 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     let events = stream_events(&pool, id).await;
     assert_eq!(events.len(), 5);
     assert_eq!(events.last().unwrap().2["balance_after"].as_i64(), Some(101));
+
+    // the same for a withdrawal that empties the account: a retry decided again would
+    // be refused for insufficient funds, though the first one succeeded
+    let withdrawals = format!("/accounts/{id}/withdrawals");
+    let racers = (0..10).map(|_| {
+        api.post(&withdrawals)
+            .token(&alice)
+            .idempotency_key("wd-race")
+            .json(json!({"amount": 101, "currency": "EUR"}))
+            .send()
+    });
+    let replies = futures::future::join_all(racers).await;
+    assert!(replies.iter().all(|r| r.status == 200 && r.body == replies[0].body), "{replies:?}");
+    assert_eq!(replies[0].body["balance"].as_i64(), Some(0));
+    assert_eq!(stream_events(&pool, id).await.len(), 6);
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

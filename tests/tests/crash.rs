@@ -85,7 +85,10 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
         }));
     }
     // kill it once a good number of deposits were acknowledged
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().len() < 150 {
+        assert!(tokio::time::Instant::now() < deadline, "the load never reached 150 acknowledged deposits");
+        assert!(clients.iter().all(|c| !c.is_finished()), "a client stopped before the kill (see its panic)");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.start_kill().unwrap();

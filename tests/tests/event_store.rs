@@ -47,15 +47,13 @@ fn alice() -> Actor {
 
 async fn open(repo: &Repository<Account>, id: Uuid) {
     let command = AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None };
-    repo.create(id, &command, &CommandContext::default(), |_, v| (201, serde_json::json!({"version": v})))
-        .await
-        .unwrap();
+    repo.create(id, command, CommandContext::default(), |_, v| (201, serde_json::json!({"version": v}))).await.unwrap();
 }
 
 async fn deposit(repo: &Repository<Account>, id: Uuid, minor: i64) -> i64 {
     let command = AccountCommand::Deposit { amount: Money::new(minor, eur(), i64::MAX).unwrap(), by: alice() };
     let reply = repo
-        .execute(id, &command, &CommandContext::default(), |_, v| (200, serde_json::json!({"version": v})))
+        .execute(id, command, CommandContext::default(), |_, v| (200, serde_json::json!({"version": v})))
         .await
         .unwrap();
     reply.body["version"].as_i64().unwrap()
@@ -331,4 +329,28 @@ async fn group_commit_gives_each_of_many_concurrent_commands_its_own_result(pool
         assert_eq!((loaded.version, loaded.state.balance), (6, 15));
     }
     assert_eq!(tests::total_events(&pool).await, 240);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_refusal_is_never_decided_on_a_cached_state_another_instance_overtook(pool: PgPool) {
+    let a = repository(&pool, 100, 1000);
+    let b = repository(&pool, 100, 1000);
+    let id = Uuid::now_v7();
+    open(&a, id).await;
+    // `a` caches a balance of 0; `b` deposits 20
+    assert_eq!(deposit(&b, id, 20).await, 2);
+    // on its cache `a` would refuse this withdrawal; it checks the store and carries it out
+    let withdraw = AccountCommand::Withdraw { amount: Money::new(10, eur(), i64::MAX).unwrap(), by: alice() };
+    let reply = a
+        .execute(id, withdraw, CommandContext::default(), |s, v| {
+            (200, serde_json::json!({"version": v, "balance": s.balance}))
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.body, serde_json::json!({"version": 3, "balance": 10}));
+    // and an expected version is compared with the store's, not the cache's
+    let b_cached_at_2 = AccountCommand::Deposit { amount: Money::new(1, eur(), i64::MAX).unwrap(), by: alice() };
+    let ctx = CommandContext { expected_version: Some(3), ..Default::default() };
+    let reply = b.execute(id, b_cached_at_2, ctx, |_, v| (200, serde_json::json!({"version": v}))).await.unwrap();
+    assert_eq!(reply.body["version"], 4);
 }

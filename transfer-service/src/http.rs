@@ -3,7 +3,7 @@
 use crate::AppState;
 use crate::domain::{MoneyTransfer, TransferCommand, TransferError};
 use account_service::domain::{Account, AccountStatus};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::ApiError;
 use service_kit::auth::Caller;
-use service_kit::extract::{ApiJson, CommandMeta, parse_id};
+use service_kit::extract::{ApiJson, CommandMeta, PathId, parse_id};
 use service_kit::http::command_response;
 use uuid::Uuid;
 
@@ -58,6 +58,12 @@ async fn create(
     meta: CommandMeta,
     body: ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
+    // a repeated request is answered as the first time, before anything is re-checked
+    // (the source may have been closed since, and that must not turn a 201 into a 422)
+    let ctx = meta.context(&body.canonical, None);
+    if let Some(stored) = state.transfers.replay(&ctx).await? {
+        return Ok(command_response(stored));
+    }
     let from = parse_id(&body.value.from)?;
     let to = parse_id(&body.value.to)?;
     let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
@@ -88,13 +94,11 @@ async fn create(
 
     let id = Uuid::now_v7();
     let command = TransferCommand::Create { from, to, amount, initiated_by: meta.caller.subject.clone() };
-    let ctx = meta.context(&body.canonical, None);
-    let reply = state.transfers.create(id, &command, &ctx, |t, v| (201, transfer_json(id, t, v))).await?;
+    let reply = state.transfers.create(id, command, ctx, move |t, v| (201, transfer_json(id, t, v))).await?;
     Ok(command_response(reply))
 }
 
-async fn read(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+async fn read(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
     let loaded = state
         .transfers
         .store()
