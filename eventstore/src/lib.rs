@@ -11,6 +11,7 @@
 //! * [`rapids`]: the Kinesis client configuration shared by services and tools.
 //! * [`group_commit`]: concurrent appends share one statement and one commit.
 //! * [`metrics`]: the store's Prometheus counters.
+//! * [`tailer`]: follows the store's log onto the rapids (Kinesis).
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
@@ -21,6 +22,7 @@ pub mod money;
 pub mod rapids;
 pub mod repository;
 pub mod store;
+pub mod tailer;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use envelope::EventMetadata;

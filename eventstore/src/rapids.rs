@@ -29,7 +29,11 @@ pub enum RapidsError {
 }
 
 fn request_error<E: std::error::Error>(e: E) -> RapidsError {
-    // the SDK's Display is terse; its source chain says what went wrong
+    RapidsError::Request(describe(&e))
+}
+
+/// An SDK error with its source chain (its own Display is terse).
+pub fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -37,7 +41,7 @@ fn request_error<E: std::error::Error>(e: E) -> RapidsError {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    RapidsError::Request(text)
+    text
 }
 
 /// A Kinesis client bound to one stream.

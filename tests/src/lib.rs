@@ -259,3 +259,45 @@ pub async fn stream_events(pool: &PgPool, stream_id: Uuid) -> Vec<(i32, String, 
 pub async fn total_events(pool: &PgPool) -> i64 {
     sqlx::query_scalar("select count(*) from es.events").fetch_one(pool).await.unwrap()
 }
+
+/// A Kinesis stream of its own for one test (`rapids-test-<uuid>`), created and active.
+pub async fn fresh_stream(shards: i32) -> Rapids {
+    let config = RapidsConfig { stream: format!("rapids-test-{}", Uuid::now_v7().simple()), ..rapids_config() };
+    let rapids = Rapids::connect(&config).await;
+    rapids.ensure_stream(shards, std::time::Duration::from_secs(30)).await.unwrap();
+    rapids
+}
+
+/// Every record of every shard of the stream, each shard's in order.
+pub async fn read_shards(rapids: &Rapids) -> Vec<Vec<eventstore::envelope::Envelope>> {
+    use aws_sdk_kinesis::types::ShardIteratorType;
+    let client = rapids.client();
+    let shards = client.list_shards().stream_name(rapids.stream()).send().await.unwrap();
+    let mut out = Vec::new();
+    for shard in shards.shards() {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(rapids.stream())
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator
+            .unwrap();
+        let mut records = Vec::new();
+        loop {
+            let page = client.get_records().shard_iterator(&iterator).limit(10_000).send().await.unwrap();
+            for record in page.records() {
+                records.push(serde_json::from_slice(record.data().as_ref()).unwrap());
+            }
+            let caught_up = page.records().is_empty() && page.millis_behind_latest().unwrap_or(0) == 0;
+            match page.next_shard_iterator {
+                Some(next) if !caught_up => iterator = next,
+                _ => break,
+            }
+        }
+        out.push(records);
+    }
+    out
+}

@@ -1,0 +1,219 @@
+//! The tailer: follows the event store's log and publishes every committed event to
+//! the rapids (Kinesis), in order per stream, never losing one (duplicates allowed).
+//!
+//! * [`EventSource`]: where committed events come from, in commit order, with an
+//!   acknowledgement that moves the source's position. Two implementations:
+//!   [`wal::WalSource`] (logical decoding through a replication slot, the default) and
+//!   [`poll::PollSource`] (an `(xid, position)` cursor below the oldest running
+//!   transaction, for a Postgres where logical decoding is not allowed).
+//! * [`publish::Publisher`]: PutRecords to Kinesis without reordering a stream.
+//! * [`Tailer`]: the loop: read, publish, and only then acknowledge; woken by the
+//!   append's NOTIFY; one active instance per database (an advisory lock), others
+//!   stand by.
+
+pub mod poll;
+pub mod publish;
+pub mod wal;
+
+use crate::envelope::RecordedEvent;
+use crate::store::StoreError;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Committed events in commit order, and what acknowledges them.
+#[derive(Debug, Default)]
+pub struct SourceBatch<A> {
+    pub events: Vec<RecordedEvent>,
+    /// The position after these events; handed back to [`EventSource::ack`].
+    pub ack: Option<A>,
+}
+
+/// Where committed events come from.
+pub trait EventSource: Send {
+    type Ack: Send;
+
+    /// The next committed events after the acknowledged position (at most about
+    /// `max`; whole transactions). Reading again without an ack returns them again.
+    fn read(&mut self, max: usize) -> impl Future<Output = Result<SourceBatch<Self::Ack>, StoreError>> + Send;
+
+    /// Called on becoming the active tailer: picks up the position where the previous
+    /// active instance left it.
+    fn resume(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves the position past a batch whose events Kinesis acknowledged.
+    fn ack(&mut self, ack: Self::Ack) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The tailer's metrics.
+#[derive(Clone)]
+pub struct TailerMetrics {
+    pub published: IntCounter,
+    pub batches: IntCounter,
+    pub retries: IntCounter,
+    /// Events read but not yet acknowledged by Kinesis.
+    pub lag_events: IntGauge,
+    /// Seconds from an event's commit (its `recorded_at`) to Kinesis's acknowledgement.
+    pub lag_seconds: Histogram,
+    pub leader: IntGauge,
+}
+
+impl TailerMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let published = IntCounter::new("tailer_events_published_total", "Events acknowledged by Kinesis")?;
+        let batches = IntCounter::new("tailer_batches_total", "Batches published")?;
+        let retries = IntCounter::new("tailer_publish_retries_total", "PutRecords retries (failed records or calls)")?;
+        let lag_events = IntGauge::new("tailer_lag_events", "Events read and not yet acknowledged by Kinesis")?;
+        let lag_seconds = Histogram::with_opts(
+            HistogramOpts::new("tailer_publish_lag_seconds", "From an event's commit to Kinesis's acknowledgement")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
+        let leader = IntGauge::new("tailer_is_leader", "1 while this instance is the active tailer")?;
+        for m in [
+            Box::new(published.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batches.clone()),
+            Box::new(retries.clone()),
+            Box::new(lag_events.clone()),
+            Box::new(lag_seconds.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(m)?;
+        }
+        Ok(TailerMetrics { published, batches, retries, lag_events, lag_seconds, leader })
+    }
+}
+
+/// Why tailing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TailerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
+}
+
+impl From<sqlx::Error> for TailerError {
+    fn from(e: sqlx::Error) -> Self {
+        TailerError::Store(StoreError::Database(e))
+    }
+}
+
+/// Tuning of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct TailerConfig {
+    /// Most events read per batch.
+    pub batch_size: usize,
+    /// Read again after this long even without a NOTIFY (a safety net, and for the
+    /// poll source, whose events become readable when older transactions end).
+    pub idle_poll: Duration,
+}
+
+impl Default for TailerConfig {
+    fn default() -> Self {
+        TailerConfig { batch_size: 2000, idle_poll: Duration::from_millis(250) }
+    }
+}
+
+/// The advisory lock key of the active tailer ("rapids-tailer").
+const LEADER_LOCK: i64 = 0x7261_7069_6473;
+
+/// The tailer: one source, one publisher.
+pub struct Tailer<S: EventSource> {
+    pub pool: PgPool,
+    pub source: S,
+    pub publisher: publish::Publisher,
+    pub metrics: TailerMetrics,
+    pub config: TailerConfig,
+}
+
+impl<S: EventSource> Tailer<S> {
+    /// Waits to be the leader, then tails until `shutdown` (finishing the batch in hand).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TailerError> {
+        let connect_options = self.pool.connect_options().as_ref().clone();
+        loop {
+            // the lock lives on a connection of its own: if this process dies, the
+            // connection drops and Postgres releases the lock for a standby at once
+            let mut lock = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                lock = PgConnection::connect_with(&connect_options) => lock?,
+            };
+            let acquired: bool =
+                sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut lock).await?;
+            if !acquired {
+                drop(lock);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                }
+            }
+            tracing::info!("this tailer is now the active one");
+            self.metrics.leader.set(1);
+            let outcome = self.lead(&mut lock, &shutdown).await;
+            self.metrics.leader.set(0);
+            let _ = lock.close().await;
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(%error, "tailing stopped; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lead(&mut self, lock: &mut PgConnection, shutdown: &CancellationToken) -> Result<(), TailerError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("es_events").await?;
+        self.source.resume().await?;
+        loop {
+            // drain everything committed so far
+            loop {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                // still the leader? (a lost lock connection means a standby may be active)
+                sqlx::query("select 1").execute(&mut *lock).await?;
+                let batch = self.source.read(self.config.batch_size).await?;
+                if batch.events.is_empty() {
+                    // an empty batch may still move the position (e.g. a finished backfill)
+                    match batch.ack {
+                        Some(ack) => {
+                            self.source.ack(ack).await?;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                self.metrics.lag_events.set(batch.events.len() as i64);
+                match self.publisher.publish(&batch.events, &self.metrics, shutdown).await {
+                    Ok(()) => {}
+                    // stopping: the batch stays unacknowledged and is read again next time
+                    Err(publish::PublishError::Stopped) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+                if let Some(ack) = batch.ack {
+                    self.source.ack(ack).await?;
+                }
+                let now = chrono::Utc::now();
+                for event in &batch.events {
+                    let lag = (now - event.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    self.metrics.lag_seconds.observe(lag);
+                }
+                self.metrics.published.inc_by(batch.events.len() as u64);
+                self.metrics.batches.inc();
+                self.metrics.lag_events.set(0);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                note = listener.recv() => { note?; }
+                _ = tokio::time::sleep(self.config.idle_poll) => {}
+            }
+        }
+    }
+}

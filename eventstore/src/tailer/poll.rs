@@ -1,0 +1,151 @@
+//! The `poll` source: reads `es.events` by an `(xid, position)` cursor, only below the
+//! oldest transaction still running.
+//!
+//! Every transaction with an xid below `pg_snapshot_xmin(pg_current_snapshot())` has
+//! ended, so its rows are final: none can still appear behind the cursor. A cursor on
+//! `position` alone loses events, because positions are handed out at insert and
+//! transactions commit in another order. Within a stream, a later version is written
+//! by a later transaction (an append reads the stream's last version first), so
+//! `(xid, position)` order keeps each stream's versions in order.
+//!
+//! The price: one long transaction anywhere in the database holds the tailer back
+//! until it ends. The `wal` source has no such limit.
+
+use super::{EventSource, SourceBatch};
+use crate::envelope::{EventMetadata, RecordedEvent};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The cursor: the last published event's transaction id (as text, sqlx has no
+/// `xid8`) and position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollCursor {
+    pub xid: String,
+    pub position: i64,
+}
+
+pub struct PollSource {
+    pool: PgPool,
+    name: String,
+    cursor: PollCursor,
+    /// Only transactions below this one (a backfill's bound), as text.
+    until_xid: Option<String>,
+}
+
+impl PollSource {
+    /// The source named `name`; its cursor is read on [`EventSource::resume`] (a new
+    /// source starts at the beginning of the store).
+    pub async fn open(pool: PgPool, name: &str) -> Result<Self, StoreError> {
+        sqlx::query(
+            "insert into rapids.tailer_position (source, xid, position) values ($1, '0', 0) on conflict do nothing",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await?;
+        let mut source = PollSource {
+            pool,
+            name: name.to_owned(),
+            cursor: PollCursor { xid: "0".into(), position: 0 },
+            until_xid: None,
+        };
+        source.resume().await?;
+        Ok(source)
+    }
+
+    pub fn cursor(&self) -> &PollCursor {
+        &self.cursor
+    }
+
+    /// True once every transaction below the bound has ended and been read: the
+    /// caller has just read an empty batch.
+    pub(crate) async fn bound_reached(&self) -> Result<bool, StoreError> {
+        let Some(until) = &self.until_xid else { return Ok(false) };
+        let done: bool = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8")
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(done)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    xid_txt: String,
+    position: i64,
+    stream_id: Uuid,
+    stream_type: String,
+    version: i32,
+    event_id: Uuid,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    schema_version: i16,
+    data: sqlx::types::Json<serde_json::Value>,
+    metadata: sqlx::types::Json<serde_json::Value>,
+    recorded_at: DateTime<Utc>,
+}
+
+impl EventSource for PollSource {
+    type Ack = PollCursor;
+
+    async fn read(&mut self, max: usize) -> Result<SourceBatch<PollCursor>, StoreError> {
+        // `xid::text AS xid_txt`: ordering by the text would sort 999 after 1000
+        let rows: Vec<Row> = sqlx::query_as(
+            "select xid::text as xid_txt, position, stream_id, stream_type, version, event_id, type,
+                    schema_version, data, metadata, recorded_at
+             from es.events
+             where (xid, position) > ($1::text::xid8, $2)
+               and xid < pg_snapshot_xmin(pg_current_snapshot())
+               and ($4::text is null or xid < $4::text::xid8)
+             order by xid, position
+             limit $3",
+        )
+        .bind(&self.cursor.xid)
+        .bind(self.cursor.position)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(self.until_xid.as_deref())
+        .fetch_all(&self.pool)
+        .await?;
+        let ack = rows.last().map(|r| PollCursor { xid: r.xid_txt.clone(), position: r.position });
+        let events = rows
+            .into_iter()
+            .map(|r| RecordedEvent {
+                position: r.position,
+                stream_id: r.stream_id,
+                stream_type: r.stream_type,
+                version: r.version,
+                event_id: r.event_id,
+                event_type: r.event_type,
+                schema_version: r.schema_version,
+                data: r.data.0,
+                metadata: serde_json::from_value::<EventMetadata>(r.metadata.0).unwrap_or_default(),
+                recorded_at: r.recorded_at,
+            })
+            .collect();
+        Ok(SourceBatch { events, ack })
+    }
+
+    async fn resume(&mut self) -> Result<(), StoreError> {
+        let (xid, position, until_xid): (String, i64, Option<String>) = sqlx::query_as(
+            "select coalesce(xid::text, '0'), position, until_xid::text from rapids.tailer_position where source = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await?;
+        self.cursor = PollCursor { xid, position };
+        self.until_xid = until_xid;
+        Ok(())
+    }
+
+    async fn ack(&mut self, cursor: PollCursor) -> Result<(), StoreError> {
+        sqlx::query("update rapids.tailer_position set xid = $2::text::xid8, position = $3, updated_at = now() where source = $1")
+            .bind(&self.name)
+            .bind(&cursor.xid)
+            .bind(cursor.position)
+            .execute(&self.pool)
+            .await?;
+        self.cursor = cursor;
+        Ok(())
+    }
+}

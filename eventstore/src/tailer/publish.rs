@@ -1,0 +1,127 @@
+//! Publishing to Kinesis without ever reordering a stream.
+//!
+//! PutRecords may fail some records and accept the rest, so two records of one
+//! partition key in one request could land in the wrong order if the first failed and
+//! the second did not. A request therefore carries at most one record per stream (the
+//! stream's oldest unacknowledged one); the next record of a stream goes out only after
+//! the previous one was acknowledged. Records of different streams share requests (up
+//! to 500 records and 5 MB). One stream alone is published at one record per round
+//! trip, which is about Kinesis's own limit of 1,000 records/s per shard.
+
+use super::TailerMetrics;
+use crate::envelope::{Envelope, RecordedEvent};
+use crate::rapids::Rapids;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const MAX_RECORDS: usize = 500;
+const MAX_BYTES: usize = 5 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("stopped before Kinesis acknowledged every record")]
+    Stopped,
+    #[error("a record does not serialize: {0}")]
+    Encode(String),
+}
+
+pub struct Publisher {
+    rapids: Rapids,
+}
+
+impl Publisher {
+    pub fn new(rapids: Rapids) -> Self {
+        Publisher { rapids }
+    }
+
+    /// Returns once Kinesis acknowledged every event (retrying failed records and
+    /// calls with backoff), or when `shutdown` stops it first.
+    pub async fn publish(
+        &self,
+        events: &[RecordedEvent],
+        metrics: &TailerMetrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PublishError> {
+        let mut pending: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .map(|e| {
+                let key = e.stream_id.to_string();
+                serde_json::to_vec(&Envelope::from(e.clone()))
+                    .map(|data| (key, data))
+                    .map_err(|err| PublishError::Encode(err.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut failures = 0u32;
+        while !pending.is_empty() {
+            // the oldest pending record of each stream, in commit order, within the limits
+            let mut keys = HashSet::new();
+            let mut chosen = Vec::new();
+            let mut bytes = 0;
+            for (i, (key, data)) in pending.iter().enumerate() {
+                if !keys.insert(key.as_str()) {
+                    continue;
+                }
+                if chosen.len() < MAX_RECORDS && bytes + data.len() + key.len() <= MAX_BYTES {
+                    bytes += data.len() + key.len();
+                    chosen.push(i);
+                }
+            }
+            let entries = chosen
+                .iter()
+                .map(|&i| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key(pending[i].0.clone())
+                        .data(Blob::new(pending[i].1.clone()))
+                        .build()
+                        .map_err(|e| PublishError::Encode(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let sent = self
+                .rapids
+                .client()
+                .put_records()
+                .stream_name(self.rapids.stream())
+                .set_records(Some(entries))
+                .send()
+                .await;
+            let mut acknowledged = vec![false; pending.len()];
+            let mut any_failed = false;
+            match sent {
+                Ok(output) => {
+                    for (j, result) in output.records().iter().enumerate() {
+                        if result.error_code().is_none() && result.sequence_number().is_some() {
+                            acknowledged[chosen[j]] = true;
+                        } else {
+                            any_failed = true;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::rapids::describe(&error), "PutRecords failed");
+                    any_failed = true;
+                }
+            }
+            let mut i = 0;
+            pending.retain(|_| {
+                let keep = !acknowledged[i];
+                i += 1;
+                keep
+            });
+            if any_failed {
+                metrics.retries.inc();
+                failures = (failures + 1).min(10);
+                let pause = Duration::from_millis(20 * 2u64.pow(failures.min(6)));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(PublishError::Stopped),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            } else {
+                failures = 0;
+            }
+        }
+        Ok(())
+    }
+}

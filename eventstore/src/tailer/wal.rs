@@ -1,0 +1,363 @@
+//! The `wal` source: logical decoding of the transaction log with the built-in
+//! `pgoutput` plugin, read through the SQL slot functions.
+//!
+//! `pg_logical_slot_peek_binary_changes` returns the committed changes of the
+//! publication `rapids_events` (inserts into `es.events`) in commit order, whole
+//! transactions at a time, without consuming them; once Kinesis acknowledged a batch,
+//! `pg_replication_slot_advance` moves the slot to the batch's last COMMIT, so a crash
+//! before that delivers the batch again (duplicates, never losses). The slot keeps
+//! the WAL it has not been advanced past. Needs `wal_level = logical` and a role with
+//! REPLICATION.
+
+use super::poll::{PollCursor, PollSource};
+use super::{EventSource, SourceBatch};
+use crate::envelope::{EventMetadata, RecordedEvent};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub const PUBLICATION: &str = "rapids_events";
+
+pub struct WalSource {
+    pool: PgPool,
+    slot: String,
+    /// Columns of each relation id, from the Relation messages.
+    relations: HashMap<u32, Relation>,
+    /// Events committed before the slot existed, read from the table first.
+    backfill: Option<PollSource>,
+}
+
+/// What acknowledges a batch of the wal source.
+#[derive(Debug)]
+pub enum WalAck {
+    /// The LSN of the batch's last COMMIT.
+    Lsn(String),
+    /// The backfill's cursor.
+    Backfill(PollCursor),
+    /// The backfill is complete.
+    BackfillDone,
+}
+
+#[derive(Debug, Clone)]
+struct Relation {
+    namespace: String,
+    name: String,
+    columns: Vec<String>,
+}
+
+impl WalSource {
+    /// Opens (creating it when missing) the replication slot `slot`.
+    ///
+    /// A new slot decodes only what commits after it exists. Whatever committed
+    /// before is backfilled from `es.events` first: every transaction below the first
+    /// one the slot's snapshot did not see, by the poll source's cursor (those that
+    /// commit after the slot's start are also decoded: duplicates, never gaps).
+    pub async fn open(pool: PgPool, slot: &str) -> Result<Self, StoreError> {
+        let exists: bool =
+            sqlx::query_scalar("select exists (select 1 from pg_replication_slots where slot_name = $1)")
+                .bind(slot)
+                .fetch_one(&pool)
+                .await?;
+        if !exists {
+            let created = sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
+                .bind(slot)
+                .execute(&pool)
+                .await;
+            match created {
+                Ok(_) => {
+                    tracing::info!(slot, "created the logical replication slot; backfilling what committed before it");
+                    sqlx::query(
+                        "insert into rapids.tailer_position (source, xid, position, until_xid)
+                         values ($1, '0', 0, pg_snapshot_xmax(pg_current_snapshot()))
+                         on conflict (source) do update
+                            set xid = '0', position = 0, until_xid = excluded.until_xid, updated_at = now()",
+                    )
+                    .bind(backfill_name(slot))
+                    .execute(&pool)
+                    .await?;
+                }
+                // created by another instance in between
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42710") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut source = WalSource { pool, slot: slot.to_owned(), relations: HashMap::new(), backfill: None };
+        source.resume().await?;
+        Ok(source)
+    }
+
+    /// Drops the slot (tests, and operators retiring a tailer).
+    pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), StoreError> {
+        sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
+            .bind(slot)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn backfill_name(slot: &str) -> String {
+    format!("{slot}:backfill")
+}
+
+impl EventSource for WalSource {
+    type Ack = WalAck;
+
+    async fn read(&mut self, max: usize) -> Result<SourceBatch<WalAck>, StoreError> {
+        if let Some(backfill) = &mut self.backfill {
+            let batch = backfill.read(max).await?;
+            if !batch.events.is_empty() {
+                return Ok(SourceBatch { events: batch.events, ack: batch.ack.map(WalAck::Backfill) });
+            }
+            let ack = backfill.bound_reached().await?.then_some(WalAck::BackfillDone);
+            return Ok(SourceBatch { events: Vec::new(), ack });
+        }
+        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+            "select lsn::text, data from pg_logical_slot_peek_binary_changes($1, null, $2,
+                'proto_version', '1', 'publication_names', $3)",
+        )
+        .bind(&self.slot)
+        .bind(i32::try_from(max).unwrap_or(i32::MAX))
+        .bind(PUBLICATION)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let mut events = Vec::new();
+        let mut in_tx = Vec::new();
+        let mut ack = None;
+        for (lsn, data) in rows {
+            match decode(&data)? {
+                Message::Relation { id, relation } => {
+                    self.relations.insert(id, relation);
+                }
+                Message::Insert { relation, values } => {
+                    let rel = self
+                        .relations
+                        .get(&relation)
+                        .ok_or_else(|| StoreError::Corrupt(format!("insert into unknown relation {relation}")))?;
+                    if rel.namespace == "es" && rel.name == "events" {
+                        in_tx.push(event_from_columns(&rel.columns, values)?);
+                    }
+                }
+                Message::Begin => in_tx.clear(),
+                Message::Commit => {
+                    events.append(&mut in_tx);
+                    ack = Some(WalAck::Lsn(lsn));
+                }
+                Message::Other => {}
+            }
+        }
+        Ok(SourceBatch { events, ack })
+    }
+
+    async fn resume(&mut self) -> Result<(), StoreError> {
+        // the slot is the position; relations are announced again by each read
+        self.relations.clear();
+        let pending: bool =
+            sqlx::query_scalar("select exists (select 1 from rapids.tailer_position where source = $1)")
+                .bind(backfill_name(&self.slot))
+                .fetch_one(&self.pool)
+                .await?;
+        self.backfill =
+            if pending { Some(PollSource::open(self.pool.clone(), &backfill_name(&self.slot)).await?) } else { None };
+        Ok(())
+    }
+
+    async fn ack(&mut self, ack: WalAck) -> Result<(), StoreError> {
+        match ack {
+            WalAck::Lsn(lsn) => {
+                sqlx::query("select pg_replication_slot_advance($1, $2::pg_lsn)")
+                    .bind(&self.slot)
+                    .bind(&lsn)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            WalAck::Backfill(cursor) => {
+                if let Some(backfill) = &mut self.backfill {
+                    backfill.ack(cursor).await?;
+                }
+            }
+            WalAck::BackfillDone => {
+                sqlx::query("delete from rapids.tailer_position where source = $1")
+                    .bind(backfill_name(&self.slot))
+                    .execute(&self.pool)
+                    .await?;
+                self.backfill = None;
+                tracing::info!(slot = %self.slot, "backfill complete; following the slot");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum Message {
+    Begin,
+    Commit,
+    Relation { id: u32, relation: Relation },
+    Insert { relation: u32, values: Vec<Option<String>> },
+    Other,
+}
+
+/// A cursor over one pgoutput message.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.bytes.len() < n {
+            return Err(StoreError::Corrupt("truncated pgoutput message".into()));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, StoreError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn string(&mut self) -> Result<String, StoreError> {
+        let end =
+            self.bytes.iter().position(|b| *b == 0).ok_or_else(|| StoreError::Corrupt("unterminated string".into()))?;
+        let s = String::from_utf8_lossy(&self.bytes[..end]).into_owned();
+        self.bytes = &self.bytes[end + 1..];
+        Ok(s)
+    }
+}
+
+/// Decodes the pgoutput (protocol 1) messages the tailer needs.
+fn decode(data: &[u8]) -> Result<Message, StoreError> {
+    let mut r = Reader { bytes: data };
+    Ok(match r.u8()? {
+        b'B' => Message::Begin,
+        b'C' => Message::Commit,
+        b'R' => {
+            let id = r.u32()?;
+            let namespace = r.string()?;
+            let name = r.string()?;
+            let _replica_identity = r.u8()?;
+            let n = r.u16()?;
+            let mut columns = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let _flags = r.u8()?;
+                columns.push(r.string()?);
+                let _type_oid = r.u32()?;
+                let _type_modifier = r.u32()?;
+            }
+            Message::Relation { id, relation: Relation { namespace, name, columns } }
+        }
+        b'I' => {
+            let relation = r.u32()?;
+            if r.u8()? != b'N' {
+                return Err(StoreError::Corrupt("insert without a new tuple".into()));
+            }
+            let n = r.u16()?;
+            let mut values = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                values.push(match r.u8()? {
+                    b'n' | b'u' => None,
+                    b't' => {
+                        let len = r.u32()? as usize;
+                        Some(String::from_utf8_lossy(r.take(len)?).into_owned())
+                    }
+                    other => return Err(StoreError::Corrupt(format!("unknown tuple column kind {other}"))),
+                });
+            }
+            Message::Insert { relation, values }
+        }
+        _ => Message::Other,
+    })
+}
+
+/// Builds an event from the text values of an `es.events` row.
+fn event_from_columns(columns: &[String], values: Vec<Option<String>>) -> Result<RecordedEvent, StoreError> {
+    let mut by_name: HashMap<&str, String> = HashMap::new();
+    for (name, value) in columns.iter().zip(values) {
+        if let Some(v) = value {
+            by_name.insert(name.as_str(), v);
+        }
+    }
+    let get =
+        |name: &str| by_name.get(name).ok_or_else(|| StoreError::Corrupt(format!("decoded event without {name}")));
+    let bad = |name: &str| StoreError::Corrupt(format!("decoded event with a bad {name}"));
+    let uuid = |name: &str| get(name).and_then(|v| Uuid::parse_str(v).map_err(|_| bad(name)));
+    let json = |name: &str| get(name).and_then(|v| serde_json::from_str::<serde_json::Value>(v).map_err(|_| bad(name)));
+    Ok(RecordedEvent {
+        position: get("position")?.parse().map_err(|_| bad("position"))?,
+        stream_id: uuid("stream_id")?,
+        stream_type: get("stream_type")?.clone(),
+        version: get("version")?.parse().map_err(|_| bad("version"))?,
+        event_id: uuid("event_id")?,
+        event_type: get("type")?.clone(),
+        schema_version: get("schema_version")?.parse().map_err(|_| bad("schema_version"))?,
+        data: json("data")?,
+        metadata: serde_json::from_value::<EventMetadata>(json("metadata")?).unwrap_or_default(),
+        recorded_at: parse_timestamptz(get("recorded_at")?).ok_or_else(|| bad("recorded_at"))?,
+    })
+}
+
+/// Parses Postgres's text form of a timestamptz (`2026-11-21 10:00:00.123+00`).
+fn parse_timestamptz(text: &str) -> Option<DateTime<Utc>> {
+    let sign = text.rfind(['+', '-'])?;
+    let mut normalized = text.to_owned();
+    if text.len() - sign == 3 {
+        normalized.push_str(":00");
+    }
+    DateTime::parse_from_str(&normalized, "%Y-%m-%d %H:%M:%S%.f%:z").ok().map(|d| d.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postgres_timestamptz_text() {
+        let t = parse_timestamptz("2026-11-21 10:00:00.123456+00").expect("parses");
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00.123456+00:00");
+        let t = parse_timestamptz("2026-11-21 12:00:00+02").expect("parses");
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00+00:00");
+        let t = parse_timestamptz("2026-11-21 04:30:00-05:30").expect("parses");
+        assert_eq!(t.to_rfc3339(), "2026-11-21T10:00:00+00:00");
+    }
+
+    #[test]
+    fn decodes_relation_and_insert_messages() {
+        let mut rel = vec![b'R'];
+        rel.extend(16384u32.to_be_bytes());
+        rel.extend(b"es\0events\0");
+        rel.push(b'd');
+        rel.extend(2u16.to_be_bytes());
+        for name in ["position", "type"] {
+            rel.push(0);
+            rel.extend(name.as_bytes());
+            rel.push(0);
+            rel.extend(20u32.to_be_bytes());
+            rel.extend(u32::MAX.to_be_bytes());
+        }
+        let Message::Relation { id, relation } = decode(&rel).expect("decodes") else { panic!("not a relation") };
+        assert_eq!((id, relation.namespace.as_str(), relation.name.as_str()), (16384, "es", "events"));
+        assert_eq!(relation.columns, vec!["position", "type"]);
+
+        let mut ins = vec![b'I'];
+        ins.extend(16384u32.to_be_bytes());
+        ins.push(b'N');
+        ins.extend(2u16.to_be_bytes());
+        ins.push(b't');
+        ins.extend(2u32.to_be_bytes());
+        ins.extend(b"42");
+        ins.push(b'n');
+        let Message::Insert { relation, values } = decode(&ins).expect("decodes") else { panic!("not an insert") };
+        assert_eq!((relation, values), (16384, vec![Some("42".to_owned()), None]));
+        assert!(decode(&ins[..8]).is_err(), "a truncated message is an error, not a guess");
+    }
+}

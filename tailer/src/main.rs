@@ -1,0 +1,93 @@
+//! The tailer binary (the logic lives in `eventstore::tailer`; this crate exists
+//! because the HTTP plumbing of `service-kit` depends on `eventstore`, so a binary
+//! inside `eventstore` could not use it).
+//!
+//! Publishes every committed event to the rapids; one instance is active per database,
+//! others stand by and take over within a second of its death. Serves `/health`,
+//! `/ready` and `/metrics`.
+
+use clap::Parser;
+use eventstore::tailer::poll::PollSource;
+use eventstore::tailer::publish::Publisher;
+use eventstore::tailer::wal::WalSource;
+use eventstore::tailer::{Tailer, TailerConfig, TailerMetrics};
+use service_kit::config::{DatabaseArgs, HttpArgs, KinesisArgs, LogArgs};
+use service_kit::http::Kit;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    /// Logical decoding of the WAL (needs wal_level=logical and a role with REPLICATION).
+    Wal,
+    /// Polling es.events by an (xid, position) cursor.
+    Poll,
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "tailer", about = "Publishes the event store's log to the rapids")]
+struct Config {
+    /// Where health, readiness and metrics are served.
+    #[arg(long, env = "TAILER_ADDR", default_value = "127.0.0.1:8085")]
+    addr: SocketAddr,
+    #[arg(long, env = "TAILER_SOURCE", value_enum, default_value = "wal")]
+    source: Source,
+    /// The logical replication slot of the wal source (and the position name of the poll source).
+    #[arg(long, env = "TAILER_SLOT", default_value = "rapids_tailer")]
+    slot: String,
+    /// Most events read and published per batch.
+    #[arg(long, env = "TAILER_BATCH_SIZE", default_value_t = 2000)]
+    batch_size: usize,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    kinesis: KinesisArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    service_kit::telemetry::init(config.log.log_format);
+    let pool = service_kit::startup::connect(&config.database).await?;
+    service_kit::startup::migrate(&pool).await?;
+    let rapids = eventstore::rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
+
+    let registry = prometheus::Registry::new();
+    let metrics = TailerMetrics::register(&registry)?;
+    let openapi = service_kit::openapi::document(
+        "tailer",
+        "Publishes the event store's log to the rapids.",
+        serde_json::json!({}),
+        serde_json::json!({}),
+    );
+    let kit = Kit::new("tailer", pool.clone(), Some(rapids.clone()), registry, openapi, &config.http)?;
+    let shutdown = service_kit::shutdown::on_signals();
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, source = ?config.source, "tailer listening");
+    let http = tokio::spawn(service_kit::http::serve(
+        listener,
+        service_kit::http::app(axum::Router::new(), kit),
+        shutdown.clone(),
+    ));
+
+    let tailer_config = TailerConfig { batch_size: config.batch_size, idle_poll: Duration::from_millis(250) };
+    let publisher = Publisher::new(rapids);
+    match config.source {
+        Source::Wal => {
+            let source = WalSource::open(pool.clone(), &config.slot).await?;
+            Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
+        }
+        Source::Poll => {
+            let source = PollSource::open(pool.clone(), &config.slot).await?;
+            Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
+        }
+    }
+    shutdown.cancel();
+    http.await??;
+    tracing::info!("tailer stopped");
+    Ok(())
+}
