@@ -20,6 +20,8 @@ use uuid::Uuid;
 
 pub use service_kit::auth::Role::{Admin, Customer, Teller};
 
+pub mod load;
+
 /// The JWT secret the services under test check tokens with.
 pub fn secret() -> String {
     std::env::var("JWT_SECRET").unwrap_or_else(|_| "test-secret-0123456789abcdef".into())
@@ -300,4 +302,24 @@ pub async fn read_shards(rapids: &Rapids) -> Vec<Vec<eventstore::envelope::Envel
         out.push(records);
     }
     out
+}
+
+/// The service binaries sit next to the test binary's parent (target/<profile>/).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: scripts/test builds the binaries before the tests", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The URL of the test's own database (for processes started by a test).
+pub fn database_url(connect: &PgConnectOptions) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (run with scripts/test)");
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{}", connect.get_database().unwrap())
 }

@@ -5,29 +5,15 @@
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::{Api, Customer, token};
 use tokio::process::{Child, Command};
 
-/// The service binaries sit next to the test binary's parent (target/<profile>/).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: scripts/test builds the binaries before the tests", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Starts the binary on the test's database and waits until it answers.
 async fn start(database_url: &str, port: u16) -> Child {
-    let child = Command::new(binary("account-service"))
+    let child = Command::new(tests::binary("account-service"))
         .env("DATABASE_URL", database_url)
         .env("ACCOUNT_SERVICE_ADDR", format!("127.0.0.1:{port}"))
         .env("JWT_SECRET", tests::secret())
@@ -47,17 +33,11 @@ async fn start(database_url: &str, port: u16) -> Child {
     panic!("account-service did not start");
 }
 
-fn database_url(connect: &PgConnectOptions) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (run with scripts/test)");
-    let (server, _) = base.rsplit_once('/').unwrap();
-    format!("{server}/{}", connect.get_database().unwrap())
-}
-
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect.clone()).await;
-    let url = database_url(&connect);
-    let port = free_port();
+    let url = tests::database_url(&connect);
+    let port = tests::free_port();
     let mut child = start(&url, port).await;
     let api = Api::new(&format!("http://127.0.0.1:{port}"));
     let alice = token("alice", Customer);
@@ -122,7 +102,7 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
     }
 
     // after a restart, the service carries on from exactly what was stored
-    let port = free_port();
+    let port = tests::free_port();
     let _child = start(&url, port).await;
     let api = Api::new(&format!("http://127.0.0.1:{port}"));
     let read = api.get(&format!("/accounts/{id}")).token(&alice).send().await;

@@ -1,0 +1,130 @@
+//! The real tailer binary: SIGKILLed again and again during a load, it loses nothing;
+//! two instances run, one is active, and the other takes over when it dies.
+#![allow(clippy::unwrap_used)]
+
+use eventstore::rapids::Rapids;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+struct Tailer {
+    child: Child,
+    port: u16,
+}
+
+/// Starts the binary and waits until it answers `/health`.
+async fn start(database_url: &str, rapids: &Rapids, slot: &str, source: &str) -> Tailer {
+    let port = tests::free_port();
+    let child = Command::new(tests::binary("tailer"))
+        .env("DATABASE_URL", database_url)
+        .env("KINESIS_STREAM", rapids.stream())
+        .env("TAILER_SLOT", slot)
+        .env("TAILER_SOURCE", source)
+        .env("TAILER_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+            return Tailer { child, port };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the tailer did not start");
+}
+
+impl Tailer {
+    async fn is_leader(&self) -> bool {
+        let reply = tests::Api::new(&format!("http://127.0.0.1:{}", self.port)).get("/metrics").send_result().await;
+        reply.is_ok_and(|r| r.body.as_str().is_some_and(|t| t.lines().any(|l| l == "tailer_is_leader 1")))
+    }
+
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+/// Drops the slot once the killed tailers' backends have let go of it.
+async fn cleanup(pool: &PgPool, slot: &str) {
+    for _ in 0..100 {
+        if eventstore::tailer::wal::WalSource::drop_slot(pool, slot).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("slot {slot} stayed in use");
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = tests::pool(options, connect.clone()).await;
+    let url = tests::database_url(&connect);
+    for source in ["wal", "poll"] {
+        let rapids = tests::fresh_stream(2).await;
+        let slot = format!("t_{}", Uuid::now_v7().simple());
+        let mut tailer = Some(start(&url, &rapids, &slot, source).await);
+        let load = tokio::spawn({
+            let pool = pool.clone();
+            async move { tests::load::write_load(&pool, 8, 60).await }
+        });
+        let mut kills = 0;
+        while !load.is_finished() {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if let Some(running) = tailer.take() {
+                running.kill().await;
+                kills += 1;
+            }
+            tailer = Some(start(&url, &rapids, &slot, source).await);
+        }
+        let written = load.await.unwrap();
+        assert!(kills >= 2, "{source}: the tailer was killed {kills} times only");
+        tests::load::assert_delivered(&rapids, &written).await;
+        tailer.take().unwrap().kill().await;
+        cleanup(&pool, &slot).await;
+    }
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_standby_takes_over_when_the_active_tailer_dies(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect.clone()).await;
+    let url = tests::database_url(&connect);
+    let rapids = tests::fresh_stream(2).await;
+    let slot = format!("t_{}", Uuid::now_v7().simple());
+    let a = start(&url, &rapids, &slot, "wal").await;
+    let b = start(&url, &rapids, &slot, "wal").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (leader, standby) = loop {
+        match (a.is_leader().await, b.is_leader().await) {
+            (true, false) => break (a, b),
+            (false, true) => break (b, a),
+            (true, true) => panic!("two active tailers"),
+            (false, false) => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no tailer became active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = tests::load::write_load(&pool, 4, 20).await;
+    tests::load::assert_delivered(&rapids, &first).await;
+
+    leader.kill().await;
+    let killed_at = tokio::time::Instant::now();
+    while !standby.is_leader().await {
+        assert!(killed_at.elapsed() < Duration::from_secs(5), "the standby did not take over within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = tests::load::write_load(&pool, 4, 20).await;
+    tests::load::assert_delivered(&rapids, &second).await;
+    standby.kill().await;
+    cleanup(&pool, &slot).await;
+}
