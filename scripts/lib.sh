@@ -134,6 +134,22 @@ kinesalite_start() {
   die "kinesalite did not answer on port $port"
 }
 
+# kinesis_local_start PORT LOG: kinesis-mock (as LocalStack uses it), in memory. Sets
+# KINESALITE_PID like kinesalite_start (call it directly, not in $(...)).
+kinesis_local_start() {
+  local port=$1 logfile=$2 pkg="$KINESIS_TOOLS/node_modules/kinesis-local"
+  KINESIS_MOCK_CERT_PATH="$pkg/server.json" KINESIS_MOCK_PLAIN_PORT="$port" \
+    KINESIS_MOCK_TLS_PORT="$(free_port $((port + 1000)))" \
+    node "$pkg/main.js" >"$logfile" 2>&1 &
+  KINESALITE_PID=$!
+  for _ in $(seq 1 300); do
+    if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then return 0; fi
+    kill -0 "$KINESALITE_PID" 2>/dev/null || { cat "$logfile" >&2; die "kinesis-local exited"; }
+    sleep 0.1
+  done
+  die "kinesis-local did not answer on port $port"
+}
+
 # wait_http URL PID NAME: until URL answers 200, or the process dies.
 wait_http() {
   local url=$1 pid=$2 name=$3
