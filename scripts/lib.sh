@@ -124,14 +124,19 @@ kinesalite_start() {
   local args=(--port "$port" --createStreamMs 0 --deleteStreamMs 0 --updateStreamMs 0 --shardLimit 100)
   [ -n "$data" ] && { mkdir -p "$data"; args+=(--path "$data"); }
   node "$KINESIS_TOOLS/node_modules/kinesalite/cli.js" "${args[@]}" >"$logfile" 2>&1 &
-  local pid=$!
-  KINESALITE_PID=$pid
-  for _ in $(seq 1 100); do
+  KINESALITE_PID=$!
+  wait_kinesis "$port" "$logfile" kinesalite
+}
+
+# wait_kinesis PORT LOG NAME: until the server started as $KINESALITE_PID answers.
+wait_kinesis() {
+  local port=$1 logfile=$2 name=$3
+  for _ in $(seq 1 300); do
     if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "kinesalite exited"; }
+    kill -0 "$KINESALITE_PID" 2>/dev/null || { cat "$logfile" >&2; die "$name exited"; }
     sleep 0.1
   done
-  die "kinesalite did not answer on port $port"
+  die "$name did not answer on port $port"
 }
 
 # kinesis_local_start PORT LOG: kinesis-mock (as LocalStack uses it), in memory. Sets
@@ -142,12 +147,7 @@ kinesis_local_start() {
     KINESIS_MOCK_TLS_PORT="$(free_port $((port + 1000)))" \
     node "$pkg/main.js" >"$logfile" 2>&1 &
   KINESALITE_PID=$!
-  for _ in $(seq 1 300); do
-    if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then return 0; fi
-    kill -0 "$KINESALITE_PID" 2>/dev/null || { cat "$logfile" >&2; die "kinesis-local exited"; }
-    sleep 0.1
-  done
-  die "kinesis-local did not answer on port $port"
+  wait_kinesis "$port" "$logfile" kinesis-local
 }
 
 # wait_http URL PID NAME: until URL answers 200, or the process dies.

@@ -459,9 +459,10 @@ impl EventStore {
     }
 }
 
+/// A row of `es.events` as the readers select it.
 #[derive(sqlx::FromRow)]
-struct EventRow {
-    position: i64,
+pub(crate) struct EventRow {
+    pub(crate) position: i64,
     stream_id: Uuid,
     stream_type: String,
     version: i32,

@@ -323,3 +323,15 @@ pub fn database_url(connect: &PgConnectOptions) -> String {
     let (server, _) = base.rsplit_once('/').unwrap();
     format!("{server}/{}", connect.get_database().unwrap())
 }
+
+/// Waits until a process started by a test answers `GET /health` on `port`.
+pub async fn wait_healthy(port: u16, what: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not start");
+}

@@ -23,14 +23,8 @@ async fn start(database_url: &str, port: u16) -> Child {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("account-service did not start");
+    tests::wait_healthy(port, "account-service").await;
+    child
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

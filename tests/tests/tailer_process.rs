@@ -30,14 +30,8 @@ async fn start(database_url: &str, rapids: &Rapids, slot: &str, source: &str) ->
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-            return Tailer { child, port };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the tailer did not start");
+    tests::wait_healthy(port, "the tailer").await;
+    Tailer { child, port }
 }
 
 impl Tailer {

@@ -12,11 +12,9 @@
 //! until it ends. The `wal` source has no such limit.
 
 use super::{EventSource, SourceBatch};
-use crate::envelope::{EventMetadata, RecordedEvent};
-use crate::store::StoreError;
-use chrono::{DateTime, Utc};
+use crate::envelope::RecordedEvent;
+use crate::store::{EventRow, StoreError};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 /// The cursor: the last published event's transaction id (as text, sqlx has no
 /// `xid8`) and position.
@@ -73,17 +71,8 @@ impl PollSource {
 #[derive(sqlx::FromRow)]
 struct Row {
     xid_txt: String,
-    position: i64,
-    stream_id: Uuid,
-    stream_type: String,
-    version: i32,
-    event_id: Uuid,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    schema_version: i16,
-    data: sqlx::types::Json<serde_json::Value>,
-    metadata: sqlx::types::Json<serde_json::Value>,
-    recorded_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    event: EventRow,
 }
 
 impl EventSource for PollSource {
@@ -107,22 +96,8 @@ impl EventSource for PollSource {
         .bind(self.until_xid.as_deref())
         .fetch_all(&self.pool)
         .await?;
-        let ack = rows.last().map(|r| PollCursor { xid: r.xid_txt.clone(), position: r.position });
-        let events = rows
-            .into_iter()
-            .map(|r| RecordedEvent {
-                position: r.position,
-                stream_id: r.stream_id,
-                stream_type: r.stream_type,
-                version: r.version,
-                event_id: r.event_id,
-                event_type: r.event_type,
-                schema_version: r.schema_version,
-                data: r.data.0,
-                metadata: serde_json::from_value::<EventMetadata>(r.metadata.0).unwrap_or_default(),
-                recorded_at: r.recorded_at,
-            })
-            .collect();
+        let ack = rows.last().map(|r| PollCursor { xid: r.xid_txt.clone(), position: r.event.position });
+        let events = rows.into_iter().map(|r| RecordedEvent::from(r.event)).collect();
         Ok(SourceBatch { events, ack })
     }
 
