@@ -55,7 +55,14 @@ impl Rapids {
     pub async fn connect(config: &RapidsConfig) -> Self {
         let http =
             aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        // a stuck call must fail and be retried, never hold the tailer (and its lock) forever
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .operation_timeout(Duration::from_secs(30))
+            .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
             .http_client(http)
             .region(aws_config::Region::new(config.region.clone()));
         if let Some(endpoint) = &config.endpoint {

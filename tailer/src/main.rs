@@ -78,11 +78,11 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::new(rapids);
     match config.source {
         Source::Wal => {
-            let source = WalSource::open(pool.clone(), &config.slot).await?;
+            let source = WalSource::new(pool.clone(), &config.slot);
             Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
         }
         Source::Poll => {
-            let source = PollSource::open(pool.clone(), &config.slot).await?;
+            let source = PollSource::new(pool.clone(), &config.slot);
             Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
         }
     }

@@ -35,11 +35,11 @@ fn spawn_tailer(
         let publisher = Publisher::new(rapids);
         match source {
             Source::Wal => {
-                let source = WalSource::open(pool.clone(), &slot).await.unwrap();
+                let source = WalSource::new(pool.clone(), &slot);
                 Tailer { pool, source, publisher, metrics, config }.run(shutdown).await.unwrap();
             }
             Source::Poll => {
-                let source = PollSource::open(pool.clone(), &slot).await.unwrap();
+                let source = PollSource::new(pool.clone(), &slot);
                 Tailer { pool, source, publisher, metrics, config }.run(shutdown).await.unwrap();
             }
         }
@@ -70,4 +70,57 @@ async fn poll_source_publishes_every_committed_event_in_stream_order(
     connect: PgConnectOptions,
 ) {
     gap_stress(tests::pool(options, connect).await, Source::Poll).await;
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_new_slot_first_publishes_what_committed_before_it(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    // the store already has history when the tailer is first deployed
+    let before = tests::load::write_load(&pool, 4, 30).await;
+    let rapids = tests::fresh_stream(2).await;
+    let slot = format!("t_{}", Uuid::now_v7().simple());
+    let shutdown = CancellationToken::new();
+    let tailer = spawn_tailer(&pool, Source::Wal, &slot, rapids.clone(), shutdown.clone());
+    let during = tests::load::write_load(&pool, 4, 30).await;
+    let all = tests::load::Written {
+        committed: before.committed.into_iter().chain(during.committed).collect(),
+        rolled_back: before.rolled_back.into_iter().chain(during.rolled_back).collect(),
+    };
+    tests::load::assert_delivered(&rapids, &all).await;
+    // and the backfill hands over to the slot
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, bool>(
+        "select exists (select 1 from rapids.tailer_position where source like '%:backfill')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the backfill never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    tailer.await.unwrap();
+    WalSource::drop_slot(&pool, &slot).await.unwrap();
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_crash_right_after_creating_the_slot_still_backfills(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let before = tests::load::write_load(&pool, 4, 30).await;
+    let slot = format!("t_{}", Uuid::now_v7().simple());
+    // what a tailer killed between its two statements leaves: the backfill owed, no bound, the slot
+    sqlx::query("insert into rapids.tailer_position (source, xid, position, until_xid) values ($1, '0', 0, null)")
+        .bind(format!("{slot}:backfill"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')").bind(&slot).execute(&pool).await.unwrap();
+    let rapids = tests::fresh_stream(2).await;
+    let shutdown = CancellationToken::new();
+    let tailer = spawn_tailer(&pool, Source::Wal, &slot, rapids.clone(), shutdown.clone());
+    tests::load::assert_delivered(&rapids, &before).await;
+    shutdown.cancel();
+    tailer.await.unwrap();
+    WalSource::drop_slot(&pool, &slot).await.unwrap();
 }

@@ -72,17 +72,22 @@ async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
             let pool = pool.clone();
             async move { tests::load::write_load(&pool, 8, 60).await }
         });
-        let mut kills = 0;
+        let mut kills_while_leading = 0;
         while !load.is_finished() {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            if let Some(running) = tailer.take() {
-                running.kill().await;
-                kills += 1;
+            // kill it while it is the active tailer, at a varying point of its work
+            let running = tailer.take().unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !running.is_leader().await {
+                assert!(tokio::time::Instant::now() < deadline, "{source}: the tailer never became active");
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..150))).await;
+            running.kill().await;
+            kills_while_leading += 1;
             tailer = Some(start(&url, &rapids, &slot, source).await);
         }
         let written = load.await.unwrap();
-        assert!(kills >= 2, "{source}: the tailer was killed {kills} times only");
+        assert!(kills_while_leading >= 2, "{source}: the active tailer was killed {kills_while_leading} times only");
         tests::load::assert_delivered(&rapids, &written).await;
         tailer.take().unwrap().kill().await;
         cleanup(&pool, &slot).await;

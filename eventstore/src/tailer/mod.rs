@@ -130,25 +130,51 @@ pub struct Tailer<S: EventSource> {
 }
 
 impl<S: EventSource> Tailer<S> {
-    /// Waits to be the leader, then tails until `shutdown` (finishing the batch in hand).
+    /// Waits to be the leader, then tails until `shutdown` (finishing the batch in
+    /// hand). Database and Kinesis faults are retried with backoff, never fatal.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TailerError> {
-        let connect_options = self.pool.connect_options().as_ref().clone();
+        // the lock lives on a connection of its own: if this process dies, the
+        // connection drops and Postgres releases the lock for a standby at once; the
+        // server probes it, so a half-open connection does not keep the lock for hours
+        let lock_options = self.pool.connect_options().as_ref().clone().options([
+            ("tcp_keepalives_idle", "5"),
+            ("tcp_keepalives_interval", "2"),
+            ("tcp_keepalives_count", "3"),
+        ]);
+        let mut failures = 0u32;
         loop {
-            // the lock lives on a connection of its own: if this process dies, the
-            // connection drops and Postgres releases the lock for a standby at once
-            let mut lock = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                lock = PgConnection::connect_with(&connect_options) => lock?,
+            let pause = Duration::from_millis(250 * u64::from(failures.min(8) + 1));
+            let attempt = async {
+                let mut lock = PgConnection::connect_with(&lock_options).await?;
+                let acquired: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+                    .bind(LEADER_LOCK)
+                    .fetch_one(&mut lock)
+                    .await?;
+                Ok::<_, sqlx::Error>(acquired.then_some(lock))
             };
-            let acquired: bool =
-                sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut lock).await?;
-            if !acquired {
-                drop(lock);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+            let lock = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                lock = attempt => lock,
+            };
+            let mut lock = match lock {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    // another instance is active: stand by
+                    failures = 0;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    }
                 }
-            }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, "cannot reach the database; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
             tracing::info!("this tailer is now the active one");
             self.metrics.leader.set(1);
             let outcome = self.lead(&mut lock, &shutdown).await;
@@ -157,10 +183,11 @@ impl<S: EventSource> Tailer<S> {
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) => {
+                    failures += 1;
                     tracing::warn!(%error, "tailing stopped; trying again");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                 }
             }
@@ -178,7 +205,16 @@ impl<S: EventSource> Tailer<S> {
                     return Ok(());
                 }
                 // still the leader? (a lost lock connection means a standby may be active)
-                sqlx::query("select 1").execute(&mut *lock).await?;
+                match tokio::time::timeout(Duration::from_secs(5), sqlx::query("select 1").execute(&mut *lock)).await {
+                    Ok(checked) => {
+                        checked?;
+                    }
+                    Err(_) => {
+                        return Err(TailerError::Store(StoreError::Unavailable(
+                            "the lock connection does not answer".into(),
+                        )));
+                    }
+                }
                 let batch = self.source.read(self.config.batch_size).await?;
                 if batch.events.is_empty() {
                     // an empty batch may still move the position (e.g. a finished backfill)
@@ -211,7 +247,11 @@ impl<S: EventSource> Tailer<S> {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                note = listener.recv() => { note?; }
+                note = listener.recv() => {
+                    note?;
+                    // one read covers every append so far: drop the notifications already here
+                    while listener.next_buffered().is_some() {}
+                }
                 _ = tokio::time::sleep(self.config.idle_poll) => {}
             }
         }

@@ -33,23 +33,10 @@ pub struct PollSource {
 }
 
 impl PollSource {
-    /// The source named `name`; its cursor is read on [`EventSource::resume`] (a new
-    /// source starts at the beginning of the store).
-    pub async fn open(pool: PgPool, name: &str) -> Result<Self, StoreError> {
-        sqlx::query(
-            "insert into rapids.tailer_position (source, xid, position) values ($1, '0', 0) on conflict do nothing",
-        )
-        .bind(name)
-        .execute(&pool)
-        .await?;
-        let mut source = PollSource {
-            pool,
-            name: name.to_owned(),
-            cursor: PollCursor { xid: "0".into(), position: 0 },
-            until_xid: None,
-        };
-        source.resume().await?;
-        Ok(source)
+    /// The source named `name`. Nothing is touched until [`EventSource::resume`]
+    /// (a new source starts at the beginning of the store).
+    pub fn new(pool: PgPool, name: &str) -> Self {
+        PollSource { pool, name: name.to_owned(), cursor: PollCursor { xid: "0".into(), position: 0 }, until_xid: None }
     }
 
     pub fn cursor(&self) -> &PollCursor {
@@ -102,6 +89,12 @@ impl EventSource for PollSource {
     }
 
     async fn resume(&mut self) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into rapids.tailer_position (source, xid, position) values ($1, '0', 0) on conflict do nothing",
+        )
+        .bind(&self.name)
+        .execute(&self.pool)
+        .await?;
         let (xid, position, until_xid): (String, i64, Option<String>) = sqlx::query_as(
             "select coalesce(xid::text, '0'), position, until_xid::text from rapids.tailer_position where source = $1",
         )

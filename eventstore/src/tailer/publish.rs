@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 const MAX_RECORDS: usize = 500;
 const MAX_BYTES: usize = 5 * 1024 * 1024;
+/// Kinesis refuses a record whose data and partition key exceed 1 MiB.
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -26,6 +28,29 @@ pub enum PublishError {
     Stopped,
     #[error("a record does not serialize: {0}")]
     Encode(String),
+    /// Permanent: the tailer cannot go past this event. Publishing stops (loudly)
+    /// rather than skip it; events are small by construction (the HTTP body limit).
+    #[error("event {0} is larger than Kinesis accepts (1 MiB)")]
+    TooLarge(uuid::Uuid),
+}
+
+/// The records of the next request: the oldest pending record of each stream, in
+/// commit order, within the request limits. A stream whose oldest record does not fit
+/// sends nothing this round, so none of its later records can overtake it.
+fn next_request(pending: &[(String, Vec<u8>)]) -> Vec<usize> {
+    let mut keys = HashSet::new();
+    let mut chosen = Vec::new();
+    let mut bytes = 0;
+    for (i, (key, data)) in pending.iter().enumerate() {
+        if !keys.insert(key.as_str()) {
+            continue;
+        }
+        if chosen.len() < MAX_RECORDS && bytes + data.len() + key.len() <= MAX_BYTES {
+            bytes += data.len() + key.len();
+            chosen.push(i);
+        }
+    }
+    chosen
 }
 
 pub struct Publisher {
@@ -54,21 +79,14 @@ impl Publisher {
                     .map_err(|err| PublishError::Encode(err.to_string()))
             })
             .collect::<Result<_, _>>()?;
+        for (event, (key, data)) in events.iter().zip(&pending) {
+            if data.len() + key.len() > MAX_RECORD_BYTES {
+                return Err(PublishError::TooLarge(event.event_id));
+            }
+        }
         let mut failures = 0u32;
         while !pending.is_empty() {
-            // the oldest pending record of each stream, in commit order, within the limits
-            let mut keys = HashSet::new();
-            let mut chosen = Vec::new();
-            let mut bytes = 0;
-            for (i, (key, data)) in pending.iter().enumerate() {
-                if !keys.insert(key.as_str()) {
-                    continue;
-                }
-                if chosen.len() < MAX_RECORDS && bytes + data.len() + key.len() <= MAX_BYTES {
-                    bytes += data.len() + key.len();
-                    chosen.push(i);
-                }
-            }
+            let chosen = next_request(&pending);
             let entries = chosen
                 .iter()
                 .map(|&i| {
@@ -123,5 +141,37 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(keys: &[&str]) -> Vec<(String, Vec<u8>)> {
+        keys.iter().map(|k| ((*k).to_owned(), vec![0u8; 10])).collect()
+    }
+
+    #[test]
+    fn a_request_carries_the_oldest_record_of_each_stream_only() {
+        assert_eq!(next_request(&pending(&["a", "b", "a", "c", "b", "a"])), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn a_stream_that_does_not_fit_sends_nothing_this_round() {
+        // 501 streams: the 501st waits, and so does its later record
+        let mut keys: Vec<String> = (0..501).map(|i| format!("s{i}")).collect();
+        keys.push("s500".into());
+        let p: Vec<(String, Vec<u8>)> = keys.iter().map(|k| (k.clone(), vec![0u8; 10])).collect();
+        let chosen = next_request(&p);
+        assert_eq!(chosen.len(), 500);
+        assert!(!chosen.contains(&500) && !chosen.contains(&501));
+        // by size: a stream whose record would pass 5 MB waits
+        let big = vec![
+            ("x".to_owned(), vec![0u8; 3 * 1024 * 1024]),
+            ("y".to_owned(), vec![0u8; 3 * 1024 * 1024]),
+            ("y".to_owned(), vec![0u8; 1]),
+        ];
+        assert_eq!(next_request(&big), vec![0]);
     }
 }

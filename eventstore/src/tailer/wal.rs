@@ -48,44 +48,50 @@ struct Relation {
 }
 
 impl WalSource {
-    /// Opens (creating it when missing) the replication slot `slot`.
+    /// The source of slot `slot`. Nothing is touched until [`EventSource::resume`],
+    /// which runs only in the active instance.
+    pub fn new(pool: PgPool, slot: &str) -> Self {
+        WalSource { pool, slot: slot.to_owned(), relations: HashMap::new(), backfill: None }
+    }
+
+    /// Creates the slot when it is missing, owing a backfill of what committed before it.
     ///
-    /// A new slot decodes only what commits after it exists. Whatever committed
-    /// before is backfilled from `es.events` first: every transaction below the first
-    /// one the slot's snapshot did not see, by the poll source's cursor (those that
-    /// commit after the slot's start are also decoded: duplicates, never gaps).
-    pub async fn open(pool: PgPool, slot: &str) -> Result<Self, StoreError> {
-        let exists: bool =
-            sqlx::query_scalar("select exists (select 1 from pg_replication_slots where slot_name = $1)")
-                .bind(slot)
-                .fetch_one(&pool)
-                .await?;
+    /// A new slot decodes only what commits after it exists; whatever committed before
+    /// is read from `es.events` first (the poll source's cursor), below a bound taken
+    /// after the slot exists: `pg_current_xact_id()` of a later statement, above the xid
+    /// of every transaction that committed before the slot. Transactions below it that
+    /// committed after the slot's start are also decoded: duplicates, never gaps. The
+    /// backfill row is written *before* the slot, so a crash in between leaves a debt
+    /// that the next resume settles, never a slot without its backfill.
+    async fn ensure_slot(&self) -> Result<(), StoreError> {
+        let name = backfill_name(&self.slot);
+        let exists: bool = sqlx::query_scalar(
+            "select exists (select 1 from pg_replication_slots where slot_name = $1 and database = current_database())",
+        )
+        .bind(&self.slot)
+        .fetch_one(&self.pool)
+        .await?;
         if !exists {
-            let created = sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
-                .bind(slot)
-                .execute(&pool)
-                .await;
-            match created {
-                Ok(_) => {
-                    tracing::info!(slot, "created the logical replication slot; backfilling what committed before it");
-                    sqlx::query(
-                        "insert into rapids.tailer_position (source, xid, position, until_xid)
-                         values ($1, '0', 0, pg_snapshot_xmax(pg_current_snapshot()))
-                         on conflict (source) do update
-                            set xid = '0', position = 0, until_xid = excluded.until_xid, updated_at = now()",
-                    )
-                    .bind(backfill_name(slot))
-                    .execute(&pool)
-                    .await?;
-                }
-                // created by another instance in between
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42710") => {}
-                Err(e) => return Err(e.into()),
-            }
+            sqlx::query(
+                "insert into rapids.tailer_position (source, xid, position, until_xid) values ($1, '0', 0, null)
+                 on conflict (source) do update set xid = '0', position = 0, until_xid = null, updated_at = now()",
+            )
+            .bind(&name)
+            .execute(&self.pool)
+            .await?;
+            sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
+                .bind(&self.slot)
+                .execute(&self.pool)
+                .await?;
+            tracing::info!(slot = %self.slot, "created the logical replication slot; backfilling what committed before it");
         }
-        let mut source = WalSource { pool, slot: slot.to_owned(), relations: HashMap::new(), backfill: None };
-        source.resume().await?;
-        Ok(source)
+        // a backfill owed without its bound (a crash right after creating the slot): a
+        // bound taken now is later than needed, which only adds duplicates
+        sqlx::query("update rapids.tailer_position set until_xid = pg_current_xact_id() where source = $1 and until_xid is null")
+            .bind(&name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Drops the slot (tests, and operators retiring a tailer).
@@ -107,12 +113,14 @@ impl EventSource for WalSource {
 
     async fn read(&mut self, max: usize) -> Result<SourceBatch<WalAck>, StoreError> {
         if let Some(backfill) = &mut self.backfill {
+            // the bound first, then the read: when every transaction below the bound had
+            // ended before the read began, an empty read means the backfill is complete
+            let bound_reached = backfill.bound_reached().await?;
             let batch = backfill.read(max).await?;
             if !batch.events.is_empty() {
                 return Ok(SourceBatch { events: batch.events, ack: batch.ack.map(WalAck::Backfill) });
             }
-            let ack = backfill.bound_reached().await?.then_some(WalAck::BackfillDone);
-            return Ok(SourceBatch { events: Vec::new(), ack });
+            return Ok(SourceBatch { events: Vec::new(), ack: bound_reached.then_some(WalAck::BackfillDone) });
         }
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
             "select lsn::text, data from pg_logical_slot_peek_binary_changes($1, null, $2,
@@ -155,13 +163,19 @@ impl EventSource for WalSource {
     async fn resume(&mut self) -> Result<(), StoreError> {
         // the slot is the position; relations are announced again by each read
         self.relations.clear();
+        self.ensure_slot().await?;
         let pending: bool =
             sqlx::query_scalar("select exists (select 1 from rapids.tailer_position where source = $1)")
                 .bind(backfill_name(&self.slot))
                 .fetch_one(&self.pool)
                 .await?;
-        self.backfill =
-            if pending { Some(PollSource::open(self.pool.clone(), &backfill_name(&self.slot)).await?) } else { None };
+        self.backfill = if pending {
+            let mut backfill = PollSource::new(self.pool.clone(), &backfill_name(&self.slot));
+            backfill.resume().await?;
+            Some(backfill)
+        } else {
+            None
+        };
         Ok(())
     }
 
