@@ -59,6 +59,21 @@ enum Bench {
         #[arg(long, env = "PGBENCH", default_value = "/usr/lib/postgresql/15/bin/pgbench")]
         pgbench: PathBuf,
     },
+    /// Deposits for T seconds while a tailer publishes them; prints the tailer's
+    /// commit → Kinesis lag from its metrics.
+    PublishLag {
+        #[command(flatten)]
+        target: Target,
+        /// The tailer's base URL (its /metrics).
+        #[arg(long, default_value = "http://127.0.0.1:8085")]
+        tailer: String,
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Deposit latency on an account with N events next to a fresh account's.
     LongStream {
         #[command(flatten)]
@@ -100,6 +115,39 @@ async fn main() -> anyhow::Result<()> {
                 println!("ratio deposits/s : raw inserts/s = {:.2}", service.rate / raw);
             }
         }
+        Bench::PublishLag { target, tailer, accounts, connections, seconds } => {
+            // the tailer may first be backfilling older events: measure from when it is idle
+            let mut before = tailer_histogram(&tailer).await?;
+            for _ in 0..600 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = tailer_histogram(&tailer).await?;
+                let settled = now.count == before.count;
+                before = now;
+                if settled {
+                    break;
+                }
+            }
+            let service = deposits(&target, accounts, connections, seconds).await?;
+            // let the tailer drain what was committed
+            let mut after = tailer_histogram(&tailer).await?;
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = tailer_histogram(&tailer).await?;
+                let settled = now.count == after.count;
+                after = now;
+                if settled && after.count >= before.count + service.ok {
+                    break;
+                }
+            }
+            let lag = after.minus(&before);
+            println!(
+                "deposits with the tailer publishing them: {:.0} commands/s, p99 {:.2} ms",
+                service.rate, service.p99_ms
+            );
+            println!("  events published          {:>10}", lag.count);
+            println!("  publish lag p50           {:>10}", lag.quantile(0.50));
+            println!("  publish lag p99           {:>10}", lag.quantile(0.99));
+        }
         Bench::LongStream { target, events, samples } => {
             let client = reqwest::Client::new();
             let token = issue_hs256(&target.jwt_secret, "bench-long", Role::Customer, 7200)?;
@@ -126,6 +174,48 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The tailer's `tailer_publish_lag_seconds` histogram: cumulative counts per bucket.
+struct Histogram {
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+}
+
+impl Histogram {
+    fn minus(&self, earlier: &Histogram) -> Histogram {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(le, n)| (*le, n - earlier.buckets.iter().find(|(l, _)| l == le).map(|(_, m)| *m).unwrap_or(0)))
+            .collect();
+        Histogram { buckets, count: self.count - earlier.count }
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (histograms know no more).
+    fn quantile(&self, q: f64) -> String {
+        let want = (self.count as f64 * q).ceil() as u64;
+        match self.buckets.iter().find(|(_, n)| *n >= want.max(1)) {
+            Some((le, _)) if le.is_finite() => format!("<= {:.1} ms", le * 1000.0),
+            _ => "beyond the last bucket".to_owned(),
+        }
+    }
+}
+
+async fn tailer_histogram(url: &str) -> anyhow::Result<Histogram> {
+    let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
+    let mut buckets = Vec::new();
+    let mut count = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tailer_publish_lag_seconds_bucket{le=\"") {
+            let (le, n) = rest.split_once("\"} ").context("bucket line")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse()? };
+            buckets.push((le, n.trim().parse()?));
+        } else if let Some(n) = line.strip_prefix("tailer_publish_lag_seconds_count ") {
+            count = n.trim().parse()?;
+        }
+    }
+    Ok(Histogram { buckets, count })
 }
 
 struct Outcome {
