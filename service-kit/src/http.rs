@@ -72,6 +72,7 @@ pub fn app(routes: Router, kit: Kit) -> Router {
         .route("/openapi.json", get(openapi))
         .with_state(kit.clone());
     let timeout = kit.request_timeout;
+    let timeouts = kit.http_metrics.timeouts.clone();
     let request_id = HeaderName::from_static(REQUEST_ID);
     routes
         .merge(ops)
@@ -79,7 +80,7 @@ pub fn app(routes: Router, kit: Kit) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(kit.body_limit))
-        .layer(mw::from_fn(move |req: Request, next: Next| with_timeout(timeout, req, next)))
+        .layer(mw::from_fn(move |req: Request, next: Next| with_timeout(timeout, timeouts.clone(), req, next)))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             tracing::error!("request handler panicked");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it was logged").into_response()
@@ -97,14 +98,17 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
-async fn with_timeout(timeout: Duration, req: Request, next: Next) -> Response {
+async fn with_timeout(timeout: Duration, timeouts: prometheus::IntCounter, req: Request, next: Next) -> Response {
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => ApiError::unavailable(
-            "timeout",
-            "the request took too long; if it was a command, retry it with the same Idempotency-Key",
-        )
-        .into_response(),
+        Err(_) => {
+            timeouts.inc();
+            ApiError::unavailable(
+                "timeout",
+                "the request took too long; if it was a command, retry it with the same Idempotency-Key",
+            )
+            .into_response()
+        }
     }
 }
 

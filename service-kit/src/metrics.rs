@@ -13,6 +13,8 @@ use std::time::Instant;
 pub struct HttpMetrics {
     requests: IntCounterVec,
     latency: HistogramVec,
+    /// Requests answered 503 `timeout` (the route layer never sees them finish).
+    pub timeouts: prometheus::IntCounter,
 }
 
 impl HttpMetrics {
@@ -26,9 +28,11 @@ impl HttpMetrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["method", "route"],
         )?;
+        let timeouts = prometheus::IntCounter::new("http_request_timeouts_total", "Requests answered 503 timeout")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(HttpMetrics { requests, latency })
+        registry.register(Box::new(timeouts.clone()))?;
+        Ok(HttpMetrics { requests, latency, timeouts })
     }
 }
 

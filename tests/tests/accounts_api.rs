@@ -572,3 +572,31 @@ async fn two_instances_on_one_account_retry_conflicts_instead_of_failing(
     assert_eq!(events.len(), 41);
     assert_eq!(events.last().unwrap().2["balance_after"].as_i64(), Some(400));
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn concurrent_withdrawals_through_two_instances_never_overdraw(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // two instances: the in-process lock no longer covers every racer, the store must
+    let pool = tests::pool(options, connect).await;
+    let a = start_accounts(&pool, &["--command-max-attempts", "60"]).await;
+    let b = start_accounts(&pool, &["--command-max-attempts", "60"]).await;
+    let alice = token("alice", Customer);
+    let id = a.api().open_account(&alice, "EUR", 1000).await;
+    let apis = [a.api(), b.api()];
+    let replies: Vec<tests::Reply> = futures::future::join_all((0..50_usize).map(|i| {
+        apis[i % 2]
+            .post(&format!("/accounts/{id}/withdrawals"))
+            .token(&alice)
+            .json(json!({"amount": 30, "currency": "EUR"}))
+            .send()
+    }))
+    .await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused = replies.iter().filter(|r| r.status == 422 && r.code() == "insufficient_funds").count();
+    assert_eq!((ok, refused), (33, 17), "{:?}", replies.iter().find(|r| r.status != 200 && r.status != 422));
+    let events = stream_events(&pool, id).await;
+    assert_eq!(events.last().unwrap().2["balance_after"].as_i64(), Some(10));
+    assert!(events.iter().filter_map(|e| e.2["balance_after"].as_i64()).all(|b| b >= 0));
+}

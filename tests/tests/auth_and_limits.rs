@@ -97,6 +97,8 @@ async fn a_timed_out_deposit_retried_with_its_key_happens_exactly_once(
     let timed_out = deposit().send().await;
     timed_out.expect_error(503, "timeout");
     assert!(timed_out.headers.get("retry-after").is_some());
+    let metrics = api.get("/metrics").send().await;
+    assert!(metrics.body.as_str().unwrap().lines().any(|l| l == "http_request_timeouts_total 1"));
     blocker.rollback().await.unwrap();
 
     // the retry answers as a success, and the deposit exists exactly once
