@@ -117,6 +117,22 @@ kinesis_call() {
     -d "$body"
 }
 
+# start_kinesis_server SERVER LOG: kinesalite or kinesis-local, in memory, on a free
+# port; a few tries, since another process may take the port between probe and bind.
+# Sets KINESIS_PORT and KINESALITE_PID.
+start_kinesis_server() {
+  local server=$1 logfile=$2
+  for _ in 1 2 3 4 5; do
+    KINESIS_PORT="$(free_port $((40000 + RANDOM % 9000)))"
+    case "$server" in
+      kinesalite) kinesalite_start "$KINESIS_PORT" "$logfile" && return 0 ;;
+      kinesis-local) kinesis_local_start "$KINESIS_PORT" "$logfile" && return 0 ;;
+      *) die "KINESIS_SERVER must be kinesalite or kinesis-local" ;;
+    esac
+  done
+  die "$server did not start"
+}
+
 # kinesalite_start PORT LOG [DATA_DIR]: in memory, or persisted in DATA_DIR. Sets
 # KINESALITE_PID (call it directly, not in $(...), so the server is this shell's child).
 kinesalite_start() {
@@ -133,7 +149,7 @@ wait_kinesis() {
   local port=$1 logfile=$2 name=$3
   for _ in $(seq 1 300); do
     if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then return 0; fi
-    kill -0 "$KINESALITE_PID" 2>/dev/null || { cat "$logfile" >&2; die "$name exited"; }
+    kill -0 "$KINESALITE_PID" 2>/dev/null || { tail -5 "$logfile" >&2; log "$name exited"; return 1; }
     sleep 0.1
   done
   die "$name did not answer on port $port"

@@ -20,5 +20,12 @@ create table rapids.tailer_position (
     updated_at  timestamptz not null default now()
 );
 
+-- Written by an idle `wal` tailer: its commit lets the slot advance (and release WAL)
+-- while no event is appended. Only inserts are published; older rows are deleted.
+create table rapids.heartbeat (
+    id  bigint generated always as identity primary key,
+    at  timestamptz not null default now()
+);
+
 -- The `wal` source decodes this publication through a logical replication slot.
-create publication rapids_events for table es.events with (publish = 'insert');
+create publication rapids_events for table es.events, rapids.heartbeat with (publish = 'insert');

@@ -124,3 +124,37 @@ async fn a_crash_right_after_creating_the_slot_still_backfills(options: PgPoolOp
     tailer.await.unwrap();
     WalSource::drop_slot(&pool, &slot).await.unwrap();
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn an_idle_slot_advances_past_wal_that_holds_no_events(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let rapids = tests::fresh_stream(1).await;
+    let slot = format!("t_{}", Uuid::now_v7().simple());
+    let shutdown = CancellationToken::new();
+    let tailer = spawn_tailer(&pool, Source::Wal, &slot, rapids.clone(), shutdown.clone());
+    let written = tests::load::write_load(&pool, 2, 5).await;
+    tests::load::assert_delivered(&rapids, &written).await;
+    // WAL that holds no event: without heartbeats the slot would pin all of it
+    sqlx::query("create table busy (n int)").execute(&pool).await.unwrap();
+    sqlx::query("insert into busy select generate_series(1, 20000)").execute(&pool).await.unwrap();
+    let (wal_end,): (String,) = sqlx::query_as("select pg_current_wal_lsn()::text").fetch_one(&pool).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let passed: bool = sqlx::query_scalar(
+            "select confirmed_flush_lsn >= $2::pg_lsn from pg_replication_slots where slot_name = $1",
+        )
+        .bind(&slot)
+        .bind(&wal_end)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if passed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the idle slot never advanced past {wal_end}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    tailer.await.unwrap();
+    WalSource::drop_slot(&pool, &slot).await.unwrap();
+}

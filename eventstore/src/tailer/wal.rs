@@ -27,7 +27,12 @@ pub struct WalSource {
     relations: HashMap<u32, Relation>,
     /// Events committed before the slot existed, read from the table first.
     backfill: Option<PollSource>,
+    /// When this source last wrote a heartbeat.
+    last_heartbeat: Option<std::time::Instant>,
 }
+
+/// How often an idle source writes a heartbeat.
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What acknowledges a batch of the wal source.
 #[derive(Debug)]
@@ -51,7 +56,7 @@ impl WalSource {
     /// The source of slot `slot`. Nothing is touched until [`EventSource::resume`],
     /// which runs only in the active instance.
     pub fn new(pool: PgPool, slot: &str) -> Self {
-        WalSource { pool, slot: slot.to_owned(), relations: HashMap::new(), backfill: None }
+        WalSource { pool, slot: slot.to_owned(), relations: HashMap::new(), backfill: None, last_heartbeat: None }
     }
 
     /// Creates the slot when it is missing, owing a backfill of what committed before it.
@@ -100,6 +105,22 @@ impl WalSource {
             .bind(slot)
             .execute(pool)
             .await?;
+        Ok(())
+    }
+}
+
+impl WalSource {
+    /// Nothing to decode: write a heartbeat (at most once a second). The next read
+    /// then returns its commit, and acknowledging that advances the slot past
+    /// everything else written meanwhile, so an idle slot does not pin WAL.
+    async fn heartbeat(&mut self) -> Result<(), StoreError> {
+        if self.last_heartbeat.is_some_and(|at| at.elapsed() < HEARTBEAT_EVERY) {
+            return Ok(());
+        }
+        sqlx::query("with gone as (delete from rapids.heartbeat) insert into rapids.heartbeat default values")
+            .execute(&self.pool)
+            .await?;
+        self.last_heartbeat = Some(std::time::Instant::now());
         Ok(())
     }
 }
@@ -156,6 +177,9 @@ impl EventSource for WalSource {
                 }
                 Message::Other => {}
             }
+        }
+        if events.is_empty() && ack.is_none() {
+            self.heartbeat().await?;
         }
         Ok(SourceBatch { events, ack })
     }
