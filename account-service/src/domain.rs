@@ -339,7 +339,8 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_the_store_encoding() {
-        for event in [opened(), deposited(5, 5), AccountEvent::Closed {}] {
+        let withdrawn = AccountEvent::Withdrawn { amount: 5, currency: eur(), balance_after: 0 };
+        for event in [opened(), deposited(5, 5), withdrawn, AccountEvent::Closed {}] {
             let (event_type, data) = eventstore::aggregate::encode(&event).expect("encodes");
             assert_eq!(event_type, event.event_type());
             let back: AccountEvent = eventstore::aggregate::decode(&event_type, data).expect("decodes");

@@ -79,9 +79,7 @@ async fn open(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<Op
     let currency = Currency::parse(&body.value.currency)?;
     let initial_deposit = match &body.value.initial_deposit {
         Some(n) if n.as_i64() == Some(0) => None,
-        Some(n) => {
-            Some(Money::new(eventstore::money::amount_from_json(n, state.max_amount)?, currency, state.max_amount)?)
-        }
+        Some(n) => Some(Money::from_json(n, currency, state.max_amount)?),
         None => None,
     };
     let id = Uuid::now_v7();

@@ -100,11 +100,6 @@ pub mod testing {
     }
 
     impl<A: Aggregate> Given<A> {
-        /// The state the given events built.
-        pub fn state(&self) -> &A {
-            &self.state
-        }
-
         /// Runs the command against that state.
         pub fn when(self, command: &A::Command) -> Then<A> {
             let result = self.state.decide(command);

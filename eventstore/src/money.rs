@@ -99,7 +99,12 @@ impl Money {
     /// Parses an amount as it arrives in JSON (any number) and a currency code.
     pub fn parse(amount: &serde_json::Number, currency: &str, max: i64) -> Result<Self, MoneyError> {
         let minor = amount_from_json(amount, max)?;
-        Money::new(minor, Currency::parse(currency)?, max)
+        Ok(Money { minor, currency: Currency::parse(currency)? })
+    }
+
+    /// Parses an amount as it arrives in JSON in an already known currency.
+    pub fn from_json(amount: &serde_json::Number, currency: Currency, max: i64) -> Result<Self, MoneyError> {
+        Ok(Money { minor: amount_from_json(amount, max)?, currency })
     }
 
     pub fn minor(&self) -> i64 {

@@ -1,15 +1,18 @@
 //! Runs commands against aggregates.
 //!
-//! For each command: replay an Idempotency-Key's stored response if there is one;
-//! take the stream's in-process lock (commands on one stream run one at a time in
-//! this process, so commuting commands such as deposits never conflict with each
-//! other here); take the state from the cache or load it (snapshot + tail); decide;
-//! append the events, the snapshot when due and the idempotency record in one
-//! statement. A conflict (another process wrote the stream) drops the cached state,
-//! reloads and decides again, a bounded number of times.
+//! Each command runs in a task of its own (it finishes even when its caller stops
+//! waiting) and: takes the stream's in-process lock (commands on one stream run one
+//! at a time in this process, so commuting commands such as deposits never conflict
+//! with each other here); replays an Idempotency-Key's stored response if there is
+//! one; takes the state from the cache or loads it (snapshot + tail); decides; and
+//! appends the events, the snapshot when due and the idempotency record in one
+//! statement, through the group-commit queue. A conflict (another process wrote the
+//! stream) drops the cached state, reloads and decides again, a bounded number of
+//! times.
 //!
 //! The cache only ever holds a state that was committed, so it can be behind the
-//! store (then the append conflicts and the command re-runs) but never ahead of it.
+//! store but never ahead of it: an accepted command then conflicts and re-runs, and a
+//! refusal decided on the cache is decided again on the store's state.
 
 use crate::aggregate::Aggregate;
 use crate::envelope::EventMetadata;

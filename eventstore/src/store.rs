@@ -241,10 +241,6 @@ impl EventStore {
         EventStore { pool }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Appends events at `expected_version + 1 ..` in one statement.
     pub async fn append(&self, append: &Append) -> Result<Appended, StoreError> {
         let mut results = self.append_batch(std::slice::from_ref(append)).await?;
@@ -441,6 +437,19 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// Whether a stream of this type exists (its first event does): one index probe,
+    /// for checks that need no state.
+    pub async fn stream_exists(&self, stream_id: Uuid, stream_type: &str) -> Result<bool, StoreError> {
+        let exists = sqlx::query_scalar(
+            "select exists (select 1 from es.events where stream_id = $1 and version = 1 and stream_type = $2)",
+        )
+        .bind(stream_id)
+        .bind(stream_type)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(exists)
     }
 
     /// The stored response for an actor's Idempotency-Key, if any.

@@ -12,9 +12,8 @@ use serde_json::Value;
 use service_kit::auth::{Role, issue_hs256};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -59,22 +58,12 @@ pub fn rapids_config() -> RapidsConfig {
 /// A service running in this process on a free port; stopped when dropped.
 pub struct Running {
     pub base: String,
-    pub addr: SocketAddr,
     shutdown: CancellationToken,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Running {
     pub fn api(&self) -> Api {
         Api::new(&self.base)
-    }
-
-    /// Stops it gracefully and waits until it has stopped.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.unwrap().unwrap();
-        }
     }
 }
 
@@ -94,16 +83,20 @@ fn args(bin: &str, extra: &[&str]) -> Vec<String> {
 
 async fn spawn(router: axum::Router) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(service_kit::http::serve(listener, router, shutdown.clone()));
-    Running { base: format!("http://{addr}"), addr, shutdown, handle: Some(handle) }
+    tokio::spawn(service_kit::http::serve(listener, router, shutdown.clone()));
+    Running { base, shutdown }
 }
 
 /// account-service over `pool`, with extra command-line arguments.
 pub async fn start_accounts(pool: &PgPool, extra: &[&str]) -> Running {
+    start_accounts_with(pool, extra, Rapids::connect(&rapids_config()).await).await
+}
+
+/// account-service with a Kinesis client of the test's choosing.
+pub async fn start_accounts_with(pool: &PgPool, extra: &[&str], rapids: Rapids) -> Running {
     let config = account_service::Config::try_parse_from(args("account-service", extra)).unwrap();
-    let rapids = Rapids::connect(&rapids_config()).await;
     let state = account_service::AppState::new(&config, pool.clone(), Some(rapids)).unwrap();
     spawn(account_service::router(state)).await
 }
@@ -324,14 +317,44 @@ pub fn database_url(connect: &PgConnectOptions) -> String {
     format!("{server}/{}", connect.get_database().unwrap())
 }
 
-/// Waits until a process started by a test answers `GET /health` on `port`.
-pub async fn wait_healthy(port: u16, what: &str) {
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-            return;
+/// Polls `check` until it yields a value; fails the test after `within`.
+pub async fn wait_for<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(tokio::time::Instant::now() < deadline, "waited {within:?} in vain for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("{what} did not start");
+}
+
+/// Starts a binary of the workspace with `env` (its logs off) and waits until it
+/// answers `GET /health` on `port`.
+pub async fn spawn_binary(name: &str, port: u16, env: &[(&str, String)]) -> tokio::process::Child {
+    let child = tokio::process::Command::new(binary(name))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/health");
+    wait_for(Duration::from_secs(15), &format!("{name} to start"), || {
+        let request = client.get(&url).send();
+        async move { request.await.is_ok_and(|r| r.status() == 200).then_some(()) }
+    })
+    .await;
+    child
+}
+
+/// SIGKILLs a process and waits for it to be gone.
+pub async fn kill(mut child: tokio::process::Child) {
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
 }

@@ -65,20 +65,13 @@ pub async fn write_load(pool: &PgPool, writers: usize, transactions: usize) -> W
 /// Waits until Kinesis holds every committed event, then checks the whole delivery.
 pub async fn assert_delivered(rapids: &Rapids, written: &Written) {
     let wanted: HashSet<Uuid> = written.committed.iter().map(|c| c.2).collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let shards = loop {
+    let wanted = &wanted;
+    let shards = crate::wait_for(Duration::from_secs(60), "every committed event to reach Kinesis", || async move {
         let shards = crate::read_shards(rapids).await;
         let seen: HashSet<Uuid> = shards.iter().flatten().map(|e| e.event_id).collect();
-        if wanted.is_subset(&seen) {
-            break shards;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} committed events never reached Kinesis",
-            wanted.difference(&seen).count()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        wanted.is_subset(&seen).then_some(shards)
+    })
+    .await;
     let delivered: Vec<_> = shards.iter().flatten().collect();
     assert!(delivered.iter().all(|e| !written.rolled_back.contains(&e.event_id)), "a rolled-back event was published");
     // per stream, first deliveries come in version order 1, 2, 3, … on one shard

@@ -5,26 +5,19 @@
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::{Api, Customer, token};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Starts the binary on the test's database and waits until it answers.
 async fn start(database_url: &str, port: u16) -> Child {
-    let child = Command::new(tests::binary("account-service"))
-        .env("DATABASE_URL", database_url)
-        .env("ACCOUNT_SERVICE_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_SECRET", tests::secret())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tests::wait_healthy(port, "account-service").await;
-    child
+    let env = [
+        ("DATABASE_URL", database_url.to_owned()),
+        ("ACCOUNT_SERVICE_ADDR", format!("127.0.0.1:{port}")),
+        ("JWT_SECRET", tests::secret()),
+    ];
+    tests::spawn_binary("account-service", port, &env).await
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -32,7 +25,7 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
     let pool = tests::pool(options, connect.clone()).await;
     let url = tests::database_url(&connect);
     let port = tests::free_port();
-    let mut child = start(&url, port).await;
+    let child = start(&url, port).await;
     let api = Api::new(&format!("http://127.0.0.1:{port}"));
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 0).await;
@@ -59,20 +52,18 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
         }));
     }
     // kill it once a good number of deposits were acknowledged
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 150 {
-        assert!(tokio::time::Instant::now() < deadline, "the load never reached 150 acknowledged deposits");
-        assert!(clients.iter().all(|c| !c.is_finished()), "a client stopped before the kill (see its panic)");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    let (acked_so_far, clients_ref) = (&acked, &clients);
+    tests::wait_for(Duration::from_secs(60), "150 acknowledged deposits", || async move {
+        assert!(clients_ref.iter().all(|c| !c.is_finished()), "a client stopped before the kill (see its panic)");
+        (acked_so_far.lock().unwrap().len() >= 150).then_some(())
+    })
+    .await;
+    tests::kill(child).await;
     for client in clients {
         client.await.unwrap();
     }
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 150);
     let stored: Vec<(i32, String, serde_json::Value)> = tests::stream_events(&pool, id).await;
     let stored_deposits: BTreeSet<(i64, i64)> = stored
         .iter()

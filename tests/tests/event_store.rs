@@ -166,14 +166,15 @@ async fn a_snapshot_of_another_schema_version_is_ignored(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
-async fn an_append_notifies_listeners_at_commit(pool: PgPool) {
+async fn an_append_notifies_listeners(pool: PgPool) {
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("es_events").await.unwrap();
     let repo = repository(&pool, 100, 0);
     let id = Uuid::now_v7();
     open(&repo, id).await;
     let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
-    assert_eq!(note.channel(), "es_events");
+    // the contract with the tailer: a wake-up, no payload
+    assert_eq!(note.payload(), "");
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -320,7 +321,6 @@ async fn group_commit_gives_each_of_many_concurrent_commands_its_own_result(pool
         async move { (id, deposit(&repo, id, i).await) }
     }))
     .await;
-    assert_eq!(versions.len(), 200);
     for id in &ids {
         let mut mine: Vec<i64> = versions.iter().filter(|(s, _)| s == id).map(|(_, v)| *v).collect();
         mine.sort_unstable();

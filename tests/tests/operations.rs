@@ -2,7 +2,6 @@
 //! Prometheus metrics, the OpenAPI document, request ids, opaque faults.
 #![allow(clippy::unwrap_used)]
 
-use clap::Parser;
 use eventstore::rapids::{Rapids, RapidsConfig};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -23,32 +22,16 @@ async fn health_and_readiness_check_the_real_database_and_kinesis(options: PgPoo
 async fn readiness_fails_when_kinesis_is_unreachable(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
     // a port nobody listens on
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = dead.local_addr().unwrap().port();
-    drop(dead);
     let rapids = Rapids::connect(&RapidsConfig {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        endpoint: Some(format!("http://127.0.0.1:{}", tests::free_port())),
         stream: "rapids".into(),
         region: "us-east-1".into(),
     })
     .await;
-    let config = account_service::Config::try_parse_from([
-        "account-service",
-        "--jwt-secret",
-        &tests::secret(),
-        "--database-url",
-        "postgres://unused",
-    ])
-    .unwrap();
-    let state = account_service::AppState::new(&config, pool.clone(), Some(rapids)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(account_service::run(listener, state, shutdown.clone()));
-    let ready = tests::Api::new(&base).get("/ready").send().await;
+    let svc = tests::start_accounts_with(&pool, &[], rapids).await;
+    let ready = svc.api().get("/ready").send().await;
     ready.expect_error(503, "not_ready");
     assert_eq!(ready.body["error"]["checks"], json!({"database": "ok", "kinesis": "unavailable"}));
-    shutdown.cancel();
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

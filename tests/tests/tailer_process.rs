@@ -5,9 +5,8 @@
 use eventstore::rapids::Rapids;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use uuid::Uuid;
 
 struct Tailer {
@@ -18,20 +17,14 @@ struct Tailer {
 /// Starts the binary and waits until it answers `/health`.
 async fn start(database_url: &str, rapids: &Rapids, slot: &str, source: &str) -> Tailer {
     let port = tests::free_port();
-    let child = Command::new(tests::binary("tailer"))
-        .env("DATABASE_URL", database_url)
-        .env("KINESIS_STREAM", rapids.stream())
-        .env("TAILER_SLOT", slot)
-        .env("TAILER_SOURCE", source)
-        .env("TAILER_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    tests::wait_healthy(port, "the tailer").await;
-    Tailer { child, port }
+    let env = [
+        ("DATABASE_URL", database_url.to_owned()),
+        ("KINESIS_STREAM", rapids.stream().to_owned()),
+        ("TAILER_SLOT", slot.to_owned()),
+        ("TAILER_SOURCE", source.to_owned()),
+        ("TAILER_ADDR", format!("127.0.0.1:{port}")),
+    ];
+    Tailer { child: tests::spawn_binary("tailer", port, &env).await, port }
 }
 
 impl Tailer {
@@ -40,21 +33,17 @@ impl Tailer {
         reply.is_ok_and(|r| r.body.as_str().is_some_and(|t| t.lines().any(|l| l == "tailer_is_leader 1")))
     }
 
-    async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
+    async fn kill(self) {
+        tests::kill(self.child).await;
     }
 }
 
 /// Drops the slot once the killed tailers' backends have let go of it.
 async fn cleanup(pool: &PgPool, slot: &str) {
-    for _ in 0..100 {
-        if eventstore::tailer::wal::WalSource::drop_slot(pool, slot).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("slot {slot} stayed in use");
+    tests::wait_for(Duration::from_secs(10), "the slot to be released", || async move {
+        eventstore::tailer::wal::WalSource::drop_slot(pool, slot).await.ok()
+    })
+    .await;
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -76,11 +65,11 @@ async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
         while !load.is_finished() {
             // kill it while it is the active tailer, at a varying point of its work
             let running = tailer.take().unwrap();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !running.is_leader().await {
-                assert!(tokio::time::Instant::now() < deadline, "{source}: the tailer never became active");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let running_ref = &running;
+            tests::wait_for(Duration::from_secs(10), "the new tailer to become active", || async move {
+                running_ref.is_leader().await.then_some(())
+            })
+            .await;
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..150))).await;
             running.kill().await;
             kills_while_leading += 1;
@@ -102,26 +91,25 @@ async fn a_standby_takes_over_when_the_active_tailer_dies(options: PgPoolOptions
     let slot = format!("t_{}", Uuid::now_v7().simple());
     let a = start(&url, &rapids, &slot, "wal").await;
     let b = start(&url, &rapids, &slot, "wal").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let (leader, standby) = loop {
-        match (a.is_leader().await, b.is_leader().await) {
-            (true, false) => break (a, b),
-            (false, true) => break (b, a),
+    let (a_leads, b_leads) = (&a, &b);
+    let a_is_leader = tests::wait_for(Duration::from_secs(10), "one tailer to become active", || async move {
+        match (a_leads.is_leader().await, b_leads.is_leader().await) {
             (true, true) => panic!("two active tailers"),
-            (false, false) => {}
+            (false, false) => None,
+            (a_is_leader, _) => Some(a_is_leader),
         }
-        assert!(tokio::time::Instant::now() < deadline, "no tailer became active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
+    let (leader, standby) = if a_is_leader { (a, b) } else { (b, a) };
     let first = tests::load::write_load(&pool, 4, 20).await;
     tests::load::assert_delivered(&rapids, &first).await;
 
     leader.kill().await;
-    let killed_at = tokio::time::Instant::now();
-    while !standby.is_leader().await {
-        assert!(killed_at.elapsed() < Duration::from_secs(5), "the standby did not take over within 5 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let standby_ref = &standby;
+    tests::wait_for(Duration::from_secs(5), "the standby to take over", || async move {
+        standby_ref.is_leader().await.then_some(())
+    })
+    .await;
     let second = tests::load::write_load(&pool, 4, 20).await;
     tests::load::assert_delivered(&rapids, &second).await;
     standby.kill().await;

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eventstore::Money;
+use eventstore::{Aggregate, Money};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::ApiError;
@@ -88,7 +88,7 @@ async fn create(
         return Err(ApiError::unprocessable("currency_mismatch", "the source account holds another currency")
             .with_detail("account_currency", source.currency_code()));
     }
-    if store.load::<Account>(to).await?.is_none() {
+    if !store.stream_exists(to, Account::STREAM_TYPE).await? {
         return Err(ApiError::not_found("account_not_found", "the target account does not exist"));
     }
 

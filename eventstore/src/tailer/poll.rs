@@ -39,10 +39,6 @@ impl PollSource {
         PollSource { pool, name: name.to_owned(), cursor: PollCursor { xid: "0".into(), position: 0 }, until_xid: None }
     }
 
-    pub fn cursor(&self) -> &PollCursor {
-        &self.cursor
-    }
-
     /// True once every transaction below the bound has ended and been read: the
     /// caller has just read an empty batch.
     pub(crate) async fn bound_reached(&self) -> Result<bool, StoreError> {
