@@ -3,10 +3,15 @@
 //! Rules: amounts are positive and in the account's currency; no overdraft; a closed
 //! account takes nothing; an account closes only at a zero balance. Who may act is a
 //! rule of the account too: the owner for everything, a teller also for deposits.
+//!
+//! The transfer saga's steps (debit, credit, refund) come from the saga, not from a
+//! person: they are checked against the account's state only, and a step the account
+//! cannot take is recorded as a rejection event (the saga reacts to it), not an error.
 
 use eventstore::money::checked_credit;
 use eventstore::{Aggregate, Currency, DomainEvent, Money};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// Everything that can happen to an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +25,40 @@ pub enum AccountEvent {
     Withdrawn { amount: i64, currency: Currency, balance_after: i64 },
     #[serde(rename = "account.closed")]
     Closed {},
+    /// The source side of a transfer.
+    #[serde(rename = "account.debited")]
+    Debited { transfer_id: Uuid, amount: i64, currency: Currency, balance_after: i64, counterparty: Uuid },
+    #[serde(rename = "account.debit_rejected")]
+    DebitRejected { transfer_id: Uuid, reason: RejectReason },
+    /// The target side of a transfer.
+    #[serde(rename = "account.credited")]
+    Credited { transfer_id: Uuid, amount: i64, currency: Currency, balance_after: i64, counterparty: Uuid },
+    #[serde(rename = "account.credit_rejected")]
+    CreditRejected { transfer_id: Uuid, reason: RejectReason },
+    /// A debited amount given back after the credit was rejected.
+    #[serde(rename = "account.refunded")]
+    Refunded { transfer_id: Uuid, amount: i64, currency: Currency, balance_after: i64 },
+}
+
+/// Why an account did not take its step of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    InsufficientFunds,
+    AccountClosed,
+    CurrencyMismatch,
+    BalanceLimit,
+}
+
+impl RejectReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::InsufficientFunds => "insufficient_funds",
+            RejectReason::AccountClosed => "account_closed",
+            RejectReason::CurrencyMismatch => "currency_mismatch",
+            RejectReason::BalanceLimit => "balance_limit",
+        }
+    }
 }
 
 impl DomainEvent for AccountEvent {
@@ -29,12 +68,18 @@ impl DomainEvent for AccountEvent {
             AccountEvent::Deposited { .. } => "account.deposited",
             AccountEvent::Withdrawn { .. } => "account.withdrawn",
             AccountEvent::Closed {} => "account.closed",
+            AccountEvent::Debited { .. } => "account.debited",
+            AccountEvent::DebitRejected { .. } => "account.debit_rejected",
+            AccountEvent::Credited { .. } => "account.credited",
+            AccountEvent::CreditRejected { .. } => "account.credit_rejected",
+            AccountEvent::Refunded { .. } => "account.refunded",
         }
     }
 }
 
 /// The event types that change a balance (the account's transactions).
-pub const BALANCE_EVENTS: &[&str] = &["account.deposited", "account.withdrawn"];
+pub const BALANCE_EVENTS: &[&str] =
+    &["account.deposited", "account.withdrawn", "account.debited", "account.credited", "account.refunded"];
 
 /// Who asks for a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,10 +91,39 @@ pub struct Actor {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountCommand {
-    Open { owner: String, currency: Currency, initial_deposit: Option<Money> },
-    Deposit { amount: Money, by: Actor },
-    Withdraw { amount: Money, by: Actor },
-    Close { by: Actor },
+    Open {
+        owner: String,
+        currency: Currency,
+        initial_deposit: Option<Money>,
+    },
+    Deposit {
+        amount: Money,
+        by: Actor,
+    },
+    Withdraw {
+        amount: Money,
+        by: Actor,
+    },
+    Close {
+        by: Actor,
+    },
+    /// The saga takes a transfer's amount from its source.
+    Debit {
+        transfer_id: Uuid,
+        amount: Money,
+        counterparty: Uuid,
+    },
+    /// The saga gives a transfer's amount to its target.
+    Credit {
+        transfer_id: Uuid,
+        amount: Money,
+        counterparty: Uuid,
+    },
+    /// The saga gives a debited amount back to the source.
+    Refund {
+        transfer_id: Uuid,
+        amount: Money,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +200,23 @@ impl Account {
     }
 }
 
+impl Account {
+    /// Whether a saga step may move `amount` here: the account's currency, or why not
+    /// (a reason to record, or an error when there is no such account).
+    fn saga_step(&self, amount: &Money) -> Result<Currency, Result<RejectReason, AccountError>> {
+        let Some(currency) = self.currency.filter(|_| self.status != AccountStatus::Unopened) else {
+            return Err(Err(AccountError::NotFound));
+        };
+        if self.status == AccountStatus::Closed {
+            return Err(Ok(RejectReason::AccountClosed));
+        }
+        if amount.currency() != currency {
+            return Err(Ok(RejectReason::CurrencyMismatch));
+        }
+        Ok(currency)
+    }
+}
+
 impl Aggregate for Account {
     const STREAM_TYPE: &'static str = "account";
     const SNAPSHOT_SCHEMA_VERSION: i16 = 1;
@@ -176,6 +267,59 @@ impl Aggregate for Account {
                 }
                 Ok(vec![AccountEvent::Closed {}])
             }
+            AccountCommand::Debit { transfer_id, amount, counterparty } => {
+                let transfer_id = *transfer_id;
+                let rejected = |reason| Ok(vec![AccountEvent::DebitRejected { transfer_id, reason }]);
+                let currency = match self.saga_step(amount) {
+                    Ok(currency) => currency,
+                    Err(reason) => return rejected(reason?),
+                };
+                if amount.minor() > self.balance {
+                    return rejected(RejectReason::InsufficientFunds);
+                }
+                Ok(vec![AccountEvent::Debited {
+                    transfer_id,
+                    amount: amount.minor(),
+                    currency,
+                    balance_after: self.balance - amount.minor(),
+                    counterparty: *counterparty,
+                }])
+            }
+            AccountCommand::Credit { transfer_id, amount, counterparty } => {
+                let transfer_id = *transfer_id;
+                let rejected = |reason| Ok(vec![AccountEvent::CreditRejected { transfer_id, reason }]);
+                let currency = match self.saga_step(amount) {
+                    Ok(currency) => currency,
+                    Err(reason) => return rejected(reason?),
+                };
+                let Ok(balance_after) = checked_credit(self.balance, amount.minor()) else {
+                    return rejected(RejectReason::BalanceLimit);
+                };
+                Ok(vec![AccountEvent::Credited {
+                    transfer_id,
+                    amount: amount.minor(),
+                    currency,
+                    balance_after,
+                    counterparty: *counterparty,
+                }])
+            }
+            AccountCommand::Refund { transfer_id, amount } => {
+                // the money left this account; it comes back even if the owner closed the
+                // account meanwhile (money is never dropped; a closed account holding a
+                // refund is paid out by an operator), so only a broken invariant stops it
+                let currency = self.currency.ok_or(AccountError::NotFound)?;
+                if amount.currency() != currency {
+                    return Err(AccountError::CurrencyMismatch { account: currency, given: amount.currency() });
+                }
+                let balance_after =
+                    checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)?;
+                Ok(vec![AccountEvent::Refunded {
+                    transfer_id: *transfer_id,
+                    amount: amount.minor(),
+                    currency,
+                    balance_after,
+                }])
+            }
         }
     }
 
@@ -186,10 +330,15 @@ impl Aggregate for Account {
                 self.owner = owner.clone();
                 self.currency = Some(*currency);
             }
-            AccountEvent::Deposited { balance_after, .. } | AccountEvent::Withdrawn { balance_after, .. } => {
+            AccountEvent::Deposited { balance_after, .. }
+            | AccountEvent::Withdrawn { balance_after, .. }
+            | AccountEvent::Debited { balance_after, .. }
+            | AccountEvent::Credited { balance_after, .. }
+            | AccountEvent::Refunded { balance_after, .. } => {
                 self.balance = *balance_after;
             }
             AccountEvent::Closed {} => self.status = AccountStatus::Closed,
+            AccountEvent::DebitRejected { .. } | AccountEvent::CreditRejected { .. } => {}
         }
         self
     }

@@ -7,6 +7,7 @@
 pub mod domain;
 pub mod http;
 pub mod openapi;
+pub mod saga;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -14,7 +15,7 @@ use domain::Account;
 use eventstore::Repository;
 use eventstore::rapids::Rapids;
 use service_kit::auth::JwtVerifier;
-use service_kit::config::{CommandArgs, ServiceArgs};
+use service_kit::config::{CommandArgs, RiverArgs, ServiceArgs};
 use service_kit::http::Kit;
 use service_kit::startup::CommandParts;
 use sqlx::PgPool;
@@ -34,6 +35,8 @@ pub struct Config {
     pub service: ServiceArgs,
     #[command(flatten)]
     pub commands: CommandArgs,
+    #[command(flatten)]
+    pub river: RiverArgs,
 }
 
 /// Everything a request handler needs.
@@ -43,6 +46,7 @@ pub struct AppState {
     pub verifier: Arc<JwtVerifier>,
     pub max_amount: i64,
     pub kit: Kit,
+    pub river_metrics: eventstore::river::RiverMetrics,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -62,11 +66,13 @@ impl AppState {
             rapids,
             openapi::document_json(),
         )?;
+        let river_metrics = eventstore::river::RiverMetrics::register(&parts.kit.registry)?;
         Ok(AppState {
             accounts: parts.repository,
             verifier: parts.verifier,
             max_amount: config.commands.max_amount_minor,
             kit: parts.kit,
+            river_metrics,
         })
     }
 }
@@ -80,4 +86,24 @@ pub fn router(state: AppState) -> Router {
 /// Serves until `shutdown` is cancelled.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
     service_kit::http::serve(listener, router(state), shutdown).await
+}
+
+/// Starts the service's river (its part of the transfer saga) unless it is disabled;
+/// it runs until `shutdown` and then gives its shard leases up.
+pub fn start_river(
+    config: &Config,
+    state: &AppState,
+    rapids: Rapids,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    config.river.river_enabled.then(|| {
+        let river = saga::river(
+            &config.river,
+            state.accounts.clone(),
+            state.kit.pool.clone(),
+            rapids,
+            state.river_metrics.clone(),
+        );
+        tokio::spawn(river.run(shutdown))
+    })
 }

@@ -1,13 +1,16 @@
 //! account-service binary: configuration, connections, migrations, then [`account_service::router`].
 
-use account_service::{AppState, Config, router};
+use account_service::{AppState, Config, router, start_river};
 use clap::Parser;
-use service_kit::startup::{boot, serve_until_signal};
+use service_kit::shutdown::on_signals;
+use service_kit::startup::{boot, serve_with};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let (pool, rapids) = boot(&config.service).await?;
-    let state = AppState::new(&config, pool, Some(rapids))?;
-    serve_until_signal("account-service", config.addr, router(state)).await
+    let state = AppState::new(&config, pool, Some(rapids.clone()))?;
+    let shutdown = on_signals();
+    let river = start_river(&config, &state, rapids, shutdown.clone());
+    serve_with("account-service", config.addr, router(state), shutdown, river).await
 }

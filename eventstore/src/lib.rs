@@ -12,6 +12,7 @@
 //! * [`group_commit`]: concurrent appends share one statement and one commit.
 //! * [`metrics`]: the store's Prometheus counters.
 //! * [`tailer`]: follows the store's log onto the rapids (Kinesis).
+//! * [`river`]: durable subscriptions to the rapids (leases, checkpoints, dead letters).
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod money;
 pub mod rapids;
 pub mod repository;
+pub mod river;
 pub mod store;
 pub mod tailer;
 

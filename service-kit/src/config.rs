@@ -153,3 +153,40 @@ impl CommandArgs {
         }
     }
 }
+
+/// A service's river (its subscription to the rapids).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RiverArgs {
+    /// Run the service's river in this process (`false`: HTTP only).
+    #[arg(long, env = "RIVER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub river_enabled: bool,
+    /// A shard lease not renewed for this long is taken over by another instance.
+    #[arg(long, env = "RIVER_LEASE_MS", default_value_t = 10_000)]
+    pub river_lease_ms: u64,
+    /// How often leases are renewed and rebalanced.
+    #[arg(long, env = "RIVER_RENEW_MS", default_value_t = 2_000)]
+    pub river_renew_ms: u64,
+    /// How often the shard list is read (new shards after a reshard).
+    #[arg(long, env = "RIVER_SHARD_SYNC_MS", default_value_t = 10_000)]
+    pub river_shard_sync_ms: u64,
+    /// Wait between reads of a shard with nothing new.
+    #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = 100)]
+    pub river_idle_poll_ms: u64,
+    /// Attempts on an event that keeps failing before it is parked as a dead letter.
+    #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = 5)]
+    pub river_max_attempts: u32,
+}
+
+impl RiverArgs {
+    pub fn river_config(&self, name: &str, topics: eventstore::river::TopicFilter) -> eventstore::river::RiverConfig {
+        use std::time::Duration;
+        eventstore::river::RiverConfig {
+            lease_duration: Duration::from_millis(self.river_lease_ms.max(1)),
+            renew_every: Duration::from_millis(self.river_renew_ms.max(1)),
+            shard_sync_every: Duration::from_millis(self.river_shard_sync_ms.max(1)),
+            idle_poll: Duration::from_millis(self.river_idle_poll_ms),
+            max_attempts: self.river_max_attempts.max(1),
+            ..eventstore::river::RiverConfig::new(name, topics)
+        }
+    }
+}

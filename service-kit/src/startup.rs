@@ -71,9 +71,26 @@ pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<(PgPool, 
 
 /// Binds `addr` and serves `app` until SIGINT or SIGTERM, then drains requests in flight.
 pub async fn serve_until_signal(service: &str, addr: std::net::SocketAddr, app: axum::Router) -> anyhow::Result<()> {
+    serve_with(service, addr, app, crate::shutdown::on_signals(), None).await
+}
+
+/// Binds `addr` and serves `app` until `shutdown`; with a background task (a river
+/// started with the same token), waits for it to end too.
+pub async fn serve_with(
+    service: &str,
+    addr: std::net::SocketAddr,
+    app: axum::Router,
+    shutdown: tokio_util::sync::CancellationToken,
+    background: Option<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "{service} listening");
-    crate::http::serve(listener, app, crate::shutdown::on_signals()).await?;
+    let served = crate::http::serve(listener, app, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(task) = background {
+        task.await?;
+    }
+    served?;
     tracing::info!("{service} stopped");
     Ok(())
 }

@@ -1,7 +1,12 @@
 //! The `MoneyTransfer` aggregate. Pure: no I/O.
 //!
-//! A transfer is created `initiated`; the saga (over the rapids) moves it on to
-//! `debited`, then `completed` or `failed`.
+//! A transfer is created `initiated`; the saga (over the rapids) moves it on:
+//! `initiated` → `debited` → `completed`; `initiated` → `failed` (debit rejected);
+//! `debited` → `refunding` (credit rejected) → `failed` (refunded).
+//!
+//! Each step is recorded once: the saga's commands say what an account did, and a
+//! transfer already past that step decides nothing (a redelivered event appends
+//! nothing).
 
 use eventstore::{Aggregate, Currency, DomainEvent, Money};
 use serde::{Deserialize, Serialize};
@@ -12,19 +17,49 @@ use uuid::Uuid;
 pub enum TransferEvent {
     #[serde(rename = "transfer.created")]
     Created { from: Uuid, to: Uuid, amount: i64, currency: Currency, initiated_by: String },
+    /// The source was debited; the target is credited next. Carries the movement so
+    /// that the account side needs nothing but the event.
+    #[serde(rename = "transfer.debited")]
+    Debited { from: Uuid, to: Uuid, amount: i64, currency: Currency },
+    #[serde(rename = "transfer.completed")]
+    Completed {},
+    /// The target refused the credit; the source gets its money back.
+    #[serde(rename = "transfer.refund_requested")]
+    RefundRequested { from: Uuid, to: Uuid, amount: i64, currency: Currency, reason: String },
+    #[serde(rename = "transfer.failed")]
+    Failed { reason: String, refunded: bool },
 }
 
 impl DomainEvent for TransferEvent {
     fn event_type(&self) -> &'static str {
         match self {
             TransferEvent::Created { .. } => "transfer.created",
+            TransferEvent::Debited { .. } => "transfer.debited",
+            TransferEvent::Completed {} => "transfer.completed",
+            TransferEvent::RefundRequested { .. } => "transfer.refund_requested",
+            TransferEvent::Failed { .. } => "transfer.failed",
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferCommand {
-    Create { from: Uuid, to: Uuid, amount: Money, initiated_by: String },
+    Create {
+        from: Uuid,
+        to: Uuid,
+        amount: Money,
+        initiated_by: String,
+    },
+    /// What the accounts did (the saga's steps; `reason` is the account's reject reason).
+    SourceDebited,
+    DebitRejected {
+        reason: String,
+    },
+    TargetCredited,
+    CreditRejected {
+        reason: String,
+    },
+    SourceRefunded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +68,8 @@ pub enum TransferError {
     AlreadyExists,
     #[error("a transfer needs two different accounts")]
     SameAccount,
+    #[error("no such transfer")]
+    NotFound,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +79,7 @@ pub enum TransferState {
     New,
     Initiated,
     Debited,
+    Refunding,
     Completed,
     Failed,
 }
@@ -52,6 +90,7 @@ impl TransferState {
             TransferState::New => "new",
             TransferState::Initiated => "initiated",
             TransferState::Debited => "debited",
+            TransferState::Refunding => "refunding",
             TransferState::Completed => "completed",
             TransferState::Failed => "failed",
         }
@@ -68,6 +107,22 @@ pub struct MoneyTransfer {
     pub initiated_by: String,
     #[serde(default)]
     pub failure_reason: Option<String>,
+}
+
+impl MoneyTransfer {
+    /// The step's event when the transfer is at `at`; nothing when it is past it (the
+    /// step was recorded before: a redelivery). A transfer that does not exist is an error.
+    fn step(
+        &self,
+        at: TransferState,
+        event: impl FnOnce() -> TransferEvent,
+    ) -> Result<Vec<TransferEvent>, TransferError> {
+        match self.state {
+            TransferState::New => Err(TransferError::NotFound),
+            state if state == at => Ok(vec![event()]),
+            _ => Ok(Vec::new()),
+        }
+    }
 }
 
 impl Aggregate for MoneyTransfer {
@@ -94,6 +149,32 @@ impl Aggregate for MoneyTransfer {
                     initiated_by: initiated_by.clone(),
                 }])
             }
+            TransferCommand::SourceDebited => {
+                let currency = self.currency.ok_or(TransferError::NotFound)?;
+                self.step(TransferState::Initiated, || TransferEvent::Debited {
+                    from: self.from,
+                    to: self.to,
+                    amount: self.amount,
+                    currency,
+                })
+            }
+            TransferCommand::DebitRejected { reason } => self
+                .step(TransferState::Initiated, || TransferEvent::Failed { reason: reason.clone(), refunded: false }),
+            TransferCommand::TargetCredited => self.step(TransferState::Debited, || TransferEvent::Completed {}),
+            TransferCommand::CreditRejected { reason } => {
+                let currency = self.currency.ok_or(TransferError::NotFound)?;
+                self.step(TransferState::Debited, || TransferEvent::RefundRequested {
+                    from: self.from,
+                    to: self.to,
+                    amount: self.amount,
+                    currency,
+                    reason: reason.clone(),
+                })
+            }
+            TransferCommand::SourceRefunded => self.step(TransferState::Refunding, || TransferEvent::Failed {
+                reason: self.failure_reason.clone().unwrap_or_default(),
+                refunded: true,
+            }),
         }
     }
 
@@ -106,6 +187,16 @@ impl Aggregate for MoneyTransfer {
                 self.amount = *amount;
                 self.currency = Some(*currency);
                 self.initiated_by = initiated_by.clone();
+            }
+            TransferEvent::Debited { .. } => self.state = TransferState::Debited,
+            TransferEvent::Completed {} => self.state = TransferState::Completed,
+            TransferEvent::RefundRequested { reason, .. } => {
+                self.state = TransferState::Refunding;
+                self.failure_reason = Some(reason.clone());
+            }
+            TransferEvent::Failed { reason, .. } => {
+                self.state = TransferState::Failed;
+                self.failure_reason = Some(reason.clone());
             }
         }
         self

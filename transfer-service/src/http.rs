@@ -26,6 +26,7 @@ impl From<TransferError> for ApiError {
         match e {
             TransferError::AlreadyExists => ApiError::conflict("already_exists", message),
             TransferError::SameAccount => ApiError::unprocessable("same_account", message),
+            TransferError::NotFound => ApiError::not_found("transfer_not_found", message),
         }
     }
 }

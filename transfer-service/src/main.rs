@@ -1,13 +1,16 @@
 //! transfer-service binary: configuration, connections, migrations, then [`transfer_service::router`].
 
 use clap::Parser;
-use service_kit::startup::{boot, serve_until_signal};
-use transfer_service::{AppState, Config, router};
+use service_kit::shutdown::on_signals;
+use service_kit::startup::{boot, serve_with};
+use transfer_service::{AppState, Config, router, start_river};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let (pool, rapids) = boot(&config.service).await?;
-    let state = AppState::new(&config, pool, Some(rapids))?;
-    serve_until_signal("transfer-service", config.addr, router(state)).await
+    let state = AppState::new(&config, pool, Some(rapids.clone()))?;
+    let shutdown = on_signals();
+    let river = start_river(&config, &state, rapids, shutdown.clone());
+    serve_with("transfer-service", config.addr, router(state), shutdown, river).await
 }

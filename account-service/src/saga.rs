@@ -1,0 +1,102 @@
+//! account-service's part of the transfer saga: the river `accounts` on `transfer.*`.
+//!
+//! * `transfer.created` → debit the source (`account.debited` or `account.debit_rejected`);
+//! * `transfer.debited` → credit the target (`account.credited` or `account.credit_rejected`);
+//! * `transfer.refund_requested` → refund the source (`account.refunded`).
+//!
+//! Each step runs as a command with an idempotency record keyed by the transfer and
+//! the step, written in the same statement as the step's event: a redelivered event
+//! finds the record and appends nothing. Transfers run concurrently; the steps of one
+//! transfer in order.
+
+use crate::domain::{Account, AccountCommand};
+use eventstore::envelope::EventMetadata;
+use eventstore::river::{Handler, HandlerError, River, RiverEvent, RiverMetrics, TopicFilter, by_stream};
+use eventstore::{CommandContext, Currency, IdempotencyRequest, Money, Repository};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The river's name: its leases, checkpoints and dead letters are kept under it.
+pub const RIVER: &str = "accounts";
+/// The idempotency records' actor.
+const ACTOR: &str = "saga:accounts";
+/// Transfers handled at once within one page of records.
+const CONCURRENCY: usize = 64;
+
+/// The movement a transfer event carries (the fields of `transfer.created`,
+/// `transfer.debited` and `transfer.refund_requested` the account side needs).
+#[derive(Debug, Deserialize)]
+struct Movement {
+    from: Uuid,
+    to: Uuid,
+    amount: i64,
+    currency: Currency,
+}
+
+/// The handler: runs each step against the accounts.
+pub struct SagaSteps {
+    accounts: Repository<Account>,
+}
+
+impl SagaSteps {
+    pub fn new(accounts: Repository<Account>) -> Self {
+        SagaSteps { accounts }
+    }
+
+    async fn step(&self, event: &RiverEvent) -> Result<(), HandlerError> {
+        let envelope = &event.envelope;
+        let step = match envelope.event_type.as_str() {
+            "transfer.created" => "debit",
+            "transfer.debited" => "credit",
+            "transfer.refund_requested" => "refund",
+            _ => return Ok(()),
+        };
+        let movement: Movement = serde_json::from_value(envelope.data.clone())
+            .map_err(|e| HandlerError::Permanent(format!("{} without a movement: {e}", envelope.event_type)))?;
+        let transfer_id = envelope.stream_id;
+        let amount = Money::new(movement.amount, movement.currency, i64::MAX)
+            .map_err(|e| HandlerError::Permanent(format!("transfer {transfer_id}: {e}")))?;
+        let (account, command) = match step {
+            "debit" => (movement.from, AccountCommand::Debit { transfer_id, amount, counterparty: movement.to }),
+            "credit" => (movement.to, AccountCommand::Credit { transfer_id, amount, counterparty: movement.from }),
+            _ => (movement.from, AccountCommand::Refund { transfer_id, amount }),
+        };
+        let ctx = CommandContext {
+            metadata: EventMetadata {
+                correlation_id: Some(transfer_id.to_string()),
+                causation_id: Some(envelope.event_id.to_string()),
+                request_id: None,
+                actor: ACTOR.into(),
+            },
+            idempotency: Some(IdempotencyRequest {
+                actor: ACTOR.into(),
+                key: format!("{transfer_id}:{step}"),
+                request_hash: format!("{step}:{account}:{}:{}", movement.amount, movement.currency.as_str()),
+            }),
+            expected_version: None,
+        };
+        self.accounts
+            .execute(account, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))
+            .await?;
+        Ok(())
+    }
+}
+
+impl Handler for SagaSteps {
+    async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
+        by_stream(events, CONCURRENCY, |event| self.step(event)).await
+    }
+}
+
+/// The river of this service over `pool` and the rapids.
+pub fn river(
+    args: &service_kit::config::RiverArgs,
+    accounts: Repository<Account>,
+    pool: sqlx::PgPool,
+    rapids: eventstore::rapids::Rapids,
+    metrics: RiverMetrics,
+) -> River<SagaSteps> {
+    let config = args.river_config(RIVER, TopicFilter::new(&["transfer.*"]));
+    River::new(config, pool, rapids, SagaSteps::new(accounts), metrics)
+}

@@ -1,0 +1,436 @@
+//! Rivers: durable subscriptions to the rapids, like the Kinesis Client Library.
+//!
+//! A river is a name plus a topic filter over event types. Every instance of a service
+//! runs the river with the same name; between them they read every shard of the
+//! stream ([`lease`]: per-shard leases in Postgres that expire unless renewed, split
+//! evenly, a closed shard's children read only after it is finished). A shard's
+//! reader hands the matching events of each `GetRecords` page, in shard order, to the
+//! [`Handler`] inside a Postgres transaction and moves the shard's checkpoint in that
+//! same transaction, only where the lease is still its own. So a handler writing to
+//! Postgres through that transaction applies each event's effects exactly once; one
+//! writing elsewhere sees each event at least once and must be idempotent (the event
+//! carries its stream id and version).
+//!
+//! A failing handler is retried with backoff. A [`HandlerError::Transient`] error (the
+//! database is away) is retried until it passes; a permanent one a bounded number of
+//! times, each event on its own, after which the event is parked in the dead-letter
+//! table ([`dead_letter`]) and the shard moves on. An operator retries parked events
+//! with `bankctl retry-dead-letters`; the river's instances pick them up.
+
+pub mod dead_letter;
+pub mod lease;
+mod reader;
+
+use crate::envelope::Envelope;
+use crate::rapids::{Rapids, describe};
+use lease::Leases;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// An event handed to a river's handler.
+#[derive(Debug, Clone)]
+pub struct RiverEvent {
+    pub shard_id: Arc<str>,
+    pub sequence_number: String,
+    pub envelope: Envelope,
+}
+
+/// Why a handler did not handle an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Will pass when something outside comes back (the database): retried until it does.
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail again as it is: retried a bounded number of times, then parked.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl<E: std::fmt::Display> From<crate::ExecuteError<E>> for HandlerError {
+    /// Lost races and an unreachable database pass; a refused command, corrupt data or
+    /// a database error that may have been the statement's own fault do not.
+    fn from(e: crate::ExecuteError<E>) -> Self {
+        use crate::StoreError;
+        match &e {
+            crate::ExecuteError::Conflict { .. }
+            | crate::ExecuteError::Store(
+                StoreError::Unavailable(_) | StoreError::Batch(_) | StoreError::Conflict { .. },
+            ) => HandlerError::Transient(e.to_string()),
+            crate::ExecuteError::Store(StoreError::Database(db)) if is_transient(db) => {
+                HandlerError::Transient(e.to_string())
+            }
+            _ => HandlerError::Permanent(e.to_string()),
+        }
+    }
+}
+
+/// Database errors that say nothing about the statement: the connection or pool.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+    ) || e.as_database_error().and_then(|d| d.code()).is_some_and(|code| {
+        // serialization failure, deadlock, admin shutdown, cannot connect now, too many connections
+        matches!(&*code, "40001" | "40P01" | "57P01" | "57P03" | "53300")
+    })
+}
+
+/// Runs `step` on each event; events of one stream in order, streams concurrently
+/// (at most `limit` at a time). Every stream runs to its end; the first error is returned.
+pub async fn by_stream<'a, F, Fut>(events: &'a [RiverEvent], limit: usize, step: F) -> Result<(), HandlerError>
+where
+    F: Fn(&'a RiverEvent) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    use futures::StreamExt;
+    let mut streams: Vec<Vec<&'a RiverEvent>> = Vec::new();
+    let mut index: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for event in events {
+        let at = *index.entry(event.envelope.stream_id).or_insert_with(|| {
+            streams.push(Vec::new());
+            streams.len() - 1
+        });
+        streams[at].push(event);
+    }
+    let mut waiting = streams.into_iter();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut outcome = Ok(());
+    loop {
+        while running.len() < limit.max(1) {
+            match waiting.next() {
+                Some(stream) => running.push(in_order(stream, &step)),
+                None => break,
+            }
+        }
+        match running.next().await {
+            Some(Err(e)) if outcome.is_ok() => outcome = Err(e),
+            Some(_) => {}
+            None => return outcome,
+        }
+    }
+}
+
+async fn in_order<'a, F, Fut>(events: Vec<&'a RiverEvent>, step: &F) -> Result<(), HandlerError>
+where
+    F: Fn(&'a RiverEvent) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    for event in events {
+        step(event).await?;
+    }
+    Ok(())
+}
+
+/// What a river does with its events.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles events of one shard, in shard order. Writes made through `tx` commit
+    /// together with the shard's checkpoint, or not at all.
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RiverEvent],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Event types a river wants: `transfer.*` (a prefix), `account.opened` (one type), `*`.
+#[derive(Debug, Clone)]
+pub struct TopicFilter(Vec<String>);
+
+impl TopicFilter {
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Self {
+        TopicFilter(patterns.iter().map(|p| p.as_ref().to_string()).collect())
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.0.iter().any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => event_type.starts_with(prefix),
+            None => pattern == event_type,
+        })
+    }
+}
+
+/// A river's name, filter and tuning.
+#[derive(Debug, Clone)]
+pub struct RiverConfig {
+    pub name: String,
+    pub topics: TopicFilter,
+    /// This instance's name in the lease table (unique per process).
+    pub worker: String,
+    /// A lease not renewed for this long may be taken by another instance.
+    pub lease_duration: Duration,
+    /// How often leases are renewed and rebalanced.
+    pub renew_every: Duration,
+    /// How often the shard list is read from Kinesis (new shards after a reshard).
+    pub shard_sync_every: Duration,
+    /// Wait between `GetRecords` calls on a shard with nothing new.
+    pub idle_poll: Duration,
+    /// Most records per `GetRecords` call.
+    pub batch_size: i32,
+    /// Attempts on an event with a permanent error before it is parked.
+    pub max_attempts: u32,
+    /// The first pause between attempts; it doubles up to 2 s.
+    pub retry_backoff: Duration,
+}
+
+impl RiverConfig {
+    pub fn new(name: &str, topics: TopicFilter) -> Self {
+        RiverConfig {
+            name: name.into(),
+            topics,
+            worker: format!("{name}-{}", uuid::Uuid::now_v7()),
+            lease_duration: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
+            shard_sync_every: Duration::from_secs(10),
+            idle_poll: Duration::from_millis(100),
+            batch_size: 1000,
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The rivers' metrics; register once per process, shared by its rivers.
+#[derive(Clone)]
+pub struct RiverMetrics {
+    pub handled: IntCounterVec,
+    pub parked: IntCounterVec,
+    pub failures: IntCounterVec,
+    pub parked_now: IntGaugeVec,
+    pub millis_behind: IntGaugeVec,
+    pub leases: IntGaugeVec,
+}
+
+impl RiverMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let handled = IntCounterVec::new(
+            Opts::new("river_events_handled_total", "Events handed to the handler and checkpointed"),
+            &["river", "shard"],
+        )?;
+        let parked = IntCounterVec::new(
+            Opts::new("river_events_parked_total", "Events parked in the dead-letter table"),
+            &["river", "shard"],
+        )?;
+        let failures = IntCounterVec::new(
+            Opts::new("river_handler_failures_total", "Handler calls that failed (transient or permanent)"),
+            &["river", "kind"],
+        )?;
+        let parked_now = IntGaugeVec::new(
+            Opts::new("river_dead_letters", "Parked events not yet resolved (all instances)"),
+            &["river"],
+        )?;
+        let millis_behind = IntGaugeVec::new(
+            Opts::new("river_millis_behind_latest", "MillisBehindLatest of the shard's last GetRecords"),
+            &["river", "shard"],
+        )?;
+        let leases = IntGaugeVec::new(Opts::new("river_leases_held", "Shards this instance reads"), &["river"])?;
+        for m in [
+            Box::new(handled.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(parked.clone()),
+            Box::new(failures.clone()),
+            Box::new(parked_now.clone()),
+            Box::new(millis_behind.clone()),
+            Box::new(leases.clone()),
+        ] {
+            registry.register(m)?;
+        }
+        Ok(RiverMetrics { handled, parked, failures, parked_now, millis_behind, leases })
+    }
+}
+
+/// What the coordinator and the shard readers of one river share.
+struct Shared<H> {
+    config: RiverConfig,
+    pool: PgPool,
+    rapids: Rapids,
+    handler: H,
+    leases: Leases,
+    metrics: RiverMetrics,
+    shard_finished: tokio::sync::Notify,
+}
+
+/// One instance of a river.
+pub struct River<H: Handler> {
+    shared: Arc<Shared<H>>,
+}
+
+struct Reading {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl<H: Handler> River<H> {
+    pub fn new(config: RiverConfig, pool: PgPool, rapids: Rapids, handler: H, metrics: RiverMetrics) -> Self {
+        let leases = Leases::new(pool.clone(), &config.name, &config.worker, config.lease_duration);
+        River {
+            shared: Arc::new(Shared {
+                config,
+                pool,
+                rapids,
+                handler,
+                leases,
+                metrics,
+                shard_finished: Default::default(),
+            }),
+        }
+    }
+
+    /// Runs until `shutdown`: keeps leases, starts and stops shard readers, retries
+    /// dead letters an operator asked for. On shutdown it gives its leases up.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let shared = self.shared;
+        let name = shared.config.name.clone();
+        let mut readers: HashMap<String, Reading> = HashMap::new();
+        let mut last_sync: Option<tokio::time::Instant> = None;
+        tracing::info!(river = %name, worker = %shared.leases.worker(), "river started");
+        loop {
+            if last_sync.is_none_or(|at| at.elapsed() >= shared.config.shard_sync_every) {
+                match sync_shards(&shared).await {
+                    Ok(()) => last_sync = Some(tokio::time::Instant::now()),
+                    Err(e) => tracing::warn!(river = %name, error = %e, "cannot list the shards; retrying"),
+                }
+            }
+            match balance(&shared).await {
+                Ok(held) => {
+                    readers.retain(|shard, reading| {
+                        let keep = held.contains(shard) && !reading.task.is_finished();
+                        if !keep {
+                            reading.cancel.cancel();
+                        }
+                        keep
+                    });
+                    for shard in held {
+                        readers.entry(shard.clone()).or_insert_with(|| {
+                            let cancel = shutdown.child_token();
+                            let task = tokio::spawn(reader::read(shared.clone(), shard, cancel.clone()));
+                            Reading { cancel, task }
+                        });
+                    }
+                    shared.metrics.leases.with_label_values(&[&name]).set(readers.len() as i64);
+                }
+                Err(e) => tracing::warn!(river = %name, error = %e, "cannot renew the leases; retrying"),
+            }
+            if let Err(e) = retry_dead_letters(&shared).await {
+                tracing::warn!(river = %name, error = %e, "cannot retry dead letters");
+            }
+            if let Ok(open) = dead_letter::open_count(&shared.pool, &name).await {
+                shared.metrics.parked_now.with_label_values(&[&name]).set(open);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(shared.config.renew_every) => {}
+                // a finished shard frees its children: list and balance at once
+                _ = shared.shard_finished.notified() => last_sync = None,
+            }
+        }
+        for reading in readers.values() {
+            reading.cancel.cancel();
+        }
+        for (_, reading) in readers {
+            let _ = reading.task.await;
+        }
+        if let Err(e) = shared.leases.release_all().await {
+            tracing::warn!(river = %name, error = %e, "cannot release the leases; they will expire");
+        }
+        tracing::info!(river = %name, "river stopped");
+    }
+}
+
+/// Records the stream's shards (with their parents) in the lease table.
+async fn sync_shards<H: Handler>(shared: &Shared<H>) -> Result<(), String> {
+    let client = shared.rapids.client();
+    let mut shards = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let request = match &next {
+            Some(token) => client.list_shards().next_token(token),
+            None => client.list_shards().stream_name(shared.rapids.stream()),
+        };
+        let page = request.send().await.map_err(|e| describe(&e))?;
+        for shard in page.shards() {
+            shards.push((
+                shard.shard_id().to_string(),
+                shard.parent_shard_id().map(str::to_string),
+                shard.adjacent_parent_shard_id().map(str::to_string),
+            ));
+        }
+        match page.next_token() {
+            Some(token) => next = Some(token.to_string()),
+            None => break,
+        }
+    }
+    shared.leases.add_shards(&shards).await.map_err(|e| e.to_string())
+}
+
+/// Renews, then takes what the plan says; returns the shards held.
+async fn balance<H: Handler>(shared: &Shared<H>) -> sqlx::Result<Vec<String>> {
+    let mut held = shared.leases.renew().await?;
+    let rows = shared.leases.rows().await?;
+    for take in lease::plan(&rows, shared.leases.worker()) {
+        if shared.leases.take(&take).await? {
+            tracing::info!(river = %shared.config.name, shard = %take.shard_id, from = ?take.from, "lease taken");
+            held.push(take.shard_id);
+        }
+    }
+    // a lease this instance holds on a shard not yet readable (cannot happen unless
+    // rows were edited by hand) is simply read later
+    let readable: Vec<&str> = lease::readable(&rows).iter().map(|r| r.shard_id.as_str()).collect();
+    held.retain(|shard| readable.contains(&shard.as_str()));
+    Ok(held)
+}
+
+/// Hands records an operator marked for retry to the handler again.
+async fn retry_dead_letters<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> {
+    let river = &shared.config.name;
+    loop {
+        let mut tx = shared.pool.begin().await?;
+        let Some(row) = dead_letter::next_retry(&mut tx, river).await? else { return Ok(()) };
+        let outcome = match serde_json::from_slice::<Envelope>(&row.record) {
+            Ok(envelope) => {
+                let event = RiverEvent {
+                    shard_id: row.shard_id.as_str().into(),
+                    sequence_number: row.sequence_number.clone(),
+                    envelope,
+                };
+                reader::call(&shared.handler, &mut tx, std::slice::from_ref(&event)).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("the record is not an event envelope: {e}")),
+        };
+        match outcome {
+            Ok(()) => {
+                dead_letter::resolve(&mut tx, row.id).await?;
+                tx.commit().await?;
+                tracing::info!(river = %river, id = row.id, "dead letter handled on retry");
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                dead_letter::park_again(&shared.pool, row.id, &error).await?;
+                tracing::warn!(river = %river, id = row.id, error = %error, "dead letter failed again; parked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters_match_prefixes_and_exact_types() {
+        let filter = TopicFilter::new(&["transfer.*", "account.opened"]);
+        assert!(filter.matches("transfer.created"));
+        assert!(filter.matches("account.opened"));
+        assert!(!filter.matches("account.deposited"));
+        assert!(!filter.matches("transfers.created"));
+        assert!(TopicFilter::new(&["*"]).matches("anything"));
+    }
+}

@@ -1,0 +1,334 @@
+//! One shard's reader: GetRecords from the checkpoint on, hand the matching events to
+//! the handler, move the checkpoint in the handler's transaction, park poison events,
+//! and mark the shard finished at its end.
+
+use super::{Handler, HandlerError, RiverEvent, Shared, dead_letter};
+use crate::envelope::Envelope;
+use crate::rapids::describe;
+use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use futures::FutureExt;
+use sqlx::PgConnection;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why a reader stops.
+#[derive(Debug)]
+enum Stop {
+    Cancelled,
+    /// Another instance holds the shard now.
+    LeaseLost,
+}
+
+/// Why one delivery attempt failed.
+enum Failure {
+    Handler(HandlerError),
+    Database(sqlx::Error),
+    LeaseLost,
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Database(e)
+    }
+}
+
+/// Calls the handler; a panic counts as a permanent failure (the record gets parked
+/// instead of killing the reader over and over).
+pub(super) async fn call<H: Handler>(
+    handler: &H,
+    tx: &mut PgConnection,
+    events: &[RiverEvent],
+) -> Result<(), HandlerError> {
+    match std::panic::AssertUnwindSafe(handler.handle(tx, events)).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(HandlerError::Permanent("the handler panicked".into())),
+    }
+}
+
+/// Reads `shard` until it is finished, the lease is lost or `cancel` fires.
+pub(super) async fn read<H: Handler>(shared: Arc<Shared<H>>, shard: String, cancel: CancellationToken) {
+    let reader = ShardReader {
+        label: [shared.config.name.clone(), shard.clone()],
+        shard: shard.as_str().into(),
+        shared,
+        cancel,
+    };
+    match reader.run().await {
+        Ok(()) => tracing::info!(river = %reader.label[0], shard = %shard, "shard finished"),
+        Err(Stop::LeaseLost) => tracing::info!(river = %reader.label[0], shard = %shard, "lease lost; stopped reading"),
+        Err(Stop::Cancelled) => {}
+    }
+}
+
+struct ShardReader<H> {
+    shared: Arc<Shared<H>>,
+    shard: Arc<str>,
+    label: [String; 2],
+    cancel: CancellationToken,
+}
+
+impl<H: Handler> ShardReader<H> {
+    async fn run(&self) -> Result<(), Stop> {
+        let mut backoff = self.shared.config.retry_backoff;
+        'iterator: loop {
+            let iterator = match self.iterator().await {
+                Ok(iterator) => iterator,
+                Err(e) => {
+                    tracing::warn!(river = %self.label[0], shard = %self.shard, error = %e, "no shard iterator; retrying");
+                    self.pause(&mut backoff).await?;
+                    continue;
+                }
+            };
+            let mut iterator = Some(iterator);
+            while let Some(current) = iterator.take() {
+                if self.cancel.is_cancelled() {
+                    return Err(Stop::Cancelled);
+                }
+                let page = match self
+                    .shared
+                    .rapids
+                    .client()
+                    .get_records()
+                    .shard_iterator(&current)
+                    .limit(self.shared.config.batch_size)
+                    .send()
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        // an expired iterator, throttling, a fault: start again from the checkpoint
+                        tracing::warn!(river = %self.label[0], shard = %self.shard, error = %describe(&e), "GetRecords failed; retrying");
+                        self.pause(&mut backoff).await?;
+                        continue 'iterator;
+                    }
+                };
+                backoff = self.shared.config.retry_backoff;
+                if let Some(behind) = page.millis_behind_latest() {
+                    self.shared.metrics.millis_behind.with_label_values(&self.label).set(behind);
+                }
+                if !page.records().is_empty() {
+                    self.deliver(page.records()).await?;
+                }
+                match page.next_shard_iterator() {
+                    Some(next) => iterator = Some(next.to_string()),
+                    None => {
+                        // a closed shard read to its end
+                        return match self.shared.leases.finish(&self.shard).await {
+                            Ok(true) => {
+                                self.shared.shard_finished.notify_one();
+                                Ok(())
+                            }
+                            Ok(false) => Err(Stop::LeaseLost),
+                            Err(e) => {
+                                tracing::warn!(river = %self.label[0], shard = %self.shard, error = %e, "cannot mark the shard finished; retrying");
+                                self.pause(&mut backoff).await?;
+                                continue 'iterator;
+                            }
+                        };
+                    }
+                }
+                if page.records().is_empty() {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = tokio::time::sleep(self.shared.config.idle_poll) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn iterator(&self) -> Result<String, String> {
+        let checkpoint = self.shared.leases.checkpoint(&self.shard).await.map_err(|e| e.to_string())?;
+        let request = self
+            .shared
+            .rapids
+            .client()
+            .get_shard_iterator()
+            .stream_name(self.shared.rapids.stream())
+            .shard_id(&*self.shard);
+        let request = match checkpoint {
+            Some(sequence) => {
+                request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence)
+            }
+            None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        };
+        let out = request.send().await.map_err(|e| describe(&e))?;
+        out.shard_iterator().map(str::to_string).ok_or_else(|| "GetShardIterator returned no iterator".to_string())
+    }
+
+    /// Hands a page of records to the handler and checkpoints its end: all in one
+    /// transaction, or, when that fails for good, one record at a time (parking those
+    /// that keep failing).
+    async fn deliver(&self, records: &[Record]) -> Result<(), Stop> {
+        let decoded: Vec<Decoded> = records.iter().map(|r| self.decode(r)).collect();
+        let last = records.last().map(|r| r.sequence_number()).unwrap_or_default();
+        let mut backoff = self.shared.config.retry_backoff;
+        if decoded.iter().all(|d| !matches!(d, Decoded::Bad { .. })) {
+            let events: Vec<RiverEvent> =
+                decoded.iter().filter_map(|d| if let Decoded::Event(e) = d { Some(e.clone()) } else { None }).collect();
+            loop {
+                match self.attempt(&events, last).await {
+                    Ok(()) => {
+                        self.shared.metrics.handled.with_label_values(&self.label).inc_by(events.len() as u64);
+                        return Ok(());
+                    }
+                    Err(Failure::LeaseLost) => return Err(Stop::LeaseLost),
+                    Err(Failure::Handler(HandlerError::Permanent(e))) => {
+                        self.failed("permanent", &e);
+                        break;
+                    }
+                    Err(Failure::Handler(HandlerError::Transient(e))) => self.failed("transient", &e),
+                    Err(Failure::Database(e)) => self.failed("database", &e.to_string()),
+                }
+                self.pause(&mut backoff).await?;
+            }
+        }
+        // one at a time, to find and park what keeps failing
+        for item in &decoded {
+            match item {
+                Decoded::Skipped => {}
+                Decoded::Event(event) => self.deliver_one(event).await?,
+                Decoded::Bad { record, error } => {
+                    let parked = dead_letter::Parked {
+                        shard_id: &self.shard,
+                        sequence_number: record.sequence_number(),
+                        stream_id: None,
+                        event_type: None,
+                        version: None,
+                        record: record.data().as_ref(),
+                        error,
+                        attempts: 1,
+                    };
+                    self.park(&parked).await?;
+                }
+            }
+        }
+        // skipped records at the end of the page
+        loop {
+            match self.attempt(&[], last).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::LeaseLost) => return Err(Stop::LeaseLost),
+                Err(_) => self.pause(&mut backoff).await?,
+            }
+        }
+    }
+
+    async fn deliver_one(&self, event: &RiverEvent) -> Result<(), Stop> {
+        let mut backoff = self.shared.config.retry_backoff;
+        let mut attempts = 0;
+        loop {
+            match self.attempt(std::slice::from_ref(event), &event.sequence_number).await {
+                Ok(()) => {
+                    self.shared.metrics.handled.with_label_values(&self.label).inc();
+                    return Ok(());
+                }
+                Err(Failure::LeaseLost) => return Err(Stop::LeaseLost),
+                Err(Failure::Handler(HandlerError::Permanent(error))) => {
+                    self.failed("permanent", &error);
+                    attempts += 1;
+                    if attempts >= self.shared.config.max_attempts {
+                        let record = serde_json::to_vec(&event.envelope).unwrap_or_default();
+                        let parked = dead_letter::Parked {
+                            shard_id: &self.shard,
+                            sequence_number: &event.sequence_number,
+                            stream_id: Some(event.envelope.stream_id),
+                            event_type: Some(&event.envelope.event_type),
+                            version: Some(event.envelope.version),
+                            record: &record,
+                            error: &error,
+                            attempts: attempts as i32,
+                        };
+                        return self.park(&parked).await;
+                    }
+                }
+                Err(Failure::Handler(HandlerError::Transient(e))) => self.failed("transient", &e),
+                Err(Failure::Database(e)) => self.failed("database", &e.to_string()),
+            }
+            self.pause(&mut backoff).await?;
+        }
+    }
+
+    /// One transaction: the handler's writes and the checkpoint.
+    async fn attempt(&self, events: &[RiverEvent], sequence: &str) -> Result<(), Failure> {
+        let mut tx = self.shared.pool.begin().await?;
+        if !events.is_empty() {
+            call(&self.shared.handler, &mut tx, events).await.map_err(Failure::Handler)?;
+        }
+        if !self.shared.leases.advance(&mut tx, &self.shard, sequence).await? {
+            return Err(Failure::LeaseLost);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Parks a record and moves the checkpoint past it, in one transaction.
+    async fn park(&self, parked: &dead_letter::Parked<'_>) -> Result<(), Stop> {
+        let mut backoff = self.shared.config.retry_backoff;
+        loop {
+            let outcome: Result<bool, sqlx::Error> = async {
+                let mut tx = self.shared.pool.begin().await?;
+                dead_letter::park(&mut tx, &self.shared.config.name, parked).await?;
+                if !self.shared.leases.advance(&mut tx, &self.shard, parked.sequence_number).await? {
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+            .await;
+            match outcome {
+                Ok(true) => {
+                    self.shared.metrics.parked.with_label_values(&self.label).inc();
+                    tracing::error!(
+                        river = %self.label[0], shard = %self.shard, sequence = parked.sequence_number,
+                        stream_id = ?parked.stream_id, event_type = ?parked.event_type, error = parked.error,
+                        "event parked in the dead-letter table"
+                    );
+                    return Ok(());
+                }
+                Ok(false) => return Err(Stop::LeaseLost),
+                Err(e) => self.failed("database", &e.to_string()),
+            }
+            self.pause(&mut backoff).await?;
+        }
+    }
+
+    fn decode(&self, record: &Record) -> Decoded {
+        match serde_json::from_slice::<Envelope>(record.data().as_ref()) {
+            Ok(envelope) if self.shared.config.topics.matches(&envelope.event_type) => Decoded::Event(RiverEvent {
+                shard_id: self.shard.clone(),
+                sequence_number: record.sequence_number().to_string(),
+                envelope,
+            }),
+            Ok(_) => Decoded::Skipped,
+            Err(e) => {
+                Decoded::Bad { record: record.clone(), error: format!("the record is not an event envelope: {e}") }
+            }
+        }
+    }
+
+    fn failed(&self, kind: &str, error: &str) {
+        self.shared.metrics.failures.with_label_values(&[&self.label[0], kind]).inc();
+        tracing::warn!(river = %self.label[0], shard = %self.shard, kind, error, "handler failed; retrying");
+    }
+
+    /// Waits `backoff` (doubling it up to 2 s) unless cancelled.
+    async fn pause(&self, backoff: &mut Duration) -> Result<(), Stop> {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(Stop::Cancelled),
+            _ = tokio::time::sleep(wait) => Ok(()),
+        }
+    }
+}
+
+enum Decoded {
+    Event(RiverEvent),
+    /// Not for this river (the checkpoint moves past it).
+    Skipped,
+    Bad {
+        record: Record,
+        error: String,
+    },
+}

@@ -1,0 +1,93 @@
+//! transfer-service's part of the transfer saga: the river `transfers` on `account.*`.
+//!
+//! * `account.debited` → `transfer.debited`; `account.debit_rejected` → `transfer.failed`;
+//! * `account.credited` → `transfer.completed`;
+//! * `account.credit_rejected` → `transfer.refund_requested`;
+//! * `account.refunded` → `transfer.failed` (refunded).
+//!
+//! The transfer's state says which steps were recorded: a step seen again decides
+//! nothing, so a redelivered event appends nothing. Other account events are ignored.
+
+use crate::domain::{MoneyTransfer, TransferCommand};
+use account_service::domain::AccountEvent;
+use eventstore::envelope::EventMetadata;
+use eventstore::river::{Handler, HandlerError, River, RiverEvent, RiverMetrics, TopicFilter, by_stream};
+use eventstore::{CommandContext, Repository};
+use sqlx::PgConnection;
+
+/// The river's name: its leases, checkpoints and dead letters are kept under it.
+pub const RIVER: &str = "transfers";
+const ACTOR: &str = "saga:transfers";
+/// Accounts handled at once within one page of records.
+const CONCURRENCY: usize = 64;
+
+/// The handler: records what the accounts did on the transfers.
+pub struct SagaSteps {
+    transfers: Repository<MoneyTransfer>,
+}
+
+impl SagaSteps {
+    pub fn new(transfers: Repository<MoneyTransfer>) -> Self {
+        SagaSteps { transfers }
+    }
+
+    async fn step(&self, event: &RiverEvent) -> Result<(), HandlerError> {
+        let envelope = &event.envelope;
+        if !matches!(
+            envelope.event_type.as_str(),
+            "account.debited"
+                | "account.debit_rejected"
+                | "account.credited"
+                | "account.credit_rejected"
+                | "account.refunded"
+        ) {
+            return Ok(());
+        }
+        let account_event: AccountEvent = eventstore::aggregate::decode(&envelope.event_type, envelope.data.clone())
+            .map_err(|e| HandlerError::Permanent(format!("undecodable {}: {e}", envelope.event_type)))?;
+        let (transfer_id, command) = match account_event {
+            AccountEvent::Debited { transfer_id, .. } => (transfer_id, TransferCommand::SourceDebited),
+            AccountEvent::DebitRejected { transfer_id, reason } => {
+                (transfer_id, TransferCommand::DebitRejected { reason: reason.as_str().into() })
+            }
+            AccountEvent::Credited { transfer_id, .. } => (transfer_id, TransferCommand::TargetCredited),
+            AccountEvent::CreditRejected { transfer_id, reason } => {
+                (transfer_id, TransferCommand::CreditRejected { reason: reason.as_str().into() })
+            }
+            AccountEvent::Refunded { transfer_id, .. } => (transfer_id, TransferCommand::SourceRefunded),
+            _ => return Ok(()),
+        };
+        let ctx = CommandContext {
+            metadata: EventMetadata {
+                correlation_id: Some(transfer_id.to_string()),
+                causation_id: Some(envelope.event_id.to_string()),
+                request_id: None,
+                actor: ACTOR.into(),
+            },
+            idempotency: None,
+            expected_version: None,
+        };
+        self.transfers
+            .execute(transfer_id, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))
+            .await?;
+        Ok(())
+    }
+}
+
+impl Handler for SagaSteps {
+    async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
+        by_stream(events, CONCURRENCY, |event| self.step(event)).await
+    }
+}
+
+/// The river of this service over `pool` and the rapids.
+pub fn river(
+    args: &service_kit::config::RiverArgs,
+    transfers: Repository<MoneyTransfer>,
+    pool: sqlx::PgPool,
+    rapids: eventstore::rapids::Rapids,
+    metrics: RiverMetrics,
+) -> River<SagaSteps> {
+    let config = args.river_config(RIVER, TopicFilter::new(&["account.*"]));
+    River::new(config, pool, rapids, SagaSteps::new(transfers), metrics)
+}
