@@ -4,8 +4,12 @@
 //! * `bankctl ensure-stream` creates the Kinesis stream unless it exists and waits
 //!   until it is active.
 //! * `bankctl migrate` applies the database migrations.
+//! * `bankctl dead-letters [--river R]` lists events the rivers parked.
+//! * `bankctl retry-dead-letters --river R [--id N]` hands parked events back to the
+//!   river's handler (a running instance of the river picks them up).
 
 use clap::{Parser, Subcommand};
+use eventstore::river::dead_letter;
 use service_kit::auth::{Role, issue_hs256};
 use service_kit::config::{DatabaseArgs, KinesisArgs, Secret};
 use std::time::Duration;
@@ -44,6 +48,24 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// List the events the rivers parked (not yet resolved).
+    DeadLetters {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Only this river's.
+        #[arg(long)]
+        river: Option<String>,
+    },
+    /// Ask a river to hand parked events to its handler again.
+    RetryDeadLetters {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        river: String,
+        /// Only this dead letter (default: every parked event of the river).
+        #[arg(long)]
+        id: Option<i64>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -61,6 +83,34 @@ async fn main() -> anyhow::Result<()> {
             let pool = service_kit::startup::connect(&database).await?;
             service_kit::startup::migrate(&pool).await?;
             println!("migrations applied");
+        }
+        Command::DeadLetters { database, river } => {
+            let pool = service_kit::startup::connect(&database).await?;
+            let letters = dead_letter::list(&pool, river.as_deref()).await?;
+            println!(
+                "{:>6}  {:<10} {:<22} {:<8} {:<26} {:<38} {:>7} {:>8}  error",
+                "id", "river", "shard", "status", "event", "stream", "version", "attempts"
+            );
+            for l in &letters {
+                println!(
+                    "{:>6}  {:<10} {:<22} {:<8} {:<26} {:<38} {:>7} {:>8}  {}",
+                    l.id,
+                    l.river,
+                    l.shard_id,
+                    l.status,
+                    l.event_type.as_deref().unwrap_or("-"),
+                    l.stream_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    l.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                    l.attempts,
+                    l.error
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+        }
+        Command::RetryDeadLetters { database, river, id } => {
+            let pool = service_kit::startup::connect(&database).await?;
+            let marked = dead_letter::request_retry(&pool, &river, id).await?;
+            println!("{marked} dead letter(s) of river {river} marked for retry");
         }
     }
     Ok(())

@@ -358,3 +358,84 @@ pub async fn kill(mut child: tokio::process::Child) {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 }
+
+/// River settings for tests: leases that expire in seconds, shards polled often.
+pub const FAST_RIVER: &[&str] = &[
+    "--river-lease-ms",
+    "3000",
+    "--river-renew-ms",
+    "300",
+    "--river-shard-sync-ms",
+    "1000",
+    "--river-idle-poll-ms",
+    "20",
+    "--river-max-attempts",
+    "3",
+];
+
+/// The command side with its saga, over the test's database and a Kinesis stream of
+/// its own: a tailer (poll source), account-service and transfer-service, each with
+/// its river. Everything stops when dropped.
+pub struct Bank {
+    pub accounts: Running,
+    pub transfers: Running,
+    pub rapids: Rapids,
+    /// The account-service instance's state (its repository, its river metrics).
+    pub account_state: account_service::AppState,
+    pub transfer_state: transfer_service::AppState,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Bank {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start_bank(pool: &PgPool) -> Bank {
+    use eventstore::tailer::{Tailer, TailerConfig, TailerMetrics, poll::PollSource, publish::Publisher};
+    let rapids = fresh_stream(2).await;
+    let shutdown = CancellationToken::new();
+    let tailer = Tailer {
+        pool: pool.clone(),
+        source: PollSource::new(pool.clone(), "poll"),
+        publisher: Publisher::new(rapids.clone()),
+        metrics: TailerMetrics::register(&prometheus::Registry::new()).unwrap(),
+        config: TailerConfig { batch_size: 500, idle_poll: Duration::from_millis(50) },
+    };
+    let stop = shutdown.clone();
+    tokio::spawn(async move { tailer.run(stop).await.unwrap() });
+
+    let config = account_service::Config::try_parse_from(args("account-service", FAST_RIVER)).unwrap();
+    let account_state = account_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
+    account_service::start_river(&config, &account_state, rapids.clone(), shutdown.clone()).unwrap();
+    let accounts = spawn(account_service::router(account_state.clone())).await;
+
+    let config = transfer_service::Config::try_parse_from(args("transfer-service", FAST_RIVER)).unwrap();
+    let transfer_state = transfer_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
+    transfer_service::start_river(&config, &transfer_state, rapids.clone(), shutdown.clone()).unwrap();
+    let transfers = spawn(transfer_service::router(transfer_state.clone())).await;
+    Bank { accounts, transfers, rapids, account_state, transfer_state, shutdown }
+}
+
+/// The sum of a counter of a metrics vector over all its label values.
+pub fn counter_sum(vec: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    vec.collect().iter().flat_map(|family| family.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+}
+
+/// Puts an envelope on the rapids (partition key: its stream id); returns the
+/// sequence number.
+pub async fn put_envelope(rapids: &Rapids, envelope: &eventstore::envelope::Envelope) -> String {
+    let data = serde_json::to_vec(envelope).unwrap();
+    let out = rapids
+        .client()
+        .put_record()
+        .stream_name(rapids.stream())
+        .partition_key(envelope.stream_id.to_string())
+        .data(aws_sdk_kinesis::primitives::Blob::new(data))
+        .send()
+        .await
+        .unwrap();
+    out.sequence_number().to_string()
+}

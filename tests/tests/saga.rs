@@ -1,0 +1,238 @@
+//! The transfer saga end to end: the services append, the tailer publishes to a real
+//! Kinesis API server, and the rivers of account-service and transfer-service move
+//! each transfer on.
+#![allow(clippy::unwrap_used)]
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::time::Duration;
+use tests::{Api, Bank, Customer, token};
+use uuid::Uuid;
+
+async fn open(bank: &Bank, owner: &str, currency: &str, deposit: i64) -> Uuid {
+    let api = bank.accounts.api();
+    let reply = api
+        .post("/accounts")
+        .token(&token(owner, Customer))
+        .json(json!({"currency": currency, "initial_deposit": deposit}))
+        .send()
+        .await;
+    reply.id()
+}
+
+async fn transfer(bank: &Bank, owner: &str, from: Uuid, to: Uuid, amount: i64) -> Uuid {
+    let reply = bank
+        .transfers
+        .api()
+        .post("/transfers")
+        .token(&token(owner, Customer))
+        .json(json!({"from": from.to_string(), "to": to.to_string(), "amount": amount, "currency": "EUR"}))
+        .send()
+        .await;
+    reply.expect(201);
+    reply.id()
+}
+
+/// Waits until the transfer is `completed` or `failed`; returns its JSON.
+async fn settled(api: &Api, owner: &str, id: Uuid) -> Value {
+    let token = token(owner, Customer);
+    tests::wait_for(Duration::from_secs(30), &format!("transfer {id} to settle"), || {
+        let request = api.get(&format!("/transfers/{id}")).token(&token).send();
+        async move {
+            let reply = request.await;
+            let body = reply.expect(200).clone();
+            matches!(body["state"].as_str(), Some("completed" | "failed")).then_some(body)
+        }
+    })
+    .await
+}
+
+async fn balance(bank: &Bank, owner: &str, id: Uuid) -> i64 {
+    let reply = bank.accounts.api().get(&format!("/accounts/{id}")).token(&token(owner, Customer)).send().await;
+    reply.expect(200)["balance"].as_i64().unwrap()
+}
+
+fn types(events: &[(i32, String, Value)]) -> Vec<&str> {
+    events.iter().map(|(_, t, _)| t.as_str()).collect()
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_transfer_debits_credits_and_completes(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let a = open(&bank, "alice", "EUR", 1000).await;
+    let b = open(&bank, "bob", "EUR", 0).await;
+    let id = transfer(&bank, "alice", a, b, 300).await;
+
+    let done = settled(&bank.transfers.api(), "alice", id).await;
+    assert_eq!((done["state"].as_str(), done["version"].as_i64()), (Some("completed"), Some(3)));
+    assert_eq!(done["failure_reason"], Value::Null);
+    assert_eq!((balance(&bank, "alice", a).await, balance(&bank, "bob", b).await), (700, 300));
+
+    let transfer_events = tests::stream_events(&pool, id).await;
+    assert_eq!(types(&transfer_events), ["transfer.created", "transfer.debited", "transfer.completed"]);
+    let source = tests::stream_events(&pool, a).await;
+    assert_eq!(types(&source), ["account.opened", "account.deposited", "account.debited"]);
+    assert_eq!(source[2].2["transfer_id"], json!(id));
+    assert_eq!((source[2].2["amount"].as_i64(), source[2].2["balance_after"].as_i64()), (Some(300), Some(700)));
+    assert_eq!(source[2].2["counterparty"], json!(b));
+    let target = tests::stream_events(&pool, b).await;
+    assert_eq!(types(&target), ["account.opened", "account.credited"]);
+    assert_eq!(target[1].2["balance_after"].as_i64(), Some(300));
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn insufficient_funds_fail_the_transfer_and_move_nothing(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let a = open(&bank, "alice", "EUR", 100).await;
+    let b = open(&bank, "bob", "EUR", 0).await;
+    let id = transfer(&bank, "alice", a, b, 500).await;
+
+    let done = settled(&bank.transfers.api(), "alice", id).await;
+    assert_eq!(done["state"], "failed");
+    assert_eq!(done["failure_reason"], "insufficient_funds");
+    assert_eq!((balance(&bank, "alice", a).await, balance(&bank, "bob", b).await), (100, 0));
+    assert_eq!(types(&tests::stream_events(&pool, id).await), ["transfer.created", "transfer.failed"]);
+    let source = tests::stream_events(&pool, a).await;
+    assert_eq!(types(&source), ["account.opened", "account.deposited", "account.debit_rejected"]);
+    assert_eq!(source[2].2["reason"], "insufficient_funds");
+    assert_eq!(types(&tests::stream_events(&pool, b).await), ["account.opened"]);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_credit_to_a_closed_account_is_refunded(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let a = open(&bank, "alice", "EUR", 1000).await;
+    let b = open(&bank, "bob", "EUR", 0).await;
+    let closed = bank
+        .accounts
+        .api()
+        .post(&format!("/accounts/{b}/close"))
+        .token(&token("bob", Customer))
+        .json(json!({}))
+        .send()
+        .await;
+    closed.expect(200);
+    let id = transfer(&bank, "alice", a, b, 250).await;
+
+    let done = settled(&bank.transfers.api(), "alice", id).await;
+    assert_eq!((done["state"].as_str(), done["failure_reason"].as_str()), (Some("failed"), Some("account_closed")));
+    assert_eq!(balance(&bank, "alice", a).await, 1000, "the debit came back");
+    let transfer_events = tests::stream_events(&pool, id).await;
+    assert_eq!(
+        types(&transfer_events),
+        ["transfer.created", "transfer.debited", "transfer.refund_requested", "transfer.failed"]
+    );
+    assert_eq!(transfer_events[3].2, json!({"reason": "account_closed", "refunded": true}));
+    let source = tests::stream_events(&pool, a).await;
+    assert_eq!(types(&source), ["account.opened", "account.deposited", "account.debited", "account.refunded"]);
+    assert_eq!(source[3].2["balance_after"].as_i64(), Some(1000));
+    let target = tests::stream_events(&pool, b).await;
+    assert_eq!(types(&target), ["account.opened", "account.closed", "account.credit_rejected"]);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn saga_events_delivered_twice_move_money_once(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let a = open(&bank, "alice", "EUR", 1000).await;
+    let b = open(&bank, "bob", "EUR", 0).await;
+    let id = transfer(&bank, "alice", a, b, 400).await;
+    settled(&bank.transfers.api(), "alice", id).await;
+    let before = tests::total_events(&pool).await;
+
+    // every event of the saga goes onto the rapids a second time
+    let handled_before = (
+        tests::counter_sum(&bank.account_state.river_metrics.handled),
+        tests::counter_sum(&bank.transfer_state.river_metrics.handled),
+    );
+    let store = eventstore::EventStore::new(pool.clone());
+    let mut redelivered = (0, 0);
+    for stream in [id, a, b] {
+        for event in store.read_stream(stream, 0, None).await.unwrap() {
+            match event.event_type.split('.').next() {
+                Some("transfer") => redelivered.0 += 1,
+                _ => redelivered.1 += 1,
+            }
+            tests::put_envelope(&bank.rapids, &event.into()).await;
+        }
+    }
+    // each river handed them to its handler again (its own kind only)
+    tests::wait_for(Duration::from_secs(20), "the rivers to handle the redelivered events", || {
+        let handled = (
+            tests::counter_sum(&bank.account_state.river_metrics.handled),
+            tests::counter_sum(&bank.transfer_state.river_metrics.handled),
+        );
+        async move {
+            (handled.0 >= handled_before.0 + redelivered.0 && handled.1 >= handled_before.1 + redelivered.1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(tests::total_events(&pool).await, before, "a redelivered step appends nothing");
+    assert_eq!((balance(&bank, "alice", a).await, balance(&bank, "bob", b).await), (600, 400));
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn two_hundred_concurrent_transfers_keep_the_sum_of_balances(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let owners = ["alice", "bob", "carol", "dave"];
+    let mut accounts = Vec::new();
+    for i in 0..20 {
+        let owner = owners[i % owners.len()];
+        accounts.push((owner, open(&bank, owner, "EUR", 1000).await));
+    }
+    let plan: Vec<(usize, usize, i64)> = (0..200)
+        .map(|_| {
+            let from = rand::random_range(0..accounts.len());
+            let to = (from + rand::random_range(1..accounts.len())) % accounts.len();
+            (from, to, rand::random_range(1..=700))
+        })
+        .collect();
+    let ids: Vec<Uuid> = futures::stream::iter(plan)
+        .map(|(from, to, amount)| {
+            let (owner, from) = accounts[from];
+            let to = accounts[to].1;
+            let bank = &bank;
+            async move { transfer(bank, owner, from, to, amount).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+
+    let api = bank.transfers.api();
+    let admin = tests::token("ops", tests::Admin);
+    let mut states = std::collections::HashMap::new();
+    for id in &ids {
+        let done = tests::wait_for(Duration::from_secs(60), "every transfer to settle", || {
+            let request = api.get(&format!("/transfers/{id}")).token(&admin).send();
+            async move {
+                let body = request.await.expect(200).clone();
+                matches!(body["state"].as_str(), Some("completed" | "failed")).then_some(body)
+            }
+        })
+        .await;
+        *states.entry(done["state"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(states.values().sum::<i32>(), 200, "{states:?}");
+    assert!(states.get("completed").copied().unwrap_or(0) > 0, "{states:?}");
+
+    let total = sum_of_balances(&pool, &accounts.iter().map(|a| a.1).collect::<Vec<_>>()).await;
+    assert_eq!(total, 20 * 1000, "no money created or lost");
+}
+
+async fn sum_of_balances(pool: &PgPool, accounts: &[Uuid]) -> i64 {
+    let store = eventstore::EventStore::new(pool.clone());
+    let mut total = 0;
+    for id in accounts {
+        let account = store.load::<account_service::domain::Account>(*id).await.unwrap().unwrap().state;
+        assert!(account.balance >= 0, "no account is overdrawn");
+        total += account.balance;
+    }
+    total
+}
