@@ -342,44 +342,42 @@ impl EventStore {
     /// events after it. `None` when the stream has no events of this stream type.
     #[tracing::instrument(skip_all, fields(stream_id = %stream_id), err(level = "debug"))]
     pub async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<Option<Loaded<A>>, StoreError> {
-        let snapshot: Option<(i32, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
-            "select version, state from es.snapshots
-             where stream_id = $1 and stream_type = $2 and schema_version = $3",
+        // one round trip: the snapshot (kind 0), then the events after it (kind 1)
+        let rows: Vec<(i16, i32, Option<String>, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+            "with snapshot as (
+                 select version, state from es.snapshots
+                 where stream_id = $1 and stream_type = $2 and schema_version = $3
+             )
+             select 0::int2, version, null::text, state from snapshot
+             union all
+             select 1::int2, version, type, data from es.events
+             where stream_id = $1 and stream_type = $2
+               and version > coalesce((select version from snapshot), 0)
+             order by 1, 2",
         )
         .bind(stream_id)
         .bind(A::STREAM_TYPE)
         .bind(A::SNAPSHOT_SCHEMA_VERSION)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
 
-        let (mut state, mut version) = match snapshot {
-            Some((version, state)) => match serde_json::from_value::<A>(state.0) {
+        let mut rows = rows.into_iter().peekable();
+        let (mut state, mut version) = match rows.next_if(|row| row.0 == 0) {
+            Some((_, version, _, state)) => match serde_json::from_value::<A>(state.0) {
                 Ok(state) => (state, version),
                 // a snapshot the code cannot read is as good as none
                 Err(error) => {
                     tracing::warn!(%error, "ignoring unreadable snapshot");
-                    (A::default(), 0)
+                    return self.load_full_replay(stream_id).await;
                 }
             },
             None => (A::default(), 0),
         };
-
-        let rows: Vec<(i32, String, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
-            "select version, type, data from es.events
-             where stream_id = $1 and stream_type = $2 and version > $3
-             order by version",
-        )
-        .bind(stream_id)
-        .bind(A::STREAM_TYPE)
-        .bind(version)
-        .fetch_all(&self.pool)
-        .await?;
-
-        for (v, event_type, data) in rows {
+        for (_, v, event_type, data) in rows {
             if v != version + 1 {
                 return Err(StoreError::Corrupt(format!("stream {stream_id} jumps from version {version} to {v}")));
             }
-            let event: A::Event = aggregate::decode(&event_type, data.0)?;
+            let event: A::Event = aggregate::decode(event_type.as_deref().unwrap_or_default(), data.0)?;
             state = state.apply(&event);
             version = v;
         }

@@ -8,6 +8,14 @@
 //!
 //! `loadgen long-stream` prints deposit latency on an account with N events next to a
 //! fresh account's.
+//!
+//! `loadgen publish-lag` runs deposits while a tailer publishes them and prints the
+//! tailer's commit → Kinesis lag.
+//!
+//! `loadgen transfers` creates transfers among M accounts at R per second from C
+//! clients for T seconds, polls each until it is completed or failed, and prints
+//! transfers/s, completion latency (created → settled as the polling client sees it)
+//! and the tailer's commit → Kinesis lag over the same time.
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -73,6 +81,32 @@ enum Bench {
         connections: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Transfers at a fixed rate; completion latency and publish lag.
+    Transfers {
+        #[command(flatten)]
+        target: Target,
+        /// transfer-service base URL.
+        #[arg(long, env = "TRANSFER_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+        transfers_url: String,
+        /// The tailer's base URL (its /metrics).
+        #[arg(long, default_value = "http://127.0.0.1:8085")]
+        tailer: String,
+        /// Accounts the transfers run between (M).
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        /// Clients creating transfers at once (C).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Transfers created per second (R), spread evenly.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of creating transfers (T).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// How often a client polls a transfer's state.
+        #[arg(long, default_value_t = 25)]
+        poll_ms: u64,
     },
     /// Deposit latency on an account with N events next to a fresh account's.
     LongStream {
@@ -144,6 +178,34 @@ async fn main() -> anyhow::Result<()> {
                 "deposits with the tailer publishing them: {:.0} commands/s, p99 {:.2} ms",
                 service.rate, service.p99_ms
             );
+            println!("  events published          {:>10}", lag.count);
+            println!("  publish lag p50           {:>10}", lag.quantile(0.50));
+            println!("  publish lag p99           {:>10}", lag.quantile(0.99));
+        }
+        Bench::Transfers { target, transfers_url, tailer, accounts, connections, rate, seconds, poll_ms } => {
+            let before = tailer_histogram(&tailer).await?;
+            let outcome = transfers(
+                &target,
+                &transfers_url,
+                accounts,
+                connections,
+                rate,
+                seconds,
+                Duration::from_millis(poll_ms),
+            )
+            .await?;
+            let lag = tailer_histogram(&tailer).await?.minus(&before);
+            println!(
+                "transfers: M={accounts} accounts, C={connections}, R={rate}/s asked, T={seconds}s, polling every {poll_ms} ms"
+            );
+            println!("  created/s                 {:>10.1}", outcome.created as f64 / outcome.elapsed);
+            println!("  create p50 / p99          {:>7.1} / {:.1} ms", outcome.create_p50, outcome.create_p99);
+            println!("  completed                 {:>10}", outcome.completed);
+            println!("  failed                    {:>10}", outcome.failed);
+            println!("  not settled within 60 s   {:>10}", outcome.stuck);
+            println!("  create errors             {:>10}", outcome.errors);
+            println!("  completion p50            {:>10.1} ms", outcome.settle_p50);
+            println!("  completion p99            {:>10.1} ms", outcome.settle_p99);
             println!("  events published          {:>10}", lag.count);
             println!("  publish lag p50           {:>10}", lag.quantile(0.50));
             println!("  publish lag p99           {:>10}", lag.quantile(0.99));
@@ -331,6 +393,189 @@ async fn deposits(target: &Target, accounts: usize, connections: usize, seconds:
         ok,
         errors: errors.load(Ordering::Relaxed),
     })
+}
+
+struct TransferOutcome {
+    created: u64,
+    errors: u64,
+    completed: u64,
+    failed: u64,
+    stuck: u64,
+    elapsed: f64,
+    create_p50: f64,
+    create_p99: f64,
+    settle_p50: f64,
+    settle_p99: f64,
+}
+
+/// How one transfer ended, as its client saw it.
+enum Settled {
+    Completed(f64),
+    Failed(f64),
+    Stuck,
+}
+
+async fn transfers(
+    target: &Target,
+    transfers_url: &str,
+    accounts: usize,
+    connections: usize,
+    rate: u64,
+    seconds: u64,
+    poll: Duration,
+) -> anyhow::Result<TransferOutcome> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 4).build()?;
+    let mut tokens = Vec::new();
+    for c in 0..accounts.div_ceil(50) {
+        tokens.push(issue_hs256(&target.jwt_secret, &format!("bench-t{c}"), Role::Customer, 7200)?);
+    }
+    // accounts with enough money that transfers rarely fail
+    let ids: Vec<(String, String)> = futures::stream::iter(0..accounts)
+        .map(|i| {
+            let (client, url, token) = (client.clone(), target.url.clone(), tokens[i / 50].clone());
+            async move {
+                let response = client
+                    .post(format!("{url}/accounts"))
+                    .bearer_auth(&token)
+                    .json(&json!({"currency": "EUR", "initial_deposit": 100_000_000}))
+                    .send()
+                    .await?;
+                let body: serde_json::Value = response.json().await?;
+                let id = body["id"].as_str().context("opening an account failed")?.to_owned();
+                anyhow::Ok((id, token))
+            }
+        })
+        .buffer_unordered(connections)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let ids = Arc::new(ids);
+
+    // a ticker hands out R slots a second; C clients take them
+    let (slots, taken) = async_channel(connections);
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let mut n: u64 = 0;
+        while Instant::now() < end {
+            interval.tick().await;
+            if slots.send(n).await.is_err() {
+                break;
+            }
+            n += 1;
+        }
+    });
+    let errors = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, taken, ids, errors) = (client.clone(), taken.clone(), ids.clone(), errors.clone());
+            let url = transfers_url.to_owned();
+            tokio::spawn(async move {
+                let mut created = Vec::new();
+                let mut pollers = Vec::new();
+                loop {
+                    // the lock is held only while waiting for a slot, not for the request
+                    let next = taken.lock().await.recv().await;
+                    let Some(n) = next else { break };
+                    let n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 17;
+                    let from = (n as usize) % ids.len();
+                    let to = (from + 1 + (n as usize / ids.len()) % (ids.len() - 1)) % ids.len();
+                    let (source, token) = &ids[from];
+                    let body = json!({"from": source, "to": ids[to].0, "amount": 1 + n % 100, "currency": "EUR"});
+                    let t = Instant::now();
+                    let response = client.post(format!("{url}/transfers")).bearer_auth(token).json(&body).send().await;
+                    let id = match response {
+                        Ok(r) if r.status() == 201 => {
+                            let body: serde_json::Value = r.json().await.unwrap_or_default();
+                            body["id"].as_str().map(str::to_owned)
+                        }
+                        _ => None,
+                    };
+                    let Some(id) = id else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    created.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                    pollers.push(tokio::spawn(async move { settle(&client, &url, &token, &id, t, poll).await }));
+                }
+                let mut settled = Vec::new();
+                for p in pollers {
+                    settled.push(p.await.unwrap_or(Settled::Stuck));
+                }
+                (created, settled)
+            })
+        })
+        .collect();
+    ticker.await?;
+    let mut create_ms = Vec::new();
+    let mut settle_ms = Vec::new();
+    let (mut completed, mut failed, mut stuck) = (0, 0, 0);
+    for c in clients {
+        let (created, settled) = c.await?;
+        create_ms.extend(created);
+        for s in settled {
+            match s {
+                Settled::Completed(ms) => {
+                    completed += 1;
+                    settle_ms.push(ms);
+                }
+                Settled::Failed(ms) => {
+                    failed += 1;
+                    settle_ms.push(ms);
+                }
+                Settled::Stuck => stuck += 1,
+            }
+        }
+    }
+    Ok(TransferOutcome {
+        created: create_ms.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        completed,
+        failed,
+        stuck,
+        elapsed: seconds as f64,
+        create_p50: percentile(&create_ms, 0.50),
+        create_p99: percentile(&create_ms, 0.99),
+        settle_p50: percentile(&settle_ms, 0.50),
+        settle_p99: percentile(&settle_ms, 0.99),
+    })
+}
+
+/// A bounded channel whose receiver C clients share.
+#[allow(clippy::type_complexity)]
+fn async_channel(
+    capacity: usize,
+) -> (tokio::sync::mpsc::Sender<u64>, Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+/// Polls a transfer until it is completed or failed (or 60 s passed).
+async fn settle(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: &str,
+    created: Instant,
+    poll: Duration,
+) -> Settled {
+    while created.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(poll).await;
+        let Ok(response) = client.get(format!("{url}/transfers/{id}")).bearer_auth(token).send().await else {
+            continue;
+        };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let ms = created.elapsed().as_secs_f64() * 1000.0;
+        match body["state"].as_str() {
+            Some("completed") => return Settled::Completed(ms),
+            Some("failed") => return Settled::Failed(ms),
+            _ => {}
+        }
+    }
+    Settled::Stuck
 }
 
 fn percentile(samples: &[f64], q: f64) -> f64 {

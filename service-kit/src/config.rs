@@ -169,9 +169,14 @@ pub struct RiverArgs {
     /// How often the shard list is read (new shards after a reshard).
     #[arg(long, env = "RIVER_SHARD_SYNC_MS", default_value_t = 10_000)]
     pub river_shard_sync_ms: u64,
-    /// Wait between reads of a shard with nothing new.
-    #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = 100)]
+    /// Wait between reads of a shard with nothing new (the tailer's NOTIFY wakes the
+    /// readers sooner when the river shares its database).
+    #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = 250)]
     pub river_idle_poll_ms: u64,
+    /// Least time between two reads of one shard (on AWS: 200 ms times the number of
+    /// rivers, Kinesis's limit is 5 reads a second per shard).
+    #[arg(long, env = "RIVER_READ_INTERVAL_MS", default_value_t = 20)]
+    pub river_read_interval_ms: u64,
     /// Attempts on an event that keeps failing before it is parked as a dead letter.
     #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = 5)]
     pub river_max_attempts: u32,
@@ -185,6 +190,7 @@ impl RiverArgs {
             renew_every: Duration::from_millis(self.river_renew_ms.max(1)),
             shard_sync_every: Duration::from_millis(self.river_shard_sync_ms.max(1)),
             idle_poll: Duration::from_millis(self.river_idle_poll_ms),
+            read_interval: Duration::from_millis(self.river_read_interval_ms),
             max_attempts: self.river_max_attempts.max(1),
             ..eventstore::river::RiverConfig::new(name, topics)
         }

@@ -21,7 +21,11 @@ fn common(url: &str, stream: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn start(name: &str, addr_var: &'static str, mut env: Vec<(&'static str, String)>) -> (tokio::process::Child, Api) {
+async fn start(
+    name: &str,
+    addr_var: &'static str,
+    mut env: Vec<(&'static str, String)>,
+) -> (tokio::process::Child, Api) {
     let port = tests::free_port();
     env.push((addr_var, format!("127.0.0.1:{port}")));
     let child = tests::spawn_binary(name, port, &env).await;

@@ -174,6 +174,15 @@ pub struct RiverConfig {
     pub shard_sync_every: Duration,
     /// Wait between `GetRecords` calls on a shard with nothing new.
     pub idle_poll: Duration,
+    /// Least time between two `GetRecords` calls on one shard, so that a busy shard's
+    /// pages carry several records (Kinesis itself allows 5 reads a second per shard,
+    /// shared by every consumer: on AWS use 200 ms times the number of rivers).
+    pub read_interval: Duration,
+    /// Commit the handler's transaction without waiting for its WAL flush. A crash may
+    /// then lose the last commits, handler writes and checkpoint together, and the
+    /// river handles those events again: the delivery guarantee stays the same, and
+    /// no commit waits for a disk flush.
+    pub async_commit: bool,
     /// Most records per `GetRecords` call.
     pub batch_size: i32,
     /// Attempts on an event with a permanent error before it is parked.
@@ -191,7 +200,9 @@ impl RiverConfig {
             lease_duration: Duration::from_secs(10),
             renew_every: Duration::from_secs(2),
             shard_sync_every: Duration::from_secs(10),
-            idle_poll: Duration::from_millis(100),
+            idle_poll: Duration::from_millis(250),
+            read_interval: Duration::from_millis(20),
+            async_commit: true,
             batch_size: 1000,
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
@@ -208,6 +219,7 @@ pub struct RiverMetrics {
     pub parked_now: IntGaugeVec,
     pub millis_behind: IntGaugeVec,
     pub leases: IntGaugeVec,
+    pub reads: IntCounterVec,
 }
 
 impl RiverMetrics {
@@ -233,6 +245,10 @@ impl RiverMetrics {
             &["river", "shard"],
         )?;
         let leases = IntGaugeVec::new(Opts::new("river_leases_held", "Shards this instance reads"), &["river"])?;
+        let reads = IntCounterVec::new(
+            Opts::new("river_get_records_total", "GetRecords calls (empty pages included)"),
+            &["river", "shard"],
+        )?;
         for m in [
             Box::new(handled.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(parked.clone()),
@@ -240,10 +256,11 @@ impl RiverMetrics {
             Box::new(parked_now.clone()),
             Box::new(millis_behind.clone()),
             Box::new(leases.clone()),
+            Box::new(reads.clone()),
         ] {
             registry.register(m)?;
         }
-        Ok(RiverMetrics { handled, parked, failures, parked_now, millis_behind, leases })
+        Ok(RiverMetrics { handled, parked, failures, parked_now, millis_behind, leases, reads })
     }
 }
 
@@ -256,6 +273,8 @@ struct Shared<H> {
     leases: Leases,
     metrics: RiverMetrics,
     shard_finished: tokio::sync::Notify,
+    /// Bumped when the tailer says it published (readers waiting on an idle shard wake).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 /// One instance of a river.
@@ -280,6 +299,7 @@ impl<H: Handler> River<H> {
                 leases,
                 metrics,
                 shard_finished: Default::default(),
+                published: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -292,6 +312,7 @@ impl<H: Handler> River<H> {
         let mut readers: HashMap<String, Reading> = HashMap::new();
         let mut last_sync: Option<tokio::time::Instant> = None;
         tracing::info!(river = %name, worker = %shared.leases.worker(), "river started");
+        let listener = tokio::spawn(listen_for_publishes(shared.clone(), shutdown.clone()));
         loop {
             if last_sync.is_none_or(|at| at.elapsed() >= shared.config.shard_sync_every) {
                 match sync_shards(&shared).await {
@@ -338,10 +359,39 @@ impl<H: Handler> River<H> {
         for (_, reading) in readers {
             let _ = reading.task.await;
         }
+        let _ = listener.await;
         if let Err(e) = shared.leases.release_all().await {
             tracing::warn!(river = %name, error = %e, "cannot release the leases; they will expire");
         }
         tracing::info!(river = %name, "river stopped");
+    }
+}
+
+/// Wakes the shard readers whenever the tailer NOTIFYs that it published. Without it
+/// (another database, the listener reconnecting) readers poll every `idle_poll`.
+async fn listen_for_publishes<H: Handler>(shared: Arc<Shared<H>>, shutdown: CancellationToken) {
+    use crate::tailer::PUBLISHED_CHANNEL;
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&shared.pool).await?;
+            listener.listen(PUBLISHED_CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                while listener.next_buffered().is_some() {}
+                shared.published.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            failed = listening => {
+                let failed: sqlx::Error = match failed { Err(e) => e, Ok(never) => never };
+                tracing::warn!(river = %shared.config.name, error = %failed, "not listening for publishes; polling meanwhile");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -81,10 +81,22 @@ impl<H: Handler> ShardReader<H> {
                 }
             };
             let mut iterator = Some(iterator);
+            let mut last_read: Option<tokio::time::Instant> = None;
+            let mut published = self.shared.published.subscribe();
             while let Some(current) = iterator.take() {
+                // pages of a busy shard gather a few records instead of one each
+                if let Some(at) = last_read {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                        _ = tokio::time::sleep_until(at + self.shared.config.read_interval) => {}
+                    }
+                }
                 if self.cancel.is_cancelled() {
                     return Err(Stop::Cancelled);
                 }
+                last_read = Some(tokio::time::Instant::now());
+                // what the tailer published from here on wakes the wait below
+                published.borrow_and_update();
                 let page = match self
                     .shared
                     .rapids
@@ -104,6 +116,7 @@ impl<H: Handler> ShardReader<H> {
                     }
                 };
                 backoff = self.shared.config.retry_backoff;
+                self.shared.metrics.reads.with_label_values(&self.label).inc();
                 if let Some(behind) = page.millis_behind_latest() {
                     self.shared.metrics.millis_behind.with_label_values(&self.label).set(behind);
                 }
@@ -132,6 +145,7 @@ impl<H: Handler> ShardReader<H> {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
                         _ = tokio::time::sleep(self.shared.config.idle_poll) => {}
+                        _ = published.changed() => {}
                     }
                 }
             }
@@ -251,7 +265,7 @@ impl<H: Handler> ShardReader<H> {
 
     /// One transaction: the handler's writes and the checkpoint.
     async fn attempt(&self, events: &[RiverEvent], sequence: &str) -> Result<(), Failure> {
-        let mut tx = self.shared.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if !events.is_empty() {
             call(&self.shared.handler, &mut tx, events).await.map_err(Failure::Handler)?;
         }
@@ -267,7 +281,7 @@ impl<H: Handler> ShardReader<H> {
         let mut backoff = self.shared.config.retry_backoff;
         loop {
             let outcome: Result<bool, sqlx::Error> = async {
-                let mut tx = self.shared.pool.begin().await?;
+                let mut tx = self.begin().await?;
                 dead_letter::park(&mut tx, &self.shared.config.name, parked).await?;
                 if !self.shared.leases.advance(&mut tx, &self.shard, parked.sequence_number).await? {
                     return Ok(false);
@@ -290,6 +304,14 @@ impl<H: Handler> ShardReader<H> {
                 Err(e) => self.failed("database", &e.to_string()),
             }
             self.pause(&mut backoff).await?;
+        }
+    }
+
+    async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        if self.shared.config.async_commit {
+            self.shared.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await
+        } else {
+            self.shared.pool.begin().await
         }
     }
 

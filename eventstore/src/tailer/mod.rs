@@ -117,6 +117,10 @@ impl Default for TailerConfig {
     }
 }
 
+/// The channel the tailer NOTIFYs after each batch Kinesis acknowledged: rivers on
+/// the same database read their shards at once instead of at their next poll.
+pub const PUBLISHED_CHANNEL: &str = "rapids_published";
+
 /// The advisory lock key of the active tailer ("rapids-tailer").
 const LEADER_LOCK: i64 = 0x7261_7069_6473;
 
@@ -236,6 +240,7 @@ impl<S: EventSource> Tailer<S> {
                 if let Some(ack) = batch.ack {
                     self.source.ack(ack).await?;
                 }
+                sqlx::query("select pg_notify($1, '')").bind(PUBLISHED_CHANNEL).execute(&mut *lock).await?;
                 let now = chrono::Utc::now();
                 for event in &batch.events {
                     let lag = (now - event.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
