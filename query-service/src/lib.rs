@@ -1,25 +1,36 @@
-//! query-service: Read API over views.* with version-aware waits (built in a later issue; for now it runs its migrations and the operational routes).
+//! query-service: the read API over `views.*` (kept by view-updater), with
+//! version-aware reads: `min_version` and `wait_ms` on every route.
 //!
-//! What exists today: configuration, start-up (connect, migrate) and the operational
-//! routes every service has (`/health`, `/ready`, `/metrics`, `/openapi.json`), so the
-//! run command already starts it on its port. Its own work arrives with its issue.
+//! * [`waiters`]: waiting for a version on one shared LISTEN connection.
+//! * [`http`]: the routes.
 #![forbid(unsafe_code)]
 
+pub mod http;
+pub mod openapi;
+pub mod waiters;
+
 use axum::Router;
+use axum::extract::FromRef;
 use eventstore::rapids::Rapids;
+use service_kit::auth::JwtVerifier;
 use service_kit::config::ServiceArgs;
 use service_kit::http::Kit;
 use sqlx::PgPool;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "query-service")]
+#[command(name = "query-service", about = "Reads accounts and transfers from the views, version-aware")]
 pub struct Config {
     /// Where to listen.
     #[arg(long, env = "QUERY_SERVICE_ADDR", default_value = "127.0.0.1:8083")]
     pub addr: SocketAddr,
+    /// The longest `wait_ms` honoured; longer waits are cut to this.
+    #[arg(long, env = "QUERY_MAX_WAIT_MS", default_value_t = 10_000)]
+    pub max_wait_ms: u64,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
@@ -27,30 +38,53 @@ pub struct Config {
 #[derive(Clone)]
 pub struct AppState {
     pub kit: Kit,
+    pub verifier: Arc<JwtVerifier>,
+    pub waiters: Arc<waiters::Waiters>,
+    pub max_wait: Duration,
 }
 
-impl AppState {
-    pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let openapi = service_kit::openapi::document(
-            "query-service",
-            "Read API over views.* with version-aware waits (built in a later issue; for now it runs its migrations and the operational routes).",
-            serde_json_empty(),
-            serde_json_empty(),
-        );
-        Ok(AppState {
-            kit: Kit::new("query-service", pool, rapids, prometheus::Registry::new(), openapi, &config.service.http)?,
-        })
+impl FromRef<AppState> for Arc<JwtVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
     }
 }
 
-fn serde_json_empty() -> serde_json::Value {
-    serde_json::Value::Object(Default::default())
+impl AppState {
+    /// The state over a migrated pool. Call [`AppState::listen`] (or [`run`]) so that
+    /// waits end when the views advance.
+    pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
+        let kit = Kit::new(
+            "query-service",
+            pool,
+            rapids,
+            prometheus::Registry::new(),
+            openapi::document_json(),
+            &config.service.http,
+        )?;
+        Ok(AppState {
+            kit,
+            verifier: Arc::new(JwtVerifier::from_args(&config.service.auth)?),
+            waiters: Arc::new(waiters::Waiters::default()),
+            max_wait: Duration::from_millis(config.max_wait_ms),
+        })
+    }
+
+    /// Starts the LISTEN task that wakes waiting reads.
+    pub fn listen(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.waiters.clone().listen(self.kit.pool.clone(), shutdown))
+    }
 }
 
 pub fn router(state: AppState) -> Router {
-    service_kit::http::app(Router::new(), state.kit)
+    let kit = state.kit.clone();
+    service_kit::http::app(http::routes().with_state(state), kit)
 }
 
+/// Listens for view updates and serves until `shutdown`.
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    service_kit::http::serve(listener, router(state), shutdown).await
+    let listening = state.listen(shutdown.clone());
+    let served = service_kit::http::serve(listener, router(state), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = listening.await;
+    served
 }

@@ -40,7 +40,7 @@ pub fn document_json() -> Value {
             "id": {"type": "string", "format": "uuid"}, "version": {"type": "integer"},
             "from": {"type": "string", "format": "uuid"}, "to": {"type": "string", "format": "uuid"},
             "amount": {"type": "integer"}, "currency": {"type": "string"},
-            "state": {"type": "string", "enum": ["initiated", "debited", "completed", "failed"]},
+            "state": {"type": "string", "enum": ["initiated", "debited", "refunding", "completed", "failed"]},
             "initiated_by": {"type": "string"}, "failure_reason": {"type": ["string", "null"]}}}
     });
     document("transfer-service", "Start money transfers between accounts.", paths, schemas)

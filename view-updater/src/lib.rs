@@ -1,54 +1,100 @@
-//! view-updater: Projections of the event stream into views.* (built in a later issue; for now it runs its migrations and the operational routes).
+//! view-updater: keeps the read models in `views.*` from the rapids, and rebuilds them
+//! from the event store.
 //!
-//! What exists today: configuration, start-up (connect, migrate) and the operational
-//! routes every service has (`/health`, `/ready`, `/metrics`, `/openapi.json`), so the
-//! run command already starts it on its port. Its own work arrives with its issue.
+//! * [`projection`]: the pure projections (account, its transactions, transfer).
+//! * [`store`]: applying a stream's events to the view tables (version + 1 only,
+//!   duplicates skipped, gaps filled from the store) and the river `views`'s handler.
+//! * [`rebuild`]: full rebuild with a schema swap, `--verify`, one account.
 #![forbid(unsafe_code)]
+
+pub mod projection;
+pub mod rebuild;
+pub mod store;
 
 use axum::Router;
 use eventstore::rapids::Rapids;
-use service_kit::config::ServiceArgs;
+use eventstore::river::{River, RiverMetrics, TopicFilter};
+use service_kit::config::{RiverArgs, ServiceArgs};
 use service_kit::http::Kit;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The river's name.
+pub const RIVER: &str = "views";
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "view-updater")]
+#[command(name = "view-updater", about = "Keeps views.* from the rapids; rebuilds them from the event store")]
 pub struct Config {
     /// Where to listen.
     #[arg(long, env = "VIEW_UPDATER_ADDR", default_value = "127.0.0.1:8084")]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub river: RiverArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Rebuild the views from the event store (the live views keep serving meanwhile).
+    Rebuild {
+        /// Build, then compare with the live views instead of swapping; exit 1 on a difference.
+        #[arg(long)]
+        verify: bool,
+        /// Rebuild only this account's view and transactions.
+        #[arg(long, conflicts_with = "verify")]
+        account: Option<Uuid>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub kit: Kit,
+    pub river_metrics: RiverMetrics,
 }
 
 impl AppState {
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
         let openapi = service_kit::openapi::document(
             "view-updater",
-            "Projections of the event stream into views.* (built in a later issue; for now it runs its migrations and the operational routes).",
-            serde_json_empty(),
-            serde_json_empty(),
+            "Keeps views.* from the rapids (river `views`); operational routes only.",
+            serde_json::Value::Object(Default::default()),
+            serde_json::Value::Object(Default::default()),
         );
+        let registry = prometheus::Registry::new();
+        let river_metrics = RiverMetrics::register(&registry)?;
         Ok(AppState {
-            kit: Kit::new("view-updater", pool, rapids, prometheus::Registry::new(), openapi, &config.service.http)?,
+            kit: Kit::new("view-updater", pool, rapids, registry, openapi, &config.service.http)?,
+            river_metrics,
         })
     }
 }
 
-fn serde_json_empty() -> serde_json::Value {
-    serde_json::Value::Object(Default::default())
-}
-
 pub fn router(state: AppState) -> Router {
     service_kit::http::app(Router::new(), state.kit)
+}
+
+/// Starts the river `views` unless it is disabled.
+pub fn start_river(
+    config: &Config,
+    state: &AppState,
+    rapids: Rapids,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    config.river.river_enabled.then(|| {
+        let river_config = config.river.river_config(RIVER, TopicFilter::new(&["account.*", "transfer.*"]));
+        let river =
+            River::new(river_config, state.kit.pool.clone(), rapids, store::ViewsHandler, state.river_metrics.clone());
+        tokio::spawn(river.run(shutdown))
+    })
 }
 
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {

@@ -1,0 +1,332 @@
+//! The read routes: accounts, their transactions, transfers; each with `min_version`
+//! and `wait_ms`.
+
+use crate::AppState;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use http::HeaderValue;
+use serde_json::{Value, json};
+use service_kit::ApiError;
+use service_kit::auth::Caller;
+use service_kit::extract::PathId;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/accounts", get(list_accounts))
+        .route("/accounts/{id}", get(account))
+        .route("/accounts/{id}/transactions", get(transactions))
+        .route("/transfers/{id}", get(transfer))
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// `min_version` and `wait_ms` of a read.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    min_version: Option<i64>,
+    wait: Duration,
+}
+
+fn integer(params: &HashMap<String, String>, name: &str, max: i64) -> Result<Option<i64>, ApiError> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (0..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::bad_request("invalid_query", format!("{name} must be an integer from 0 to {max}"))
+                .with_detail("parameter", name)),
+        },
+    }
+}
+
+impl Wait {
+    fn parse(params: &HashMap<String, String>, max_wait: Duration) -> Result<Wait, ApiError> {
+        let min_version = integer(params, "min_version", i64::from(i32::MAX))?;
+        let wait_ms = integer(params, "wait_ms", i64::MAX)?.unwrap_or(0) as u64;
+        Ok(Wait { min_version, wait: Duration::from_millis(wait_ms).min(max_wait) })
+    }
+}
+
+fn out_of_date(current: i64, wanted: i64) -> ApiError {
+    ApiError::conflict("view_out_of_date", "the view has not reached the wanted version yet; retry later")
+        .with_detail("current_version", current)
+        .with_detail("wanted_version", wanted)
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
+fn fault(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ApiError::unavailable("unavailable", "the database is busy or unreachable; retry")
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+impl AppState {
+    /// Loads a row (`load` answers its version, or None) until it is at
+    /// `min_version`, waiting for view-updater's announcements (never polling) up to
+    /// `wait`; then 409 `view_out_of_date`. `check` refuses a row the caller may not see.
+    async fn at_version<T, F, Fut>(
+        &self,
+        id: Uuid,
+        wait: Wait,
+        load: F,
+        check: impl Fn(&T) -> Result<(), ApiError>,
+    ) -> Result<Option<T>, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<(T, i64)>, sqlx::Error>>,
+    {
+        let Some(wanted) = wait.min_version else {
+            let found = load().await.map_err(fault)?;
+            if let Some((row, _)) = &found {
+                check(row)?;
+            }
+            return Ok(found.map(|(row, _)| row));
+        };
+        let watch = self.waiters.watch(id);
+        let mut announced = watch.subscribe();
+        let deadline = tokio::time::Instant::now() + wait.wait;
+        loop {
+            let found = load().await.map_err(fault)?;
+            let current = found.as_ref().map_or(0, |(_, version)| *version);
+            if let Some((row, _)) = &found {
+                check(row)?;
+            }
+            if current >= wanted {
+                return Ok(found.map(|(row, _)| row));
+            }
+            // until an announcement reaches the wanted version, or the deadline
+            loop {
+                tokio::select! {
+                    changed = announced.changed() => {
+                        if changed.is_err() || *announced.borrow_and_update() >= wanted {
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return Err(out_of_date(current, wanted)),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AccountRow {
+    id: Uuid,
+    owner: String,
+    currency: String,
+    status: String,
+    balance: i64,
+    version: i32,
+    opened_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "owner": self.owner, "currency": self.currency, "status": self.status,
+            "balance": self.balance, "version": self.version,
+            "opened_at": self.opened_at, "updated_at": self.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct TransactionRow {
+    version: i32,
+    kind: String,
+    amount: i64,
+    currency: String,
+    balance_after: i64,
+    transfer_id: Option<Uuid>,
+    counterparty: Option<Uuid>,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TransactionRow {
+    fn json(&self) -> Value {
+        json!({
+            "version": self.version, "kind": self.kind, "amount": self.amount, "currency": self.currency,
+            "balance_after": self.balance_after, "transfer_id": self.transfer_id,
+            "counterparty": self.counterparty, "recorded_at": self.recorded_at,
+        })
+    }
+}
+
+const ACCOUNT: &str = "select id, owner, currency, status, balance, version, opened_at, updated_at from views.accounts";
+
+async fn load_account(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<(AccountRow, i64)>, sqlx::Error> {
+    let row: Option<AccountRow> =
+        sqlx::query_as(&format!("{ACCOUNT} where id = $1")).bind(id).fetch_optional(pool).await?;
+    Ok(row.map(|r| {
+        let version = i64::from(r.version);
+        (r, version)
+    }))
+}
+
+async fn recent(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<TransactionRow>, ApiError> {
+    sqlx::query_as(
+        "select version, kind, amount, currency, balance_after, transfer_id, counterparty, recorded_at
+         from views.account_transactions
+         where account_id = $1 and ($2::int8 is null or version < $2)
+         order by version desc limit $3",
+    )
+    .bind(id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(fault)
+}
+
+fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '_ {
+    move |row| {
+        if caller.may_read(&row.owner) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this account belongs to someone else"))
+        }
+    }
+}
+
+fn account_not_found() -> ApiError {
+    ApiError::not_found("account_not_found", "no such account")
+}
+
+/// `GET /accounts/{id}`: the account with its 20 newest transactions.
+async fn account(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Query(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let wait = Wait::parse(&params, state.max_wait)?;
+    let pool = &state.kit.pool;
+    let row = state
+        .at_version(id, wait, || load_account(pool, id), owned_by(&caller))
+        .await?
+        .ok_or_else(account_not_found)?;
+    // the transactions up to the row's version (newer ones may have landed since)
+    let items = recent(pool, id, Some(i64::from(row.version) + 1), 20).await?;
+    let mut body = row.json();
+    body["transactions"] = Value::Array(items.iter().map(TransactionRow::json).collect());
+    Ok(Json(body))
+}
+
+/// `GET /accounts/{id}/transactions?limit=&before_version=`: newest first, cursor-paged.
+async fn transactions(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Query(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let wait = Wait::parse(&params, state.max_wait)?;
+    let limit = integer(&params, "limit", 200)?.unwrap_or(50).max(1);
+    let before = integer(&params, "before_version", i64::from(i32::MAX))?;
+    let pool = &state.kit.pool;
+    let row = state
+        .at_version(id, wait, || load_account(pool, id), owned_by(&caller))
+        .await?
+        .ok_or_else(account_not_found)?;
+    let upto = i64::from(row.version) + 1;
+    let before = before.map_or(upto, |b| b.min(upto));
+    let mut items = recent(pool, id, Some(before), limit + 1).await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next = if more { items.last().map(|t| t.version) } else { None };
+    Ok(Json(json!({
+        "account_id": id,
+        "version": row.version,
+        "items": items.iter().map(TransactionRow::json).collect::<Vec<_>>(),
+        "next_before_version": next,
+    })))
+}
+
+/// `GET /accounts?owner=`: the caller's accounts (tellers and admins: anyone's).
+async fn list_accounts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let owner = params.get("owner").cloned().unwrap_or_else(|| caller.subject.clone());
+    if !caller.may_read(&owner) {
+        return Err(ApiError::forbidden("these accounts belong to someone else"));
+    }
+    let rows: Vec<AccountRow> =
+        sqlx::query_as(&format!("{ACCOUNT} where owner = $1 order by opened_at, id limit 1000"))
+            .bind(&owner)
+            .fetch_all(&state.kit.pool)
+            .await
+            .map_err(fault)?;
+    Ok(Json(json!({ "owner": owner, "items": rows.iter().map(AccountRow::json).collect::<Vec<_>>() })))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct TransferRow {
+    id: Uuid,
+    from_account: Uuid,
+    to_account: Uuid,
+    amount: i64,
+    currency: String,
+    state: String,
+    failure_reason: Option<String>,
+    initiated_by: String,
+    version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// `GET /transfers/{id}` (its initiator, tellers and admins).
+async fn transfer(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Query(params): Params,
+) -> Result<Json<Value>, ApiError> {
+    let wait = Wait::parse(&params, state.max_wait)?;
+    let pool = &state.kit.pool;
+    let load = || async move {
+        let row: Option<TransferRow> = sqlx::query_as(
+            "select id, from_account, to_account, amount, currency, state, failure_reason, initiated_by, version,
+                    created_at, updated_at
+             from views.transfers where id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(|r| {
+            let version = i64::from(r.version);
+            (r, version)
+        }))
+    };
+    let check = |row: &TransferRow| {
+        if caller.may_read(&row.initiated_by) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this transfer belongs to someone else"))
+        }
+    };
+    let t = state
+        .at_version(id, wait, load, check)
+        .await?
+        .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+    Ok(Json(json!({
+        "id": t.id, "version": t.version, "from": t.from_account, "to": t.to_account, "amount": t.amount,
+        "currency": t.currency, "state": t.state, "failure_reason": t.failure_reason,
+        "initiated_by": t.initiated_by, "created_at": t.created_at, "updated_at": t.updated_at,
+    })))
+}

@@ -1,0 +1,296 @@
+//! The projections, pure: how one event changes an account's or a transfer's view row
+//! (and which transaction row it adds). The live updater and the rebuild both fold
+//! events with these functions; they differ only in where rows are read and written.
+
+use account_service::domain::AccountEvent;
+use chrono::{DateTime, Utc};
+use eventstore::envelope::{Envelope, RecordedEvent};
+use serde_json::Value;
+use transfer_service::domain::TransferEvent;
+use uuid::Uuid;
+
+/// What the projections need of an event, from the rapids or from the store.
+#[derive(Debug, Clone)]
+pub struct ViewEvent {
+    pub stream_id: Uuid,
+    pub stream_type: String,
+    pub version: i32,
+    pub event_type: String,
+    pub data: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl From<&Envelope> for ViewEvent {
+    fn from(e: &Envelope) -> Self {
+        ViewEvent {
+            stream_id: e.stream_id,
+            stream_type: e.stream_type.clone(),
+            version: e.version,
+            event_type: e.event_type.clone(),
+            data: e.data.clone(),
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
+impl From<RecordedEvent> for ViewEvent {
+    fn from(e: RecordedEvent) -> Self {
+        ViewEvent {
+            stream_id: e.stream_id,
+            stream_type: e.stream_type,
+            version: e.version,
+            event_type: e.event_type,
+            data: e.data,
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AccountView {
+    pub id: Uuid,
+    pub owner: String,
+    pub currency: String,
+    pub status: String,
+    pub balance: i64,
+    pub version: i32,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One balance change of an account.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TransactionRow {
+    pub account_id: Uuid,
+    pub version: i32,
+    /// `deposit`, `withdrawal`, `transfer_debit`, `transfer_credit`, `refund`.
+    pub kind: String,
+    /// Always positive; `kind` says which way it moved.
+    pub amount: i64,
+    pub currency: String,
+    pub balance_after: i64,
+    pub transfer_id: Option<Uuid>,
+    pub counterparty: Option<Uuid>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TransferView {
+    pub id: Uuid,
+    pub from_account: Uuid,
+    pub to_account: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub initiated_by: String,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("cannot read {event_type} of {stream_id}: {message}")]
+    Undecodable { stream_id: Uuid, event_type: String, message: String },
+    #[error("{stream_id} has {event_type} at version {version} before it was created")]
+    BeforeCreation { stream_id: Uuid, event_type: String, version: i32 },
+}
+
+/// Applies an account event (the next version) to its view. Returns the new view and
+/// the balance change it recorded, if any.
+pub fn apply_account(
+    view: Option<AccountView>,
+    e: &ViewEvent,
+) -> Result<(AccountView, Option<TransactionRow>), ProjectionError> {
+    let event: AccountEvent =
+        eventstore::aggregate::decode(&e.event_type, e.data.clone()).map_err(|err| ProjectionError::Undecodable {
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            message: err.to_string(),
+        })?;
+    let mut view = match (view, &event) {
+        (_, AccountEvent::Opened { owner, currency }) => AccountView {
+            id: e.stream_id,
+            owner: owner.clone(),
+            currency: currency.as_str().to_owned(),
+            status: "open".into(),
+            balance: 0,
+            version: e.version,
+            opened_at: e.recorded_at,
+            updated_at: e.recorded_at,
+        },
+        (Some(view), _) => view,
+        (None, _) => {
+            return Err(ProjectionError::BeforeCreation {
+                stream_id: e.stream_id,
+                event_type: e.event_type.clone(),
+                version: e.version,
+            });
+        }
+    };
+    view.version = e.version;
+    view.updated_at = e.recorded_at;
+    let change = |kind: &str, amount: i64, currency: &eventstore::Currency, after: i64, transfer, counterparty| {
+        Some(TransactionRow {
+            account_id: e.stream_id,
+            version: e.version,
+            kind: kind.into(),
+            amount,
+            currency: currency.as_str().to_owned(),
+            balance_after: after,
+            transfer_id: transfer,
+            counterparty,
+            recorded_at: e.recorded_at,
+        })
+    };
+    let row = match &event {
+        AccountEvent::Opened { .. } | AccountEvent::DebitRejected { .. } | AccountEvent::CreditRejected { .. } => None,
+        AccountEvent::Closed {} => {
+            view.status = "closed".into();
+            None
+        }
+        AccountEvent::Deposited { amount, currency, balance_after } => {
+            change("deposit", *amount, currency, *balance_after, None, None)
+        }
+        AccountEvent::Withdrawn { amount, currency, balance_after } => {
+            change("withdrawal", *amount, currency, *balance_after, None, None)
+        }
+        AccountEvent::Debited { transfer_id, amount, currency, balance_after, counterparty } => {
+            change("transfer_debit", *amount, currency, *balance_after, Some(*transfer_id), Some(*counterparty))
+        }
+        AccountEvent::Credited { transfer_id, amount, currency, balance_after, counterparty } => {
+            change("transfer_credit", *amount, currency, *balance_after, Some(*transfer_id), Some(*counterparty))
+        }
+        AccountEvent::Refunded { transfer_id, amount, currency, balance_after } => {
+            change("refund", *amount, currency, *balance_after, Some(*transfer_id), None)
+        }
+    };
+    if let Some(row) = &row {
+        view.balance = row.balance_after;
+    }
+    Ok((view, row))
+}
+
+/// Applies a transfer event (the next version) to its view.
+pub fn apply_transfer(view: Option<TransferView>, e: &ViewEvent) -> Result<TransferView, ProjectionError> {
+    let event: TransferEvent =
+        eventstore::aggregate::decode(&e.event_type, e.data.clone()).map_err(|err| ProjectionError::Undecodable {
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            message: err.to_string(),
+        })?;
+    let mut view = match (view, &event) {
+        (_, TransferEvent::Created { from, to, amount, currency, initiated_by }) => TransferView {
+            id: e.stream_id,
+            from_account: *from,
+            to_account: *to,
+            amount: *amount,
+            currency: currency.as_str().to_owned(),
+            state: "initiated".into(),
+            failure_reason: None,
+            initiated_by: initiated_by.clone(),
+            version: e.version,
+            created_at: e.recorded_at,
+            updated_at: e.recorded_at,
+        },
+        (Some(view), _) => view,
+        (None, _) => {
+            return Err(ProjectionError::BeforeCreation {
+                stream_id: e.stream_id,
+                event_type: e.event_type.clone(),
+                version: e.version,
+            });
+        }
+    };
+    view.version = e.version;
+    view.updated_at = e.recorded_at;
+    match &event {
+        TransferEvent::Created { .. } => {}
+        TransferEvent::Debited { .. } => view.state = "debited".into(),
+        TransferEvent::Completed {} => view.state = "completed".into(),
+        TransferEvent::RefundRequested { reason, .. } => {
+            view.state = "refunding".into();
+            view.failure_reason = Some(reason.clone());
+        }
+        TransferEvent::Failed { reason, .. } => {
+            view.state = "failed".into();
+            view.failure_reason = Some(reason.clone());
+        }
+    }
+    Ok(view)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(version: i32, event_type: &str, data: Value) -> ViewEvent {
+        ViewEvent {
+            stream_id: Uuid::nil(),
+            stream_type: "account".into(),
+            version,
+            event_type: event_type.into(),
+            data,
+            recorded_at: DateTime::from_timestamp(1_700_000_000 + i64::from(version), 0).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn an_account_view_follows_its_balance_changes() {
+        let (view, row) =
+            apply_account(None, &event(1, "account.opened", json!({"owner": "alice", "currency": "EUR"}))).unwrap();
+        assert!(row.is_none());
+        assert_eq!((view.status.as_str(), view.balance, view.version), ("open", 0, 1));
+        let (view, row) = apply_account(
+            Some(view),
+            &event(2, "account.deposited", json!({"amount": 100, "currency": "EUR", "balance_after": 100})),
+        )
+        .unwrap();
+        assert_eq!((view.balance, view.version), (100, 2));
+        assert_eq!(row.map(|r| (r.kind, r.amount, r.balance_after)), Some(("deposit".into(), 100, 100)));
+        let t = Uuid::now_v7();
+        let other = Uuid::now_v7();
+        let (view, row) = apply_account(
+            Some(view),
+            &event(
+                3,
+                "account.debited",
+                json!({"transfer_id": t, "amount": 40, "currency": "EUR", "balance_after": 60, "counterparty": other}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(view.balance, 60);
+        let row = row.unwrap();
+        assert_eq!((row.kind.as_str(), row.transfer_id, row.counterparty), ("transfer_debit", Some(t), Some(other)));
+        let (view, row) = apply_account(
+            Some(view),
+            &event(4, "account.debit_rejected", json!({"transfer_id": t, "reason": "insufficient_funds"})),
+        )
+        .unwrap();
+        assert_eq!((view.balance, view.version, row), (60, 4, None));
+    }
+
+    #[test]
+    fn an_event_before_the_opening_is_an_error() {
+        let deposit = event(2, "account.deposited", json!({"amount": 1, "currency": "EUR", "balance_after": 1}));
+        assert!(matches!(apply_account(None, &deposit), Err(ProjectionError::BeforeCreation { .. })));
+    }
+
+    #[test]
+    fn a_transfer_view_follows_its_states() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let created = json!({"from": a, "to": b, "amount": 5, "currency": "EUR", "initiated_by": "alice"});
+        let view = apply_transfer(None, &event(1, "transfer.created", created)).unwrap();
+        assert_eq!(view.state, "initiated");
+        let moved = json!({"from": a, "to": b, "amount": 5, "currency": "EUR", "reason": "account_closed"});
+        let view = apply_transfer(Some(view), &event(2, "transfer.debited", moved.clone())).unwrap();
+        let view = apply_transfer(Some(view), &event(3, "transfer.refund_requested", moved)).unwrap();
+        assert_eq!((view.state.as_str(), view.failure_reason.as_deref()), ("refunding", Some("account_closed")));
+        let failed = json!({"reason": "account_closed", "refunded": true});
+        let view = apply_transfer(Some(view), &event(4, "transfer.failed", failed)).unwrap();
+        assert_eq!((view.state.as_str(), view.version), ("failed", 4));
+    }
+}

@@ -1,0 +1,387 @@
+//! Rebuilding the views from the event store (not from Kinesis, whose retention is
+//! short).
+//!
+//! * [`rebuild`]: builds every view anew in the schema `views_rebuild` while the live
+//!   views keep serving and updating: reads `es.events` in position order, folds them
+//!   in memory with the same projections as the live updater, writes in bulk, adds the
+//!   live tables' indexes, and catches up. Then, in one transaction that holds the live
+//!   tables against writes, it applies what committed meanwhile and swaps the schemas.
+//!   The live updater then goes on against the new tables: its next events are at or
+//!   below their versions (skipped) or the next ones (applied).
+//! * `verify`: the same build, not swapped but compared with the live views row by
+//!   row where both are at the same version; the differences are reported.
+//! * [`rebuild_account`]: one account's view and transactions, from its stream, in one
+//!   transaction.
+
+use crate::projection::{self, AccountView, TransactionRow, TransferView, ViewEvent};
+use crate::store::{self, ApplyError, LIVE, REBUILD};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const TABLES: [&str; 3] = ["accounts", "account_transactions", "transfers"];
+const CHUNK: i64 = 20_000;
+
+/// What a rebuild did.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    pub events: u64,
+    pub seconds: f64,
+    /// Streams found behind the store at the end and caught up.
+    pub caught_up: usize,
+}
+
+/// A difference found by `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub table: &'static str,
+    pub key: String,
+    pub what: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    pub rebuilt: Rebuilt,
+    pub compared: i64,
+    /// Rows at different versions in the two (the live updater is behind or ahead).
+    pub not_compared: i64,
+    pub differences: Vec<Difference>,
+}
+
+/// Prints progress on stderr (events done, events/s, ETA), at most twice a second.
+pub struct Progress {
+    enabled: bool,
+    total: i64,
+    started: Instant,
+    shown: Instant,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, total: i64) -> Self {
+        let now = Instant::now();
+        Progress { enabled, total: total.max(1), started: now, shown: now - Duration::from_secs(1) }
+    }
+
+    fn show(&mut self, done: u64, last: bool) {
+        if !self.enabled || (!last && self.shown.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.shown = Instant::now();
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / elapsed;
+        let left = (self.total - done as i64).max(0) as f64;
+        let eta = if rate > 0.0 { left / rate } else { 0.0 };
+        let width = 30usize;
+        let filled = ((done as f64 / self.total as f64).min(1.0) * width as f64) as usize;
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r[{}{}] {done:>10} / ~{} events  {rate:>9.0} events/s  ETA {eta:>5.0}s ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.total
+        );
+        if last {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+}
+
+/// Rebuilds every view and swaps the new ones in.
+pub async fn rebuild(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
+    let mut rebuilt = build(pool, progress).await?;
+    let mut tx = pool.begin().await?;
+    // the live updater waits here; readers go on
+    for table in TABLES {
+        sqlx::query(&format!("lock table {LIVE}.{table} in exclusive mode")).execute(&mut *tx).await?;
+    }
+    rebuilt.caught_up += catch_up(&mut tx).await?;
+    sqlx::query(&format!("alter schema {LIVE} rename to views_old")).execute(&mut *tx).await?;
+    sqlx::query(&format!("alter schema {REBUILD} rename to {LIVE}")).execute(&mut *tx).await?;
+    sqlx::query("drop schema views_old cascade").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rebuilt)
+}
+
+/// Builds the views anew and compares them with the live ones; drops the build.
+pub async fn verify(pool: &PgPool, progress: bool) -> Result<Verified, ApplyError> {
+    let rebuilt = build(pool, progress).await?;
+    let mut conn = pool.acquire().await?;
+    let mut verified = compare(&mut conn).await?;
+    verified.rebuilt = rebuilt;
+    sqlx::query(&format!("drop schema {REBUILD} cascade")).execute(&mut *conn).await?;
+    Ok(verified)
+}
+
+/// Rebuilds one account's view and transactions from its stream. Returns its version.
+pub async fn rebuild_account(pool: &PgPool, account: Uuid) -> Result<Option<i32>, ApplyError> {
+    let mut tx = pool.begin().await?;
+    // holds the live updater off this account until the commit
+    sqlx::query(&format!("select 1 from {LIVE}.accounts where id = $1 for update"))
+        .bind(account)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("delete from {LIVE}.account_transactions where account_id = $1"))
+        .bind(account)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("delete from {LIVE}.accounts where id = $1")).bind(account).execute(&mut *tx).await?;
+    let events = store::read_store(&mut tx, account, 0, None).await?;
+    if events.iter().any(|e| e.stream_type != "account") {
+        return Ok(None);
+    }
+    let version = store::apply_stream(&mut tx, LIVE, account, "account", &events).await?;
+    if let Some(version) = version {
+        store::notify_advanced(&mut tx, &[format!("{account}:{version}")]).await?;
+    }
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// Builds `views_rebuild` from the store up to about now; returns what it did.
+async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    create_schema(&mut conn).await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from es.events").fetch_one(&mut *conn).await?;
+    let mut progress = Progress::new(progress, total);
+
+    let mut accounts: HashMap<Uuid, AccountView> = HashMap::new();
+    let mut transfers: HashMap<Uuid, TransferView> = HashMap::new();
+    let mut last = 0i64;
+    let mut done = 0u64;
+    loop {
+        type Row =
+            (i64, Uuid, String, i32, String, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "select position, stream_id, stream_type, version, type, data, recorded_at from es.events
+             where position > $1 order by position limit $2",
+        )
+        .bind(last)
+        .bind(CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(end) = rows.last().map(|r| r.0) else { break };
+        let mut changes: Vec<TransactionRow> = Vec::new();
+        for (_, stream_id, stream_type, version, event_type, data, recorded_at) in rows {
+            let event = ViewEvent { stream_id, stream_type, version, event_type, data: data.0, recorded_at };
+            fold_one(&mut conn, &mut accounts, &mut transfers, &mut changes, event).await?;
+            done += 1;
+        }
+        store::insert_transactions(&mut conn, REBUILD, &changes).await?;
+        last = end;
+        progress.show(done, false);
+    }
+    progress.total = done as i64;
+    progress.show(done, true);
+
+    let accounts: Vec<AccountView> = accounts.into_values().collect();
+    for chunk in accounts.chunks(CHUNK as usize) {
+        store::upsert_accounts(&mut conn, REBUILD, chunk).await?;
+    }
+    let transfers: Vec<TransferView> = transfers.into_values().collect();
+    for chunk in transfers.chunks(CHUNK as usize) {
+        store::upsert_transfers(&mut conn, REBUILD, chunk).await?;
+    }
+    add_indexes(&mut conn).await?;
+    // what committed while this ran (out of position order included)
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let caught_up = catch_up(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Rebuilt { events: done, seconds: started.elapsed().as_secs_f64(), caught_up })
+}
+
+/// Folds one event (position order) into the in-memory views; a gap in a stream (an
+/// earlier version committed after a later position was read) is filled from the store.
+async fn fold_one(
+    conn: &mut PgConnection,
+    accounts: &mut HashMap<Uuid, AccountView>,
+    transfers: &mut HashMap<Uuid, TransferView>,
+    changes: &mut Vec<TransactionRow>,
+    event: ViewEvent,
+) -> Result<(), ApplyError> {
+    let current = match event.stream_type.as_str() {
+        "account" => accounts.get(&event.stream_id).map_or(0, |v| v.version),
+        "transfer" => transfers.get(&event.stream_id).map_or(0, |v| v.version),
+        _ => return Ok(()),
+    };
+    if event.version <= current {
+        return Ok(());
+    }
+    let mut events = store::read_store(conn, event.stream_id, current, Some(event.version)).await?;
+    if !events.is_empty() {
+        tracing::debug!(stream = %event.stream_id, missing = events.len(), "filled a gap from the store");
+    }
+    events.push(event);
+    for e in &events {
+        if e.stream_type == "account" {
+            let (view, row) = projection::apply_account(accounts.remove(&e.stream_id), e)?;
+            accounts.insert(e.stream_id, view);
+            changes.extend(row);
+        } else {
+            let view = projection::apply_transfer(transfers.remove(&e.stream_id), e)?;
+            transfers.insert(e.stream_id, view);
+        }
+    }
+    Ok(())
+}
+
+/// Brings every stream of `views_rebuild` that is behind the store up to it. Returns
+/// how many streams were behind.
+async fn catch_up(tx: &mut PgConnection) -> Result<usize, ApplyError> {
+    let behind: Vec<(Uuid, String)> = sqlx::query_as(&format!(
+        "select e.stream_id, e.stream_type
+         from (select stream_id, stream_type, max(version) as version from es.events
+               where stream_type in ('account', 'transfer') group by 1, 2) e
+         left join {REBUILD}.accounts a on a.id = e.stream_id
+         left join {REBUILD}.transfers t on t.id = e.stream_id
+         where e.version > coalesce(a.version, t.version, 0)"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    for (stream_id, stream_type) in &behind {
+        let current: Option<i32> = sqlx::query_scalar(&format!(
+            "select version from {REBUILD}.accounts where id = $1 union all select version from {REBUILD}.transfers where id = $1"
+        ))
+        .bind(stream_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let events = store::read_store(tx, *stream_id, current.unwrap_or(0), None).await?;
+        store::apply_stream(tx, REBUILD, *stream_id, stream_type, &events).await?;
+    }
+    Ok(behind.len())
+}
+
+/// A fresh `views_rebuild` with the live tables' columns and defaults, no indexes yet
+/// (bulk loading is faster without them).
+async fn create_schema(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query(&format!("drop schema if exists {REBUILD} cascade")).execute(&mut *conn).await?;
+    sqlx::query(&format!("create schema {REBUILD}")).execute(&mut *conn).await?;
+    for table in TABLES {
+        sqlx::query(&format!(
+            "create table {REBUILD}.{table} (like {LIVE}.{table} including defaults including constraints)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The live tables' primary keys and indexes, on the rebuilt tables.
+async fn add_indexes(conn: &mut PgConnection) -> sqlx::Result<()> {
+    for table in TABLES {
+        let keys: Vec<(String, String)> = sqlx::query_as(
+            "select conname::text, pg_get_constraintdef(oid) from pg_constraint
+             where conrelid = format('%I.%I', $1::text, $2::text)::regclass and contype in ('p', 'u')",
+        )
+        .bind(LIVE)
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (name, definition) in keys {
+            sqlx::query(&format!("alter table {REBUILD}.{table} add constraint {name} {definition}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "select indexdef from pg_indexes i
+             where schemaname = $1 and tablename = $2
+               and not exists (select 1 from pg_constraint c where c.conname = i.indexname
+                                 and c.conrelid = format('%I.%I', $1::text, $2::text)::regclass)",
+        )
+        .bind(LIVE)
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        for definition in indexes {
+            let on_live = format!(" ON {LIVE}.{table} ");
+            let on_rebuilt = format!(" ON {REBUILD}.{table} ");
+            sqlx::query(&definition.replacen(&on_live, &on_rebuilt, 1)).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Compares `views_rebuild` with the live views where both are at the same version.
+async fn compare(conn: &mut PgConnection) -> Result<Verified, ApplyError> {
+    let mut verified = Verified::default();
+    let account_rows: Vec<(Uuid, Option<i32>, Option<i32>, bool)> = sqlx::query_as(&format!(
+        "select coalesce(l.id, r.id), l.version, r.version,
+                (l.owner, l.currency, l.status, l.balance, l.opened_at, l.updated_at)
+                  is distinct from (r.owner, r.currency, r.status, r.balance, r.opened_at, r.updated_at)
+         from {LIVE}.accounts l full join {REBUILD}.accounts r on l.id = r.id"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    tally(&mut verified, "accounts", account_rows);
+    let transfer_rows: Vec<(Uuid, Option<i32>, Option<i32>, bool)> = sqlx::query_as(&format!(
+        "select coalesce(l.id, r.id), l.version, r.version,
+                ({cols_l}) is distinct from ({cols_r})
+         from {LIVE}.transfers l full join {REBUILD}.transfers r on l.id = r.id",
+        cols_l = "l.from_account, l.to_account, l.amount, l.currency, l.state, l.failure_reason, l.initiated_by, l.created_at, l.updated_at",
+        cols_r = "r.from_account, r.to_account, r.amount, r.currency, r.state, r.failure_reason, r.initiated_by, r.created_at, r.updated_at",
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    tally(&mut verified, "transfers", transfer_rows);
+    // transactions up to the version both account rows have reached
+    let transaction_rows: Vec<(Uuid, i32, bool, bool)> = sqlx::query_as(&format!(
+        "with upto as (
+             select l.id, least(l.version, r.version) as version
+             from {LIVE}.accounts l join {REBUILD}.accounts r on l.id = r.id
+         ),
+         live as (select t.* from {LIVE}.account_transactions t join upto u on u.id = t.account_id and t.version <= u.version),
+         rebuilt as (select t.* from {REBUILD}.account_transactions t join upto u on u.id = t.account_id and t.version <= u.version)
+         select coalesce(l.account_id, r.account_id), coalesce(l.version, r.version),
+                l.account_id is null or r.account_id is null,
+                (l.kind, l.amount, l.currency, l.balance_after, l.transfer_id, l.counterparty, l.recorded_at)
+                  is distinct from (r.kind, r.amount, r.currency, r.balance_after, r.transfer_id, r.counterparty, r.recorded_at)
+         from live l full join rebuilt r on l.account_id = r.account_id and l.version = r.version"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    for (account, version, missing, differs) in transaction_rows {
+        verified.compared += 1;
+        if missing || differs {
+            verified.differences.push(Difference {
+                table: "account_transactions",
+                key: format!("{account} v{version}"),
+                what: if missing { "present on one side only".into() } else { "columns differ".into() },
+            });
+        }
+    }
+    Ok(verified)
+}
+
+fn tally(verified: &mut Verified, table: &'static str, rows: Vec<(Uuid, Option<i32>, Option<i32>, bool)>) {
+    for (id, live, rebuilt, differs) in rows {
+        match (live, rebuilt) {
+            (Some(l), Some(r)) if l == r => {
+                verified.compared += 1;
+                if differs {
+                    verified.differences.push(Difference {
+                        table,
+                        key: id.to_string(),
+                        what: format!("columns differ at version {l}"),
+                    });
+                }
+            }
+            (Some(_), Some(_)) => verified.not_compared += 1,
+            (Some(l), None) => verified.differences.push(Difference {
+                table,
+                key: id.to_string(),
+                what: format!("in the live views (version {l}) but not in the event store"),
+            }),
+            (None, Some(r)) => verified.differences.push(Difference {
+                table,
+                key: id.to_string(),
+                what: format!("missing from the live views (the store is at version {r})"),
+            }),
+            (None, None) => {}
+        }
+    }
+}

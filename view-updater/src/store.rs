@@ -1,0 +1,283 @@
+//! The view tables: applying a stream's events to them (version + 1 only, duplicates
+//! skipped, gaps filled from the event store) and the `views` river's handler.
+//!
+//! Every function takes the schema to write: `views` (live) or `views_rebuild` (a
+//! rebuild in progress). Schema names are constants of this module, never input.
+
+use crate::projection::{self, AccountView, ProjectionError, TransactionRow, TransferView, ViewEvent};
+use eventstore::river::{Handler, HandlerError, RiverEvent, is_transient};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The live views.
+pub const LIVE: &str = "views";
+/// Where a rebuild builds the views before it swaps them in.
+pub const REBUILD: &str = "views_rebuild";
+/// NOTIFY channel: payload `<stream id>:<version>` for every stream a commit advanced.
+pub const ADVANCED_CHANNEL: &str = "views_advanced";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("the event store has no version {version} of {stream_id}")]
+    MissingInStore { stream_id: Uuid, version: i32 },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<ApplyError> for HandlerError {
+    fn from(e: ApplyError) -> Self {
+        match &e {
+            ApplyError::Database(db) if is_transient(db) => HandlerError::Transient(e.to_string()),
+            _ => HandlerError::Permanent(e.to_string()),
+        }
+    }
+}
+
+pub(crate) const ACCOUNT_COLUMNS: &str = "id, owner, currency, status, balance, version, opened_at, updated_at";
+pub(crate) const TRANSFER_COLUMNS: &str = "id, from_account, to_account, amount, currency, state, failure_reason, \
+                                           initiated_by, version, created_at, updated_at";
+
+/// Applies `events` (one stream's, in version order; duplicates and gaps allowed) to
+/// the views in `schema`, in `tx`. Returns the stream's version when it advanced.
+pub async fn apply_stream(
+    tx: &mut PgConnection,
+    schema: &str,
+    stream_id: Uuid,
+    stream_type: &str,
+    events: &[ViewEvent],
+) -> Result<Option<i32>, ApplyError> {
+    match stream_type {
+        "account" => {
+            let current: Option<AccountView> =
+                sqlx::query_as(&format!("select {ACCOUNT_COLUMNS} from {schema}.accounts where id = $1 for update"))
+                    .bind(stream_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let start = current.as_ref().map_or(0, |v| v.version);
+            let mut view = current;
+            let mut rows = Vec::new();
+            let version = fold(tx, stream_id, start, events, |e| {
+                let (next, row) = projection::apply_account(view.take(), e)?;
+                view = Some(next);
+                rows.extend(row);
+                Ok(())
+            })
+            .await?;
+            if version == start {
+                return Ok(None);
+            }
+            if let Some(view) = &view {
+                upsert_accounts(tx, schema, std::slice::from_ref(view)).await?;
+            }
+            insert_transactions(tx, schema, &rows).await?;
+            Ok(Some(version))
+        }
+        "transfer" => {
+            let current: Option<TransferView> =
+                sqlx::query_as(&format!("select {TRANSFER_COLUMNS} from {schema}.transfers where id = $1 for update"))
+                    .bind(stream_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let start = current.as_ref().map_or(0, |v| v.version);
+            let mut view = current;
+            let version = fold(tx, stream_id, start, events, |e| {
+                view = Some(projection::apply_transfer(view.take(), e)?);
+                Ok(())
+            })
+            .await?;
+            if version == start {
+                return Ok(None);
+            }
+            if let Some(view) = &view {
+                upsert_transfers(tx, schema, std::slice::from_ref(view)).await?;
+            }
+            Ok(Some(version))
+        }
+        // not a stream the views show
+        _ => Ok(None),
+    }
+}
+
+/// Feeds `apply` the events after version `start`: each exactly once, in version
+/// order; a gap before an event is filled from the event store first. Returns the
+/// version reached.
+async fn fold(
+    tx: &mut PgConnection,
+    stream_id: Uuid,
+    start: i32,
+    events: &[ViewEvent],
+    mut apply: impl FnMut(&ViewEvent) -> Result<(), ProjectionError>,
+) -> Result<i32, ApplyError> {
+    let mut version = start;
+    for event in events {
+        if event.version <= version {
+            continue; // a duplicate
+        }
+        if event.version > version + 1 {
+            for missing in read_store(tx, stream_id, version, Some(event.version)).await? {
+                apply(&missing)?;
+            }
+        }
+        apply(event)?;
+        version = event.version;
+    }
+    Ok(version)
+}
+
+/// The stream's events after `after` (and before `before`), contiguous, from the store.
+pub async fn read_store(
+    tx: &mut PgConnection,
+    stream_id: Uuid,
+    after: i32,
+    before: Option<i32>,
+) -> Result<Vec<ViewEvent>, ApplyError> {
+    type Row = (String, i32, String, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select stream_type, version, type, data, recorded_at from es.events
+             where stream_id = $1 and version > $2 and ($3::int is null or version < $3) order by version",
+    )
+    .bind(stream_id)
+    .bind(after)
+    .bind(before)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut expected = after + 1;
+    let mut events = Vec::with_capacity(rows.len());
+    for (stream_type, version, event_type, data, recorded_at) in rows {
+        if version != expected {
+            return Err(ApplyError::MissingInStore { stream_id, version: expected });
+        }
+        expected += 1;
+        events.push(ViewEvent { stream_id, stream_type, version, event_type, data: data.0, recorded_at });
+    }
+    if let Some(before) = before
+        && expected != before
+    {
+        return Err(ApplyError::MissingInStore { stream_id, version: expected });
+    }
+    Ok(events)
+}
+
+/// Writes account rows; a row already at a newer version is left alone.
+pub async fn upsert_accounts(tx: &mut PgConnection, schema: &str, views: &[AccountView]) -> sqlx::Result<()> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "insert into {schema}.accounts ({ACCOUNT_COLUMNS})
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int4[],
+                              $7::timestamptz[], $8::timestamptz[])
+         on conflict (id) do update set owner = excluded.owner, currency = excluded.currency,
+             status = excluded.status, balance = excluded.balance, version = excluded.version,
+             opened_at = excluded.opened_at, updated_at = excluded.updated_at
+         where {schema}.accounts.version < excluded.version"
+    ))
+    .bind(views.iter().map(|v| v.id).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.owner.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.currency.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.status.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.balance).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.opened_at).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.updated_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn upsert_transfers(tx: &mut PgConnection, schema: &str, views: &[TransferView]) -> sqlx::Result<()> {
+    if views.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "insert into {schema}.transfers ({TRANSFER_COLUMNS})
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::text[],
+                              $8::text[], $9::int4[], $10::timestamptz[], $11::timestamptz[])
+         on conflict (id) do update set state = excluded.state, failure_reason = excluded.failure_reason,
+             version = excluded.version, updated_at = excluded.updated_at
+         where {schema}.transfers.version < excluded.version"
+    ))
+    .bind(views.iter().map(|v| v.id).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.from_account).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.to_account).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.amount).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.currency.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.state.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.failure_reason.as_deref()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.initiated_by.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.created_at).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.updated_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds transaction rows (one already there is a duplicate and kept).
+pub async fn insert_transactions(tx: &mut PgConnection, schema: &str, rows: &[TransactionRow]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "insert into {schema}.account_transactions
+             (account_id, version, kind, amount, currency, balance_after, transfer_id, counterparty, recorded_at)
+         select * from unnest($1::uuid[], $2::int4[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::uuid[],
+                              $8::uuid[], $9::timestamptz[])
+         on conflict do nothing"
+    ))
+    .bind(rows.iter().map(|r| r.account_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.amount).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.balance_after).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.transfer_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.counterparty).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Tells query-service waiters which streams advanced (delivered at commit).
+pub async fn notify_advanced(tx: &mut PgConnection, advanced: &[String]) -> sqlx::Result<()> {
+    if advanced.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("select pg_notify($1, payload) from unnest($2::text[]) payload")
+        .bind(ADVANCED_CHANNEL)
+        .bind(advanced)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The river `views`: applies each page's events stream by stream in the river's
+/// transaction (with the checkpoint), then NOTIFYs the streams it advanced.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ViewsHandler;
+
+impl Handler for ViewsHandler {
+    async fn handle(&self, tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
+        let mut streams: Vec<(Uuid, String, Vec<ViewEvent>)> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for event in events {
+            let e = &event.envelope;
+            let at = *index.entry(e.stream_id).or_insert_with(|| {
+                streams.push((e.stream_id, e.stream_type.clone(), Vec::new()));
+                streams.len() - 1
+            });
+            streams[at].2.push(ViewEvent::from(e));
+        }
+        let mut advanced = Vec::new();
+        for (stream_id, stream_type, stream_events) in &streams {
+            if let Some(version) = apply_stream(tx, LIVE, *stream_id, stream_type, stream_events).await? {
+                advanced.push(format!("{stream_id}:{version}"));
+            }
+        }
+        notify_advanced(tx, &advanced).await.map_err(ApplyError::from)?;
+        Ok(())
+    }
+}
