@@ -373,12 +373,15 @@ pub const FAST_RIVER: &[&str] = &[
     "3",
 ];
 
-/// The command side with its saga, over the test's database and a Kinesis stream of
-/// its own: a tailer (poll source), account-service and transfer-service, each with
-/// its river. Everything stops when dropped.
+/// The whole system over the test's database and a Kinesis stream of its own: a
+/// tailer (poll source), account-service and transfer-service (each with its saga
+/// river), view-updater's river `views` and query-service. Everything stops when
+/// dropped.
 pub struct Bank {
     pub accounts: Running,
     pub transfers: Running,
+    /// query-service, over the views the bank's view-updater river keeps.
+    pub queries: Running,
     pub rapids: Rapids,
     /// The account-service instance's state (its repository, its river metrics).
     pub account_state: account_service::AppState,
@@ -415,7 +418,16 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     let transfer_state = transfer_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     transfer_service::start_river(&config, &transfer_state, rapids.clone(), shutdown.clone()).unwrap();
     let transfers = spawn(transfer_service::router(transfer_state.clone())).await;
-    Bank { accounts, transfers, rapids, account_state, transfer_state, shutdown }
+
+    let config = view_updater::Config::try_parse_from(args("view-updater", FAST_RIVER)).unwrap();
+    let view_state = view_updater::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
+    view_updater::start_river(&config, &view_state, rapids.clone(), shutdown.clone()).unwrap();
+
+    let config = query_service::Config::try_parse_from(args("query-service", &[])).unwrap();
+    let query_state = query_service::AppState::new(&config, pool.clone(), None).unwrap();
+    query_state.listen(shutdown.clone());
+    let queries = spawn(query_service::router(query_state)).await;
+    Bank { accounts, transfers, queries, rapids, account_state, transfer_state, shutdown }
 }
 
 /// The sum of a counter of a metrics vector over all its label values.
@@ -438,4 +450,22 @@ pub async fn put_envelope(rapids: &Rapids, envelope: &eventstore::envelope::Enve
         .await
         .unwrap();
     out.sequence_number().to_string()
+}
+
+/// Waits until every account and transfer view is at its stream's version in the store.
+pub async fn views_caught_up(pool: &PgPool) {
+    wait_for(Duration::from_secs(60), "the views to catch up with the event store", || async {
+        let behind: i64 = sqlx::query_scalar(
+            "select count(*) from (select stream_id, stream_type, max(version) as version from es.events
+                                   where stream_type in ('account', 'transfer') group by 1, 2) e
+             left join views.accounts a on a.id = e.stream_id
+             left join views.transfers t on t.id = e.stream_id
+             where coalesce(a.version, t.version, 0) <> e.version",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (behind == 0).then_some(())
+    })
+    .await;
 }

@@ -179,6 +179,8 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
     progress.total = done as i64;
     progress.show(done, true);
 
+    // keys and indexes after the bulk of rows (the transactions), before the upserts
+    add_indexes(&mut conn).await?;
     let accounts: Vec<AccountView> = accounts.into_values().collect();
     for chunk in accounts.chunks(CHUNK as usize) {
         store::upsert_accounts(&mut conn, REBUILD, chunk).await?;
@@ -187,7 +189,6 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
     for chunk in transfers.chunks(CHUNK as usize) {
         store::upsert_transfers(&mut conn, REBUILD, chunk).await?;
     }
-    add_indexes(&mut conn).await?;
     // what committed while this ran (out of position order included)
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let caught_up = catch_up(&mut tx).await?;
