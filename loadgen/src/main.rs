@@ -12,6 +12,13 @@
 //! `loadgen publish-lag` runs deposits while a tailer publishes them and prints the
 //! tailer's commit → Kinesis lag.
 //!
+//! `loadgen view-latency` runs deposits at R per second and reads each one back from
+//! query-service with `min_version` = the deposit's version: the time from the
+//! command's answer until the view shows it (and from sending the command).
+//!
+//! `loadgen queries` reads `GET /accounts/{id}` over C connections for T seconds, and
+//! the same service's `/health` the same way (the HTTP floor), and prints both rates.
+//!
 //! `loadgen transfers` creates transfers among M accounts at R per second from C
 //! clients for T seconds, polls each until it is completed or failed, and prints
 //! transfers/s, completion latency (created → settled as the polling client sees it)
@@ -107,6 +114,36 @@ enum Bench {
         /// How often a client polls a transfer's state.
         #[arg(long, default_value_t = 25)]
         poll_ms: u64,
+    },
+    /// Deposits at a fixed rate, each read back from the views with min_version.
+    ViewLatency {
+        #[command(flatten)]
+        target: Target,
+        /// query-service base URL.
+        #[arg(long, env = "QUERY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
+        query_url: String,
+        #[arg(long, default_value_t = 1000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Deposits per second (R).
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// GET /accounts/{id} throughput next to /health's, same connections, same run.
+    Queries {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, env = "QUERY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
+        query_url: String,
+        #[arg(long, default_value_t = 100)]
+        accounts: usize,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Deposit latency on an account with N events next to a fresh account's.
     LongStream {
@@ -209,6 +246,30 @@ async fn main() -> anyhow::Result<()> {
             println!("  events published          {:>10}", lag.count);
             println!("  publish lag p50           {:>10}", lag.quantile(0.50));
             println!("  publish lag p99           {:>10}", lag.quantile(0.99));
+        }
+        Bench::ViewLatency { target, query_url, accounts, connections, rate, seconds } => {
+            let out = view_latency(&target, &query_url, accounts, connections, rate, seconds).await?;
+            println!("deposits read back from the views: M={accounts}, R={rate}/s asked, T={seconds}s");
+            println!("  deposits/s                {:>10.1}", out.done as f64 / seconds as f64);
+            println!("  answered → visible p50    {:>10.1} ms", percentile(&out.after_answer, 0.50));
+            println!("  answered → visible p99    {:>10.1} ms", percentile(&out.after_answer, 0.99));
+            println!("  sent → visible p50        {:>10.1} ms", percentile(&out.after_send, 0.50));
+            println!("  sent → visible p99        {:>10.1} ms", percentile(&out.after_send, 0.99));
+            println!("  not visible within 5 s    {:>10}", out.late);
+            println!("  errors                    {:>10}", out.errors);
+        }
+        Bench::Queries { target, query_url, accounts, connections, seconds } => {
+            let (reads, health) = queries(&target, &query_url, accounts, connections, seconds).await?;
+            println!("query-service over C={connections} connections, T={seconds}s each");
+            println!(
+                "  GET /accounts/{{id}}/s     {:>10.0}  (p50 {:.2} ms, p99 {:.2} ms, errors {})",
+                reads.rate, reads.p50_ms, reads.p99_ms, reads.errors
+            );
+            println!(
+                "  GET /health/s             {:>10.0}  (p50 {:.2} ms, p99 {:.2} ms)",
+                health.rate, health.p50_ms, health.p99_ms
+            );
+            println!("  ratio reads : health      {:>10.2}", reads.rate / health.rate);
         }
         Bench::LongStream { target, events, samples } => {
             let client = reqwest::Client::new();
@@ -393,6 +454,205 @@ async fn deposits(target: &Target, accounts: usize, connections: usize, seconds:
         ok,
         errors: errors.load(Ordering::Relaxed),
     })
+}
+
+struct ViewLatency {
+    done: u64,
+    errors: u64,
+    late: u64,
+    after_answer: Vec<f64>,
+    after_send: Vec<f64>,
+}
+
+async fn view_latency(
+    target: &Target,
+    query_url: &str,
+    accounts: usize,
+    connections: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<ViewLatency> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 2).build()?;
+    let token = issue_hs256(&target.jwt_secret, "bench-views", Role::Customer, 7200)?;
+    let ids: Vec<String> = futures::stream::iter(0..accounts)
+        .map(|_| open(&client, &target.url, &token))
+        .buffer_unordered(connections)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let ids = Arc::new(ids);
+    let (slots, taken) = async_channel(connections);
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let mut n: u64 = 0;
+        while Instant::now() < end {
+            interval.tick().await;
+            if slots.send(n).await.is_err() {
+                break;
+            }
+            n += 1;
+        }
+    });
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (client, taken, ids, token) = (client.clone(), taken.clone(), ids.clone(), token.clone());
+            let (url, query_url) = (target.url.clone(), query_url.to_owned());
+            tokio::spawn(async move {
+                let mut out =
+                    ViewLatency { done: 0, errors: 0, late: 0, after_answer: Vec::new(), after_send: Vec::new() };
+                let mut reads = Vec::new();
+                loop {
+                    let next = taken.lock().await.recv().await;
+                    let Some(n) = next else { break };
+                    let account = &ids[(n as usize).wrapping_mul(7919) % ids.len()];
+                    let sent = Instant::now();
+                    let answer = client
+                        .post(format!("{url}/accounts/{account}/deposits"))
+                        .bearer_auth(&token)
+                        .json(&json!({"amount": 1, "currency": "EUR"}))
+                        .send()
+                        .await;
+                    let version = match answer {
+                        Ok(r) if r.status().is_success() => {
+                            r.json::<serde_json::Value>().await.ok().and_then(|b| b["version"].as_i64())
+                        }
+                        _ => None,
+                    };
+                    let Some(version) = version else {
+                        out.errors += 1;
+                        continue;
+                    };
+                    let answered = Instant::now();
+                    // the read-back runs on its own, so that it does not slow the deposits down
+                    let read = client
+                        .get(format!("{query_url}/accounts/{account}?min_version={version}&wait_ms=5000"))
+                        .bearer_auth(&token)
+                        .send();
+                    reads.push(tokio::spawn(async move {
+                        let status = read.await.map(|r| r.status().as_u16());
+                        (status, answered.elapsed().as_secs_f64() * 1000.0, sent.elapsed().as_secs_f64() * 1000.0)
+                    }));
+                }
+                for read in reads {
+                    match read.await {
+                        Ok((Ok(200), after_answer, after_send)) => {
+                            out.done += 1;
+                            out.after_answer.push(after_answer);
+                            out.after_send.push(after_send);
+                        }
+                        Ok((Ok(409), _, _)) => out.late += 1,
+                        _ => out.errors += 1,
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    ticker.await?;
+    let mut all = ViewLatency { done: 0, errors: 0, late: 0, after_answer: Vec::new(), after_send: Vec::new() };
+    for w in workers {
+        let out = w.await?;
+        all.done += out.done;
+        all.errors += out.errors;
+        all.late += out.late;
+        all.after_answer.extend(out.after_answer);
+        all.after_send.extend(out.after_send);
+    }
+    Ok(all)
+}
+
+/// GET /accounts/{id} (accounts opened first and read back once visible), then
+/// /health, each over `connections` for `seconds`.
+async fn queries(
+    target: &Target,
+    query_url: &str,
+    accounts: usize,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<(Outcome, Outcome)> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+    let token = issue_hs256(&target.jwt_secret, "bench-queries", Role::Customer, 7200)?;
+    let mut ids = Vec::new();
+    for _ in 0..accounts {
+        let id = open(&client, &target.url, &token).await?;
+        // visible in the views before the measurement starts
+        let seen = client
+            .get(format!("{query_url}/accounts/{id}?min_version=1&wait_ms=10000"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        if seen.status() != 200 {
+            bail!("account {id} did not reach the views: {}", seen.status());
+        }
+        ids.push(id);
+    }
+    let reads = hammer(&client, seconds, connections, {
+        let (ids, query_url) = (Arc::new(ids), query_url.to_owned());
+        move |n| (format!("{query_url}/accounts/{}", ids[n % ids.len()]), Some(token.clone()))
+    })
+    .await;
+    let health = hammer(&client, seconds, connections, {
+        let query_url = query_url.to_owned();
+        move |_| (format!("{query_url}/health"), None)
+    })
+    .await;
+    Ok((reads, health))
+}
+
+/// GETs from `connections` workers for `seconds`; `request(n)` names the URL and token.
+async fn hammer(
+    client: &reqwest::Client,
+    seconds: u64,
+    connections: usize,
+    request: impl Fn(usize) -> (String, Option<String>) + Send + Sync + 'static,
+) -> Outcome {
+    let request = Arc::new(request);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|w| {
+            let (client, request) = (client.clone(), request.clone());
+            tokio::spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                let mut n = w;
+                while Instant::now() < deadline {
+                    let (url, token) = request(n);
+                    n += connections;
+                    let t = Instant::now();
+                    let mut get = client.get(url);
+                    if let Some(token) = token {
+                        get = get.bearer_auth(token);
+                    }
+                    match get.send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = r.bytes().await;
+                            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for w in workers {
+        if let Ok((l, e)) = w.await {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Outcome {
+        rate: latencies.len() as f64 / elapsed,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        ok: latencies.len() as u64,
+        errors,
+    }
 }
 
 struct TransferOutcome {

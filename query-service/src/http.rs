@@ -207,6 +207,66 @@ fn account_not_found() -> ApiError {
     ApiError::not_found("account_not_found", "no such account")
 }
 
+/// An account row with one of its newest transactions (none: the columns are null).
+#[derive(Debug, sqlx::FromRow)]
+struct AccountWithRecent {
+    #[sqlx(flatten)]
+    account: AccountRow,
+    t_version: Option<i32>,
+    kind: Option<String>,
+    amount: Option<i64>,
+    t_currency: Option<String>,
+    balance_after: Option<i64>,
+    transfer_id: Option<Uuid>,
+    counterparty: Option<Uuid>,
+    recorded_at: Option<DateTime<Utc>>,
+}
+
+/// The account and its 20 newest transactions up to its version, in one statement.
+async fn load_account_with_recent(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+) -> Result<Option<((AccountRow, Vec<TransactionRow>), i64)>, sqlx::Error> {
+    let rows: Vec<AccountWithRecent> = sqlx::query_as(
+        "select a.id, a.owner, a.currency, a.status, a.balance, a.version, a.opened_at, a.updated_at,
+                t.version as t_version, t.kind, t.amount, t.currency as t_currency, t.balance_after,
+                t.transfer_id, t.counterparty, t.recorded_at
+         from views.accounts a
+         left join lateral (
+             select * from views.account_transactions
+             where account_id = a.id and version <= a.version order by version desc limit 20
+         ) t on true
+         where a.id = $1
+         order by t.version desc",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let mut recent = Vec::with_capacity(rows.len());
+    let mut account = None;
+    for row in rows {
+        if let (Some(version), Some(kind), Some(amount), Some(currency), Some(balance_after), Some(recorded_at)) =
+            (row.t_version, row.kind, row.amount, row.t_currency, row.balance_after, row.recorded_at)
+        {
+            recent.push(TransactionRow {
+                version,
+                kind,
+                amount,
+                currency,
+                balance_after,
+                transfer_id: row.transfer_id,
+                counterparty: row.counterparty,
+                recorded_at,
+            });
+        }
+        account.get_or_insert(row.account);
+    }
+    Ok(account.map(|a| {
+        let version = i64::from(a.version);
+        ((a, recent), version)
+    }))
+}
+
 /// `GET /accounts/{id}`: the account with its 20 newest transactions.
 async fn account(
     State(state): State<AppState>,
@@ -216,14 +276,13 @@ async fn account(
 ) -> Result<Json<Value>, ApiError> {
     let wait = Wait::parse(&params, state.max_wait)?;
     let pool = &state.kit.pool;
-    let row = state
-        .at_version(id, wait, || load_account(pool, id), owned_by(&caller))
+    let allowed = owned_by(&caller);
+    let (row, recent) = state
+        .at_version(id, wait, || load_account_with_recent(pool, id), |(row, _)| allowed(row))
         .await?
         .ok_or_else(account_not_found)?;
-    // the transactions up to the row's version (newer ones may have landed since)
-    let items = recent(pool, id, Some(i64::from(row.version) + 1), 20).await?;
     let mut body = row.json();
-    body["transactions"] = Value::Array(items.iter().map(TransactionRow::json).collect());
+    body["transactions"] = Value::Array(recent.iter().map(TransactionRow::json).collect());
     Ok(Json(body))
 }
 

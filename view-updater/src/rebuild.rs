@@ -213,8 +213,9 @@ async fn fold_one(
     if event.version <= current {
         return Ok(());
     }
-    let mut events = store::read_store(conn, event.stream_id, current, Some(event.version)).await?;
-    if !events.is_empty() {
+    let mut events = Vec::new();
+    if event.version > current + 1 {
+        events = store::read_store(conn, event.stream_id, current, Some(event.version)).await?;
         tracing::debug!(stream = %event.stream_id, missing = events.len(), "filled a gap from the store");
     }
     events.push(event);

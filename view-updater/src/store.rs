@@ -48,56 +48,95 @@ pub async fn apply_stream(
     stream_type: &str,
     events: &[ViewEvent],
 ) -> Result<Option<i32>, ApplyError> {
-    match stream_type {
-        "account" => {
-            let current: Option<AccountView> =
-                sqlx::query_as(&format!("select {ACCOUNT_COLUMNS} from {schema}.accounts where id = $1 for update"))
-                    .bind(stream_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let start = current.as_ref().map_or(0, |v| v.version);
-            let mut view = current;
-            let mut rows = Vec::new();
-            let version = fold(tx, stream_id, start, events, |e| {
-                let (next, row) = projection::apply_account(view.take(), e)?;
-                view = Some(next);
-                rows.extend(row);
-                Ok(())
-            })
-            .await?;
-            if version == start {
-                return Ok(None);
+    let streams = [StreamEvents { stream_id, stream_type: stream_type.to_owned(), events: events.to_vec() }];
+    Ok(apply_streams(tx, schema, &streams).await?.first().map(|(_, version)| *version))
+}
+
+/// One stream's events of a page.
+#[derive(Debug, Clone)]
+pub struct StreamEvents {
+    pub stream_id: Uuid,
+    pub stream_type: String,
+    pub events: Vec<ViewEvent>,
+}
+
+/// Applies several streams' events with a handful of statements: their rows are read
+/// (and locked, in id order) at once, folded in memory, and written back at once.
+/// Returns each stream that advanced, with its new version.
+pub async fn apply_streams(
+    tx: &mut PgConnection,
+    schema: &str,
+    streams: &[StreamEvents],
+) -> Result<Vec<(Uuid, i32)>, ApplyError> {
+    let ids = |kind: &str| streams.iter().filter(|s| s.stream_type == kind).map(|s| s.stream_id).collect::<Vec<_>>();
+    let (account_ids, transfer_ids) = (ids("account"), ids("transfer"));
+    let mut accounts: std::collections::HashMap<Uuid, AccountView> = if account_ids.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_as::<_, AccountView>(&format!(
+            "select {ACCOUNT_COLUMNS} from {schema}.accounts where id = any($1) order by id for update"
+        ))
+        .bind(&account_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|v| (v.id, v))
+        .collect()
+    };
+    let mut transfers: std::collections::HashMap<Uuid, TransferView> = if transfer_ids.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_as::<_, TransferView>(&format!(
+            "select {TRANSFER_COLUMNS} from {schema}.transfers where id = any($1) order by id for update"
+        ))
+        .bind(&transfer_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|v| (v.id, v))
+        .collect()
+    };
+    let mut advanced = Vec::new();
+    let (mut changed_accounts, mut changed_transfers, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    for stream in streams {
+        let id = stream.stream_id;
+        match stream.stream_type.as_str() {
+            "account" => {
+                let mut view = accounts.remove(&id);
+                let start = view.as_ref().map_or(0, |v| v.version);
+                let version = fold(tx, id, start, &stream.events, |e| {
+                    let (next, row) = projection::apply_account(view.take(), e)?;
+                    view = Some(next);
+                    rows.extend(row);
+                    Ok(())
+                })
+                .await?;
+                if let (Some(view), true) = (view, version > start) {
+                    changed_accounts.push(view);
+                    advanced.push((id, version));
+                }
             }
-            if let Some(view) = &view {
-                upsert_accounts(tx, schema, std::slice::from_ref(view)).await?;
+            "transfer" => {
+                let mut view = transfers.remove(&id);
+                let start = view.as_ref().map_or(0, |v| v.version);
+                let version = fold(tx, id, start, &stream.events, |e| {
+                    view = Some(projection::apply_transfer(view.take(), e)?);
+                    Ok(())
+                })
+                .await?;
+                if let (Some(view), true) = (view, version > start) {
+                    changed_transfers.push(view);
+                    advanced.push((id, version));
+                }
             }
-            insert_transactions(tx, schema, &rows).await?;
-            Ok(Some(version))
+            // not a stream the views show
+            _ => {}
         }
-        "transfer" => {
-            let current: Option<TransferView> =
-                sqlx::query_as(&format!("select {TRANSFER_COLUMNS} from {schema}.transfers where id = $1 for update"))
-                    .bind(stream_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let start = current.as_ref().map_or(0, |v| v.version);
-            let mut view = current;
-            let version = fold(tx, stream_id, start, events, |e| {
-                view = Some(projection::apply_transfer(view.take(), e)?);
-                Ok(())
-            })
-            .await?;
-            if version == start {
-                return Ok(None);
-            }
-            if let Some(view) = &view {
-                upsert_transfers(tx, schema, std::slice::from_ref(view)).await?;
-            }
-            Ok(Some(version))
-        }
-        // not a stream the views show
-        _ => Ok(None),
     }
+    upsert_accounts(tx, schema, &changed_accounts).await?;
+    upsert_transfers(tx, schema, &changed_transfers).await?;
+    insert_transactions(tx, schema, &rows).await?;
+    Ok(advanced)
 }
 
 /// Feeds `apply` the events after version `start`: each exactly once, in version
@@ -261,23 +300,23 @@ pub struct ViewsHandler;
 
 impl Handler for ViewsHandler {
     async fn handle(&self, tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
-        let mut streams: Vec<(Uuid, String, Vec<ViewEvent>)> = Vec::new();
+        let mut streams: Vec<StreamEvents> = Vec::new();
         let mut index = std::collections::HashMap::new();
         for event in events {
             let e = &event.envelope;
             let at = *index.entry(e.stream_id).or_insert_with(|| {
-                streams.push((e.stream_id, e.stream_type.clone(), Vec::new()));
+                streams.push(StreamEvents {
+                    stream_id: e.stream_id,
+                    stream_type: e.stream_type.clone(),
+                    events: Vec::new(),
+                });
                 streams.len() - 1
             });
-            streams[at].2.push(ViewEvent::from(e));
+            streams[at].events.push(ViewEvent::from(e));
         }
-        let mut advanced = Vec::new();
-        for (stream_id, stream_type, stream_events) in &streams {
-            if let Some(version) = apply_stream(tx, LIVE, *stream_id, stream_type, stream_events).await? {
-                advanced.push(format!("{stream_id}:{version}"));
-            }
-        }
-        notify_advanced(tx, &advanced).await.map_err(ApplyError::from)?;
+        let advanced = apply_streams(tx, LIVE, &streams).await?;
+        let payloads: Vec<String> = advanced.iter().map(|(id, version)| format!("{id}:{version}")).collect();
+        notify_advanced(tx, &payloads).await.map_err(ApplyError::from)?;
         Ok(())
     }
 }
