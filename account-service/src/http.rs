@@ -150,7 +150,10 @@ async fn read(State(state): State<AppState>, caller: Caller, PathId(id): PathId)
         .iter()
         .map(|e| {
             json!({
-                "kind": if e.event_type == "account.deposited" { "credit" } else { "debit" },
+                "kind": match e.event_type.as_str() {
+                    "account.deposited" | "account.credited" | "account.refunded" => "credit",
+                    _ => "debit",
+                },
                 "type": e.event_type,
                 "amount": e.data.get("amount"),
                 "currency": e.data.get("currency"),

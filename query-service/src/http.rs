@@ -282,7 +282,7 @@ async fn account(
         .await?
         .ok_or_else(account_not_found)?;
     let mut body = row.json();
-    body["transactions"] = Value::Array(recent.iter().map(TransactionRow::json).collect());
+    body["recent_transactions"] = Value::Array(recent.iter().map(TransactionRow::json).collect());
     Ok(Json(body))
 }
 

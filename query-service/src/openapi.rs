@@ -61,7 +61,7 @@ pub fn document_json() -> Value {
         "id": {"type": "string", "format": "uuid"}, "owner": {"type": "string"}, "currency": {"type": "string"},
         "status": {"type": "string", "enum": ["open", "closed"]}, "balance": {"type": "integer"}, "version": {"type": "integer"},
         "opened_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
-        "transactions": {"type": "array", "items": {"$ref": "#/components/schemas/Transaction"}}}});
+        "recent_transactions": {"type": "array", "items": {"$ref": "#/components/schemas/Transaction"}}}});
     let schemas = json!({
         "Transaction": transaction,
         "Account": account,

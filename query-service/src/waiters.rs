@@ -38,6 +38,12 @@ impl Waiters {
         sender
     }
 
+    /// How many reads wait now (over all streams).
+    pub fn waiters(&self) -> usize {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.values().filter_map(Weak::upgrade).map(|s| s.receiver_count()).sum()
+    }
+
     /// How many streams have waiters now.
     pub fn waiting(&self) -> usize {
         self.streams.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|e| e.strong_count() > 0).count()

@@ -382,6 +382,7 @@ pub struct Bank {
     pub transfers: Running,
     /// query-service, over the views the bank's view-updater river keeps.
     pub queries: Running,
+    pub query_state: query_service::AppState,
     pub rapids: Rapids,
     /// The account-service instance's state (its repository, its river metrics).
     pub account_state: account_service::AppState,
@@ -424,10 +425,13 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     view_updater::start_river(&config, &view_state, rapids.clone(), shutdown.clone()).unwrap();
 
     let config = query_service::Config::try_parse_from(args("query-service", &[])).unwrap();
-    let query_state = query_service::AppState::new(&config, pool.clone(), None).unwrap();
+    // a pool of its own, as the service would have (16 connections)
+    let query_pool =
+        PgPoolOptions::new().max_connections(16).connect_with((*pool.connect_options()).clone()).await.unwrap();
+    let query_state = query_service::AppState::new(&config, query_pool, None).unwrap();
     query_state.listen(shutdown.clone());
-    let queries = spawn(query_service::router(query_state)).await;
-    Bank { accounts, transfers, queries, rapids, account_state, transfer_state, shutdown }
+    let queries = spawn(query_service::router(query_state.clone())).await;
+    Bank { accounts, transfers, queries, query_state, rapids, account_state, transfer_state, shutdown }
 }
 
 /// The sum of a counter of a metrics vector over all its label values.

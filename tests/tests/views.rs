@@ -66,9 +66,9 @@ async fn a_read_waits_for_the_version_a_command_answered(options: PgPoolOptions,
     assert_eq!((body["balance"].as_i64(), body["version"].as_i64()), (Some(1250), Some(v)));
     assert_eq!((body["owner"].as_str(), body["status"].as_str()), (Some("alice"), Some("open")));
     let kinds: Vec<&str> =
-        body["transactions"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+        body["recent_transactions"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["deposit", "deposit"], "newest first: the 250, then the opening 1000");
-    assert_eq!(body["transactions"][0]["balance_after"], 1250);
+    assert_eq!(body["recent_transactions"][0]["balance_after"], 1250);
 
     let started = Instant::now();
     let reply = queries.get(&format!("/accounts/{id}?min_version={}&wait_ms=200", v + 5)).token(&alice).send().await;
@@ -359,4 +359,37 @@ async fn view_balances_sum_to_the_store_after_concurrent_transfers(options: PgPo
         store_total += store.load::<account_service::domain::Account>(*id).await.unwrap().unwrap().state.balance;
     }
     assert_eq!(store_total, views_total);
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_thousand_waiting_reads_hold_no_database_connection(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let (id, v) = open(&bank, "alice", 10).await;
+    let alice = token("alice", Customer);
+    let queries = bank.queries.api();
+    queries.get(&format!("/accounts/{id}?min_version={v}&wait_ms=5000")).token(&alice).send().await.expect(200);
+
+    let reads: Vec<_> = (0..1000)
+        .map(|_| {
+            let request =
+                queries.get(&format!("/accounts/{id}?min_version={}&wait_ms=10000", v + 1)).token(&alice).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    // all of them waiting, and the service's pool (16 connections at most) idle but for
+    // the one LISTEN connection
+    let (waiters, query_pool) = (bank.query_state.waiters.clone(), bank.query_state.kit.pool.clone());
+    tests::wait_for(Duration::from_secs(20), "a thousand reads waiting on an idle pool", || {
+        let (waiting, busy) = (waiters.waiters(), query_pool.size() as usize - query_pool.num_idle());
+        async move { (waiting == 1000 && busy <= 1).then_some(()) }
+    })
+    .await;
+    assert!(query_pool.size() <= 16, "{} connections", query_pool.size());
+
+    deposit(&bank, "alice", id, 5).await;
+    for read in reads {
+        let reply = read.await.unwrap();
+        assert_eq!(reply.expect(200)["balance"], 15);
+    }
 }
