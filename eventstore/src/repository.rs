@@ -222,13 +222,16 @@ impl<A: Aggregate> Repository<A> {
             fresh = false;
             let mut decided = loaded.state.decide(command);
             let mismatch = |loaded: &Loaded<A>| ctx.expected_version.filter(|expected| *expected != loaded.version);
-            if !from_store && (decided.is_err() || mismatch(&loaded).is_some()) {
-                // a refusal must not rest on a cached state another instance has overtaken
+            let nothing = decided.as_ref().is_ok_and(|events| events.is_empty());
+            if !from_store && (decided.is_err() || nothing || mismatch(&loaded).is_some()) {
+                // a refusal, or deciding nothing, must not rest on a cached state another
+                // instance has overtaken: an empty decision appends nothing, so no version
+                // check would catch it
                 loaded = self.load(stream_id).await?;
                 from_store = true;
                 decided = loaded.state.decide(command);
             }
-            debug_assert!(from_store || (decided.is_ok() && mismatch(&loaded).is_none()));
+            debug_assert!(from_store || (decided.as_ref().is_ok_and(|e| !e.is_empty()) && mismatch(&loaded).is_none()));
             let events = match decided {
                 Ok(events) => events,
                 Err(e) => {

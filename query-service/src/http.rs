@@ -93,6 +93,7 @@ impl AppState {
         };
         let watch = self.waiters.watch(id);
         let mut announced = watch.subscribe();
+        let mut wakes = announced.borrow_and_update().0;
         let deadline = tokio::time::Instant::now() + wait.wait;
         loop {
             let found = load().await.map_err(fault)?;
@@ -107,7 +108,9 @@ impl AppState {
             loop {
                 tokio::select! {
                     changed = announced.changed() => {
-                        if changed.is_err() || *announced.borrow_and_update() >= wanted {
+                        let (now_wakes, version) = *announced.borrow_and_update();
+                        if changed.is_err() || version >= wanted || now_wakes != wakes {
+                            wakes = now_wakes;
                             break;
                         }
                     }

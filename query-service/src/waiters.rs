@@ -16,7 +16,10 @@ use uuid::Uuid;
 /// The NOTIFY channel view-updater announces on.
 pub const CHANNEL: &str = "views_advanced";
 
-type Entry = Weak<watch::Sender<i64>>;
+/// What a stream's waiters watch: (wake-ups after a lost LISTEN connection, the
+/// highest version announced).
+pub type Announced = (u64, i64);
+type Entry = Weak<watch::Sender<Announced>>;
 
 #[derive(Default)]
 pub struct Waiters {
@@ -25,7 +28,7 @@ pub struct Waiters {
 
 impl Waiters {
     /// The watch of a stream's announced versions (shared by its waiters).
-    pub fn watch(&self, stream_id: Uuid) -> Arc<watch::Sender<i64>> {
+    pub fn watch(&self, stream_id: Uuid) -> Arc<watch::Sender<Announced>> {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(sender) = streams.get(&stream_id).and_then(Weak::upgrade) {
             return sender;
@@ -33,7 +36,7 @@ impl Waiters {
         if streams.len() >= 4096 {
             streams.retain(|_, entry| entry.strong_count() > 0);
         }
-        let sender = Arc::new(watch::Sender::new(0));
+        let sender = Arc::new(watch::Sender::new((0, 0)));
         streams.insert(stream_id, Arc::downgrade(&sender));
         sender
     }
@@ -54,7 +57,7 @@ impl Waiters {
         let (Ok(id), Ok(version)) = (id.parse::<Uuid>(), version.parse::<i64>()) else { return };
         let sender = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(&id).and_then(Weak::upgrade);
         if let Some(sender) = sender {
-            sender.send_if_modified(|seen| {
+            sender.send_if_modified(|(_, seen)| {
                 let newer = version > *seen;
                 *seen = (*seen).max(version);
                 newer
@@ -63,11 +66,11 @@ impl Waiters {
     }
 
     /// After a lost LISTEN connection announcements may be missing: every current
-    /// waiter queries again at each later announcement of its stream, whatever version.
+    /// waiter queries once more.
     fn wake_all(&self) {
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         for sender in streams.values().filter_map(Weak::upgrade) {
-            sender.send_modify(|seen| *seen = i64::MAX);
+            sender.send_modify(|(wakes, _)| *wakes += 1);
         }
     }
 
@@ -117,11 +120,16 @@ mod tests {
         assert!(!rx.has_changed().unwrap());
         waiters.announce(&format!("{a}:3"));
         assert!(rx.has_changed().unwrap());
-        assert_eq!(*rx.borrow_and_update(), 3);
+        assert_eq!(rx.borrow_and_update().1, 3);
         waiters.announce(&format!("{a}:2"));
         assert!(!rx.has_changed().unwrap(), "an older version wakes nobody");
         waiters.announce("garbage");
         assert_eq!(waiters.waiting(), 1);
+        // a reconnect wakes every waiter once, and later announcements still do
+        waiters.wake_all();
+        assert_eq!(*rx.borrow_and_update(), (1, 3));
+        waiters.announce(&format!("{a}:4"));
+        assert_eq!(*rx.borrow_and_update(), (1, 4));
         drop(rx);
         drop(watch_a);
         assert_eq!(waiters.waiting(), 0);

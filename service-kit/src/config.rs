@@ -180,9 +180,22 @@ pub struct RiverArgs {
     /// Attempts on an event that keeps failing before it is parked as a dead letter.
     #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = 5)]
     pub river_max_attempts: u32,
+    /// Connections of the river's own pool (its transactions, leases, LISTEN). Apart
+    /// from the service's pool, so that readers holding a transaction never starve the
+    /// commands a saga handler runs, nor the other way round.
+    #[arg(long, env = "RIVER_DATABASE_CONNECTIONS", default_value_t = 8)]
+    pub river_database_connections: u32,
 }
 
 impl RiverArgs {
+    /// The river's own pool to the service's database (connects lazily).
+    pub fn river_pool(&self, service_pool: &sqlx::PgPool) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.river_database_connections.max(2))
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(service_pool.connect_options().as_ref().clone())
+    }
+
     pub fn river_config(&self, name: &str, topics: eventstore::river::TopicFilter) -> eventstore::river::RiverConfig {
         use std::time::Duration;
         eventstore::river::RiverConfig {

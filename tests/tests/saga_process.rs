@@ -1,5 +1,5 @@
 //! The saga across real processes: the tailer, two account-service instances sharing
-//! the river `accounts`, and transfer-service. One account-service instance is
+//! the river `accounts`, and two transfer-service instances sharing `transfers`. One account-service instance is
 //! SIGKILLed while transfers run; the other takes its shards over when the leases
 //! expire, and every transfer settles with no money created, lost or moved twice.
 #![allow(clippy::unwrap_used)]
@@ -46,7 +46,10 @@ async fn an_account_service_killed_during_transfers_loses_and_doubles_nothing(
     let (_tailer, _) = start("tailer", "TAILER_ADDR", tailer_env).await;
     let (doomed, accounts) = start("account-service", "ACCOUNT_SERVICE_ADDR", env.clone()).await;
     let (_survivor, _) = start("account-service", "ACCOUNT_SERVICE_ADDR", env.clone()).await;
+    // two transfer-service instances too: each one's cached transfers go stale when
+    // the other's river moves them on
     let (_transfer_service, transfers) = start("transfer-service", "TRANSFER_SERVICE_ADDR", env.clone()).await;
+    let (_transfer_service_2, transfers_2) = start("transfer-service", "TRANSFER_SERVICE_ADDR", env.clone()).await;
 
     let alice = token("alice", Customer);
     let mut ids = Vec::new();
@@ -60,10 +63,11 @@ async fn an_account_service_killed_during_transfers_loses_and_doubles_nothing(
         ids.push(reply.id());
     }
     let load = tokio::spawn({
-        let (transfers, alice, ids) = (transfers.clone(), alice.clone(), ids.clone());
+        let (instances, alice, ids) = ([transfers.clone(), transfers_2.clone()], alice.clone(), ids.clone());
         async move {
             futures::stream::iter(0..100)
-                .map(|_| {
+                .map(|n| {
+                    let transfers = &instances[n % 2];
                     let from = rand::random_range(0..ids.len());
                     let to = (from + rand::random_range(1..ids.len())) % ids.len();
                     let body = json!({"from": ids[from], "to": ids[to], "amount": rand::random_range(1..=400), "currency": "EUR"});

@@ -70,6 +70,8 @@ pub enum TransferError {
     SameAccount,
     #[error("no such transfer")]
     NotFound,
+    #[error("the transfer is {state}, not yet {step}")]
+    NotYet { state: &'static str, step: &'static str },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +87,17 @@ pub enum TransferState {
 }
 
 impl TransferState {
+    /// How far along the saga the state is.
+    fn rank(&self) -> u8 {
+        match self {
+            TransferState::New => 0,
+            TransferState::Initiated => 1,
+            TransferState::Debited => 2,
+            TransferState::Refunding => 3,
+            TransferState::Completed | TransferState::Failed => 4,
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             TransferState::New => "new",
@@ -111,7 +124,8 @@ pub struct MoneyTransfer {
 
 impl MoneyTransfer {
     /// The step's event when the transfer is at `at`; nothing when it is past it (the
-    /// step was recorded before: a redelivery). A transfer that does not exist is an error.
+    /// step was recorded before: a redelivery). A transfer that does not exist, or is
+    /// not yet at the step, is an error (the step's cause cannot have happened yet).
     fn step(
         &self,
         at: TransferState,
@@ -120,7 +134,8 @@ impl MoneyTransfer {
         match self.state {
             TransferState::New => Err(TransferError::NotFound),
             state if state == at => Ok(vec![event()]),
-            _ => Ok(Vec::new()),
+            state if state.rank() > at.rank() => Ok(Vec::new()),
+            state => Err(TransferError::NotYet { state: state.as_str(), step: at.as_str() }),
         }
     }
 }
@@ -248,5 +263,22 @@ mod tests {
         given::<MoneyTransfer>(&[created])
             .when(&TransferCommand::Create { from: a, to: b, amount: eur(1), initiated_by: "alice".into() })
             .then_error(&TransferError::AlreadyExists);
+    }
+
+    #[test]
+    fn a_step_is_recorded_once_and_never_before_its_cause() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let eur = Currency::parse("EUR").expect("EUR");
+        let created = TransferEvent::Created { from: a, to: b, amount: 1, currency: eur, initiated_by: "alice".into() };
+        let debited = TransferEvent::Debited { from: a, to: b, amount: 1, currency: eur };
+        given::<MoneyTransfer>(&[created.clone()])
+            .when(&TransferCommand::TargetCredited)
+            .then_error(&TransferError::NotYet { state: "initiated", step: "debited" });
+        given::<MoneyTransfer>(&[created.clone(), debited.clone()])
+            .when(&TransferCommand::SourceDebited)
+            .then_events(&[]);
+        given::<MoneyTransfer>(&[created, debited, TransferEvent::Completed {}])
+            .when(&TransferCommand::CreditRejected { reason: "account_closed".into() })
+            .then_events(&[]);
     }
 }

@@ -27,6 +27,7 @@ impl From<TransferError> for ApiError {
             TransferError::AlreadyExists => ApiError::conflict("already_exists", message),
             TransferError::SameAccount => ApiError::unprocessable("same_account", message),
             TransferError::NotFound => ApiError::not_found("transfer_not_found", message),
+            TransferError::NotYet { .. } => ApiError::conflict("transfer_not_ready", message),
         }
     }
 }

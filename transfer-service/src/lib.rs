@@ -100,7 +100,7 @@ pub fn start_river(
         let river = saga::river(
             &config.river,
             state.transfers.clone(),
-            state.kit.pool.clone(),
+            config.river.river_pool(&state.kit.pool),
             rapids,
             state.river_metrics.clone(),
         );

@@ -91,8 +91,13 @@ pub fn start_river(
 ) -> Option<tokio::task::JoinHandle<()>> {
     config.river.river_enabled.then(|| {
         let river_config = config.river.river_config(RIVER, TopicFilter::new(&["account.*", "transfer.*"]));
-        let river =
-            River::new(river_config, state.kit.pool.clone(), rapids, store::ViewsHandler, state.river_metrics.clone());
+        let river = River::new(
+            river_config,
+            config.river.river_pool(&state.kit.pool),
+            rapids,
+            store::ViewsHandler,
+            state.river_metrics.clone(),
+        );
         tokio::spawn(river.run(shutdown))
     })
 }

@@ -167,17 +167,17 @@ impl Leases {
         Ok(())
     }
 
-    /// The last handled sequence number of a shard this instance holds.
-    pub async fn checkpoint(&self, shard_id: &str) -> sqlx::Result<Option<String>> {
-        let row: Option<Option<String>> = sqlx::query_scalar(
+    /// The last handled sequence number of a shard this instance holds (`Some(None)`:
+    /// none yet); `None` when the lease is no longer this instance's.
+    pub async fn checkpoint(&self, shard_id: &str) -> sqlx::Result<Option<Option<String>>> {
+        sqlx::query_scalar(
             "select checkpoint from rapids.river_shards where river = $1 and shard_id = $2 and owner = $3",
         )
         .bind(&self.river)
         .bind(shard_id)
         .bind(&self.worker)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.flatten())
+        .await
     }
 
     /// Moves the checkpoint inside the handler's transaction; false when the lease is

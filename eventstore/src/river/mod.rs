@@ -310,6 +310,7 @@ impl<H: Handler> River<H> {
         let shared = self.shared;
         let name = shared.config.name.clone();
         let mut readers: HashMap<String, Reading> = HashMap::new();
+        let mut stopping: Vec<(String, JoinHandle<()>)> = Vec::new();
         let mut last_sync: Option<tokio::time::Instant> = None;
         tracing::info!(river = %name, worker = %shared.leases.worker(), "river started");
         let listener = tokio::spawn(listen_for_publishes(shared.clone(), shutdown.clone()));
@@ -322,14 +323,17 @@ impl<H: Handler> River<H> {
             }
             match balance(&shared).await {
                 Ok(held) => {
-                    readers.retain(|shard, reading| {
-                        let keep = held.contains(shard) && !reading.task.is_finished();
-                        if !keep {
-                            reading.cancel.cancel();
-                        }
-                        keep
-                    });
+                    let ended = readers.extract_if(|shard, r| !held.contains(shard) || r.task.is_finished());
+                    for (shard, reading) in ended.collect::<Vec<_>>() {
+                        reading.cancel.cancel();
+                        stopping.push((shard, reading.task));
+                    }
+                    stopping.retain(|(_, task)| !task.is_finished());
                     for shard in held {
+                        // a cancelled reader of this shard may still be in a transaction
+                        if stopping.iter().any(|(s, _)| *s == shard) {
+                            continue;
+                        }
                         readers.entry(shard.clone()).or_insert_with(|| {
                             let cancel = shutdown.child_token();
                             let task = tokio::spawn(reader::read(shared.clone(), shard, cancel.clone()));
@@ -358,6 +362,9 @@ impl<H: Handler> River<H> {
         }
         for (_, reading) in readers {
             let _ = reading.task.await;
+        }
+        for (_, task) in stopping {
+            let _ = task.await;
         }
         let _ = listener.await;
         if let Err(e) = shared.leases.release_all().await {
@@ -438,10 +445,11 @@ async fn balance<H: Handler>(shared: &Shared<H>) -> sqlx::Result<Vec<String>> {
     Ok(held)
 }
 
-/// Hands records an operator marked for retry to the handler again.
+/// Hands records an operator marked for retry to the handler again: a few per round,
+/// so that the leases are renewed in between.
 async fn retry_dead_letters<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> {
     let river = &shared.config.name;
-    loop {
+    for _ in 0..10 {
         let mut tx = shared.pool.begin().await?;
         let Some(row) = dead_letter::next_retry(&mut tx, river).await? else { return Ok(()) };
         let outcome = match serde_json::from_slice::<Envelope>(&row.record) {
@@ -468,6 +476,7 @@ async fn retry_dead_letters<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> 
             }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

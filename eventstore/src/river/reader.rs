@@ -73,7 +73,8 @@ impl<H: Handler> ShardReader<H> {
         let mut backoff = self.shared.config.retry_backoff;
         'iterator: loop {
             let iterator = match self.iterator().await {
-                Ok(iterator) => iterator,
+                Ok(Some(iterator)) => iterator,
+                Ok(None) => return Err(Stop::LeaseLost),
                 Err(e) => {
                     tracing::warn!(river = %self.label[0], shard = %self.shard, error = %e, "no shard iterator; retrying");
                     self.pause(&mut backoff).await?;
@@ -152,8 +153,11 @@ impl<H: Handler> ShardReader<H> {
         }
     }
 
-    async fn iterator(&self) -> Result<String, String> {
-        let checkpoint = self.shared.leases.checkpoint(&self.shard).await.map_err(|e| e.to_string())?;
+    /// An iterator after the checkpoint; `None` when the lease is no longer ours.
+    async fn iterator(&self) -> Result<Option<String>, String> {
+        let Some(checkpoint) = self.shared.leases.checkpoint(&self.shard).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
         let request = self
             .shared
             .rapids
@@ -168,7 +172,8 @@ impl<H: Handler> ShardReader<H> {
             None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
         };
         let out = request.send().await.map_err(|e| describe(&e))?;
-        out.shard_iterator().map(str::to_string).ok_or_else(|| "GetShardIterator returned no iterator".to_string())
+        let iterator = out.shard_iterator().ok_or_else(|| "GetShardIterator returned no iterator".to_string())?;
+        Ok(Some(iterator.to_string()))
     }
 
     /// Hands a page of records to the handler and checkpoints its end: all in one
