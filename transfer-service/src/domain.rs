@@ -271,7 +271,7 @@ mod tests {
         let eur = Currency::parse("EUR").expect("EUR");
         let created = TransferEvent::Created { from: a, to: b, amount: 1, currency: eur, initiated_by: "alice".into() };
         let debited = TransferEvent::Debited { from: a, to: b, amount: 1, currency: eur };
-        given::<MoneyTransfer>(&[created.clone()])
+        given::<MoneyTransfer>(std::slice::from_ref(&created))
             .when(&TransferCommand::TargetCredited)
             .then_error(&TransferError::NotYet { state: "initiated", step: "debited" });
         given::<MoneyTransfer>(&[created.clone(), debited.clone()])
