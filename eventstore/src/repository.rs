@@ -12,7 +12,8 @@
 //!
 //! The cache only ever holds a state that was committed, so it can be behind the
 //! store but never ahead of it: an accepted command then conflicts and re-runs, and a
-//! refusal decided on the cache is decided again on the store's state.
+//! refusal or an empty decision (which appends nothing, so nothing would conflict)
+//! decided on the cache is decided again on the store's state.
 
 use crate::aggregate::Aggregate;
 use crate::envelope::EventMetadata;
