@@ -114,6 +114,10 @@ enum Bench {
         /// How often a client polls a transfer's state.
         #[arg(long, default_value_t = 25)]
         poll_ms: u64,
+        /// Follow transfers on query-service instead, long-polling: `min_version` = the
+        /// next version, so each request returns when the transfer moves on.
+        #[arg(long)]
+        query_url: Option<String>,
     },
     /// Deposits at a fixed rate, each read back from the views with min_version.
     ViewLatency {
@@ -219,22 +223,29 @@ async fn main() -> anyhow::Result<()> {
             println!("  publish lag p50           {:>10}", lag.quantile(0.50));
             println!("  publish lag p99           {:>10}", lag.quantile(0.99));
         }
-        Bench::Transfers { target, transfers_url, tailer, accounts, connections, rate, seconds, poll_ms } => {
+        Bench::Transfers {
+            target,
+            transfers_url,
+            tailer,
+            accounts,
+            connections,
+            rate,
+            seconds,
+            poll_ms,
+            query_url,
+        } => {
             let before = tailer_histogram(&tailer).await?;
-            let outcome = transfers(
-                &target,
-                &transfers_url,
-                accounts,
-                connections,
-                rate,
-                seconds,
-                Duration::from_millis(poll_ms),
-            )
-            .await?;
+            let poll = match &query_url {
+                Some(url) => Poll::Long(url.clone()),
+                None => Poll::Every(Duration::from_millis(poll_ms)),
+            };
+            let outcome = transfers(&target, &transfers_url, accounts, connections, rate, seconds, poll).await?;
             let lag = tailer_histogram(&tailer).await?.minus(&before);
-            println!(
-                "transfers: M={accounts} accounts, C={connections}, R={rate}/s asked, T={seconds}s, polling every {poll_ms} ms"
-            );
+            let how = match &query_url {
+                Some(_) => "long-polling query-service with min_version".to_string(),
+                None => format!("polling transfer-service every {poll_ms} ms"),
+            };
+            println!("transfers: M={accounts} accounts, C={connections}, R={rate}/s asked, T={seconds}s, {how}");
             println!("  created/s                 {:>10.1}", outcome.created as f64 / outcome.elapsed);
             println!("  create p50 / p99          {:>7.1} / {:.1} ms", outcome.create_p50, outcome.create_p99);
             println!("  completed                 {:>10}", outcome.completed);
@@ -682,7 +693,7 @@ async fn transfers(
     connections: usize,
     rate: u64,
     seconds: u64,
-    poll: Duration,
+    poll: Poll,
 ) -> anyhow::Result<TransferOutcome> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 4).build()?;
     let mut tokens = Vec::new();
@@ -731,7 +742,7 @@ async fn transfers(
     let clients: Vec<_> = (0..connections)
         .map(|_| {
             let (client, taken, ids, errors) = (client.clone(), taken.clone(), ids.clone(), errors.clone());
-            let url = transfers_url.to_owned();
+            let (url, poll) = (transfers_url.to_owned(), poll.clone());
             tokio::spawn(async move {
                 let mut created = Vec::new();
                 let mut pollers = Vec::new();
@@ -758,8 +769,8 @@ async fn transfers(
                         continue;
                     };
                     created.push(t.elapsed().as_secs_f64() * 1000.0);
-                    let (client, url, token) = (client.clone(), url.clone(), token.clone());
-                    pollers.push(tokio::spawn(async move { settle(&client, &url, &token, &id, t, poll).await }));
+                    let (client, url, token, poll) = (client.clone(), url.clone(), token.clone(), poll.clone());
+                    pollers.push(tokio::spawn(async move { settle(&client, &url, &token, &id, t, &poll).await }));
                 }
                 let mut settled = Vec::new();
                 for p in pollers {
@@ -813,26 +824,39 @@ fn async_channel(
     (tx, Arc::new(tokio::sync::Mutex::new(rx)))
 }
 
-/// Polls a transfer until it is completed or failed (or 60 s passed).
-async fn settle(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    id: &str,
-    created: Instant,
-    poll: Duration,
-) -> Settled {
+/// How a client follows a transfer.
+#[derive(Debug, Clone)]
+enum Poll {
+    /// GET transfer-service's `/transfers/{id}` at this interval.
+    Every(Duration),
+    /// GET query-service's `/transfers/{id}?min_version=<next>&wait_ms=5000`.
+    Long(String),
+}
+
+/// Follows a transfer until it is completed or failed (or 60 s passed).
+async fn settle(client: &reqwest::Client, url: &str, token: &str, id: &str, created: Instant, poll: &Poll) -> Settled {
+    let mut next = 2; // creation answered version 1
     while created.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(poll).await;
-        let Ok(response) = client.get(format!("{url}/transfers/{id}")).bearer_auth(token).send().await else {
+        let request = match poll {
+            Poll::Every(interval) => {
+                tokio::time::sleep(*interval).await;
+                client.get(format!("{url}/transfers/{id}"))
+            }
+            Poll::Long(query) => client.get(format!("{query}/transfers/{id}?min_version={next}&wait_ms=5000")),
+        };
+        let Ok(response) = request.bearer_auth(token).send().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        if response.status() != 200 {
+            continue; // 409 view_out_of_date: ask again
+        }
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         let ms = created.elapsed().as_secs_f64() * 1000.0;
         match body["state"].as_str() {
             Some("completed") => return Settled::Completed(ms),
             Some("failed") => return Settled::Failed(ms),
-            _ => {}
+            _ => next = body["version"].as_i64().unwrap_or(next - 1) + 1,
         }
     }
     Settled::Stuck
