@@ -142,7 +142,8 @@ impl<H: Handler> ShardReader<H> {
                         };
                     }
                 }
-                if page.records().is_empty() {
+                // an empty page while behind (Kinesis skips empty stretches so) reads on at once
+                if page.records().is_empty() && page.millis_behind_latest().unwrap_or(0) == 0 {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
                         _ = tokio::time::sleep(self.shared.config.idle_poll) => {}
