@@ -10,7 +10,6 @@
 //! transfer in order.
 
 use crate::domain::{Account, AccountCommand};
-use eventstore::envelope::EventMetadata;
 use eventstore::river::{Handler, HandlerError, River, RiverEvent, RiverMetrics, TopicFilter, by_stream};
 use eventstore::{CommandContext, Currency, IdempotencyRequest, Money, Repository};
 use serde::Deserialize;
@@ -63,18 +62,12 @@ impl SagaSteps {
             _ => (movement.from, AccountCommand::Refund { transfer_id, amount }),
         };
         let ctx = CommandContext {
-            metadata: EventMetadata {
-                correlation_id: Some(transfer_id.to_string()),
-                causation_id: Some(envelope.event_id.to_string()),
-                request_id: None,
-                actor: ACTOR.into(),
-            },
             idempotency: Some(IdempotencyRequest {
                 actor: ACTOR.into(),
                 key: format!("{transfer_id}:{step}"),
                 request_hash: format!("{step}:{account}:{}:{}", movement.amount, movement.currency.as_str()),
             }),
-            expected_version: None,
+            ..event.causes(transfer_id, ACTOR)
         };
         self.accounts
             .execute(account, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))

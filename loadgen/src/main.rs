@@ -493,20 +493,7 @@ async fn view_latency(
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let ids = Arc::new(ids);
-    let (slots, taken) = async_channel(connections);
-    let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let end = Instant::now() + Duration::from_secs(seconds);
-        let mut n: u64 = 0;
-        while Instant::now() < end {
-            interval.tick().await;
-            if slots.send(n).await.is_err() {
-                break;
-            }
-            n += 1;
-        }
-    });
+    let (ticker, taken) = slots(rate, seconds, connections);
     let workers: Vec<_> = (0..connections)
         .map(|_| {
             let (client, taken, ids, token) = (client.clone(), taken.clone(), ids.clone(), token.clone());
@@ -724,20 +711,7 @@ async fn transfers(
     let ids = Arc::new(ids);
 
     // a ticker hands out R slots a second; C clients take them
-    let (slots, taken) = async_channel(connections);
-    let ticker = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let end = Instant::now() + Duration::from_secs(seconds);
-        let mut n: u64 = 0;
-        while Instant::now() < end {
-            interval.tick().await;
-            if slots.send(n).await.is_err() {
-                break;
-            }
-            n += 1;
-        }
-    });
+    let (ticker, taken) = slots(rate, seconds, connections);
     let errors = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..connections)
         .map(|_| {
@@ -815,13 +789,28 @@ async fn transfers(
     })
 }
 
-/// A bounded channel whose receiver C clients share.
-#[allow(clippy::type_complexity)]
-fn async_channel(
-    capacity: usize,
-) -> (tokio::sync::mpsc::Sender<u64>, Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
-    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+/// Slots handed out `rate` times a second for `seconds` (numbered from 0), from a
+/// channel the clients share; the ticker task ends when the time is up.
+fn slots(
+    rate: u64,
+    seconds: u64,
+    clients: usize,
+) -> (tokio::task::JoinHandle<()>, Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<u64>>>) {
+    let (slots, taken) = tokio::sync::mpsc::channel(clients.max(1));
+    let ticker = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let mut n: u64 = 0;
+        while Instant::now() < end {
+            interval.tick().await;
+            if slots.send(n).await.is_err() {
+                break;
+            }
+            n += 1;
+        }
+    });
+    (ticker, Arc::new(tokio::sync::Mutex::new(taken)))
 }
 
 /// How a client follows a transfer.

@@ -10,9 +10,8 @@
 
 use crate::domain::{MoneyTransfer, TransferCommand};
 use account_service::domain::AccountEvent;
-use eventstore::envelope::EventMetadata;
+use eventstore::Repository;
 use eventstore::river::{Handler, HandlerError, River, RiverEvent, RiverMetrics, TopicFilter, by_stream};
-use eventstore::{CommandContext, Repository};
 use sqlx::PgConnection;
 
 /// The river's name: its leases, checkpoints and dead letters are kept under it.
@@ -57,16 +56,7 @@ impl SagaSteps {
             AccountEvent::Refunded { transfer_id, .. } => (transfer_id, TransferCommand::SourceRefunded),
             _ => return Ok(()),
         };
-        let ctx = CommandContext {
-            metadata: EventMetadata {
-                correlation_id: Some(transfer_id.to_string()),
-                causation_id: Some(envelope.event_id.to_string()),
-                request_id: None,
-                actor: ACTOR.into(),
-            },
-            idempotency: None,
-            expected_version: None,
-        };
+        let ctx = event.causes(transfer_id, ACTOR);
         self.transfers
             .execute(transfer_id, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))
             .await?;

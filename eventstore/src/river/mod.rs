@@ -41,6 +41,23 @@ pub struct RiverEvent {
     pub envelope: Envelope,
 }
 
+impl RiverEvent {
+    /// The context of a command this event causes: correlated with `correlation` (a
+    /// saga's id), caused by this event, run by `actor` (a service).
+    pub fn causes(&self, correlation: uuid::Uuid, actor: &str) -> crate::CommandContext {
+        crate::CommandContext {
+            metadata: crate::EventMetadata {
+                correlation_id: Some(correlation.to_string()),
+                causation_id: Some(self.envelope.event_id.to_string()),
+                request_id: None,
+                actor: actor.into(),
+            },
+            idempotency: None,
+            expected_version: None,
+        }
+    }
+}
+
 /// Why a handler did not handle an event.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HandlerError {
