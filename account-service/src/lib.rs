@@ -96,14 +96,6 @@ pub fn start_river(
     rapids: Rapids,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    config.river.river_enabled.then(|| {
-        let river = saga::river(
-            &config.river,
-            state.accounts.clone(),
-            config.river.river_pool(&state.kit.pool),
-            rapids,
-            state.river_metrics.clone(),
-        );
-        tokio::spawn(river.run(shutdown))
-    })
+    let steps = saga::SagaSteps::new(state.accounts.clone());
+    config.river.spawn(saga::RIVER, saga::TOPICS, steps, &state.kit.pool, rapids, state.river_metrics.clone(), shutdown)
 }

@@ -10,7 +10,7 @@
 //! transfer in order.
 
 use crate::domain::{Account, AccountCommand};
-use eventstore::river::{Handler, HandlerError, River, RiverEvent, RiverMetrics, TopicFilter, by_stream};
+use eventstore::river::{Handler, HandlerError, RiverEvent, by_stream};
 use eventstore::{CommandContext, Currency, IdempotencyRequest, Money, Repository};
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 /// The river's name: its leases, checkpoints and dead letters are kept under it.
 pub const RIVER: &str = "accounts";
+/// The event types the river reads.
+pub const TOPICS: &[&str] = &["transfer.*"];
 /// The idempotency records' actor.
 const ACTOR: &str = "saga:accounts";
 /// Transfers handled at once within one page of records.
@@ -80,16 +82,4 @@ impl Handler for SagaSteps {
     async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
         by_stream(events, CONCURRENCY, |event| self.step(event)).await
     }
-}
-
-/// The river of this service over `pool` and the rapids.
-pub fn river(
-    args: &service_kit::config::RiverArgs,
-    accounts: Repository<Account>,
-    pool: sqlx::PgPool,
-    rapids: eventstore::rapids::Rapids,
-    metrics: RiverMetrics,
-) -> River<SagaSteps> {
-    let config = args.river_config(RIVER, TopicFilter::new(&["transfer.*"]));
-    River::new(config, pool, rapids, SagaSteps::new(accounts), metrics)
 }

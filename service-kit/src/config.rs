@@ -188,6 +188,26 @@ pub struct RiverArgs {
 }
 
 impl RiverArgs {
+    /// Starts the river `name` on `topics` with `handler` unless rivers are disabled;
+    /// it runs until `shutdown` and then gives its shard leases up.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn<H: eventstore::river::Handler>(
+        &self,
+        name: &str,
+        topics: &[&str],
+        handler: H,
+        service_pool: &sqlx::PgPool,
+        rapids: eventstore::rapids::Rapids,
+        metrics: eventstore::river::RiverMetrics,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.river_enabled.then(|| {
+            let config = self.river_config(name, eventstore::river::TopicFilter::new(topics));
+            let river = eventstore::river::River::new(config, self.river_pool(service_pool), rapids, handler, metrics);
+            tokio::spawn(river.run(shutdown))
+        })
+    }
+
     /// The river's own pool to the service's database (connects lazily).
     pub fn river_pool(&self, service_pool: &sqlx::PgPool) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()

@@ -91,7 +91,12 @@ async fn a_read_waits_for_the_version_a_command_answered(options: PgPoolOptions,
             (reply, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiters = bank.query_state.waiters.clone();
+    tests::wait_for(Duration::from_secs(10), "the read to wait", || {
+        let waiting = waiters.waiters();
+        async move { (waiting == 1).then_some(()) }
+    })
+    .await;
     deposit(&bank, "alice", id, 1).await;
     let (reply, waited) = read.await.unwrap();
     assert_eq!(reply.expect(200)["balance"], 1251);
@@ -247,6 +252,18 @@ async fn duplicates_change_nothing_and_a_gap_is_filled_from_the_store(
     assert_eq!(balance, 33);
 }
 
+/// Waits until the store holds at least `n` deposits.
+async fn deposits_at_least(pool: &PgPool, n: i64) {
+    tests::wait_for(Duration::from_secs(30), &format!("{n} deposits"), || async move {
+        let done: i64 = sqlx::query_scalar("select count(*) from es.events where type = 'account.deposited'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (done >= n).then_some(())
+    })
+    .await;
+}
+
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn a_rebuild_during_writes_matches_the_store_and_verify_finds_a_corrupted_row(
     options: PgPoolOptions,
@@ -276,14 +293,15 @@ async fn a_rebuild_during_writes_matches_the_store_and_verify_finds_a_corrupted_
     let alice = token("alice", Customer);
     let read = |id: Uuid| bank.queries.api().get(&format!("/accounts/{id}")).token(&alice).send();
     read(ids[0]).await.expect(200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    deposits_at_least(&pool, 30).await;
     let rebuilt = rebuild::rebuild(&pool, false).await.unwrap();
     // and goes on reading the swapped-in ones
     for id in &ids {
         assert_eq!(read(*id).await.expect(200)["id"], json!(id));
     }
     assert!(rebuilt.events > 20, "{rebuilt:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // writes go on after the swap too
+    deposits_at_least(&pool, rebuilt.events as i64 + 30).await;
     stop.cancel();
     let deposits = load.await.unwrap();
     assert!(deposits > 0);

@@ -11,11 +11,13 @@
 use crate::domain::{MoneyTransfer, TransferCommand};
 use account_service::domain::AccountEvent;
 use eventstore::Repository;
-use eventstore::river::{Handler, HandlerError, River, RiverEvent, RiverMetrics, TopicFilter, by_stream};
+use eventstore::river::{Handler, HandlerError, RiverEvent, by_stream};
 use sqlx::PgConnection;
 
 /// The river's name: its leases, checkpoints and dead letters are kept under it.
 pub const RIVER: &str = "transfers";
+/// The event types the river reads.
+pub const TOPICS: &[&str] = &["account.*"];
 const ACTOR: &str = "saga:transfers";
 /// Accounts handled at once within one page of records.
 const CONCURRENCY: usize = 64;
@@ -68,16 +70,4 @@ impl Handler for SagaSteps {
     async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
         by_stream(events, CONCURRENCY, |event| self.step(event)).await
     }
-}
-
-/// The river of this service over `pool` and the rapids.
-pub fn river(
-    args: &service_kit::config::RiverArgs,
-    transfers: Repository<MoneyTransfer>,
-    pool: sqlx::PgPool,
-    rapids: eventstore::rapids::Rapids,
-    metrics: RiverMetrics,
-) -> River<SagaSteps> {
-    let config = args.river_config(RIVER, TopicFilter::new(&["account.*"]));
-    River::new(config, pool, rapids, SagaSteps::new(transfers), metrics)
 }

@@ -13,7 +13,7 @@ pub mod store;
 
 use axum::Router;
 use eventstore::rapids::Rapids;
-use eventstore::river::{River, RiverMetrics, TopicFilter};
+use eventstore::river::RiverMetrics;
 use service_kit::config::{RiverArgs, ServiceArgs};
 use service_kit::http::Kit;
 use sqlx::PgPool;
@@ -89,17 +89,9 @@ pub fn start_river(
     rapids: Rapids,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    config.river.river_enabled.then(|| {
-        let river_config = config.river.river_config(RIVER, TopicFilter::new(&["account.*", "transfer.*"]));
-        let river = River::new(
-            river_config,
-            config.river.river_pool(&state.kit.pool),
-            rapids,
-            store::ViewsHandler,
-            state.river_metrics.clone(),
-        );
-        tokio::spawn(river.run(shutdown))
-    })
+    let topics = &["account.*", "transfer.*"];
+    let metrics = state.river_metrics.clone();
+    config.river.spawn(RIVER, topics, store::ViewsHandler, &state.kit.pool, rapids, metrics, shutdown)
 }
 
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
