@@ -82,4 +82,9 @@ impl Handler for SagaSteps {
     async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
         by_stream(events, CONCURRENCY, |event| self.step(event)).await
     }
+
+    /// The steps are commands, idempotent on their own; nothing is written through `tx`.
+    fn transactional(&self) -> bool {
+        false
+    }
 }

@@ -13,6 +13,7 @@
 //! * [`metrics`]: the store's Prometheus counters.
 //! * [`tailer`]: follows the store's log onto the rapids (Kinesis).
 //! * [`river`]: durable subscriptions to the rapids (leases, checkpoints, dead letters).
+//! * [`watches`]: waiting for a stream to reach a version, woken by announcements.
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
@@ -25,6 +26,7 @@ pub mod repository;
 pub mod river;
 pub mod store;
 pub mod tailer;
+pub mod watches;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use envelope::EventMetadata;

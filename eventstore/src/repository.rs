@@ -20,6 +20,7 @@ use crate::envelope::EventMetadata;
 use crate::group_commit::GroupCommit;
 use crate::metrics::StoreMetrics;
 use crate::store::{Append, EventStore, IdempotencyWrite, Loaded, NewEvent, SnapshotWrite, StoreError};
+use crate::watches::StreamWatches;
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,8 @@ pub struct Repository<A: Aggregate> {
     metrics: StoreMetrics,
     shards: Slots<A>,
     group_commit: Option<GroupCommit>,
+    /// Told the new version of each stream this repository appends to.
+    watches: Arc<StreamWatches>,
 }
 
 impl<A: Aggregate> Clone for Repository<A> {
@@ -116,6 +119,7 @@ impl<A: Aggregate> Clone for Repository<A> {
             metrics: self.metrics.clone(),
             shards: self.shards.clone(),
             group_commit: self.group_commit.clone(),
+            watches: self.watches.clone(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl<A: Aggregate> Repository<A> {
             metrics,
             shards: shards.into(),
             group_commit,
+            watches: Arc::default(),
         }
     }
 
@@ -147,6 +152,13 @@ impl<A: Aggregate> Repository<A> {
 
     pub fn store(&self) -> &EventStore {
         &self.store
+    }
+
+    /// The versions this repository's appends reach, announced as they commit: a
+    /// reader can wait on them for a stream to move on (appends by other processes
+    /// are not announced here).
+    pub fn watches(&self) -> &Arc<StreamWatches> {
+        &self.watches
     }
 
     /// Runs a command on an existing (or not yet existing) stream. `reply` builds the
@@ -262,6 +274,7 @@ impl<A: Aggregate> Repository<A> {
                     self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
                     self.metrics.events.with_label_values(&[A::STREAM_TYPE]).inc_by(events.len() as u64);
                     *cached = self.keep(Loaded { state: new_state, version: new_version });
+                    self.watches.announce(stream_id, i64::from(new_version));
                     return Ok(CommandReply { status, body, replayed: false });
                 }
                 Err(StoreError::Conflict { .. }) => {

@@ -111,13 +111,18 @@ enum Bench {
         /// Seconds of creating transfers (T).
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// How often a client polls a transfer's state.
+        /// How often a client polls a transfer's state (without --long-poll-url).
         #[arg(long, default_value_t = 25)]
         poll_ms: u64,
-        /// Follow transfers on query-service instead, long-polling: `min_version` = the
-        /// next version, so each request returns when the transfer moves on.
+        /// Follow transfers by long-polling `/transfers/{id}` at this base URL
+        /// (transfer-service or query-service) instead: `min_version` = the next
+        /// version, so each request returns when the transfer moves on.
         #[arg(long)]
-        query_url: Option<String>,
+        long_poll_url: Option<String>,
+        /// Base URLs of services running rivers (their /metrics): prints each river's
+        /// delivery latency and GetRecords durations over the run.
+        #[arg(long = "river-metrics")]
+        river_metrics: Vec<String>,
     },
     /// Deposits at a fixed rate, each read back from the views with min_version.
     ViewLatency {
@@ -232,16 +237,26 @@ async fn main() -> anyhow::Result<()> {
             rate,
             seconds,
             poll_ms,
-            query_url,
+            long_poll_url,
+            river_metrics,
         } => {
             let before = tailer_histogram(&tailer).await?;
-            let poll = match &query_url {
+            let put_before = histograms(&tailer, "tailer_put_records_seconds").await?;
+            let mut rivers_before = Vec::new();
+            for url in &river_metrics {
+                rivers_before.push((
+                    histograms(url, "river_delivery_seconds").await?,
+                    histograms(url, "river_get_records_seconds").await?,
+                ));
+            }
+            let poll = match &long_poll_url {
                 Some(url) => Poll::Long(url.clone()),
                 None => Poll::Every(Duration::from_millis(poll_ms)),
             };
             let outcome = transfers(&target, &transfers_url, accounts, connections, rate, seconds, poll).await?;
             let lag = tailer_histogram(&tailer).await?.minus(&before);
-            let how = match &query_url {
+            let how = match &long_poll_url {
+                Some(url) if *url == transfers_url => "long-polling transfer-service with min_version".to_string(),
                 Some(_) => "long-polling query-service with min_version".to_string(),
                 None => format!("polling transfer-service every {poll_ms} ms"),
             };
@@ -257,6 +272,22 @@ async fn main() -> anyhow::Result<()> {
             println!("  events published          {:>10}", lag.count);
             println!("  publish lag p50           {:>10}", lag.quantile(0.50));
             println!("  publish lag p99           {:>10}", lag.quantile(0.99));
+            for (_, put) in histograms(&tailer, "tailer_put_records_seconds").await?.minus(&put_before) {
+                println!("  PutRecords calls, mean    {:>10}  {:.1} ms", put.count, put.mean_ms());
+            }
+            for (url, (delivery_before, reads_before)) in river_metrics.iter().zip(&rivers_before) {
+                let reads = histograms(url, "river_get_records_seconds").await?.minus(reads_before);
+                for (labels, delivery) in histograms(url, "river_delivery_seconds").await?.minus(delivery_before) {
+                    let read = reads.iter().find(|(l, _)| *l == labels).map(|(_, h)| h);
+                    println!(
+                        "  river {labels}: arrival → handled p50 {}, p99 {}; GetRecords calls {}, mean {:.1} ms",
+                        delivery.quantile(0.50),
+                        delivery.quantile(0.99),
+                        read.map(|h| h.count).unwrap_or(0),
+                        read.map(Histogram::mean_ms).unwrap_or(0.0),
+                    );
+                }
+            }
         }
         Bench::ViewLatency { target, query_url, accounts, connections, rate, seconds } => {
             let out = view_latency(&target, &query_url, accounts, connections, rate, seconds).await?;
@@ -310,10 +341,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The tailer's `tailer_publish_lag_seconds` histogram: cumulative counts per bucket.
+/// A Prometheus histogram read from a /metrics page: cumulative counts per bucket.
+#[derive(Default, Clone)]
 struct Histogram {
     buckets: Vec<(f64, u64)>,
     count: u64,
+    sum: f64,
 }
 
 impl Histogram {
@@ -323,7 +356,11 @@ impl Histogram {
             .iter()
             .map(|(le, n)| (*le, n - earlier.buckets.iter().find(|(l, _)| l == le).map(|(_, m)| *m).unwrap_or(0)))
             .collect();
-        Histogram { buckets, count: self.count - earlier.count }
+        Histogram { buckets, count: self.count - earlier.count, sum: self.sum - earlier.sum }
+    }
+
+    fn mean_ms(&self) -> f64 {
+        if self.count == 0 { 0.0 } else { self.sum / self.count as f64 * 1000.0 }
     }
 
     /// The upper bound of the bucket holding quantile `q` (histograms know no more).
@@ -337,19 +374,84 @@ impl Histogram {
 }
 
 async fn tailer_histogram(url: &str) -> anyhow::Result<Histogram> {
+    let mut all = histograms(url, "tailer_publish_lag_seconds").await?;
+    Ok(all.pop().map(|(_, h)| h).unwrap_or_default())
+}
+
+/// The series of histogram `name` on `url`'s /metrics page, keyed by their labels
+/// (without `le`, e.g. `river="accounts"`; empty for an unlabelled one).
+async fn histograms(url: &str, name: &str) -> anyhow::Result<Histograms> {
     let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
-    let mut buckets = Vec::new();
-    let mut count = 0;
+    let mut all = Histograms::default();
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("tailer_publish_lag_seconds_bucket{le=\"") {
-            let (le, n) = rest.split_once("\"} ").context("bucket line")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse()? };
-            buckets.push((le, n.trim().parse()?));
-        } else if let Some(n) = line.strip_prefix("tailer_publish_lag_seconds_count ") {
-            count = n.trim().parse()?;
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (kind, rest) = rest.split_at(rest.find(['{', ' ']).unwrap_or(rest.len()));
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ").context("a labelled sample")?,
+            None => ("", rest.trim()),
+        };
+        let mut le = None;
+        let series: Vec<&str> = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .filter(|l| match l.strip_prefix("le=") {
+                Some(v) => {
+                    le = Some(v.trim_matches('"').to_owned());
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        let series = series.join(",");
+        let at = match all.iter().position(|(l, _)| *l == series) {
+            Some(at) => at,
+            None => {
+                all.push((series, Histogram::default()));
+                all.len() - 1
+            }
+        };
+        let histogram = &mut all[at].1;
+        match (kind, le) {
+            ("_bucket", Some(le)) => {
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse()? };
+                histogram.buckets.push((le, value.trim().parse()?));
+            }
+            ("_count", _) => histogram.count = value.trim().parse()?,
+            ("_sum", _) => histogram.sum = value.trim().parse()?,
+            _ => {}
         }
     }
-    Ok(Histogram { buckets, count })
+    Ok(all)
+}
+
+#[derive(Default)]
+struct Histograms(Vec<(String, Histogram)>);
+
+impl std::ops::Deref for Histograms {
+    type Target = Vec<(String, Histogram)>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Histograms {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Histograms {
+    /// Each series minus its value in `earlier` (a series new since then is kept whole).
+    fn minus(self, earlier: &Histograms) -> Vec<(String, Histogram)> {
+        self.0
+            .into_iter()
+            .map(|(labels, h)| {
+                let before = earlier.iter().find(|(l, _)| *l == labels).map(|(_, h)| h.clone()).unwrap_or_default();
+                let diff = h.minus(&before);
+                (labels, diff)
+            })
+            .collect()
+    }
 }
 
 struct Outcome {
@@ -799,7 +901,9 @@ fn slots(
     let (slots, taken) = tokio::sync::mpsc::channel(clients.max(1));
     let ticker = tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // a late tick (a busy machine, all clients busy) is made up for: the rate asked
+        // is the rate offered, on average
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let end = Instant::now() + Duration::from_secs(seconds);
         let mut n: u64 = 0;
         while Instant::now() < end {
@@ -818,7 +922,7 @@ fn slots(
 enum Poll {
     /// GET transfer-service's `/transfers/{id}` at this interval.
     Every(Duration),
-    /// GET query-service's `/transfers/{id}?min_version=<next>&wait_ms=5000`.
+    /// GET `<base>/transfers/{id}?min_version=<next>&wait_ms=5000`.
     Long(String),
 }
 
@@ -838,7 +942,7 @@ async fn settle(client: &reqwest::Client, url: &str, token: &str, id: &str, crea
             continue;
         };
         if response.status() != 200 {
-            continue; // 409 view_out_of_date: ask again
+            continue; // 409 view_out_of_date / version_not_reached: ask again
         }
         let body: serde_json::Value = response.json().await.unwrap_or_default();
         let ms = created.elapsed().as_secs_f64() * 1000.0;

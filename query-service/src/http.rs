@@ -11,10 +11,9 @@ use http::HeaderValue;
 use serde_json::{Value, json};
 use service_kit::ApiError;
 use service_kit::auth::Caller;
-use service_kit::extract::PathId;
+use service_kit::extract::{PathId, Wait, query_integer};
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
@@ -26,32 +25,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 type Params = Query<HashMap<String, String>>;
-
-/// `min_version` and `wait_ms` of a read.
-#[derive(Debug, Clone, Copy)]
-struct Wait {
-    min_version: Option<i64>,
-    wait: Duration,
-}
-
-fn integer(params: &HashMap<String, String>, name: &str, max: i64) -> Result<Option<i64>, ApiError> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (0..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::bad_request("invalid_query", format!("{name} must be an integer from 0 to {max}"))
-                .with_detail("parameter", name)),
-        },
-    }
-}
-
-impl Wait {
-    fn parse(params: &HashMap<String, String>, max_wait: Duration) -> Result<Wait, ApiError> {
-        let min_version = integer(params, "min_version", i64::from(i32::MAX))?;
-        let wait_ms = integer(params, "wait_ms", i64::MAX)?.unwrap_or(0) as u64;
-        Ok(Wait { min_version, wait: Duration::from_millis(wait_ms).min(max_wait) })
-    }
-}
 
 fn out_of_date(current: i64, wanted: i64) -> ApiError {
     ApiError::conflict("view_out_of_date", "the view has not reached the wanted version yet; retry later")
@@ -84,39 +57,19 @@ impl AppState {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Option<(T, i64)>, sqlx::Error>>,
     {
-        let Some(wanted) = wait.min_version else {
+        let load_checked = || async {
             let found = load().await.map_err(fault)?;
             if let Some((row, _)) = &found {
                 check(row)?;
             }
-            return Ok(found.map(|(row, _)| row));
+            Ok::<_, ApiError>(found)
         };
-        let watch = self.waiters.watch(id);
-        let mut announced = watch.subscribe();
-        let mut wakes = announced.borrow_and_update().0;
-        let deadline = tokio::time::Instant::now() + wait.wait;
-        loop {
-            let found = load().await.map_err(fault)?;
-            let current = found.as_ref().map_or(0, |(_, version)| *version);
-            if let Some((row, _)) = &found {
-                check(row)?;
-            }
-            if current >= wanted {
-                return Ok(found.map(|(row, _)| row));
-            }
-            // until an announcement reaches the wanted version, or the deadline
-            loop {
-                tokio::select! {
-                    changed = announced.changed() => {
-                        let (now_wakes, version) = *announced.borrow_and_update();
-                        if changed.is_err() || version >= wanted || now_wakes != wakes {
-                            wakes = now_wakes;
-                            break;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline) => return Err(out_of_date(current, wanted)),
-                }
-            }
+        let Some(wanted) = wait.min_version else {
+            return Ok(load_checked().await?.map(|(row, _)| row));
+        };
+        match self.waiters.at_version(id, wanted, wait.wait, None, load_checked).await? {
+            Ok(found) => Ok(found),
+            Err(current) => Err(out_of_date(current, wanted)),
         }
     }
 }
@@ -297,8 +250,8 @@ async fn transactions(
     Query(params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let wait = Wait::parse(&params, state.max_wait)?;
-    let limit = integer(&params, "limit", 200)?.unwrap_or(50).max(1);
-    let before = integer(&params, "before_version", i64::from(i32::MAX))?;
+    let limit = query_integer(&params, "limit", 200)?.unwrap_or(50).max(1);
+    let before = query_integer(&params, "before_version", i64::from(i32::MAX))?;
     let pool = &state.kit.pool;
     let row = state
         .at_version(id, wait, || load_account(pool, id), owned_by(&caller))

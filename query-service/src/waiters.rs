@@ -6,71 +6,34 @@
 //! subscribes, then queries once; it queries again only when an announcement reaches
 //! the version it wants (or, after a lost LISTEN connection, once everyone is woken).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use eventstore::watches::StreamWatches;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The NOTIFY channel view-updater announces on.
 pub const CHANNEL: &str = "views_advanced";
 
-/// What a stream's waiters watch: (wake-ups after a lost LISTEN connection, the
-/// highest version announced).
-pub type Announced = (u64, i64);
-type Entry = Weak<watch::Sender<Announced>>;
-
+/// The streams waited for, fed by view-updater's announcements.
 #[derive(Default)]
 pub struct Waiters {
-    streams: Mutex<HashMap<Uuid, Entry>>,
+    watches: StreamWatches,
+}
+
+impl std::ops::Deref for Waiters {
+    type Target = StreamWatches;
+    fn deref(&self) -> &StreamWatches {
+        &self.watches
+    }
 }
 
 impl Waiters {
-    /// The watch of a stream's announced versions (shared by its waiters).
-    pub fn watch(&self, stream_id: Uuid) -> Arc<watch::Sender<Announced>> {
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = streams.get(&stream_id).and_then(Weak::upgrade) {
-            return sender;
-        }
-        if streams.len() >= 4096 {
-            streams.retain(|_, entry| entry.strong_count() > 0);
-        }
-        let sender = Arc::new(watch::Sender::new((0, 0)));
-        streams.insert(stream_id, Arc::downgrade(&sender));
-        sender
-    }
-
-    /// How many reads wait now (over all streams).
-    pub fn waiters(&self) -> usize {
-        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        streams.values().filter_map(Weak::upgrade).map(|s| s.receiver_count()).sum()
-    }
-
-    /// How many streams have waiters now.
-    pub fn waiting(&self) -> usize {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|e| e.strong_count() > 0).count()
-    }
-
+    /// Relays one announcement, `<stream id>:<version>` (anything else is ignored).
     fn announce(&self, payload: &str) {
         let Some((id, version)) = payload.split_once(':') else { return };
-        let (Ok(id), Ok(version)) = (id.parse::<Uuid>(), version.parse::<i64>()) else { return };
-        let sender = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(&id).and_then(Weak::upgrade);
-        if let Some(sender) = sender {
-            sender.send_if_modified(|(_, seen)| {
-                let newer = version > *seen;
-                *seen = (*seen).max(version);
-                newer
-            });
-        }
-    }
-
-    /// After a lost LISTEN connection announcements may be missing: every current
-    /// waiter queries once more.
-    fn wake_all(&self) {
-        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-        for sender in streams.values().filter_map(Weak::upgrade) {
-            sender.send_modify(|(wakes, _)| *wakes += 1);
+        if let (Ok(id), Ok(version)) = (id.parse::<Uuid>(), version.parse::<i64>()) {
+            self.watches.announce(id, version);
         }
     }
 
@@ -111,27 +74,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn announcements_reach_the_waiters_of_their_stream_only() {
+    fn announcements_are_relayed_to_their_stream_and_garbage_is_ignored() {
         let waiters = Waiters::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let watch_a = waiters.watch(a);
         let mut rx = watch_a.subscribe();
         waiters.announce(&format!("{b}:7"));
         assert!(!rx.has_changed().unwrap());
-        waiters.announce(&format!("{a}:3"));
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(rx.borrow_and_update().1, 3);
-        waiters.announce(&format!("{a}:2"));
-        assert!(!rx.has_changed().unwrap(), "an older version wakes nobody");
         waiters.announce("garbage");
-        assert_eq!(waiters.waiting(), 1);
-        // a reconnect wakes every waiter once, and later announcements still do
-        waiters.wake_all();
-        assert_eq!(*rx.borrow_and_update(), (1, 3));
-        waiters.announce(&format!("{a}:4"));
-        assert_eq!(*rx.borrow_and_update(), (1, 4));
-        drop(rx);
-        drop(watch_a);
-        assert_eq!(waiters.waiting(), 0);
+        waiters.announce(&format!("{a}:x"));
+        assert!(!rx.has_changed().unwrap());
+        waiters.announce(&format!("{a}:3"));
+        assert_eq!(*rx.borrow_and_update(), (0, 3));
     }
 }

@@ -185,3 +185,38 @@ fn truncate(s: &str, max: usize) -> &str {
         None => s,
     }
 }
+
+/// An integer query parameter from 0 to `max`; 400 `invalid_query` otherwise.
+pub fn query_integer(
+    params: &std::collections::HashMap<String, String>,
+    name: &str,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (0..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::bad_request("invalid_query", format!("{name} must be an integer from 0 to {max}"))
+                .with_detail("parameter", name)),
+        },
+    }
+}
+
+/// `min_version` and `wait_ms` of a read: answer once the stream is at `min_version`,
+/// waiting up to `wait` (`wait_ms` capped by the service's maximum).
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub min_version: Option<i64>,
+    pub wait: std::time::Duration,
+}
+
+impl Wait {
+    pub fn parse(
+        params: &std::collections::HashMap<String, String>,
+        max_wait: std::time::Duration,
+    ) -> Result<Wait, ApiError> {
+        let min_version = query_integer(params, "min_version", i64::from(i32::MAX))?;
+        let wait_ms = query_integer(params, "wait_ms", i64::MAX)?.unwrap_or(0) as u64;
+        Ok(Wait { min_version, wait: std::time::Duration::from_millis(wait_ms).min(max_wait) })
+    }
+}

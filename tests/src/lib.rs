@@ -415,7 +415,10 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     account_service::start_river(&config, &account_state, rapids.clone(), shutdown.clone()).unwrap();
     let accounts = spawn(account_service::router(account_state.clone())).await;
 
-    let config = transfer_service::Config::try_parse_from(args("transfer-service", FAST_RIVER)).unwrap();
+    // a waiting GET /transfers/{id} is woken by this instance's appends only (no
+    // recheck within a test), so a test sees that the wake-up works
+    let transfer_args = [FAST_RIVER, &["--wait-recheck-ms", "600000"]].concat();
+    let config = transfer_service::Config::try_parse_from(args("transfer-service", &transfer_args)).unwrap();
     let transfer_state = transfer_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     transfer_service::start_river(&config, &transfer_state, rapids.clone(), shutdown.clone()).unwrap();
     let transfers = spawn(transfer_service::router(transfer_state.clone())).await;

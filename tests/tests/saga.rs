@@ -84,6 +84,46 @@ async fn a_transfer_debits_credits_and_completes(options: PgPoolOptions, connect
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_waiting_read_on_transfer_service_returns_when_the_saga_moves_the_transfer_on(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = tests::pool(options, connect).await;
+    let bank = tests::start_bank(&pool).await;
+    let a = open(&bank, "alice", "EUR", 1000).await;
+    let b = open(&bank, "bob", "EUR", 0).await;
+    let api = bank.transfers.api();
+    let alice = token("alice", Customer);
+
+    // bad arguments, unknown ids and other customers are answered at once
+    let path = |id: Uuid, query: &str| format!("/transfers/{id}?{query}");
+    let id = transfer(&bank, "alice", a, b, 300).await;
+    for query in ["min_version=-1", "min_version=x", "min_version=3&wait_ms=-5", "min_version=99999999999"] {
+        api.get(&path(id, query)).token(&alice).send().await.expect_error(400, "invalid_query");
+    }
+    let unknown = Uuid::now_v7();
+    api.get(&path(unknown, "min_version=2&wait_ms=30000")).token(&alice).send().await.expect_error(404, "transfer_not_found");
+    api.get(&path(id, "min_version=2&wait_ms=30000")).token(&token("mallory", Customer)).send().await.expect_error(403, "forbidden");
+
+    // one read, woken by the saga's appends in this instance (the bank rechecks the
+    // store only every 10 minutes): the transfer at version 3, completed
+    let reply = api.get(&path(id, "min_version=3&wait_ms=30000")).token(&alice).send().await;
+    let body = reply.expect(200);
+    assert_eq!((body["state"].as_str(), body["version"].as_i64()), (Some("completed"), Some(3)));
+    assert_eq!((balance(&bank, "alice", a).await, balance(&bank, "bob", b).await), (700, 300));
+
+    // a version the transfer never reaches: 409 after the wait, with where it is
+    let reply = api.get(&path(id, "min_version=4&wait_ms=200")).token(&alice).send().await;
+    reply.expect_error(409, "version_not_reached");
+    assert_eq!(
+        (reply.body["error"]["current_version"].as_i64(), reply.body["error"]["wanted_version"].as_i64()),
+        (Some(3), Some(4))
+    );
+    assert_eq!(reply.headers.get("retry-after").and_then(|h| h.to_str().ok()), Some("1"));
+    assert_eq!(bank.transfer_state.transfers.watches().waiters(), 0, "no waiter is left behind");
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn insufficient_funds_fail_the_transfer_and_move_nothing(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
     let bank = tests::start_bank(&pool).await;

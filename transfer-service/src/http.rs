@@ -3,16 +3,17 @@
 use crate::AppState;
 use crate::domain::{MoneyTransfer, TransferCommand, TransferError};
 use account_service::domain::{Account, AccountStatus};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use eventstore::{Aggregate, Money};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use service_kit::ApiError;
 use service_kit::auth::Caller;
-use service_kit::extract::{ApiJson, CommandMeta, PathId, parse_id};
+use service_kit::extract::{ApiJson, CommandMeta, PathId, Wait, parse_id};
 use service_kit::http::command_response;
 use uuid::Uuid;
 
@@ -100,15 +101,40 @@ async fn create(
     Ok(command_response(reply))
 }
 
-async fn read(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
-    let loaded = state
-        .transfers
-        .store()
-        .load::<MoneyTransfer>(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
-    if !caller.may_read(&loaded.state.initiated_by) {
-        return Err(ApiError::forbidden("this transfer belongs to someone else"));
+/// The transfer as the event store has it. With `min_version` the answer waits (up
+/// to `wait_ms`) until the transfer is at that version: woken at once by this
+/// process's own appends, and checking every `TRANSFER_WAIT_RECHECK_MS` for those of
+/// other instances; then 409 `version_not_reached`.
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let wait = Wait::parse(&params, state.max_wait)?;
+    let load = || async {
+        let loaded = state
+            .transfers
+            .store()
+            .load::<MoneyTransfer>(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+        if !caller.may_read(&loaded.state.initiated_by) {
+            return Err(ApiError::forbidden("this transfer belongs to someone else"));
+        }
+        let version = i64::from(loaded.version);
+        Ok(Some((loaded, version)))
+    };
+    let wanted = wait.min_version.unwrap_or(0);
+    match state.transfers.watches().at_version(id, wanted, wait.wait, Some(state.wait_recheck), load).await? {
+        Ok(Some(loaded)) => Ok(Json(transfer_json(id, &loaded.state, loaded.version))),
+        Ok(None) => Err(ApiError::not_found("transfer_not_found", "no such transfer")),
+        Err(current) => Err(ApiError::conflict(
+            "version_not_reached",
+            "the transfer has not reached the wanted version yet; retry later",
+        )
+        .with_detail("current_version", current)
+        .with_detail("wanted_version", wanted)
+        .with_header(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"))),
     }
-    Ok(Json(transfer_json(id, &loaded.state, loaded.version)))
 }

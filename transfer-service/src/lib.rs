@@ -21,6 +21,7 @@ use service_kit::startup::CommandParts;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,13 @@ pub struct Config {
     pub commands: CommandArgs,
     #[command(flatten)]
     pub river: RiverArgs,
+    /// Longest `wait_ms` a `GET /transfers/{id}` with `min_version` may ask for.
+    #[arg(long, env = "TRANSFER_MAX_WAIT_MS", default_value_t = 10_000)]
+    pub max_wait_ms: u64,
+    /// How often such a wait checks the store for appends by other instances (this
+    /// instance's own appends end it at once).
+    #[arg(long, env = "TRANSFER_WAIT_RECHECK_MS", default_value_t = 1_000)]
+    pub wait_recheck_ms: u64,
 }
 
 /// Everything a request handler needs.
@@ -47,6 +55,8 @@ pub struct AppState {
     pub max_amount: i64,
     pub kit: Kit,
     pub river_metrics: eventstore::river::RiverMetrics,
+    pub max_wait: Duration,
+    pub wait_recheck: Duration,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -73,6 +83,8 @@ impl AppState {
             max_amount: config.commands.max_amount_minor,
             kit: parts.kit,
             river_metrics,
+            max_wait: Duration::from_millis(config.max_wait_ms),
+            wait_recheck: Duration::from_millis(config.wait_recheck_ms.max(1)),
         })
     }
 }

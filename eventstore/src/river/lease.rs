@@ -180,8 +180,8 @@ impl Leases {
         .await
     }
 
-    /// Moves the checkpoint inside the handler's transaction; false when the lease is
-    /// no longer this instance's (the transaction must then roll back).
+    /// Moves the checkpoint, inside the handler's transaction when `tx` is one; false
+    /// when the lease is no longer this instance's (a transaction must then roll back).
     pub async fn advance(&self, tx: &mut sqlx::PgConnection, shard_id: &str, sequence: &str) -> sqlx::Result<bool> {
         let done = sqlx::query(
             "update rapids.river_shards set checkpoint = $4 where river = $1 and shard_id = $2 and owner = $3",

@@ -5,6 +5,7 @@
 use super::{Handler, HandlerError, RiverEvent, Shared, dead_letter};
 use crate::envelope::Envelope;
 use crate::rapids::describe;
+use aws_sdk_kinesis::operation::get_records::GetRecordsOutput;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use futures::FutureExt;
 use sqlx::PgConnection;
@@ -84,48 +85,42 @@ impl<H: Handler> ShardReader<H> {
             let mut iterator = Some(iterator);
             let mut last_read: Option<tokio::time::Instant> = None;
             let mut published = self.shared.published.subscribe();
+            // the next page, read while the one before was handled
+            let mut prefetched = None;
             while let Some(current) = iterator.take() {
-                // pages of a busy shard gather a few records instead of one each
-                if let Some(at) = last_read {
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
-                        _ = tokio::time::sleep_until(at + self.shared.config.read_interval) => {}
-                    }
-                }
-                if self.cancel.is_cancelled() {
-                    return Err(Stop::Cancelled);
-                }
-                last_read = Some(tokio::time::Instant::now());
-                // what the tailer published from here on wakes the wait below
-                published.borrow_and_update();
-                let page = match self
-                    .shared
-                    .rapids
-                    .client()
-                    .get_records()
-                    .shard_iterator(&current)
-                    .limit(self.shared.config.batch_size)
-                    .send()
-                    .await
-                {
+                let page = match prefetched.take() {
+                    Some(page) => page,
+                    None => self.read_page(&current, &mut last_read, &mut published).await?,
+                };
+                let page = match page {
                     Ok(page) => page,
-                    Err(e) => {
+                    Err(error) => {
                         // an expired iterator, throttling, a fault: start again from the checkpoint
-                        tracing::warn!(river = %self.label[0], shard = %self.shard, error = %describe(&e), "GetRecords failed; retrying");
+                        tracing::warn!(river = %self.label[0], shard = %self.shard, %error, "GetRecords failed; retrying");
                         self.pause(&mut backoff).await?;
                         continue 'iterator;
                     }
                 };
                 backoff = self.shared.config.retry_backoff;
-                self.shared.metrics.reads.with_label_values(&self.label).inc();
                 if let Some(behind) = page.millis_behind_latest() {
                     self.shared.metrics.millis_behind.with_label_values(&self.label).set(behind);
                 }
+                let next = page.next_shard_iterator().map(str::to_string);
                 if !page.records().is_empty() {
-                    self.deliver(page.records()).await?;
+                    match &next {
+                        Some(next) => {
+                            let (delivered, read) = tokio::join!(
+                                self.deliver(page.records()),
+                                self.read_page(next, &mut last_read, &mut published)
+                            );
+                            delivered?;
+                            prefetched = Some(read?);
+                        }
+                        None => self.deliver(page.records()).await?,
+                    }
                 }
-                match page.next_shard_iterator() {
-                    Some(next) => iterator = Some(next.to_string()),
+                match next {
+                    Some(next) => iterator = Some(next),
                     None => {
                         // a closed shard read to its end
                         return match self.shared.leases.finish(&self.shard).await {
@@ -143,7 +138,7 @@ impl<H: Handler> ShardReader<H> {
                     }
                 }
                 // an empty page while behind (Kinesis skips empty stretches so) reads on at once
-                if page.records().is_empty() && page.millis_behind_latest().unwrap_or(0) == 0 {
+                if prefetched.is_none() && page.records().is_empty() && page.millis_behind_latest().unwrap_or(0) == 0 {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
                         _ = tokio::time::sleep(self.shared.config.idle_poll) => {}
@@ -152,6 +147,42 @@ impl<H: Handler> ShardReader<H> {
                 }
             }
         }
+    }
+
+    /// One GetRecords call, at least `read_interval` after the previous one (pages of
+    /// a busy shard gather a few records instead of one each).
+    async fn read_page(
+        &self,
+        iterator: &str,
+        last_read: &mut Option<tokio::time::Instant>,
+        published: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Result<GetRecordsOutput, String>, Stop> {
+        if let Some(at) = *last_read {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = tokio::time::sleep_until(at + self.shared.config.read_interval) => {}
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let started = tokio::time::Instant::now();
+        *last_read = Some(started);
+        // what the tailer publishes from here on wakes the idle wait
+        published.borrow_and_update();
+        let page = self
+            .shared
+            .rapids
+            .client()
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(self.shared.config.batch_size)
+            .send()
+            .await
+            .map_err(|e| describe(&e));
+        self.shared.metrics.reads.with_label_values(&self.label).inc();
+        self.shared.metrics.read_seconds.with_label_values(&self.label[..1]).observe(started.elapsed().as_secs_f64());
+        Ok(page)
     }
 
     /// An iterator after the checkpoint; `None` when the lease is no longer ours.
@@ -191,6 +222,15 @@ impl<H: Handler> ShardReader<H> {
                 match self.attempt(&events, last).await {
                     Ok(()) => {
                         self.shared.metrics.handled.with_label_values(&self.label).inc_by(events.len() as u64);
+                        let delivery = self.shared.metrics.delivery_seconds.with_label_values(&self.label[..1]);
+                        let now = std::time::SystemTime::now();
+                        for (record, item) in records.iter().zip(&decoded) {
+                            if let (Decoded::Event(_), Some(arrived)) = (item, record.approximate_arrival_timestamp()) {
+                                if let Ok(arrived) = std::time::SystemTime::try_from(*arrived) {
+                                    delivery.observe(now.duration_since(arrived).unwrap_or_default().as_secs_f64());
+                                }
+                            }
+                        }
                         return Ok(());
                     }
                     Err(Failure::LeaseLost) => return Err(Stop::LeaseLost),
@@ -269,8 +309,19 @@ impl<H: Handler> ShardReader<H> {
         }
     }
 
-    /// One transaction: the handler's writes and the checkpoint.
+    /// One transaction: the handler's writes and the checkpoint (or, for a handler
+    /// that is not transactional, the handler and then the checkpoint).
     async fn attempt(&self, events: &[RiverEvent], sequence: &str) -> Result<(), Failure> {
+        if !self.shared.handler.transactional() {
+            let mut connection = self.shared.pool.acquire().await?;
+            if !events.is_empty() {
+                call(&self.shared.handler, &mut connection, events).await.map_err(Failure::Handler)?;
+            }
+            if !self.shared.leases.advance(&mut connection, &self.shard, sequence).await? {
+                return Err(Failure::LeaseLost);
+            }
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
         if !events.is_empty() {
             call(&self.shared.handler, &mut tx, events).await.map_err(Failure::Handler)?;

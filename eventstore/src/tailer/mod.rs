@@ -58,6 +58,8 @@ pub struct TailerMetrics {
     pub lag_events: IntGauge,
     /// Seconds from an event's commit (its `recorded_at`) to Kinesis's acknowledgement.
     pub lag_seconds: Histogram,
+    /// PutRecords call durations.
+    pub put_seconds: Histogram,
     pub leader: IntGauge,
 }
 
@@ -69,7 +71,11 @@ impl TailerMetrics {
         let lag_events = IntGauge::new("tailer_lag_events", "Events read and not yet acknowledged by Kinesis")?;
         let lag_seconds = Histogram::with_opts(
             HistogramOpts::new("tailer_publish_lag_seconds", "From an event's commit to Kinesis's acknowledgement")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                .buckets(crate::river::LATENCY_BUCKETS.to_vec()),
+        )?;
+        let put_seconds = Histogram::with_opts(
+            HistogramOpts::new("tailer_put_records_seconds", "PutRecords call durations")
+                .buckets(crate::river::LATENCY_BUCKETS.to_vec()),
         )?;
         let leader = IntGauge::new("tailer_is_leader", "1 while this instance is the active tailer")?;
         for m in [
@@ -78,11 +84,12 @@ impl TailerMetrics {
             Box::new(retries.clone()),
             Box::new(lag_events.clone()),
             Box::new(lag_seconds.clone()),
+            Box::new(put_seconds.clone()),
             Box::new(leader.clone()),
         ] {
             registry.register(m)?;
         }
-        Ok(TailerMetrics { published, batches, retries, lag_events, lag_seconds, leader })
+        Ok(TailerMetrics { published, batches, retries, lag_events, lag_seconds, put_seconds, leader })
     }
 }
 
@@ -208,8 +215,11 @@ impl<S: EventSource> Tailer<S> {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
-                // still the leader? (a lost lock connection means a standby may be active)
-                match tokio::time::timeout(Duration::from_secs(5), sqlx::query("select 1").execute(&mut *lock)).await {
+                // still the leader? (a lost lock connection means a standby may be active);
+                // asked while the batch is read, and nothing is published before the answer
+                let leader = tokio::time::timeout(Duration::from_secs(5), sqlx::query("select 1").execute(&mut *lock));
+                let (checked, batch) = tokio::join!(leader, self.source.read(self.config.batch_size));
+                match checked {
                     Ok(checked) => {
                         checked?;
                     }
@@ -219,7 +229,7 @@ impl<S: EventSource> Tailer<S> {
                         )));
                     }
                 }
-                let batch = self.source.read(self.config.batch_size).await?;
+                let batch = batch?;
                 if batch.events.is_empty() {
                     // an empty batch may still move the position (e.g. a finished backfill)
                     match batch.ack {
@@ -237,10 +247,19 @@ impl<S: EventSource> Tailer<S> {
                     Err(publish::PublishError::Stopped) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 }
-                if let Some(ack) = batch.ack {
-                    self.source.ack(ack).await?;
-                }
-                sqlx::query("select pg_notify($1, '')").bind(PUBLISHED_CHANNEL).execute(&mut *lock).await?;
+                // the rivers' readers may read on while the position is stored
+                let notify = sqlx::query("select pg_notify($1, '')").bind(PUBLISHED_CHANNEL).execute(&mut *lock);
+                let (acked, notified) = tokio::join!(
+                    async {
+                        match batch.ack {
+                            Some(ack) => self.source.ack(ack).await,
+                            None => Ok(()),
+                        }
+                    },
+                    notify
+                );
+                acked?;
+                notified?;
                 let now = chrono::Utc::now();
                 for event in &batch.events {
                     let lag = (now - event.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;

@@ -97,6 +97,7 @@ impl Publisher {
                         .map_err(|e| PublishError::Encode(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let started = std::time::Instant::now();
             let sent = self
                 .rapids
                 .client()
@@ -105,6 +106,7 @@ impl Publisher {
                 .set_records(Some(entries))
                 .send()
                 .await;
+            metrics.put_seconds.observe(started.elapsed().as_secs_f64());
             let mut acknowledged = vec![false; pending.len()];
             let mut any_failed = false;
             match sent {
