@@ -17,11 +17,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Records each event's effect; fails on events marked `poison` until cured.
+/// Records each event's effect; fails on events marked `poison` until cured. Not
+/// transactional, it writes outside the river's transaction and skips effects
+/// already recorded (as a saga's idempotent commands do).
 #[derive(Clone, Default)]
 struct Recorder {
     deliveries: Arc<AtomicU64>,
     cured: Arc<AtomicBool>,
+    outside_transaction: bool,
 }
 
 impl Handler for Recorder {
@@ -31,7 +34,13 @@ impl Handler for Recorder {
             if event.envelope.data["poison"] == true && !self.cured.load(Ordering::Relaxed) {
                 return Err(HandlerError::Permanent("cannot digest this".into()));
             }
-            sqlx::query("insert into effects (stream_id, version, shard_id) values ($1, $2, $3)")
+            let insert = if self.outside_transaction {
+                "insert into effects (stream_id, version, shard_id) select $1, $2, $3
+                 where not exists (select 1 from effects where stream_id = $1 and version = $2)"
+            } else {
+                "insert into effects (stream_id, version, shard_id) values ($1, $2, $3)"
+            };
+            sqlx::query(insert)
                 .bind(event.envelope.stream_id)
                 .bind(event.envelope.version)
                 .bind(&*event.shard_id)
@@ -40,6 +49,10 @@ impl Handler for Recorder {
                 .map_err(|e| HandlerError::Transient(e.to_string()))?;
         }
         Ok(())
+    }
+
+    fn transactional(&self) -> bool {
+        !self.outside_transaction
     }
 }
 
@@ -302,10 +315,22 @@ async fn a_poison_event_is_parked_and_handled_when_an_operator_retries_it(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    poison_is_parked_and_retried(options, connect, Recorder::default()).await;
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_handler_outside_the_transaction_parks_poison_and_moves_on_alike(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    poison_is_parked_and_retried(options, connect, Recorder { outside_transaction: true, ..Recorder::default() })
+        .await;
+}
+
+async fn poison_is_parked_and_retried(options: PgPoolOptions, connect: PgConnectOptions, handler: Recorder) {
     let pool = tests::pool(options, connect).await;
     effects_table(&pool).await;
     let rapids = tests::fresh_stream(1).await;
-    let handler = Recorder::default();
     let river = Instance::start(&pool, &rapids, "solo", handler.clone());
     let metrics = river.metrics.clone();
     let stream = Uuid::now_v7();
