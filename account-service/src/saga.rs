@@ -6,7 +6,8 @@
 //!
 //! Each step runs as a command with an idempotency record keyed by the transfer and
 //! the step, written in the same statement as the step's event: a redelivered event
-//! finds the record and appends nothing. Transfers run concurrently; the steps of one
+//! meets the record (its append fails on the key, or its refusal finds it) and
+//! appends nothing. Transfers run concurrently; the steps of one
 //! transfer in order.
 
 use crate::domain::{Account, AccountCommand};
@@ -68,6 +69,8 @@ impl SagaSteps {
                 actor: ACTOR.into(),
                 key: format!("{transfer_id}:{step}"),
                 request_hash: format!("{step}:{account}:{}:{}", movement.amount, movement.currency.as_str()),
+                // redeliveries are rare: caught by the record's key, not looked up first
+                optimistic: true,
             }),
             ..event.causes(transfer_id, ACTOR)
         };

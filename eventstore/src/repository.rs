@@ -61,6 +61,11 @@ pub struct IdempotencyRequest {
     pub key: String,
     /// Hash of what the request asked (method, path, canonical body).
     pub request_hash: String,
+    /// Skip the look-up before deciding: a repeat is caught when its append meets the
+    /// record's unique key (the stored answer is then returned), and looked up when
+    /// the decision refuses or decides nothing. For callers whose repeats are rare (a
+    /// river's redeliveries): one round trip less per command.
+    pub optimistic: bool,
 }
 
 /// Who asks, and under which conditions.
@@ -222,7 +227,8 @@ impl<A: Aggregate> Repository<A> {
         let slot = self.slot(stream_id);
         let mut cached = slot.lock().await;
         // under the stream's lock: an earlier request with this key on this stream has ended
-        if let Some(stored) = self.stored_reply(ctx).await? {
+        let optimistic = ctx.idempotency.as_ref().is_some_and(|i| i.optimistic);
+        if !optimistic && let Some(stored) = self.stored_reply(ctx).await? {
             return Ok(stored);
         }
         let mut fresh = fresh;
@@ -245,6 +251,13 @@ impl<A: Aggregate> Repository<A> {
                 decided = loaded.state.decide(command);
             }
             debug_assert!(from_store || (decided.as_ref().is_ok_and(|e| !e.is_empty()) && mismatch(&loaded).is_none()));
+            if optimistic && !decided.as_ref().is_ok_and(|events| !events.is_empty()) {
+                // a refusal or nothing to do may be a repeat of a request that succeeded
+                if let Some(stored) = self.stored_reply(ctx).await? {
+                    *cached = self.keep(loaded);
+                    return Ok(stored);
+                }
+            }
             let events = match decided {
                 Ok(events) => events,
                 Err(e) => {

@@ -98,6 +98,7 @@ impl CommandMeta {
                 actor: self.caller.subject.clone(),
                 key: key.clone(),
                 request_hash: hex::encode(hasher.finalize()),
+                optimistic: false,
             }
         });
         CommandContext {

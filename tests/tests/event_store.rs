@@ -354,3 +354,46 @@ async fn a_refusal_is_never_decided_on_a_cached_state_another_instance_overtook(
     let reply = b.execute(id, b_cached_at_2, ctx, |_, v| (200, serde_json::json!({"version": v}))).await.unwrap();
     assert_eq!(reply.body["version"], 4);
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn an_optimistic_idempotency_key_catches_repeats_without_looking_first(pool: PgPool) {
+    let repo = repository(&pool, 100, 1000);
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    deposit(&repo, id, 100).await;
+    let transfer_id = Uuid::now_v7();
+    let debit = |minor: i64| AccountCommand::Debit {
+        transfer_id,
+        amount: Money::new(minor, eur(), i64::MAX).unwrap(),
+        counterparty: Uuid::now_v7(),
+    };
+    let ctx = |hash: &str| CommandContext {
+        idempotency: Some(eventstore::IdempotencyRequest {
+            actor: "saga:test".into(),
+            key: format!("{transfer_id}:debit"),
+            request_hash: hash.into(),
+            optimistic: true,
+        }),
+        ..CommandContext::default()
+    };
+    let reply = |_: &Account, v: i32| (200, serde_json::json!({"version": v}));
+    let first = repo.execute(id, debit(80), ctx("debit 80"), reply).await.unwrap();
+    assert_eq!((first.body["version"].as_i64(), first.replayed), (Some(3), false));
+
+    // the repeat decides a second debit (20 left: a rejection), its append meets the
+    // key: the first answer, nothing appended
+    let again = repo.execute(id, debit(80), ctx("debit 80"), reply).await.unwrap();
+    assert_eq!((again.body["version"].as_i64(), again.replayed), (Some(3), true));
+    // from the store's state too (the cache was dropped by the failed append)
+    let third = repository(&pool, 100, 0).execute(id, debit(80), ctx("debit 80"), reply).await.unwrap();
+    assert_eq!((third.body["version"].as_i64(), third.replayed), (Some(3), true));
+    // the key used for another request is refused
+    let other = repo.execute(id, debit(5), ctx("debit 5"), reply).await;
+    assert!(matches!(other, Err(eventstore::ExecuteError::IdempotencyMismatch)), "{other:?}");
+
+    let events = tests::stream_events(&pool, id).await;
+    let types: Vec<&str> = events.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(types, ["account.opened", "account.deposited", "account.debited"]);
+    let loaded = EventStore::new(pool.clone()).load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (3, 20));
+}
