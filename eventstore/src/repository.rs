@@ -369,6 +369,17 @@ impl<A: Aggregate> Repository<A> {
         (self.config.cache_capacity > 0).then_some(loaded)
     }
 
+    /// The state this repository holds in memory for `stream_id`, if any and if no
+    /// command is running on it right now. Always a committed state, but other
+    /// instances may have moved the stream on since: a reader may answer from it only
+    /// what a version at least this old satisfies (e.g. a wait for `min_version`).
+    pub fn cached(&self, stream_id: Uuid) -> Option<Loaded<A>> {
+        let shard = &self.shards[(stream_id.as_u128() % SHARDS as u128) as usize];
+        let slot = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&stream_id).cloned()?;
+        let cached = slot.try_lock().ok()?;
+        cached.as_ref().map(|loaded| Loaded { state: loaded.state.clone(), version: loaded.version })
+    }
+
     /// The stream's lock (and cached state). Idle slots are evicted when a shard is full.
     fn slot(&self, stream_id: Uuid) -> Slot<A> {
         let shard = &self.shards[(stream_id.as_u128() % SHARDS as u128) as usize];

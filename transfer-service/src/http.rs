@@ -112,20 +112,26 @@ async fn read(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let wait = Wait::parse(&params, state.max_wait)?;
+    let wanted = wait.min_version.unwrap_or(0);
     let load = || async {
-        let loaded = state
-            .transfers
-            .store()
-            .load::<MoneyTransfer>(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+        // a state this instance committed at the wanted version or later answers a
+        // wait without a query (a read without min_version wants the latest: the store)
+        let cached = state.transfers.cached(id).filter(|c| wanted > 0 && i64::from(c.version) >= wanted);
+        let loaded = match cached {
+            Some(cached) => cached,
+            None => state
+                .transfers
+                .store()
+                .load::<MoneyTransfer>(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?,
+        };
         if !caller.may_read(&loaded.state.initiated_by) {
             return Err(ApiError::forbidden("this transfer belongs to someone else"));
         }
         let version = i64::from(loaded.version);
         Ok(Some((loaded, version)))
     };
-    let wanted = wait.min_version.unwrap_or(0);
     match state.transfers.watches().at_version(id, wanted, wait.wait, Some(state.wait_recheck), load).await? {
         Ok(Some(loaded)) => Ok(Json(transfer_json(id, &loaded.state, loaded.version))),
         Ok(None) => Err(ApiError::not_found("transfer_not_found", "no such transfer")),
