@@ -195,32 +195,6 @@ impl Leases {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Moves the checkpoint in a statement that is its own transaction; with
-    /// `async_commit` the statement sets `synchronous_commit = off` for itself (one
-    /// round trip, no wait for a WAL flush: a crash of the database may lose it, and
-    /// the events are then handled again). False when the lease is no longer ours.
-    pub async fn advance_alone(
-        &self,
-        connection: &mut sqlx::PgConnection,
-        shard_id: &str,
-        sequence: &str,
-        async_commit: bool,
-    ) -> sqlx::Result<bool> {
-        let done = sqlx::query(
-            "with commit_mode as (select set_config('synchronous_commit', case when $5 then 'off' else current_setting('synchronous_commit') end, true))
-             update rapids.river_shards set checkpoint = $4 from commit_mode
-             where river = $1 and shard_id = $2 and owner = $3",
-        )
-        .bind(&self.river)
-        .bind(shard_id)
-        .bind(&self.worker)
-        .bind(sequence)
-        .bind(async_commit)
-        .execute(&mut *connection)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// Marks a closed shard read to its end; its children become readable.
     pub async fn finish(&self, shard_id: &str) -> sqlx::Result<bool> {
         let done = sqlx::query(

@@ -317,8 +317,7 @@ impl<H: Handler> ShardReader<H> {
             if !events.is_empty() {
                 call(&self.shared.handler, &mut connection, events).await.map_err(Failure::Handler)?;
             }
-            let async_commit = self.shared.config.async_commit;
-            if !self.shared.leases.advance_alone(&mut connection, &self.shard, sequence, async_commit).await? {
+            if !self.shared.leases.advance(&mut connection, &self.shard, sequence).await? {
                 return Err(Failure::LeaseLost);
             }
             return Ok(());

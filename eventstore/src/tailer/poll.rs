@@ -102,14 +102,8 @@ impl EventSource for PollSource {
         Ok(())
     }
 
-    /// Committed without waiting for a WAL flush: a crash of the database may lose the
-    /// last positions, and their events are then published again (duplicates).
     async fn ack(&mut self, cursor: PollCursor) -> Result<(), StoreError> {
-        sqlx::query(
-            "with commit_mode as (select set_config('synchronous_commit', 'off', true))
-             update rapids.tailer_position set xid = $2::text::xid8, position = $3, updated_at = now()
-             from commit_mode where source = $1",
-        )
+        sqlx::query("update rapids.tailer_position set xid = $2::text::xid8, position = $3, updated_at = now() where source = $1")
             .bind(&self.name)
             .bind(&cursor.xid)
             .bind(cursor.position)
