@@ -27,9 +27,13 @@ pub fn document_json() -> Value {
         }},
         "/transfers/{id}": {"get": {
             "summary": "A transfer as the event store has it (its initiator, tellers and admins)",
-            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
-            "responses": with_success(error_responses(&[("400", "invalid_id"), ("401", "missing_token, invalid_token, token_expired"),
-                ("403", "forbidden"), ("404", "transfer_not_found")]), "200", transfer)
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}},
+                {"name": "min_version", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0},
+                 "description": "answer only once the transfer is at this version or later"},
+                {"name": "wait_ms", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0},
+                 "description": "how long to wait for min_version (capped by TRANSFER_MAX_WAIT_MS); then 409 version_not_reached"}],
+            "responses": with_success(error_responses(&[("400", "invalid_id, invalid_query"), ("401", "missing_token, invalid_token, token_expired"),
+                ("403", "forbidden"), ("404", "transfer_not_found"), ("409", "version_not_reached")]), "200", transfer)
         }}
     });
     let schemas = json!({
