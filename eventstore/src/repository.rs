@@ -287,6 +287,8 @@ impl<A: Aggregate> Repository<A> {
                     self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
                     self.metrics.events.with_label_values(&[A::STREAM_TYPE]).inc_by(events.len() as u64);
                     *cached = self.keep(Loaded { state: new_state, version: new_version });
+                    // unlocked first: a woken reader may take the state from the cache
+                    drop(cached);
                     self.watches.announce(stream_id, i64::from(new_version));
                     return Ok(CommandReply { status, body, replayed: false });
                 }

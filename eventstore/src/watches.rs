@@ -174,9 +174,7 @@ mod tests {
         let fake = Fake::new(1);
         let waiter = {
             let (watches, fake) = (watches.clone(), fake.clone());
-            tokio::spawn(async move {
-                watches.at_version(id, 3, Duration::from_secs(10), None, || fake.load()).await
-            })
+            tokio::spawn(async move { watches.at_version(id, 3, Duration::from_secs(10), None, || fake.load()).await })
         };
         while watches.waiters() == 0 {
             tokio::task::yield_now().await;

@@ -323,8 +323,7 @@ async fn a_handler_outside_the_transaction_parks_poison_and_moves_on_alike(
     options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    poison_is_parked_and_retried(options, connect, Recorder { outside_transaction: true, ..Recorder::default() })
-        .await;
+    poison_is_parked_and_retried(options, connect, Recorder { outside_transaction: true, ..Recorder::default() }).await;
 }
 
 async fn poison_is_parked_and_retried(options: PgPoolOptions, connect: PgConnectOptions, handler: Recorder) {

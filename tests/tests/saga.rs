@@ -102,8 +102,16 @@ async fn a_waiting_read_on_transfer_service_returns_when_the_saga_moves_the_tran
         api.get(&path(id, query)).token(&alice).send().await.expect_error(400, "invalid_query");
     }
     let unknown = Uuid::now_v7();
-    api.get(&path(unknown, "min_version=2&wait_ms=30000")).token(&alice).send().await.expect_error(404, "transfer_not_found");
-    api.get(&path(id, "min_version=2&wait_ms=30000")).token(&token("mallory", Customer)).send().await.expect_error(403, "forbidden");
+    api.get(&path(unknown, "min_version=2&wait_ms=30000"))
+        .token(&alice)
+        .send()
+        .await
+        .expect_error(404, "transfer_not_found");
+    api.get(&path(id, "min_version=2&wait_ms=30000"))
+        .token(&token("mallory", Customer))
+        .send()
+        .await
+        .expect_error(403, "forbidden");
 
     // one read, woken by the saga's appends in this instance (the bank rechecks the
     // store only every 10 minutes): the transfer at version 3, completed

@@ -10,11 +10,11 @@ use axum::{Json, Router};
 use eventstore::{Aggregate, Money};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use service_kit::ApiError;
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiJson, CommandMeta, PathId, Wait, parse_id};
 use service_kit::http::command_response;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {

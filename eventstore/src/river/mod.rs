@@ -253,7 +253,8 @@ pub struct RiverMetrics {
 }
 
 /// Latency buckets, 1 ms to 10 s.
-pub(crate) const LATENCY_BUCKETS: [f64; 13] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub(crate) const LATENCY_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl RiverMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {

@@ -225,10 +225,10 @@ impl<H: Handler> ShardReader<H> {
                         let delivery = self.shared.metrics.delivery_seconds.with_label_values(&self.label[..1]);
                         let now = std::time::SystemTime::now();
                         for (record, item) in records.iter().zip(&decoded) {
-                            if let (Decoded::Event(_), Some(arrived)) = (item, record.approximate_arrival_timestamp()) {
-                                if let Ok(arrived) = std::time::SystemTime::try_from(*arrived) {
-                                    delivery.observe(now.duration_since(arrived).unwrap_or_default().as_secs_f64());
-                                }
+                            if let (Decoded::Event(_), Some(arrived)) = (item, record.approximate_arrival_timestamp())
+                                && let Ok(arrived) = std::time::SystemTime::try_from(*arrived)
+                            {
+                                delivery.observe(now.duration_since(arrived).unwrap_or_default().as_secs_f64());
                             }
                         }
                         return Ok(());
