@@ -272,12 +272,12 @@ async fn main() -> anyhow::Result<()> {
             println!("  events published          {:>10}", lag.count);
             println!("  publish lag p50           {:>10}", lag.quantile(0.50));
             println!("  publish lag p99           {:>10}", lag.quantile(0.99));
-            for (_, put) in histograms(&tailer, "tailer_put_records_seconds").await?.minus(&put_before) {
+            for (_, put) in since(histograms(&tailer, "tailer_put_records_seconds").await?, &put_before) {
                 println!("  PutRecords calls, mean    {:>10}  {:.1} ms", put.count, put.mean_ms());
             }
             for (url, (delivery_before, reads_before)) in river_metrics.iter().zip(&rivers_before) {
-                let reads = histograms(url, "river_get_records_seconds").await?.minus(reads_before);
-                for (labels, delivery) in histograms(url, "river_delivery_seconds").await?.minus(delivery_before) {
+                let reads = since(histograms(url, "river_get_records_seconds").await?, reads_before);
+                for (labels, delivery) in since(histograms(url, "river_delivery_seconds").await?, delivery_before) {
                     let read = reads.iter().find(|(l, _)| *l == labels).map(|(_, h)| h);
                     println!(
                         "  river {labels}: arrival → handled p50 {}, p99 {}; GetRecords calls {}, mean {:.1} ms",
@@ -382,7 +382,7 @@ async fn tailer_histogram(url: &str) -> anyhow::Result<Histogram> {
 /// (without `le`, e.g. `river="accounts"`; empty for an unlabelled one).
 async fn histograms(url: &str, name: &str) -> anyhow::Result<Histograms> {
     let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
-    let mut all = Histograms::default();
+    let mut all = Histograms::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(name) else { continue };
         let (kind, rest) = rest.split_at(rest.find(['{', ' ']).unwrap_or(rest.len()));
@@ -424,34 +424,18 @@ async fn histograms(url: &str, name: &str) -> anyhow::Result<Histograms> {
     Ok(all)
 }
 
-#[derive(Default)]
-struct Histograms(Vec<(String, Histogram)>);
+/// A histogram's series, keyed by their labels.
+type Histograms = Vec<(String, Histogram)>;
 
-impl std::ops::Deref for Histograms {
-    type Target = Vec<(String, Histogram)>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Histograms {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Histograms {
-    /// Each series minus its value in `earlier` (a series new since then is kept whole).
-    fn minus(self, earlier: &Histograms) -> Vec<(String, Histogram)> {
-        self.0
-            .into_iter()
-            .map(|(labels, h)| {
-                let before = earlier.iter().find(|(l, _)| *l == labels).map(|(_, h)| h.clone()).unwrap_or_default();
-                let diff = h.minus(&before);
-                (labels, diff)
-            })
-            .collect()
-    }
+/// Each series of `now` minus its value in `earlier` (a series new since then is kept whole).
+fn since(now: Histograms, earlier: &Histograms) -> Histograms {
+    now.into_iter()
+        .map(|(labels, h)| {
+            let before = earlier.iter().find(|(l, _)| *l == labels).map(|(_, h)| h.clone()).unwrap_or_default();
+            let diff = h.minus(&before);
+            (labels, diff)
+        })
+        .collect()
 }
 
 struct Outcome {

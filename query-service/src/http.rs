@@ -64,9 +64,8 @@ impl AppState {
             }
             Ok::<_, ApiError>(found)
         };
-        let Some(wanted) = wait.min_version else {
-            return Ok(load_checked().await?.map(|(row, _)| row));
-        };
+        // without min_version (0) this is one load, no wait
+        let wanted = wait.min_version.unwrap_or(0);
         match self.waiters.at_version(id, wanted, wait.wait, None, load_checked).await? {
             Ok(found) => Ok(found),
             Err(current) => Err(out_of_date(current, wanted)),

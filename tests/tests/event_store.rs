@@ -396,4 +396,27 @@ async fn an_optimistic_idempotency_key_catches_repeats_without_looking_first(poo
     assert_eq!(types, ["account.opened", "account.deposited", "account.debited"]);
     let loaded = EventStore::new(pool.clone()).load::<Account>(id).await.unwrap().unwrap();
     assert_eq!((loaded.version, loaded.state.balance), (3, 20));
+
+    // a repeat that the account now refuses (closed once: closing again is an error)
+    // finds the first answer after the refusal
+    let optimistic = |key: &str| CommandContext {
+        idempotency: Some(eventstore::IdempotencyRequest {
+            actor: "saga:test".into(),
+            key: key.into(),
+            request_hash: "close".into(),
+            optimistic: true,
+        }),
+        ..CommandContext::default()
+    };
+    let empty = Uuid::now_v7();
+    open(&repo, empty).await;
+    let close = || AccountCommand::Close { by: alice() };
+    let closed = repo.execute(empty, close(), optimistic("close-1"), reply).await.unwrap();
+    assert_eq!((closed.body["version"].as_i64(), closed.replayed), (Some(2), false));
+    let again = repo.execute(empty, close(), optimistic("close-1"), reply).await.unwrap();
+    assert_eq!((again.body["version"].as_i64(), again.replayed), (Some(2), true));
+    // without a record the same refusal is the domain's error
+    let refused = repo.execute(empty, close(), optimistic("close-2"), reply).await;
+    assert!(matches!(refused, Err(eventstore::ExecuteError::Domain(_))), "{refused:?}");
+    assert_eq!(tests::stream_events(&pool, empty).await.len(), 2);
 }

@@ -116,7 +116,8 @@ async fn read(
     let load = || async {
         // a state this instance committed at the wanted version or later answers a
         // wait without a query (a read without min_version wants the latest: the store)
-        let cached = state.transfers.cached(id).filter(|c| wanted > 0 && i64::from(c.version) >= wanted);
+        let cached =
+            (wanted > 0).then(|| state.transfers.cached(id)).flatten().filter(|c| i64::from(c.version) >= wanted);
         let loaded = match cached {
             Some(cached) => cached,
             None => state
