@@ -109,7 +109,7 @@ pg_createdb() {
 # The emulators want a SigV4-shaped Authorization header and an X-Amz-Date.
 kinesis_call() {
   local endpoint=$1 target=$2 body=$3
-  curl -sf -X POST "$endpoint" \
+  curl -sf --max-time 5 -X POST "$endpoint" \
     -H "Content-Type: application/x-amz-json-1.1" \
     -H "X-Amz-Target: Kinesis_20131202.$target" \
     -H "X-Amz-Date: 20260101T000000Z" \
@@ -145,14 +145,24 @@ kinesalite_start() {
 }
 
 # wait_kinesis PORT LOG NAME: until the server started as $KINESALITE_PID answers.
+# A server that lost a port to another process (kinesis-local binds two and stays
+# up when the second is taken) or never answers is stopped, and 1 returned, so that
+# the caller can try other ports.
 wait_kinesis() {
   local port=$1 logfile=$2 name=$3
   for _ in $(seq 1 300); do
     if kinesis_call "http://127.0.0.1:$port" ListStreams '{}' >/dev/null 2>&1; then return 0; fi
     kill -0 "$KINESALITE_PID" 2>/dev/null || { tail -5 "$logfile" >&2; log "$name exited"; return 1; }
+    if grep -q EADDRINUSE "$logfile" 2>/dev/null; then
+      log "$name found a port taken; stopping it"
+      kill -9 "$KINESALITE_PID" 2>/dev/null || true
+      return 1
+    fi
     sleep 0.1
   done
-  die "$name did not answer on port $port"
+  log "$name did not answer on port $port; stopping it"
+  kill -9 "$KINESALITE_PID" 2>/dev/null || true
+  return 1
 }
 
 # kinesis_local_start PORT LOG: kinesis-mock (as LocalStack uses it), in memory. Sets
