@@ -18,7 +18,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Source {
-    /// Logical decoding of the WAL (needs wal_level=logical and a role with REPLICATION).
+    /// Logical decoding of the WAL, streamed over a replication connection (needs
+    /// wal_level=logical and a role with REPLICATION).
     Wal,
     /// Polling es.events by an (xid, position) cursor.
     Poll,
@@ -78,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::new(rapids);
     match config.source {
         Source::Wal => {
-            let source = WalSource::new(pool.clone(), &config.slot);
+            let password = url_password(config.database.database_url.expose());
+            let source = WalSource::new(pool.clone(), &config.slot).password(password);
             Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
         }
         Source::Poll => {
@@ -90,4 +92,23 @@ async fn main() -> anyhow::Result<()> {
     http.await??;
     tracing::info!("tailer stopped");
     Ok(())
+}
+
+/// The password in a database URL (the replication connection logs in with it; sqlx
+/// keeps the pool's to itself), else `PGPASSWORD`.
+fn url_password(database_url: &str) -> Option<String> {
+    let from_url = url::Url::parse(database_url).ok().and_then(|url| {
+        url.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+    });
+    from_url.or_else(|| std::env::var("PGPASSWORD").ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_password;
+
+    #[test]
+    fn takes_the_password_from_the_url_decoded() {
+        assert_eq!(url_password("postgres://tailer:s%40cret@db:5432/bank").as_deref(), Some("s@cret"));
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! * [`EventSource`]: where committed events come from, in commit order, with an
 //!   acknowledgement that moves the source's position. Two implementations:
-//!   [`wal::WalSource`] (logical decoding through a replication slot, the default) and
+//!   [`wal::WalSource`] (logical decoding streamed from a replication slot, the default) and
 //!   [`poll::PollSource`] (an `(xid, position)` cursor below the oldest running
 //!   transaction, for a Postgres where logical decoding is not allowed).
 //! * [`publish::Publisher`]: PutRecords to Kinesis without reordering a stream.
@@ -13,6 +13,7 @@
 
 pub mod poll;
 pub mod publish;
+pub mod replication;
 pub mod wal;
 
 use crate::envelope::RecordedEvent;
@@ -36,8 +37,8 @@ pub struct SourceBatch<A> {
 pub trait EventSource: Send {
     type Ack: Send;
 
-    /// The next committed events after the acknowledged position (at most about
-    /// `max`; whole transactions). Reading again without an ack returns them again.
+    /// The next committed events (at most about `max`; whole transactions). After
+    /// [`EventSource::resume`], reading starts again at the acknowledged position.
     fn read(&mut self, max: usize) -> impl Future<Output = Result<SourceBatch<Self::Ack>, StoreError>> + Send;
 
     /// Called on becoming the active tailer: picks up the position where the previous
@@ -46,6 +47,13 @@ pub trait EventSource: Send {
 
     /// Moves the position past a batch whose events Kinesis acknowledged.
     fn ack(&mut self, ack: Self::Ack) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Resolves when the source itself knows of new events (the wal source's stream
+    /// pushes them); the tailer also reads on the append's NOTIFY and every idle poll.
+    /// Must be cancel-safe. The default never resolves.
+    fn wait(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::pending()
+    }
 }
 
 /// The tailer's metrics.
@@ -277,6 +285,7 @@ impl<S: EventSource> Tailer<S> {
                     while listener.next_buffered().is_some() {}
                 }
                 _ = tokio::time::sleep(self.config.idle_poll) => {}
+                waited = self.source.wait() => waited?,
             }
         }
     }

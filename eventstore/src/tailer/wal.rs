@@ -1,21 +1,30 @@
 //! The `wal` source: logical decoding of the transaction log with the built-in
-//! `pgoutput` plugin, read through the SQL slot functions.
+//! `pgoutput` plugin, streamed over a replication connection.
 //!
-//! `pg_logical_slot_peek_binary_changes` returns the committed changes of the
-//! publication `rapids_events` (inserts into `es.events`) in commit order, whole
-//! transactions at a time, without consuming them; once Kinesis acknowledged a batch,
-//! `pg_replication_slot_advance` moves the slot to the batch's last COMMIT, so a crash
-//! before that delivers the batch again (duplicates, never losses). The slot keeps
-//! the WAL it has not been advanced past. Needs `wal_level = logical` and a role with
-//! REPLICATION.
+//! [`ReplicationStream`] runs `START_REPLICATION` on the slot: one decoding session
+//! that sends the committed changes of the publication `rapids_events` (inserts into
+//! `es.events` and the heartbeat table) in commit order, whole transactions, as soon as
+//! their WAL is flushed. Once Kinesis acknowledged a batch, the source confirms the
+//! batch's last commit to the server and the slot moves there; a crash before that
+//! streams the batch again from the slot's confirmed position (duplicates, never
+//! losses). The slot keeps the WAL it has not been moved past. Needs `wal_level =
+//! logical` and a role with REPLICATION (and a `pg_hba.conf` line for replication
+//! connections when not trusted).
+//!
+//! The SQL slot functions (`pg_logical_slot_peek_binary_changes`) were the first
+//! transport: each call is a new decoding session that starts again at the slot's
+//! `restart_lsn`, which moves only at running-xacts records, so under load every
+//! read decoded seconds of WAL again (docs/ARCHITECTURE.md, "The tailer").
 
 use super::poll::{PollCursor, PollSource};
+use super::replication::{Committed, ReplicationStream, ReplicationTarget};
 use super::{EventSource, SourceBatch};
 use crate::envelope::{EventMetadata, RecordedEvent};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::time::Duration;
 use uuid::Uuid;
 
 pub const PUBLICATION: &str = "rapids_events";
@@ -23,8 +32,11 @@ pub const PUBLICATION: &str = "rapids_events";
 pub struct WalSource {
     pool: PgPool,
     slot: String,
-    /// Columns of each relation id, from the Relation messages.
-    relations: HashMap<u32, Relation>,
+    target: ReplicationTarget,
+    /// The slot's stream, once the backfill (if any) is done.
+    stream: Option<ReplicationStream>,
+    /// A transaction [`EventSource::wait`] took from the stream.
+    pending: Option<Committed>,
     /// Events committed before the slot existed, read from the table first.
     backfill: Option<PollSource>,
     /// When this source last wrote a heartbeat.
@@ -32,13 +44,17 @@ pub struct WalSource {
 }
 
 /// How often an idle source writes a heartbeat.
-const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long starting the stream waits for the slot to be released (by the walsender
+/// of this tailer's previous connection, or of a dead instance's).
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// What acknowledges a batch of the wal source.
 #[derive(Debug)]
 pub enum WalAck {
-    /// The LSN of the batch's last COMMIT.
-    Lsn(String),
+    /// The WAL position after the batch's last COMMIT.
+    Lsn(u64),
     /// The backfill's cursor.
     Backfill(PollCursor),
     /// The backfill is complete.
@@ -53,10 +69,27 @@ struct Relation {
 }
 
 impl WalSource {
-    /// The source of slot `slot`. Nothing is touched until [`EventSource::resume`],
-    /// which runs only in the active instance.
+    /// The source of slot `slot`, streamed from the server, port, user and database of
+    /// `pool` with the password in `PGPASSWORD`, if any (see [`WalSource::password`]).
+    /// Nothing is touched until [`EventSource::resume`], which runs only in the active
+    /// instance.
     pub fn new(pool: PgPool, slot: &str) -> Self {
-        WalSource { pool, slot: slot.to_owned(), relations: HashMap::new(), backfill: None, last_heartbeat: None }
+        let target = ReplicationTarget::new(&pool.connect_options(), std::env::var("PGPASSWORD").ok());
+        WalSource {
+            pool,
+            slot: slot.to_owned(),
+            target,
+            stream: None,
+            pending: None,
+            backfill: None,
+            last_heartbeat: None,
+        }
+    }
+
+    /// The password of the replication connection (sqlx does not hand out the pool's).
+    pub fn password(mut self, password: Option<String>) -> Self {
+        self.target = ReplicationTarget::new(&self.pool.connect_options(), password);
+        self
     }
 
     /// Creates the slot when it is missing, owing a backfill of what committed before it.
@@ -100,12 +133,45 @@ impl WalSource {
     }
 
     /// Drops the slot (tests, and operators retiring a tailer).
+    /// A slot still in use (its walsender not yet gone after the tailer stopped) is
+    /// waited for, up to 10 s.
     pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), StoreError> {
-        sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
+        let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
+        loop {
+            let dropped = sqlx::query(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+            )
             .bind(slot)
             .execute(pool)
-            .await?;
-        Ok(())
+            .await;
+            match dropped {
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("55006") && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other.map(|_| ()).map_err(StoreError::from),
+            }
+        }
+    }
+
+    /// Starts streaming the slot from its confirmed position.
+    async fn start_stream(&mut self) -> Result<(), StoreError> {
+        self.stream = None;
+        self.pending = None;
+        let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
+        loop {
+            match ReplicationStream::start(&self.target, &self.slot, PUBLICATION).await {
+                Ok(stream) => {
+                    self.stream = Some(stream);
+                    return Ok(());
+                }
+                Err(e) if e.slot_in_use() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -143,40 +209,20 @@ impl EventSource for WalSource {
             }
             return Ok(SourceBatch { events: Vec::new(), ack: bound_reached.then_some(WalAck::BackfillDone) });
         }
-        let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "select lsn::text, data from pg_logical_slot_peek_binary_changes($1, null, $2,
-                'proto_version', '1', 'publication_names', $3)",
-        )
-        .bind(&self.slot)
-        .bind(i32::try_from(max).unwrap_or(i32::MAX))
-        .bind(PUBLICATION)
-        .fetch_all(&self.pool)
-        .await?;
-
+        let Some(stream) = &mut self.stream else {
+            return Err(StoreError::Unavailable("the replication stream is not started".into()));
+        };
         let mut events = Vec::new();
-        let mut in_tx = Vec::new();
         let mut ack = None;
-        for (lsn, data) in rows {
-            match decode(&data)? {
-                Message::Relation { id, relation } => {
-                    self.relations.insert(id, relation);
-                }
-                Message::Insert { relation, values } => {
-                    let rel = self
-                        .relations
-                        .get(&relation)
-                        .ok_or_else(|| StoreError::Corrupt(format!("insert into unknown relation {relation}")))?;
-                    if rel.namespace == "es" && rel.name == "events" {
-                        in_tx.push(event_from_columns(&rel.columns, values)?);
-                    }
-                }
-                Message::Begin => in_tx.clear(),
-                Message::Commit => {
-                    events.append(&mut in_tx);
-                    ack = Some(WalAck::Lsn(lsn));
-                }
-                Message::Other => {}
-            }
+        let mut waited = self.pending.take();
+        while events.len() < max {
+            let next = match waited.take() {
+                Some(committed) => Some(committed),
+                None => stream.try_next()?,
+            };
+            let Some(committed) = next else { break };
+            events.extend(committed.events);
+            ack = Some(WalAck::Lsn(committed.end_lsn));
         }
         if events.is_empty() && ack.is_none() {
             self.heartbeat().await?;
@@ -185,8 +231,9 @@ impl EventSource for WalSource {
     }
 
     async fn resume(&mut self) -> Result<(), StoreError> {
-        // the slot is the position; relations are announced again by each read
-        self.relations.clear();
+        // the slot is the position: a previous stream ends, the next starts there
+        self.stream = None;
+        self.pending = None;
         self.ensure_slot().await?;
         let pending: bool =
             sqlx::query_scalar("select exists (select 1 from rapids.tailer_position where source = $1)")
@@ -198,20 +245,30 @@ impl EventSource for WalSource {
             backfill.resume().await?;
             Some(backfill)
         } else {
+            self.start_stream().await?;
             None
         };
         Ok(())
     }
 
+    async fn wait(&mut self) -> Result<(), StoreError> {
+        match &mut self.stream {
+            Some(stream) if self.pending.is_none() => {
+                self.pending = Some(stream.next().await?);
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            // the backfill reads the table: the append's NOTIFY wakes the tailer
+            None => std::future::pending().await,
+        }
+    }
+
     async fn ack(&mut self, ack: WalAck) -> Result<(), StoreError> {
         match ack {
-            WalAck::Lsn(lsn) => {
-                sqlx::query("select pg_replication_slot_advance($1, $2::pg_lsn)")
-                    .bind(&self.slot)
-                    .bind(&lsn)
-                    .execute(&self.pool)
-                    .await?;
-            }
+            WalAck::Lsn(lsn) => match &self.stream {
+                Some(stream) => stream.confirm(lsn),
+                None => return Err(StoreError::Unavailable("the replication stream is not started".into())),
+            },
             WalAck::Backfill(cursor) => {
                 if let Some(backfill) = &mut self.backfill {
                     backfill.ack(cursor).await?;
@@ -224,18 +281,63 @@ impl EventSource for WalSource {
                     .await?;
                 self.backfill = None;
                 tracing::info!(slot = %self.slot, "backfill complete; following the slot");
+                self.start_stream().await?;
             }
         }
         Ok(())
     }
 }
 
+/// Assembles pgoutput messages into committed transactions.
+#[derive(Default)]
+pub(super) struct Transactions {
+    /// Columns of each relation id, from the Relation messages.
+    relations: HashMap<u32, Relation>,
+    /// The events of the transaction being received.
+    events: Vec<RecordedEvent>,
+}
+
+impl Transactions {
+    /// Takes the next message; returns the transaction its COMMIT ends.
+    pub(super) fn feed(&mut self, message: &[u8]) -> Result<Option<Committed>, StoreError> {
+        match decode(message)? {
+            Message::Relation { id, relation } => {
+                self.relations.insert(id, relation);
+            }
+            Message::Insert { relation, values } => {
+                let rel = self
+                    .relations
+                    .get(&relation)
+                    .ok_or_else(|| StoreError::Corrupt(format!("insert into unknown relation {relation}")))?;
+                if rel.namespace == "es" && rel.name == "events" {
+                    self.events.push(event_from_columns(&rel.columns, values)?);
+                }
+            }
+            Message::Begin => self.events.clear(),
+            Message::Commit { end_lsn } => {
+                return Ok(Some(Committed { events: std::mem::take(&mut self.events), end_lsn }));
+            }
+            Message::Other => {}
+        }
+        Ok(None)
+    }
+}
+
 #[derive(Debug)]
 enum Message {
     Begin,
-    Commit,
-    Relation { id: u32, relation: Relation },
-    Insert { relation: u32, values: Vec<Option<String>> },
+    /// `end_lsn`: the WAL position just after the commit record.
+    Commit {
+        end_lsn: u64,
+    },
+    Relation {
+        id: u32,
+        relation: Relation,
+    },
+    Insert {
+        relation: u32,
+        values: Vec<Option<String>>,
+    },
     Other,
 }
 
@@ -264,6 +366,9 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok((u64::from(self.u32()?) << 32) | u64::from(self.u32()?))
+    }
     fn string(&mut self) -> Result<String, StoreError> {
         let end =
             self.bytes.iter().position(|b| *b == 0).ok_or_else(|| StoreError::Corrupt("unterminated string".into()))?;
@@ -278,7 +383,11 @@ fn decode(data: &[u8]) -> Result<Message, StoreError> {
     let mut r = Reader { bytes: data };
     Ok(match r.u8()? {
         b'B' => Message::Begin,
-        b'C' => Message::Commit,
+        b'C' => {
+            let _flags = r.u8()?;
+            let _commit_lsn = r.u64()?;
+            Message::Commit { end_lsn: r.u64()? }
+        }
         b'R' => {
             let id = r.u32()?;
             let namespace = r.string()?;

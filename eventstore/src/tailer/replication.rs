@@ -1,0 +1,500 @@
+//! The streaming replication protocol, for the `wal` source: one long-lived logical
+//! decoding session (`START_REPLICATION … LOGICAL`) instead of a new one per SQL call.
+//!
+//! A connection opened with `replication=database` speaks the ordinary
+//! frontend/backend protocol plus the replication commands (PostgreSQL docs,
+//! "Streaming Replication Protocol"). After `START_REPLICATION` the server streams
+//! `XLogData` messages, each carrying one pgoutput message, as soon as the WAL that
+//! holds them is flushed; the client reports the position it has made durable
+//! elsewhere in standby status updates, and the slot's `confirmed_flush_lsn` follows
+//! that report. A task of its own reads the socket, assembles whole committed
+//! transactions and answers the server's keepalives, so the connection stays alive
+//! while the tailer waits on Kinesis.
+//!
+//! Only what the tailer needs: TCP or a Unix socket without TLS (like the rest of the
+//! project's database connections), password authentication by cleartext, MD5 or
+//! SCRAM-SHA-256 (the last two through `postgres-protocol`'s helpers).
+
+use super::wal::Transactions;
+use crate::envelope::RecordedEvent;
+use crate::store::StoreError;
+use bytes::{Buf, BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use sqlx::postgres::PgConnectOptions;
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+/// Where and as whom the replication connection logs in.
+#[derive(Clone)]
+pub struct ReplicationTarget {
+    host: String,
+    port: u16,
+    socket: Option<PathBuf>,
+    user: String,
+    password: Option<String>,
+    database: String,
+}
+
+impl fmt::Debug for ReplicationTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationTarget {
+    /// The server, user and database of `options`. sqlx does not give its password
+    /// back, so that comes separately (the tailer takes it from its database URL).
+    pub fn new(options: &PgConnectOptions, password: Option<String>) -> Self {
+        let socket = match options.get_socket() {
+            Some(dir) => Some(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
+            None if options.get_host().starts_with('/') => {
+                Some(PathBuf::from(format!("{}/.s.PGSQL.{}", options.get_host(), options.get_port())))
+            }
+            None => None,
+        };
+        ReplicationTarget {
+            host: options.get_host().to_owned(),
+            port: options.get_port(),
+            socket,
+            user: options.get_username().to_owned(),
+            password,
+            database: options.get_database().unwrap_or(options.get_username()).to_owned(),
+        }
+    }
+}
+
+/// A failure of the replication connection.
+#[derive(Debug, thiserror::Error)]
+#[error("replication connection: {message}")]
+pub struct ReplicationError {
+    /// The server's SQLSTATE, when the server refused something.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl ReplicationError {
+    fn new(message: impl Into<String>) -> Self {
+        ReplicationError { code: None, message: message.into() }
+    }
+
+    /// The slot is in use by another connection (SQLSTATE 55006), e.g. the walsender
+    /// of a connection that is still closing.
+    pub fn slot_in_use(&self) -> bool {
+        self.code.as_deref() == Some("55006")
+    }
+}
+
+impl From<std::io::Error> for ReplicationError {
+    fn from(e: std::io::Error) -> Self {
+        ReplicationError::new(e.to_string())
+    }
+}
+
+impl From<ReplicationError> for StoreError {
+    fn from(e: ReplicationError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// One committed transaction of the publication: its events (none for a heartbeat)
+/// and the WAL position just after its commit record, which acknowledges it.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub events: Vec<RecordedEvent>,
+    pub end_lsn: u64,
+}
+
+/// Transactions the reading task decodes ahead of the tailer.
+const READ_AHEAD: usize = 64;
+
+/// How often the client reports its position without being asked (the server drops
+/// a client silent for `wal_sender_timeout`, 60 s by default).
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Seconds from the Unix epoch to the Postgres epoch (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// A running `START_REPLICATION`: committed transactions in commit order, and the
+/// position the client confirms.
+pub(crate) struct ReplicationStream {
+    transactions: mpsc::Receiver<Result<Committed, String>>,
+    confirmed: watch::Sender<u64>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl ReplicationStream {
+    /// Logs in, starts streaming slot `slot` from its confirmed position with
+    /// pgoutput over `publication`, and leaves the socket to a task of its own. The
+    /// task ends when the stream is dropped (after reporting the last confirmed
+    /// position) or when the connection fails (the next read returns the error).
+    pub async fn start(target: &ReplicationTarget, slot: &str, publication: &str) -> Result<Self, ReplicationError> {
+        for name in [slot, publication] {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                return Err(ReplicationError::new(format!(
+                    "{name:?} is not a valid slot or publication name (lower-case letters, digits, _)"
+                )));
+            }
+        }
+        let io: Box<dyn Io> = match tokio::time::timeout(Duration::from_secs(10), connect(target)).await {
+            Ok(io) => io?,
+            Err(_) => return Err(ReplicationError::new("connecting timed out")),
+        };
+        let (mut reader, mut writer) = tokio::io::split(io);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        log_in(&mut reader, &mut writer, &mut buf, target).await?;
+        let command =
+            format!("START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{publication}')");
+        writer.write_all(&frame(b'Q', |b| put_cstr(b, &command))).await?;
+        loop {
+            match next_message(&mut reader, &mut buf).await? {
+                (b'W', _) => break,
+                (b'E', body) => return Err(server_error(&body)),
+                (b'N' | b'S', _) => {}
+                (tag, _) => return Err(ReplicationError::new(format!("unexpected message {:?}", tag as char))),
+            }
+        }
+        let (sender, transactions) = mpsc::channel(READ_AHEAD);
+        let (confirmed, confirmed_rx) = watch::channel(0);
+        tokio::spawn(async move {
+            if let Err(error) = follow(reader, writer, buf, &sender, confirmed_rx).await {
+                let _ = sender.send(Err(error.message)).await;
+            }
+        });
+        Ok(ReplicationStream { transactions, confirmed })
+    }
+
+    /// The next committed transaction, when one is already here.
+    pub fn try_next(&mut self) -> Result<Option<Committed>, StoreError> {
+        match self.transactions.try_recv() {
+            Ok(next) => next.map(Some).map_err(lost),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(lost("the reading task ended".into())),
+        }
+    }
+
+    /// Waits for the next committed transaction (cancel-safe).
+    pub async fn next(&mut self) -> Result<Committed, StoreError> {
+        match self.transactions.recv().await {
+            Some(next) => next.map_err(lost),
+            None => Err(lost("the reading task ended".into())),
+        }
+    }
+
+    /// Reports everything up to `lsn` as durable elsewhere; the slot moves there.
+    pub fn confirm(&self, lsn: u64) {
+        self.confirmed.send_if_modified(|confirmed| {
+            let moved = lsn > *confirmed;
+            *confirmed = (*confirmed).max(lsn);
+            moved
+        });
+    }
+}
+
+fn lost(reason: String) -> StoreError {
+    StoreError::Unavailable(format!("replication stream lost: {reason}"))
+}
+
+async fn connect(target: &ReplicationTarget) -> Result<Box<dyn Io>, ReplicationError> {
+    if let Some(path) = &target.socket {
+        #[cfg(unix)]
+        return Ok(Box::new(tokio::net::UnixStream::connect(path).await?));
+        #[cfg(not(unix))]
+        return Err(ReplicationError::new(format!("no Unix sockets here ({})", path.display())));
+    }
+    let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(Box::new(stream))
+}
+
+/// The start-up exchange, up to the first ReadyForQuery.
+async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut R,
+    writer: &mut W,
+    buf: &mut BytesMut,
+    target: &ReplicationTarget,
+) -> Result<(), ReplicationError> {
+    let mut startup = BytesMut::new();
+    startup.put_i32(196_608); // protocol 3.0
+    for (key, value) in [
+        ("user", target.user.as_str()),
+        ("database", target.database.as_str()),
+        ("replication", "database"),
+        ("application_name", "rapids tailer"),
+    ] {
+        put_cstr(&mut startup, key);
+        put_cstr(&mut startup, value);
+    }
+    startup.put_u8(0);
+    let mut message = BytesMut::new();
+    message.put_i32(i32::try_from(startup.len() + 4).unwrap_or(i32::MAX));
+    message.extend_from_slice(&startup);
+    writer.write_all(&message).await?;
+
+    let password = || {
+        target.password.as_deref().ok_or_else(|| ReplicationError::new("the server asks for a password; none is set"))
+    };
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let (tag, mut body) = next_message(reader, buf).await?;
+        match tag {
+            b'R' => {
+                if body.len() < 4 {
+                    return Err(ReplicationError::new("truncated authentication request"));
+                }
+                match body.get_u32() {
+                    0 => {}
+                    3 => {
+                        let password = password()?;
+                        let answer = frame(b'p', |b| put_cstr(b, password));
+                        writer.write_all(&answer).await?;
+                    }
+                    5 => {
+                        let salt: [u8; 4] = body
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or_else(|| ReplicationError::new("truncated MD5 salt"))?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            target.user.as_bytes(),
+                            password()?.as_bytes(),
+                            salt,
+                        );
+                        writer.write_all(&frame(b'p', |b| put_cstr(b, &hash))).await?;
+                    }
+                    10 => {
+                        let offered = body[..].split(|b| *b == 0).any(|m| m == SCRAM_SHA_256.as_bytes());
+                        if !offered {
+                            return Err(ReplicationError::new(
+                                "the server offers no SASL mechanism this client speaks",
+                            ));
+                        }
+                        let exchange = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                        let answer = frame(b'p', |b| {
+                            put_cstr(b, SCRAM_SHA_256);
+                            b.put_i32(i32::try_from(exchange.message().len()).unwrap_or(i32::MAX));
+                            b.extend_from_slice(exchange.message());
+                        });
+                        writer.write_all(&answer).await?;
+                        scram = Some(exchange);
+                    }
+                    11 => {
+                        let exchange = scram.as_mut().ok_or_else(|| ReplicationError::new("SASL out of order"))?;
+                        exchange.update(&body)?;
+                        writer.write_all(&frame(b'p', |b| b.extend_from_slice(exchange.message()))).await?;
+                    }
+                    12 => {
+                        let exchange = scram.as_mut().ok_or_else(|| ReplicationError::new("SASL out of order"))?;
+                        exchange.finish(&body)?;
+                    }
+                    other => {
+                        return Err(ReplicationError::new(format!("authentication method {other} is not supported")));
+                    }
+                }
+            }
+            b'E' => return Err(server_error(&body)),
+            b'Z' => return Ok(()),
+            _ => {} // ParameterStatus, BackendKeyData, notices
+        }
+    }
+}
+
+/// The reading task: decodes the stream into committed transactions, hands them over
+/// (at most [`READ_AHEAD`] ahead) and reports the confirmed position: at once when it
+/// moves, when the server asks, and every [`STATUS_EVERY`].
+async fn follow<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut reader: R,
+    mut writer: W,
+    mut buf: BytesMut,
+    out: &mpsc::Sender<Result<Committed, String>>,
+    mut confirmed: watch::Receiver<u64>,
+) -> Result<(), ReplicationError> {
+    let mut transactions = Transactions::default();
+    let mut ready: VecDeque<Committed> = VecDeque::new();
+    let mut received = 0u64;
+    let mut ticker = tokio::time::interval(STATUS_EVERY);
+    loop {
+        while ready.len() < READ_AHEAD {
+            let Some((tag, mut body)) = take_message(&mut buf)? else { break };
+            match tag {
+                b'd' if body.first() == Some(&b'w') => {
+                    if body.len() < 25 {
+                        return Err(ReplicationError::new("truncated XLogData"));
+                    }
+                    body.advance(1);
+                    let _start = body.get_u64();
+                    received = received.max(body.get_u64());
+                    let _sent_at = body.get_i64();
+                    if let Some(committed) =
+                        transactions.feed(&body).map_err(|e| ReplicationError::new(e.to_string()))?
+                    {
+                        ready.push_back(committed);
+                    }
+                }
+                b'd' if body.first() == Some(&b'k') => {
+                    if body.len() < 18 {
+                        return Err(ReplicationError::new("truncated keepalive"));
+                    }
+                    if body[17] == 1 {
+                        let flushed = *confirmed.borrow();
+                        writer.write_all(&status(received, flushed)).await?;
+                    }
+                }
+                b'E' => return Err(server_error(&body)),
+                b'c' => return Err(ReplicationError::new("the server ended the stream")),
+                _ => {}
+            }
+        }
+        tokio::select! {
+            biased;
+            changed = confirmed.changed() => {
+                let flushed = *confirmed.borrow_and_update();
+                writer.write_all(&status(received, flushed)).await?;
+                if changed.is_err() {
+                    // the stream was dropped: its last position is reported; say goodbye
+                    let _ = writer.write_all(&frame(b'c', |_| {})).await;
+                    return Ok(());
+                }
+            }
+            permit = out.reserve(), if !ready.is_empty() => {
+                let Ok(permit) = permit else { return Ok(()) };
+                if let Some(committed) = ready.pop_front() {
+                    permit.send(Ok(committed));
+                }
+            }
+            read = reader.read_buf(&mut buf), if ready.len() < READ_AHEAD => {
+                if read? == 0 {
+                    return Err(ReplicationError::new("the server closed the connection"));
+                }
+            }
+            _ = ticker.tick() => {
+                let flushed = *confirmed.borrow();
+                writer.write_all(&status(received, flushed)).await?;
+            }
+        }
+    }
+}
+
+/// A standby status update: written up to `received`, flushed and applied up to
+/// `flushed` (0, "nothing yet", is ignored by the server).
+fn status(received: u64, flushed: u64) -> BytesMut {
+    let now = chrono::Utc::now().timestamp_micros() - PG_EPOCH_MICROS;
+    let written = received.max(flushed);
+    frame(b'd', |b| {
+        b.put_u8(b'r');
+        b.put_u64(written);
+        b.put_u64(flushed);
+        b.put_u64(flushed);
+        b.put_i64(now);
+        b.put_u8(0);
+    })
+}
+
+/// A frontend message: tag, length, body.
+fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BytesMut {
+    let mut content = BytesMut::new();
+    body(&mut content);
+    let mut message = BytesMut::with_capacity(content.len() + 5);
+    message.put_u8(tag);
+    message.put_i32(i32::try_from(content.len() + 4).unwrap_or(i32::MAX));
+    message.extend_from_slice(&content);
+    message
+}
+
+fn put_cstr(b: &mut BytesMut, s: &str) {
+    b.extend_from_slice(s.as_bytes());
+    b.put_u8(0);
+}
+
+/// The next whole backend message in `buf`, if one is there.
+fn take_message(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, ReplicationError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(ReplicationError::new("malformed message length"));
+    }
+    if buf.len() < len + 1 {
+        buf.reserve(len + 1 - buf.len());
+        return Ok(None);
+    }
+    let tag = buf[0];
+    buf.advance(5);
+    Ok(Some((tag, buf.split_to(len - 4))))
+}
+
+/// The next whole backend message, reading as needed.
+async fn next_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(u8, BytesMut), ReplicationError> {
+    loop {
+        if let Some(message) = take_message(buf)? {
+            return Ok(message);
+        }
+        if reader.read_buf(buf).await? == 0 {
+            return Err(ReplicationError::new("the server closed the connection"));
+        }
+    }
+}
+
+/// The SQLSTATE and message of an ErrorResponse.
+fn server_error(body: &[u8]) -> ReplicationError {
+    let mut error = ReplicationError::new("the server reported an error");
+    for field in body.split(|b| *b == 0) {
+        match field.split_first() {
+            Some((b'C', code)) => error.code = Some(String::from_utf8_lossy(code).into_owned()),
+            Some((b'M', message)) => error.message = String::from_utf8_lossy(message).into_owned(),
+            _ => {}
+        }
+    }
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_backend_messages_only_when_whole() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I', b'd', 0, 0]);
+        let (tag, body) = take_message(&mut buf).expect("well formed").expect("whole");
+        assert_eq!((tag, &body[..]), (b'Z', &b"I"[..]));
+        assert!(take_message(&mut buf).expect("well formed").is_none(), "a partial message waits for more bytes");
+        buf.extend_from_slice(&[0, 6, b'x', b'y']);
+        let (tag, body) = take_message(&mut buf).expect("well formed").expect("whole");
+        assert_eq!((tag, &body[..]), (b'd', &b"xy"[..]));
+        assert!(buf.is_empty());
+        buf.extend_from_slice(&[b'd', 0, 0, 0, 3]);
+        assert!(take_message(&mut buf).is_err(), "a length below 4 is refused");
+    }
+
+    #[test]
+    fn reads_the_code_and_message_of_an_error() {
+        let body = b"SERROR\0C55006\0Mreplication slot \"s\" is active for PID 7\0\0";
+        let error = server_error(body);
+        assert!(error.slot_in_use());
+        assert_eq!(error.message, "replication slot \"s\" is active for PID 7");
+    }
+
+    #[test]
+    fn a_status_update_reports_the_confirmed_position() {
+        let update = status(0x30, 0x20);
+        assert_eq!(update.len(), 1 + 4 + 34);
+        assert_eq!(&update[..6], &[b'd', 0, 0, 0, 38, b'r']);
+        assert_eq!(u64::from_be_bytes(update[6..14].try_into().expect("8 bytes")), 0x30);
+        assert_eq!(u64::from_be_bytes(update[14..22].try_into().expect("8 bytes")), 0x20);
+        assert_eq!(u64::from_be_bytes(update[22..30].try_into().expect("8 bytes")), 0x20);
+    }
+}
