@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use eventstore::rapids::Rapids;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
 use tokio::process::Child;
@@ -114,4 +114,64 @@ async fn a_standby_takes_over_when_the_active_tailer_dies(options: PgPoolOptions
     tests::load::assert_delivered(&rapids, &second).await;
     standby.kill().await;
     cleanup(&pool, &slot).await;
+}
+
+/// The wal source's replication connection logs in with the password of the database
+/// URL, by SCRAM-SHA-256 and by MD5 (`scripts/test` requires them of these two roles).
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn the_replication_connection_logs_in_with_a_password(options: PgPoolOptions, connect: PgConnectOptions) {
+    let pool = tests::pool(options, connect.clone()).await;
+    let url = tests::database_url(&connect);
+    let (server, database) = url.rsplit_once('/').unwrap();
+    let host = server.rsplit_once('@').unwrap().1;
+    for (role, encryption) in [("bank_scram", "scram-sha-256"), ("bank_md5", "md5")] {
+        // roles are cluster-wide: the first test run creates them
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query(&format!("set password_encryption = '{encryption}'")).execute(&mut *conn).await.unwrap();
+        let created = sqlx::query(&format!("create role {role} login superuser password 'p@ss w0rd'"))
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = created {
+            let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+            assert_eq!(code.as_deref(), Some("42710"), "creating {role}: {e}");
+        }
+        drop(conn);
+        // the role does need its password, and it is stored for the method under test
+        let wrong = sqlx::PgConnection::connect(&format!("postgres://{role}:wrong@{host}/{database}")).await;
+        assert!(wrong.is_err(), "{role} logs in only with its password");
+        let stored: String = sqlx::query_scalar("select rolpassword from pg_authid where rolname = $1")
+            .bind(role)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(stored.to_lowercase().starts_with(&encryption[..3]), "{role}'s password is stored as {encryption}");
+        let rapids = tests::fresh_stream(1).await;
+        let slot = format!("t_{}", Uuid::now_v7().simple());
+        let role_url = format!("postgres://{role}:p%40ss%20w0rd@{host}/{database}");
+        let tailer = start(&role_url, &rapids, &slot, "wal").await;
+        let tailer_ref = &tailer;
+        tests::wait_for(Duration::from_secs(10), "the tailer to become active", || async move {
+            tailer_ref.is_leader().await.then_some(())
+        })
+        .await;
+        let written = tests::load::write_load(&pool, 2, 10).await;
+        tests::load::assert_delivered(&rapids, &written).await;
+        let pool_ref = &pool;
+        tests::wait_for(Duration::from_secs(10), "the slot to be streamed over the role's connection", || async move {
+            let streaming: bool = sqlx::query_scalar(
+                "select exists (select 1 from pg_stat_replication where application_name = 'rapids tailer' and usename = $1)",
+            )
+            .bind(role)
+            .fetch_one(pool_ref)
+            .await
+            .unwrap();
+            streaming.then_some(())
+        })
+        .await;
+        // and what commits now comes over that stream
+        let more = tests::load::write_load(&pool, 2, 10).await;
+        tests::load::assert_delivered(&rapids, &more).await;
+        tailer.kill().await;
+        cleanup(&pool, &slot).await;
+    }
 }
