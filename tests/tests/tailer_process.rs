@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use eventstore::rapids::Rapids;
-use sqlx::{Connection, PgPool};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 use std::time::Duration;
 use tokio::process::Child;
 use uuid::Uuid;
@@ -128,9 +128,8 @@ async fn the_replication_connection_logs_in_with_a_password(options: PgPoolOptio
         // roles are cluster-wide: the first test run creates them
         let mut conn = pool.acquire().await.unwrap();
         sqlx::query(&format!("set password_encryption = '{encryption}'")).execute(&mut *conn).await.unwrap();
-        let created = sqlx::query(&format!("create role {role} login superuser password 'p@ss w0rd'"))
-            .execute(&mut *conn)
-            .await;
+        let created =
+            sqlx::query(&format!("create role {role} login superuser password 'p@ss w0rd'")).execute(&mut *conn).await;
         if let Err(e) = created {
             let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
             assert_eq!(code.as_deref(), Some("42710"), "creating {role}: {e}");

@@ -120,7 +120,7 @@ const READ_AHEAD: usize = 64;
 /// a client silent for `wal_sender_timeout`, 60 s by default).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// Seconds from the Unix epoch to the Postgres epoch (2000-01-01).
+/// Microseconds from the Unix epoch to the Postgres epoch (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// A running `START_REPLICATION`: committed transactions in commit order, and the
