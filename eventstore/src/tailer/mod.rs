@@ -54,6 +54,10 @@ pub trait EventSource: Send {
     fn wait(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
         std::future::pending()
     }
+
+    /// Called when this instance stops being the active tailer (an error, shutdown):
+    /// lets go of what a standby taking over needs (the wal source's slot).
+    fn release(&mut self) {}
 }
 
 /// The tailer's metrics.
@@ -197,6 +201,7 @@ impl<S: EventSource> Tailer<S> {
             tracing::info!("this tailer is now the active one");
             self.metrics.leader.set(1);
             let outcome = self.lead(&mut lock, &shutdown).await;
+            self.source.release();
             self.metrics.leader.set(0);
             let _ = lock.close().await;
             match outcome {

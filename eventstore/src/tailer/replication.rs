@@ -113,11 +113,22 @@ pub(crate) struct Committed {
     pub end_lsn: u64,
 }
 
-/// Transactions the reading task decodes ahead of the tailer.
+/// Transactions handed over ahead of the tailer (a batch can take this many).
+const HANDED_AHEAD: usize = 2048;
+
+/// Transactions the reading task decodes ahead of handing them over.
 const READ_AHEAD: usize = 64;
 
+/// How long logging in and starting to stream may take.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest backend message accepted (an event is at most 1 MiB to Kinesis).
+const MAX_MESSAGE: usize = 256 << 20;
+
 /// How often the client reports its position without being asked (the server drops
-/// a client silent for `wal_sender_timeout`, 60 s by default).
+/// a client silent for `wal_sender_timeout`, 60 s by default) and asks for an answer:
+/// a server not heard from for three of these is taken for gone (a half-open
+/// connection would otherwise go unnoticed until TCP gives up, after many minutes).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Microseconds from the Unix epoch to the Postgres epoch (2000-01-01).
@@ -146,25 +157,30 @@ impl ReplicationStream {
                 )));
             }
         }
-        let io: Box<dyn Io> = match tokio::time::timeout(Duration::from_secs(10), connect(target)).await {
-            Ok(io) => io?,
-            Err(_) => return Err(ReplicationError::new("connecting timed out")),
-        };
-        let (mut reader, mut writer) = tokio::io::split(io);
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        log_in(&mut reader, &mut writer, &mut buf, target).await?;
-        let command =
-            format!("START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{publication}')");
-        writer.write_all(&frame(b'Q', |b| put_cstr(b, &command))).await?;
-        loop {
-            match next_message(&mut reader, &mut buf).await? {
-                (b'W', _) => break,
-                (b'E', body) => return Err(server_error(&body)),
-                (b'N' | b'S', _) => {}
-                (tag, _) => return Err(ReplicationError::new(format!("unexpected message {:?}", tag as char))),
+        let started = tokio::time::timeout(START_TIMEOUT, async {
+            let io = connect(target).await?;
+            let (mut reader, mut writer) = tokio::io::split(io);
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            log_in(&mut reader, &mut writer, &mut buf, target).await?;
+            let command = format!(
+                "START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{publication}')"
+            );
+            writer.write_all(&frame(b'Q', |b| put_cstr(b, &command))).await?;
+            loop {
+                match next_message(&mut reader, &mut buf).await? {
+                    (b'W', _) => return Ok((reader, writer, buf)),
+                    (b'E', body) => return Err(server_error(&body)),
+                    (b'N' | b'S', _) => {}
+                    (tag, _) => return Err(ReplicationError::new(format!("unexpected message {:?}", tag as char))),
+                }
             }
-        }
-        let (sender, transactions) = mpsc::channel(READ_AHEAD);
+        })
+        .await;
+        let (reader, writer, buf) = match started {
+            Ok(started) => started?,
+            Err(_) => return Err(ReplicationError::new("starting the stream timed out")),
+        };
+        let (sender, transactions) = mpsc::channel(HANDED_AHEAD);
         let (confirmed, confirmed_rx) = watch::channel(0);
         tokio::spawn(async move {
             if let Err(error) = follow(reader, writer, buf, &sender, confirmed_rx).await {
@@ -322,7 +338,12 @@ async fn follow<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut ready: VecDeque<Committed> = VecDeque::new();
     let mut received = 0u64;
     let mut ticker = tokio::time::interval(STATUS_EVERY);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
+        if ready.len() >= READ_AHEAD {
+            // not reading: the server's silence says nothing
+            last_heard = tokio::time::Instant::now();
+        }
         while ready.len() < READ_AHEAD {
             let Some((tag, mut body)) = take_message(&mut buf)? else { break };
             match tag {
@@ -346,7 +367,7 @@ async fn follow<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     if body[17] == 1 {
                         let flushed = *confirmed.borrow();
-                        writer.write_all(&status(received, flushed)).await?;
+                        writer.write_all(&status(received, flushed, false)).await?;
                     }
                 }
                 b'E' => return Err(server_error(&body)),
@@ -358,7 +379,7 @@ async fn follow<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             biased;
             changed = confirmed.changed() => {
                 let flushed = *confirmed.borrow_and_update();
-                writer.write_all(&status(received, flushed)).await?;
+                writer.write_all(&status(received, flushed, false)).await?;
                 if changed.is_err() {
                     // the stream was dropped: its last position is reported; say goodbye
                     let _ = writer.write_all(&frame(b'c', |_| {})).await;
@@ -375,18 +396,23 @@ async fn follow<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 if read? == 0 {
                     return Err(ReplicationError::new("the server closed the connection"));
                 }
+                last_heard = tokio::time::Instant::now();
             }
             _ = ticker.tick() => {
+                if last_heard.elapsed() > 3 * STATUS_EVERY {
+                    return Err(ReplicationError::new("the server has not answered for 30 s"));
+                }
                 let flushed = *confirmed.borrow();
-                writer.write_all(&status(received, flushed)).await?;
+                writer.write_all(&status(received, flushed, true)).await?;
             }
         }
     }
 }
 
 /// A standby status update: written up to `received`, flushed and applied up to
-/// `flushed` (0, "nothing yet", is ignored by the server).
-fn status(received: u64, flushed: u64) -> BytesMut {
+/// `flushed` (0, "nothing yet", is ignored by the server); `answer`: the server is to
+/// reply at once (with a keepalive).
+fn status(received: u64, flushed: u64, answer: bool) -> BytesMut {
     let now = chrono::Utc::now().timestamp_micros() - PG_EPOCH_MICROS;
     let written = received.max(flushed);
     frame(b'd', |b| {
@@ -395,7 +421,7 @@ fn status(received: u64, flushed: u64) -> BytesMut {
         b.put_u64(flushed);
         b.put_u64(flushed);
         b.put_i64(now);
-        b.put_u8(0);
+        b.put_u8(u8::from(answer));
     })
 }
 
@@ -421,8 +447,8 @@ fn take_message(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>, Replicatio
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len < 4 {
-        return Err(ReplicationError::new("malformed message length"));
+    if !(4..=MAX_MESSAGE).contains(&len) {
+        return Err(ReplicationError::new(format!("a message of {len} bytes")));
     }
     if buf.len() < len + 1 {
         buf.reserve(len + 1 - buf.len());
@@ -478,6 +504,8 @@ mod tests {
         assert!(buf.is_empty());
         buf.extend_from_slice(&[b'd', 0, 0, 0, 3]);
         assert!(take_message(&mut buf).is_err(), "a length below 4 is refused");
+        let mut huge = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(take_message(&mut huge).is_err(), "a length above the cap is refused, not reserved");
     }
 
     #[test]
@@ -490,11 +518,13 @@ mod tests {
 
     #[test]
     fn a_status_update_reports_the_confirmed_position() {
-        let update = status(0x30, 0x20);
+        let update = status(0x30, 0x20, true);
         assert_eq!(update.len(), 1 + 4 + 34);
         assert_eq!(&update[..6], &[b'd', 0, 0, 0, 38, b'r']);
         assert_eq!(u64::from_be_bytes(update[6..14].try_into().expect("8 bytes")), 0x30);
         assert_eq!(u64::from_be_bytes(update[14..22].try_into().expect("8 bytes")), 0x20);
         assert_eq!(u64::from_be_bytes(update[22..30].try_into().expect("8 bytes")), 0x20);
+        assert_eq!(update[38], 1, "asks for an answer");
+        assert_eq!(status(0x30, 0x20, false)[38], 0);
     }
 }

@@ -251,6 +251,13 @@ impl EventSource for WalSource {
         Ok(())
     }
 
+    fn release(&mut self) {
+        // the stream's task reports the last confirmed position and closes the
+        // connection; the walsender lets go of the slot
+        self.stream = None;
+        self.pending = None;
+    }
+
     async fn wait(&mut self) -> Result<(), StoreError> {
         match &mut self.stream {
             Some(stream) if self.pending.is_none() => {
