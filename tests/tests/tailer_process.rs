@@ -33,6 +33,11 @@ impl Tailer {
         reply.is_ok_and(|r| r.body.as_str().is_some_and(|t| t.lines().any(|l| l == "tailer_is_leader 1")))
     }
 
+    /// Waits until this instance is the active tailer; fails the test after `within`.
+    async fn wait_leading(&self, within: Duration, what: &str) {
+        tests::wait_for(within, what, || async move { self.is_leader().await.then_some(()) }).await;
+    }
+
     async fn kill(self) {
         tests::kill(self.child).await;
     }
@@ -65,11 +70,7 @@ async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
         while !load.is_finished() {
             // kill it while it is the active tailer, at a varying point of its work
             let running = tailer.take().unwrap();
-            let running_ref = &running;
-            tests::wait_for(Duration::from_secs(10), "the new tailer to become active", || async move {
-                running_ref.is_leader().await.then_some(())
-            })
-            .await;
+            running.wait_leading(Duration::from_secs(10), "the new tailer to become active").await;
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..150))).await;
             running.kill().await;
             kills_while_leading += 1;
@@ -105,11 +106,7 @@ async fn a_standby_takes_over_when_the_active_tailer_dies(options: PgPoolOptions
     tests::load::assert_delivered(&rapids, &first).await;
 
     leader.kill().await;
-    let standby_ref = &standby;
-    tests::wait_for(Duration::from_secs(5), "the standby to take over", || async move {
-        standby_ref.is_leader().await.then_some(())
-    })
-    .await;
+    standby.wait_leading(Duration::from_secs(5), "the standby to take over").await;
     let second = tests::load::write_load(&pool, 4, 20).await;
     tests::load::assert_delivered(&rapids, &second).await;
     standby.kill().await;
@@ -148,11 +145,7 @@ async fn the_replication_connection_logs_in_with_a_password(options: PgPoolOptio
         let slot = format!("t_{}", Uuid::now_v7().simple());
         let role_url = format!("postgres://{role}:p%40ss%20w0rd@{host}/{database}");
         let tailer = start(&role_url, &rapids, &slot, "wal").await;
-        let tailer_ref = &tailer;
-        tests::wait_for(Duration::from_secs(10), "the tailer to become active", || async move {
-            tailer_ref.is_leader().await.then_some(())
-        })
-        .await;
+        tailer.wait_leading(Duration::from_secs(10), "the tailer to become active").await;
         let written = tests::load::write_load(&pool, 2, 10).await;
         tests::load::assert_delivered(&rapids, &written).await;
         let pool_ref = &pool;
