@@ -79,8 +79,10 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::new(rapids);
     match config.source {
         Source::Wal => {
-            let password = url_password(config.database.database_url.expose());
-            let source = WalSource::new(pool.clone(), &config.slot).password(password);
+            let mut source = WalSource::new(pool.clone(), &config.slot);
+            if let Some(password) = url_password(config.database.database_url.expose()) {
+                source = source.password(password);
+            }
             Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
         }
         Source::Poll => {
@@ -95,12 +97,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The password in a database URL (the replication connection logs in with it; sqlx
-/// keeps the pool's to itself), else `PGPASSWORD`.
+/// keeps the pool's to itself; without one, `WalSource` takes `PGPASSWORD`).
 fn url_password(database_url: &str) -> Option<String> {
-    let from_url = url::Url::parse(database_url).ok().and_then(|url| {
-        url.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
-    });
-    from_url.or_else(|| std::env::var("PGPASSWORD").ok())
+    let url = url::Url::parse(database_url).ok()?;
+    url.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -110,5 +110,6 @@ mod tests {
     #[test]
     fn takes_the_password_from_the_url_decoded() {
         assert_eq!(url_password("postgres://tailer:s%40cret@db:5432/bank").as_deref(), Some("s@cret"));
+        assert_eq!(url_password("postgres://tailer@db:5432/bank"), None);
     }
 }

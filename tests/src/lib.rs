@@ -332,6 +332,19 @@ where
     }
 }
 
+/// Polls `sql`, a boolean query over text parameters `binds`, until it is true; fails
+/// the test after `within`.
+pub async fn wait_until_true(pool: &PgPool, within: Duration, what: &str, sql: &str, binds: &[&str]) {
+    wait_for(within, what, || async move {
+        let mut query = sqlx::query_scalar::<_, bool>(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query.fetch_one(pool).await.unwrap().then_some(())
+    })
+    .await
+}
+
 /// Starts a binary of the workspace with `env` (its logs off) and waits until it
 /// answers `GET /health` on `port`.
 pub async fn spawn_binary(name: &str, port: u16, env: &[(&str, String)]) -> tokio::process::Child {

@@ -88,15 +88,13 @@ async fn a_new_slot_first_publishes_what_committed_before_it(options: PgPoolOpti
     };
     tests::load::assert_delivered(&rapids, &all).await;
     // and the backfill hands over to the slot
-    let pool_ref = &pool;
-    tests::wait_for(Duration::from_secs(10), "the backfill to complete", || async move {
-        let owed: bool =
-            sqlx::query_scalar("select exists (select 1 from rapids.tailer_position where source like '%:backfill')")
-                .fetch_one(pool_ref)
-                .await
-                .unwrap();
-        (!owed).then_some(())
-    })
+    tests::wait_until_true(
+        &pool,
+        Duration::from_secs(10),
+        "the backfill to complete",
+        "select not exists (select 1 from rapids.tailer_position where source like '%:backfill')",
+        &[],
+    )
     .await;
     shutdown.cancel();
     tailer.await.unwrap();
@@ -137,18 +135,13 @@ async fn an_idle_slot_advances_past_wal_that_holds_no_events(options: PgPoolOpti
     sqlx::query("create table busy (n int)").execute(&pool).await.unwrap();
     sqlx::query("insert into busy select generate_series(1, 20000)").execute(&pool).await.unwrap();
     let (wal_end,): (String,) = sqlx::query_as("select pg_current_wal_lsn()::text").fetch_one(&pool).await.unwrap();
-    let (pool_ref, slot_ref, wal_end_ref) = (&pool, &slot, &wal_end);
-    tests::wait_for(Duration::from_secs(15), "the idle slot to advance past the WAL", || async move {
-        let passed: bool = sqlx::query_scalar(
-            "select confirmed_flush_lsn >= $2::pg_lsn from pg_replication_slots where slot_name = $1",
-        )
-        .bind(slot_ref)
-        .bind(wal_end_ref)
-        .fetch_one(pool_ref)
-        .await
-        .unwrap();
-        passed.then_some(())
-    })
+    tests::wait_until_true(
+        &pool,
+        Duration::from_secs(15),
+        "the idle slot to advance past the WAL",
+        "select confirmed_flush_lsn >= $2::pg_lsn from pg_replication_slots where slot_name = $1",
+        &[&slot, &wal_end],
+    )
     .await;
     shutdown.cancel();
     tailer.await.unwrap();

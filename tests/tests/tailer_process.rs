@@ -148,17 +148,13 @@ async fn the_replication_connection_logs_in_with_a_password(options: PgPoolOptio
         tailer.wait_leading(Duration::from_secs(10), "the tailer to become active").await;
         let written = tests::load::write_load(&pool, 2, 10).await;
         tests::load::assert_delivered(&rapids, &written).await;
-        let pool_ref = &pool;
-        tests::wait_for(Duration::from_secs(10), "the slot to be streamed over the role's connection", || async move {
-            let streaming: bool = sqlx::query_scalar(
-                "select exists (select 1 from pg_stat_replication where application_name = 'rapids tailer' and usename = $1)",
-            )
-            .bind(role)
-            .fetch_one(pool_ref)
-            .await
-            .unwrap();
-            streaming.then_some(())
-        })
+        tests::wait_until_true(
+            &pool,
+            Duration::from_secs(10),
+            "the slot to be streamed over the role's connection",
+            "select exists (select 1 from pg_stat_replication where application_name = 'rapids tailer' and usename = $1)",
+            &[role],
+        )
         .await;
         // and what commits now comes over that stream
         let more = tests::load::write_load(&pool, 2, 10).await;

@@ -89,7 +89,7 @@ impl ReplicationError {
     /// The slot is in use by another connection (SQLSTATE 55006), e.g. the walsender
     /// of a connection that is still closing.
     pub fn slot_in_use(&self) -> bool {
-        self.code.as_deref() == Some("55006")
+        self.code.as_deref() == Some(super::wal::SLOT_IN_USE)
     }
 }
 
@@ -526,5 +526,118 @@ mod tests {
         assert_eq!(u64::from_be_bytes(update[22..30].try_into().expect("8 bytes")), 0x20);
         assert_eq!(update[38], 1, "asks for an answer");
         assert_eq!(status(0x30, 0x20, false)[38], 0);
+    }
+
+    /// XLogData carrying one pgoutput message.
+    fn xlog(message: &[u8]) -> BytesMut {
+        frame(b'd', |b| {
+            b.put_u8(b'w');
+            b.put_u64(0x10);
+            b.put_u64(0x10);
+            b.put_i64(0);
+            b.extend_from_slice(message);
+        })
+    }
+
+    /// A transaction that inserts one row into `rapids.heartbeat` (no event).
+    fn heartbeat_transaction(end_lsn: u64) -> Vec<BytesMut> {
+        let mut begin = BytesMut::new();
+        begin.put_u8(b'B');
+        begin.put_u64(end_lsn - 8);
+        begin.put_i64(0);
+        begin.put_u32(740);
+        let mut relation = BytesMut::new();
+        relation.put_u8(b'R');
+        relation.put_u32(7);
+        put_cstr(&mut relation, "rapids");
+        put_cstr(&mut relation, "heartbeat");
+        relation.put_u8(b'd');
+        relation.put_u16(0);
+        let mut insert = BytesMut::new();
+        insert.put_u8(b'I');
+        insert.put_u32(7);
+        insert.put_u8(b'N');
+        insert.put_u16(0);
+        let mut commit = BytesMut::new();
+        commit.put_u8(b'C');
+        commit.put_u8(0);
+        commit.put_u64(end_lsn - 8);
+        commit.put_u64(end_lsn);
+        commit.put_i64(0);
+        [begin, relation, insert, commit].iter().map(|m| xlog(m)).collect()
+    }
+
+    /// The next standby status update the client sent: (flush, answer requested).
+    async fn next_status<R: AsyncRead + Unpin>(server: &mut R, buf: &mut BytesMut) -> (u64, bool) {
+        let (tag, body) = next_message(server, buf).await.expect("a message");
+        assert_eq!((tag, body[0]), (b'd', b'r'), "a standby status update");
+        (u64::from_be_bytes(body[9..17].try_into().expect("8 bytes")), body[33] == 1)
+    }
+
+    #[tokio::test]
+    async fn hands_over_committed_transactions_and_reports_what_is_confirmed() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (reader, writer) = tokio::io::split(client);
+        let (mut from_client, mut to_client) = tokio::io::split(server);
+        let (sender, mut transactions) = mpsc::channel(4);
+        let (confirmed, confirmed_rx) = watch::channel(0);
+        let task = tokio::spawn(async move { follow(reader, writer, BytesMut::new(), &sender, confirmed_rx).await });
+
+        for message in heartbeat_transaction(0x100) {
+            to_client.write_all(&message).await.expect("written");
+        }
+        let committed = transactions.recv().await.expect("a transaction").expect("no error");
+        assert_eq!((committed.events.len(), committed.end_lsn), (0, 0x100));
+
+        // the first status (at start) confirms nothing; confirming sends one at once
+        let mut buf = BytesMut::new();
+        assert_eq!(next_status(&mut from_client, &mut buf).await, (0, true));
+        let confirm = ReplicationStream { transactions, confirmed };
+        confirm.confirm(0x100);
+        assert_eq!(next_status(&mut from_client, &mut buf).await, (0x100, false));
+        confirm.confirm(0x80);
+        // a keepalive asking for an answer gets one, still at 0x100 (never backwards)
+        let keepalive = frame(b'd', |b| {
+            b.put_u8(b'k');
+            b.put_u64(0x200);
+            b.put_i64(0);
+            b.put_u8(1);
+        });
+        to_client.write_all(&keepalive).await.expect("written");
+        assert_eq!(next_status(&mut from_client, &mut buf).await, (0x100, false));
+
+        // dropping the stream reports the position once more and ends the copy
+        drop(confirm);
+        assert_eq!(next_status(&mut from_client, &mut buf).await, (0x100, false));
+        let (tag, _) = next_message(&mut from_client, &mut buf).await.expect("a message");
+        assert_eq!(tag, b'c', "CopyDone");
+        assert!(task.await.expect("joined").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_silent_for_30_s_is_taken_for_gone() {
+        let (client, _server) = tokio::io::duplex(1 << 16);
+        let (reader, writer) = tokio::io::split(client);
+        let (sender, _transactions) = mpsc::channel(4);
+        let (_confirmed, confirmed_rx) = watch::channel(0);
+        let started = tokio::time::Instant::now();
+        let outcome = follow(reader, writer, BytesMut::new(), &sender, confirmed_rx).await;
+        let error = outcome.expect_err("a silent server is an error");
+        assert!(error.message.contains("not answered"), "{}", error.message);
+        assert!(started.elapsed() > 3 * STATUS_EVERY, "not before 30 s of silence");
+    }
+
+    #[tokio::test]
+    async fn a_server_error_ends_the_stream_with_its_message() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (reader, writer) = tokio::io::split(client);
+        let (_from_client, mut to_client) = tokio::io::split(server);
+        let (sender, _transactions) = mpsc::channel(4);
+        let (_confirmed, confirmed_rx) = watch::channel(0);
+        let error = frame(b'E', |b| b.extend_from_slice(b"SFATAL\0C57P01\0Mterminating connection\0\0"));
+        to_client.write_all(&error).await.expect("written");
+        let outcome = follow(reader, writer, BytesMut::new(), &sender, confirmed_rx).await;
+        let error = outcome.expect_err("the server's error");
+        assert_eq!((error.code.as_deref(), error.message.as_str()), (Some("57P01"), "terminating connection"));
     }
 }

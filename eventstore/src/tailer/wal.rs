@@ -17,13 +17,14 @@
 //! read decoded seconds of WAL again (docs/ARCHITECTURE.md, "The tailer").
 
 use super::poll::{PollCursor, PollSource};
-use super::replication::{Committed, ReplicationStream, ReplicationTarget};
+use super::replication::{Committed, ReplicationError, ReplicationStream, ReplicationTarget};
 use super::{EventSource, SourceBatch};
 use crate::envelope::{EventMetadata, RecordedEvent};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -86,9 +87,10 @@ impl WalSource {
         }
     }
 
-    /// The password of the replication connection (sqlx does not hand out the pool's).
-    pub fn password(mut self, password: Option<String>) -> Self {
-        self.target = ReplicationTarget::new(&self.pool.connect_options(), password);
+    /// The password of the replication connection, instead of `PGPASSWORD` (sqlx
+    /// does not hand out the pool's).
+    pub fn password(mut self, password: String) -> Self {
+        self.target = ReplicationTarget::new(&self.pool.connect_options(), Some(password));
         self
     }
 
@@ -136,41 +138,44 @@ impl WalSource {
     /// A slot still in use (its walsender not yet gone after the tailer stopped) is
     /// waited for, up to 10 s.
     pub async fn drop_slot(pool: &PgPool, slot: &str) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
-        loop {
-            let dropped = sqlx::query(
-                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
-            )
-            .bind(slot)
-            .execute(pool)
-            .await;
-            match dropped {
-                Err(sqlx::Error::Database(e))
-                    if e.code().as_deref() == Some("55006") && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                other => return other.map(|_| ()).map_err(StoreError::from),
-            }
-        }
+        let in_use = |e: &sqlx::Error| e.as_database_error().and_then(|d| d.code()).as_deref() == Some(SLOT_IN_USE);
+        while_slot_in_use(in_use, || {
+            sqlx::query("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1")
+                .bind(slot)
+                .execute(pool)
+        })
+        .await?;
+        Ok(())
     }
 
     /// Starts streaming the slot from its confirmed position.
     async fn start_stream(&mut self) -> Result<(), StoreError> {
-        self.stream = None;
-        self.pending = None;
-        let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
-        loop {
-            match ReplicationStream::start(&self.target, &self.slot, PUBLICATION).await {
-                Ok(stream) => {
-                    self.stream = Some(stream);
-                    return Ok(());
-                }
-                Err(e) if e.slot_in_use() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e.into()),
+        self.release();
+        let (target, slot) = (&self.target, &self.slot);
+        let stream =
+            while_slot_in_use(ReplicationError::slot_in_use, || ReplicationStream::start(target, slot, PUBLICATION))
+                .await?;
+        self.stream = Some(stream);
+        Ok(())
+    }
+}
+
+/// The SQLSTATE of a slot another connection is using (object_in_use).
+pub(super) const SLOT_IN_USE: &str = "55006";
+
+/// Runs `attempt` again while it fails because the slot is in use (a walsender that
+/// has not yet let go of it), for up to [`SLOT_RELEASE_WAIT`].
+async fn while_slot_in_use<T, E, F: Future<Output = Result<T, E>>>(
+    in_use: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
+    loop {
+        match attempt().await {
+            Err(e) if in_use(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            outcome => return outcome,
         }
     }
 }
@@ -232,8 +237,7 @@ impl EventSource for WalSource {
 
     async fn resume(&mut self) -> Result<(), StoreError> {
         // the slot is the position: a previous stream ends, the next starts there
-        self.stream = None;
-        self.pending = None;
+        self.release();
         self.ensure_slot().await?;
         let pending: bool =
             sqlx::query_scalar("select exists (select 1 from rapids.tailer_position where source = $1)")
