@@ -36,9 +36,12 @@ struct Config {
     /// The logical replication slot of the wal source (and the position name of the poll source).
     #[arg(long, env = "TAILER_SLOT", default_value = "rapids_tailer")]
     slot: String,
-    /// Most events read and published per batch.
+    /// Most events read and not yet acknowledged by Kinesis.
     #[arg(long, env = "TAILER_BATCH_SIZE", default_value_t = 2000)]
     batch_size: usize,
+    /// PutRecords requests in flight at once (1 = one after the other).
+    #[arg(long, env = "TAILER_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    in_flight: u16,
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
@@ -75,7 +78,11 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let tailer_config = TailerConfig { batch_size: config.batch_size, idle_poll: Duration::from_millis(250) };
+    let tailer_config = TailerConfig {
+        batch_size: config.batch_size,
+        idle_poll: Duration::from_millis(250),
+        in_flight: usize::from(config.in_flight),
+    };
     let publisher = Publisher::new(rapids);
     match config.source {
         Source::Wal => {

@@ -372,6 +372,19 @@ pub async fn kill(mut child: tokio::process::Child) {
     child.wait().await.unwrap();
 }
 
+/// SIGTERMs a process (a graceful stop) and waits until it exited on its own; fails
+/// the test if it takes over 15 s or exits with an error.
+pub async fn terminate(mut child: tokio::process::Child) {
+    let pid = child.id().expect("the process is running").to_string();
+    let sent = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the process did not stop within 15 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "the process exited with {status} after SIGTERM");
+}
+
 /// River settings for tests: leases that expire in seconds, shards polled often.
 pub const FAST_RIVER: &[&str] = &[
     "--river-lease-ms",
@@ -418,7 +431,7 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
         source: PollSource::new(pool.clone(), "poll"),
         publisher: Publisher::new(rapids.clone()),
         metrics: TailerMetrics::register(&prometheus::Registry::new()).unwrap(),
-        config: TailerConfig { batch_size: 500, idle_poll: Duration::from_millis(50) },
+        config: TailerConfig { batch_size: 500, idle_poll: Duration::from_millis(50), in_flight: 2 },
     };
     let stop = shutdown.clone();
     tokio::spawn(async move { tailer.run(stop).await.unwrap() });

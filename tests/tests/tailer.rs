@@ -31,7 +31,7 @@ fn spawn_tailer(
     let (pool, slot) = (pool.clone(), slot.to_owned());
     tokio::spawn(async move {
         let metrics = TailerMetrics::register(&prometheus::Registry::new()).unwrap();
-        let config = TailerConfig { batch_size: 500, idle_poll: Duration::from_millis(100) };
+        let config = TailerConfig { batch_size: 500, idle_poll: Duration::from_millis(100), in_flight: 4 };
         let publisher = Publisher::new(rapids);
         match source {
             Source::Wal => {

@@ -6,10 +6,11 @@
 //!   [`wal::WalSource`] (logical decoding streamed from a replication slot, the default) and
 //!   [`poll::PollSource`] (an `(xid, position)` cursor below the oldest running
 //!   transaction, for a Postgres where logical decoding is not allowed).
-//! * [`publish::Publisher`]: PutRecords to Kinesis without reordering a stream.
-//! * [`Tailer`]: the loop: read, publish, and only then acknowledge; woken by the
-//!   append's NOTIFY; one active instance per database (an advisory lock), others
-//!   stand by.
+//! * [`publish::Pipeline`] and [`publish::Publisher`]: PutRecords to Kinesis, several
+//!   requests in flight, without reordering a stream.
+//! * [`Tailer`]: the loop: read, publish, and only then acknowledge (in read order);
+//!   reads ahead while requests are in flight; woken by the append's NOTIFY and the
+//!   wal stream; one active instance per database (an advisory lock), others stand by.
 
 pub mod poll;
 pub mod publish;
@@ -18,11 +19,14 @@ pub mod wal;
 
 use crate::envelope::RecordedEvent;
 use crate::store::StoreError;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::future::Future;
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Committed events in commit order, and what acknowledges them.
@@ -37,15 +41,18 @@ pub struct SourceBatch<A> {
 pub trait EventSource: Send {
     type Ack: Send;
 
-    /// The next committed events (at most about `max`; whole transactions). After
-    /// [`EventSource::resume`], reading starts again at the acknowledged position.
+    /// The next committed events (at most about `max`; whole transactions), after the
+    /// previous read whether or not that was acknowledged yet (the tailer reads ahead
+    /// while earlier events are being published). After [`EventSource::resume`],
+    /// reading starts again at the acknowledged position.
     fn read(&mut self, max: usize) -> impl Future<Output = Result<SourceBatch<Self::Ack>, StoreError>> + Send;
 
     /// Called on becoming the active tailer: picks up the position where the previous
     /// active instance left it.
     fn resume(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Moves the position past a batch whose events Kinesis acknowledged.
+    /// Moves the position past a batch whose events (and every event read before
+    /// them) Kinesis acknowledged; called in read order.
     fn ack(&mut self, ack: Self::Ack) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Resolves when the source itself knows of new events (the wal source's stream
@@ -78,7 +85,7 @@ pub struct TailerMetrics {
 impl TailerMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let published = IntCounter::new("tailer_events_published_total", "Events acknowledged by Kinesis")?;
-        let batches = IntCounter::new("tailer_batches_total", "Batches published")?;
+        let batches = IntCounter::new("tailer_batches_total", "PutRecords requests that published events")?;
         let retries = IntCounter::new("tailer_publish_retries_total", "PutRecords retries (failed records or calls)")?;
         let lag_events = IntGauge::new("tailer_lag_events", "Events read and not yet acknowledged by Kinesis")?;
         let lag_seconds = Histogram::with_opts(
@@ -123,16 +130,18 @@ impl From<sqlx::Error> for TailerError {
 /// Tuning of the loop.
 #[derive(Debug, Clone, Copy)]
 pub struct TailerConfig {
-    /// Most events read per batch.
+    /// Most events read and not yet acknowledged by Kinesis.
     pub batch_size: usize,
     /// Read again after this long even without a NOTIFY (a safety net, and for the
     /// poll source, whose events become readable when older transactions end).
     pub idle_poll: Duration,
+    /// PutRecords requests in flight at once (a stream never has two records in flight).
+    pub in_flight: usize,
 }
 
 impl Default for TailerConfig {
     fn default() -> Self {
-        TailerConfig { batch_size: 2000, idle_poll: Duration::from_millis(250) }
+        TailerConfig { batch_size: 2000, idle_poll: Duration::from_millis(250), in_flight: 2 }
     }
 }
 
@@ -153,8 +162,9 @@ pub struct Tailer<S: EventSource> {
 }
 
 impl<S: EventSource> Tailer<S> {
-    /// Waits to be the leader, then tails until `shutdown` (finishing the batch in
-    /// hand). Database and Kinesis faults are retried with backoff, never fatal.
+    /// Waits to be the leader, then tails until `shutdown` (waiting up to 5 s for the
+    /// requests in flight). Database and Kinesis faults are retried with backoff,
+    /// never fatal.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TailerError> {
         // the lock lives on a connection of its own: if this process dies, the
         // connection drops and Postgres releases the lock for a standby at once; the
@@ -222,16 +232,41 @@ impl<S: EventSource> Tailer<S> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("es_events").await?;
         self.source.resume().await?;
+        let mut pipeline = publish::Pipeline::default();
+        let mut puts = FuturesUnordered::new();
+        // something may have been committed: read
+        let mut read_now = true;
+        let mut next_poll = Instant::now() + self.config.idle_poll;
+        let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
+        // on shutdown: nothing more is read or sent; the requests in flight are waited
+        // for (briefly), so what Kinesis has is acknowledged and not published again
+        let mut stop_by: Option<Instant> = None;
         loop {
-            // drain everything committed so far
-            loop {
-                if shutdown.is_cancelled() {
-                    return Ok(());
+            if stop_by.is_some() && puts.is_empty() {
+                return Ok(());
+            }
+            if retry_at.is_none() && stop_by.is_none() {
+                while puts.len() < self.config.in_flight.max(1) {
+                    let Some(request) = pipeline.next_request() else { break };
+                    puts.push(self.publisher.put(request));
                 }
-                // still the leader? (a lost lock connection means a standby may be active);
-                // asked while the batch is read, and nothing is published before the answer
+            }
+            self.metrics.lag_events.set(pipeline.len() as i64);
+            // read when a request could go out with what is read (reading more while
+            // every request slot is taken would only make reads smaller)
+            let room = self.config.batch_size.saturating_sub(pipeline.len());
+            if read_now
+                && stop_by.is_none()
+                && room > 0
+                && !pipeline.holds_bare_ack()
+                && puts.len() < self.config.in_flight.max(1)
+            {
+                // still the leader? (a lost lock connection means a standby may be
+                // active); asked while the batch is read, and nothing of the batch is
+                // published before the answer
                 let leader = tokio::time::timeout(Duration::from_secs(5), sqlx::query("select 1").execute(&mut *lock));
-                let (checked, batch) = tokio::join!(leader, self.source.read(self.config.batch_size));
+                let (checked, batch) = tokio::join!(leader, self.source.read(room));
                 match checked {
                     Ok(checked) => {
                         checked?;
@@ -243,55 +278,88 @@ impl<S: EventSource> Tailer<S> {
                     }
                 }
                 let batch = batch?;
-                if batch.events.is_empty() {
-                    // an empty batch may still move the position (e.g. a finished backfill)
-                    match batch.ack {
-                        Some(ack) => {
-                            self.source.ack(ack).await?;
-                            continue;
-                        }
-                        None => break,
-                    }
-                }
-                self.metrics.lag_events.set(batch.events.len() as i64);
-                match self.publisher.publish(&batch.events, &self.metrics, shutdown).await {
-                    Ok(()) => {}
-                    // stopping: the batch stays unacknowledged and is read again next time
-                    Err(publish::PublishError::Stopped) => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                }
-                // the rivers' readers may read on while the position is stored
-                let notify = sqlx::query("select pg_notify($1, '')").bind(PUBLISHED_CHANNEL).execute(&mut *lock);
-                let (acked, notified) = tokio::join!(
-                    async {
-                        match batch.ack {
-                            Some(ack) => self.source.ack(ack).await,
-                            None => Ok(()),
-                        }
-                    },
-                    notify
-                );
-                acked?;
-                notified?;
-                let now = chrono::Utc::now();
-                for event in &batch.events {
-                    let lag = (now - event.recorded_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                    self.metrics.lag_seconds.observe(lag);
-                }
-                self.metrics.published.inc_by(batch.events.len() as u64);
-                self.metrics.batches.inc();
-                self.metrics.lag_events.set(0);
+                // a full batch: more may be waiting
+                read_now = batch.events.len() >= room;
+                next_poll = Instant::now() + self.config.idle_poll;
+                pipeline.push(&batch.events, batch.ack)?;
+                // an empty batch may still move the position (e.g. a finished backfill)
+                self.settle(&mut pipeline, lock, false).await?;
+                continue;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                note = listener.recv() => {
+                _ = shutdown.cancelled(), if stop_by.is_none() => {
+                    stop_by = Some(Instant::now() + Duration::from_secs(5));
+                }
+                _ = tokio::time::sleep_until(stop_by.unwrap_or(next_poll)), if stop_by.is_some() => return Ok(()),
+                Some(outcome) = puts.next() => {
+                    self.metrics.put_seconds.observe(outcome.elapsed.as_secs_f64());
+                    let recorded = pipeline.complete(&outcome);
+                    if let Some(error) = &outcome.error {
+                        tracing::warn!(%error, "PutRecords failed");
+                    }
+                    if outcome.any_failed() {
+                        self.metrics.retries.inc();
+                        failures = (failures + 1).min(10);
+                        retry_at = Some(Instant::now() + Duration::from_millis(20 * 2u64.pow(failures.min(6))));
+                    } else {
+                        failures = 0;
+                    }
+                    if !recorded.is_empty() {
+                        let now = chrono::Utc::now();
+                        for at in &recorded {
+                            let lag = (now - *at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                            self.metrics.lag_seconds.observe(lag);
+                        }
+                        self.metrics.published.inc_by(recorded.len() as u64);
+                        self.metrics.batches.inc();
+                        self.settle(&mut pipeline, lock, true).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or(next_poll)), if retry_at.is_some() => retry_at = None,
+                note = listener.recv(), if stop_by.is_none() => {
                     note?;
                     // one read covers every append so far: drop the notifications already here
                     while listener.next_buffered().is_some() {}
+                    read_now = true;
                 }
-                _ = tokio::time::sleep(self.config.idle_poll) => {}
-                waited = self.source.wait() => waited?,
+                waited = self.source.wait(), if !read_now && stop_by.is_none() => {
+                    waited?;
+                    read_now = true;
+                }
+                _ = tokio::time::sleep_until(next_poll), if stop_by.is_none() => {
+                    read_now = true;
+                    next_poll = Instant::now() + self.config.idle_poll;
+                }
             }
         }
+    }
+
+    /// Acknowledges, in order, the source positions every record before which Kinesis
+    /// acknowledged; with `published`, tells the rivers' readers (at the same time).
+    async fn settle(
+        &mut self,
+        pipeline: &mut publish::Pipeline<S::Ack>,
+        lock: &mut PgConnection,
+        published: bool,
+    ) -> Result<(), TailerError> {
+        let ready = pipeline.settle();
+        // the rivers' readers may read on while the position is stored
+        let notify = async {
+            if published {
+                sqlx::query("select pg_notify($1, '')").bind(PUBLISHED_CHANNEL).execute(&mut *lock).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        let source = &mut self.source;
+        let acked = async move {
+            for ack in ready {
+                source.ack(ack).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let (acked, notified) = tokio::join!(acked, notify);
+        acked?;
+        notified?;
+        Ok(())
     }
 }

@@ -27,6 +27,8 @@ pub struct PollCursor {
 pub struct PollSource {
     pool: PgPool,
     name: String,
+    /// Where reading goes on: after the last event read, acknowledged or not (the
+    /// tailer reads ahead while earlier events are being published).
     cursor: PollCursor,
     /// Only transactions below this one (a backfill's bound), as text.
     until_xid: Option<String>,
@@ -80,6 +82,9 @@ impl EventSource for PollSource {
         .fetch_all(&self.pool)
         .await?;
         let ack = rows.last().map(|r| PollCursor { xid: r.xid_txt.clone(), position: r.event.position });
+        if let Some(read) = &ack {
+            self.cursor = read.clone();
+        }
         let events = rows.into_iter().map(|r| RecordedEvent::from(r.event)).collect();
         Ok(SourceBatch { events, ack })
     }
@@ -109,7 +114,6 @@ impl EventSource for PollSource {
             .bind(cursor.position)
             .execute(&self.pool)
             .await?;
-        self.cursor = cursor;
         Ok(())
     }
 }

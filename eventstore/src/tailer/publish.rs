@@ -2,20 +2,27 @@
 //!
 //! PutRecords may fail some records and accept the rest, so two records of one
 //! partition key in one request could land in the wrong order if the first failed and
-//! the second did not. A request therefore carries at most one record per stream (the
-//! stream's oldest unacknowledged one); the next record of a stream goes out only after
-//! the previous one was acknowledged. Records of different streams share requests (up
-//! to 500 records and 5 MB). One stream alone is published at one record per round
-//! trip, which is about Kinesis's own limit of 1,000 records/s per shard.
+//! the second did not. A stream therefore has at most one record in flight (its oldest
+//! unacknowledged one); its next record goes out only after the previous one was
+//! acknowledged. Records of different streams share requests (up to 500 records and
+//! 5 MB), and several requests may be in flight at once (the tailer's `in_flight`): an
+//! event of a stream with nothing in flight goes out in the next request instead of
+//! waiting for the slowest stream of a batch. One stream alone is published at one
+//! record per round trip, which is about Kinesis's own limit of 1,000 records/s per
+//! shard.
+//!
+//! [`Pipeline`] is that bookkeeping (pure logic): the records read and not yet
+//! acknowledged, in commit order, and the source positions that may be acknowledged
+//! once every record before them is. [`Publisher`] makes the calls.
 
-use super::TailerMetrics;
 use crate::envelope::{Envelope, RecordedEvent};
 use crate::rapids::Rapids;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use std::collections::HashSet;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use chrono::{DateTime, Utc};
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 const MAX_RECORDS: usize = 500;
 const MAX_BYTES: usize = 5 * 1024 * 1024;
@@ -24,8 +31,6 @@ const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("stopped before Kinesis acknowledged every record")]
-    Stopped,
     #[error("a record does not serialize: {0}")]
     Encode(String),
     /// Permanent: the tailer cannot go past this event. Publishing stops (loudly)
@@ -34,23 +39,170 @@ pub enum PublishError {
     TooLarge(uuid::Uuid),
 }
 
-/// The records of the next request: the oldest pending record of each stream, in
-/// commit order, within the request limits. A stream whose oldest record does not fit
-/// sends nothing this round, so none of its later records can overtake it.
-fn next_request(pending: &[(String, Vec<u8>)]) -> Vec<usize> {
-    let mut keys = HashSet::new();
-    let mut chosen = Vec::new();
-    let mut bytes = 0;
-    for (i, (key, data)) in pending.iter().enumerate() {
-        if !keys.insert(key.as_str()) {
-            continue;
-        }
-        if chosen.len() < MAX_RECORDS && bytes + data.len() + key.len() <= MAX_BYTES {
-            bytes += data.len() + key.len();
-            chosen.push(i);
-        }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    InFlight,
+    Acknowledged,
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: String,
+    data: Vec<u8>,
+    recorded_at: DateTime<Utc>,
+    state: State,
+}
+
+/// One PutRecords request: which records (by pipeline id) and what they carry.
+#[derive(Debug)]
+pub struct Request {
+    ids: Vec<u64>,
+    records: Vec<(String, Vec<u8>)>,
+}
+
+/// What came of a request: which of its records Kinesis acknowledged.
+#[derive(Debug)]
+pub struct PutOutcome {
+    ids: Vec<u64>,
+    acknowledged: Vec<bool>,
+    /// The call itself failed (nothing acknowledged).
+    pub error: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl PutOutcome {
+    /// True when some record was not acknowledged (it is sent again).
+    pub fn any_failed(&self) -> bool {
+        self.acknowledged.iter().any(|a| !a)
     }
-    chosen
+}
+
+/// The records read and not yet acknowledged by Kinesis, in commit order, and the
+/// source positions (`A`) waiting for them.
+#[derive(Debug)]
+pub struct Pipeline<A> {
+    records: VecDeque<Slot>,
+    /// The id of `records[0]`; ids grow by one per record pushed.
+    front: u64,
+    /// Positions to acknowledge once every record before `end` is: `(end, bare, ack)`,
+    /// `bare` when the batch had no records of its own.
+    acks: VecDeque<(u64, bool, A)>,
+    /// Positions pushed without records of their own (a finished backfill) still waiting.
+    bare_acks: usize,
+}
+
+impl<A> Default for Pipeline<A> {
+    fn default() -> Self {
+        Pipeline { records: VecDeque::new(), front: 0, acks: VecDeque::new(), bare_acks: 0 }
+    }
+}
+
+impl<A> Pipeline<A> {
+    /// Records read and not yet settled.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.acks.is_empty()
+    }
+
+    /// True while a position pushed without records waits: it may change how the
+    /// source reads (a finished backfill starts the stream), so nothing is read after
+    /// it until it is acknowledged.
+    pub fn holds_bare_ack(&self) -> bool {
+        self.bare_acks > 0
+    }
+
+    /// Adds a batch read from the source: its events, then the position after them.
+    pub fn push(&mut self, events: &[RecordedEvent], ack: Option<A>) -> Result<(), PublishError> {
+        let mut slots = Vec::with_capacity(events.len());
+        for event in events {
+            let key = event.stream_id.to_string();
+            let data = serde_json::to_vec(&Envelope::from(event.clone()))
+                .map_err(|err| PublishError::Encode(err.to_string()))?;
+            if data.len() + key.len() > MAX_RECORD_BYTES {
+                return Err(PublishError::TooLarge(event.event_id));
+            }
+            slots.push(Slot { key, data, recorded_at: event.recorded_at, state: State::Pending });
+        }
+        self.records.extend(slots);
+        if let Some(ack) = ack {
+            let bare = events.is_empty();
+            self.bare_acks += usize::from(bare);
+            self.acks.push_back((self.front + self.records.len() as u64, bare, ack));
+        }
+        Ok(())
+    }
+
+    /// The next request: the oldest unacknowledged record of each stream that has
+    /// nothing in flight, in commit order, within the request limits (a stream whose
+    /// record does not fit sends nothing this time, so none of its later records can
+    /// overtake it). `None` when nothing can be sent.
+    pub fn next_request(&mut self) -> Option<Request> {
+        let mut streams = HashSet::new();
+        let mut chosen = Vec::new();
+        let mut bytes = 0;
+        for (i, slot) in self.records.iter().enumerate() {
+            if slot.state == State::Acknowledged || !streams.insert(slot.key.as_str()) {
+                continue;
+            }
+            let size = slot.data.len() + slot.key.len();
+            if slot.state == State::Pending && chosen.len() < MAX_RECORDS && bytes + size <= MAX_BYTES {
+                bytes += size;
+                chosen.push(i);
+            }
+        }
+        if chosen.is_empty() {
+            return None;
+        }
+        let mut request = Request { ids: Vec::with_capacity(chosen.len()), records: Vec::with_capacity(chosen.len()) };
+        for i in chosen {
+            let slot = &mut self.records[i];
+            slot.state = State::InFlight;
+            request.ids.push(self.front + i as u64);
+            request.records.push((slot.key.clone(), slot.data.clone()));
+        }
+        Some(request)
+    }
+
+    /// Takes in a request's outcome: acknowledged records are done, the others are
+    /// sent again. Returns when each acknowledged record was recorded.
+    pub fn complete(&mut self, outcome: &PutOutcome) -> Vec<DateTime<Utc>> {
+        let mut recorded = Vec::new();
+        for (&id, &acknowledged) in outcome.ids.iter().zip(&outcome.acknowledged) {
+            let Some(slot) = id.checked_sub(self.front).and_then(|i| self.records.get_mut(i as usize)) else {
+                continue;
+            };
+            if slot.state != State::InFlight {
+                continue;
+            }
+            if acknowledged {
+                slot.state = State::Acknowledged;
+                recorded.push(slot.recorded_at);
+            } else {
+                slot.state = State::Pending;
+            }
+        }
+        recorded
+    }
+
+    /// The positions that may be acknowledged now, in order: every record before them
+    /// was acknowledged by Kinesis.
+    pub fn settle(&mut self) -> Vec<A> {
+        while self.records.front().is_some_and(|s| s.state == State::Acknowledged) {
+            self.records.pop_front();
+            self.front += 1;
+        }
+        let mut ready = Vec::new();
+        while self.acks.front().is_some_and(|(end, _, _)| *end <= self.front) {
+            let Some((_, bare, ack)) = self.acks.pop_front() else { break };
+            self.bare_acks -= usize::from(bare);
+            ready.push(ack);
+        }
+        ready
+    }
 }
 
 pub struct Publisher {
@@ -62,118 +214,184 @@ impl Publisher {
         Publisher { rapids }
     }
 
-    /// Returns once Kinesis acknowledged every event (retrying failed records and
-    /// calls with backoff), or when `shutdown` stops it first.
-    pub async fn publish(
-        &self,
-        events: &[RecordedEvent],
-        metrics: &TailerMetrics,
-        shutdown: &CancellationToken,
-    ) -> Result<(), PublishError> {
-        let mut pending: Vec<(String, Vec<u8>)> = events
-            .iter()
-            .map(|e| {
-                let key = e.stream_id.to_string();
-                serde_json::to_vec(&Envelope::from(e.clone()))
-                    .map(|data| (key, data))
-                    .map_err(|err| PublishError::Encode(err.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        for (event, (key, data)) in events.iter().zip(&pending) {
-            if data.len() + key.len() > MAX_RECORD_BYTES {
-                return Err(PublishError::TooLarge(event.event_id));
-            }
-        }
-        let mut failures = 0u32;
-        while !pending.is_empty() {
-            let chosen = next_request(&pending);
-            let entries = chosen
-                .iter()
-                .map(|&i| {
-                    PutRecordsRequestEntry::builder()
-                        .partition_key(pending[i].0.clone())
-                        .data(Blob::new(pending[i].1.clone()))
-                        .build()
-                        .map_err(|e| PublishError::Encode(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let started = std::time::Instant::now();
-            let sent = self
-                .rapids
-                .client()
-                .put_records()
-                .stream_name(self.rapids.stream())
-                .set_records(Some(entries))
-                .send()
-                .await;
-            metrics.put_seconds.observe(started.elapsed().as_secs_f64());
-            let mut acknowledged = vec![false; pending.len()];
-            let mut any_failed = false;
-            match sent {
-                Ok(output) => {
-                    for (j, result) in output.records().iter().enumerate() {
-                        if result.error_code().is_none() && result.sequence_number().is_some() {
-                            acknowledged[chosen[j]] = true;
-                        } else {
-                            any_failed = true;
+    /// Sends one request; the future owns what it needs, so several can be in flight.
+    pub fn put(&self, request: Request) -> impl Future<Output = PutOutcome> + Send + 'static {
+        let client = self.rapids.client().clone();
+        let stream = self.rapids.stream().to_owned();
+        async move {
+            let Request { ids, records } = request;
+            let mut acknowledged = vec![false; ids.len()];
+            let entries = records
+                .into_iter()
+                .map(|(key, data)| PutRecordsRequestEntry::builder().partition_key(key).data(Blob::new(data)).build())
+                .collect::<Result<Vec<_>, _>>();
+            let started = Instant::now();
+            let error = match entries {
+                Err(e) => Some(e.to_string()),
+                Ok(entries) => match client.put_records().stream_name(stream).set_records(Some(entries)).send().await {
+                    Ok(output) => {
+                        for (j, result) in output.records().iter().enumerate().take(acknowledged.len()) {
+                            acknowledged[j] = result.error_code().is_none() && result.sequence_number().is_some();
                         }
+                        None
                     }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %crate::rapids::describe(&error), "PutRecords failed");
-                    any_failed = true;
-                }
-            }
-            let mut i = 0;
-            pending.retain(|_| {
-                let keep = !acknowledged[i];
-                i += 1;
-                keep
-            });
-            if any_failed {
-                metrics.retries.inc();
-                failures = (failures + 1).min(10);
-                let pause = Duration::from_millis(20 * 2u64.pow(failures.min(6)));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(PublishError::Stopped),
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            } else {
-                failures = 0;
-            }
+                    Err(error) => Some(crate::rapids::describe(&error)),
+                },
+            };
+            PutOutcome { ids, acknowledged, error, elapsed: started.elapsed() }
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    fn pending(keys: &[&str]) -> Vec<(String, Vec<u8>)> {
-        keys.iter().map(|k| ((*k).to_owned(), vec![0u8; 10])).collect()
+    fn event(stream: u128, version: i32, size: usize) -> RecordedEvent {
+        RecordedEvent {
+            position: i64::from(version),
+            stream_id: uuid::Uuid::from_u128(stream),
+            stream_type: "test".into(),
+            version,
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "test.happened".into(),
+            schema_version: 1,
+            data: serde_json::json!({ "pad": "x".repeat(size) }),
+            metadata: Default::default(),
+            recorded_at: Utc::now(),
+        }
+    }
+
+    fn events(streams: &[u128]) -> Vec<RecordedEvent> {
+        streams.iter().enumerate().map(|(i, &s)| event(s, i as i32 + 1, 1)).collect()
+    }
+
+    fn outcome(request: &Request, acknowledged: &[bool]) -> PutOutcome {
+        PutOutcome {
+            ids: request.ids.clone(),
+            acknowledged: acknowledged.to_vec(),
+            error: None,
+            elapsed: Duration::ZERO,
+        }
     }
 
     #[test]
     fn a_request_carries_the_oldest_record_of_each_stream_only() {
-        assert_eq!(next_request(&pending(&["a", "b", "a", "c", "b", "a"])), vec![0, 1, 3]);
+        let mut p = Pipeline::default();
+        p.push(&events(&[1, 2, 1, 3, 2, 1]), Some("end")).unwrap();
+        assert_eq!(p.next_request().unwrap().ids, vec![0, 1, 3]);
+        // the three streams are in flight: nothing else may go
+        assert!(p.next_request().is_none());
     }
 
     #[test]
-    fn a_stream_that_does_not_fit_sends_nothing_this_round() {
+    fn a_stream_with_a_record_in_flight_waits_while_others_go() {
+        let mut p = Pipeline::default();
+        p.push(&events(&[1, 2]), Some(1)).unwrap();
+        let first = p.next_request().unwrap();
+        assert_eq!(first.ids, vec![0, 1]);
+        p.push(&events(&[1, 3]), Some(2)).unwrap();
+        // stream 1's next record waits for its first; stream 3 goes at once
+        assert_eq!(p.next_request().unwrap().ids, vec![3]);
+        assert_eq!(p.complete(&outcome(&first, &[true, true])).len(), 2);
+        assert_eq!(p.settle(), vec![1]);
+        assert_eq!(p.next_request().unwrap().ids, vec![2]);
+    }
+
+    #[test]
+    fn a_failed_record_is_sent_again_before_its_stream_moves_on() {
+        let mut p = Pipeline::default();
+        p.push(&events(&[1, 2, 1]), Some("all")).unwrap();
+        let first = p.next_request().unwrap();
+        assert_eq!(first.ids, vec![0, 1]);
+        assert_eq!(p.complete(&outcome(&first, &[false, true])).len(), 1);
+        assert!(p.settle().is_empty(), "record 0 is not acknowledged");
+        let again = p.next_request().unwrap();
+        assert_eq!(again.ids, vec![0], "stream 1's first record again, not its second");
+        p.complete(&outcome(&again, &[true]));
+        assert!(p.settle().is_empty());
+        let last = p.next_request().unwrap();
+        assert_eq!(last.ids, vec![2]);
+        p.complete(&outcome(&last, &[true]));
+        assert_eq!(p.settle(), vec!["all"]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_failed_call_puts_every_record_back() {
+        let mut p = Pipeline::default();
+        p.push(&events(&[1, 2]), Some(())).unwrap();
+        let request = p.next_request().unwrap();
+        let failed = PutOutcome {
+            ids: request.ids.clone(),
+            acknowledged: vec![false, false],
+            error: Some("connection reset".into()),
+            elapsed: Duration::ZERO,
+        };
+        assert!(failed.any_failed());
+        assert!(p.complete(&failed).is_empty());
+        assert_eq!(p.next_request().unwrap().ids, vec![0, 1]);
+    }
+
+    #[test]
+    fn positions_are_acknowledged_in_order_only() {
+        let mut p = Pipeline::default();
+        p.push(&events(&[1]), Some("a")).unwrap();
+        p.push(&events(&[2]), Some("b")).unwrap();
+        let first = p.next_request().unwrap();
+        p.push(&events(&[3]), Some("c")).unwrap();
+        let second = p.next_request().unwrap();
+        assert_eq!((first.ids.clone(), second.ids.clone()), (vec![0, 1], vec![2]));
+        // the later request comes back first: its position must wait for the earlier
+        p.complete(&outcome(&second, &[true]));
+        assert!(p.settle().is_empty());
+        p.complete(&outcome(&first, &[true, true]));
+        assert_eq!(p.settle(), vec!["a", "b", "c"]);
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn a_bare_position_holds_reading_until_acknowledged() {
+        let mut p = Pipeline::default();
+        p.push(&events(&[1]), Some("backfill")).unwrap();
+        p.push(&[], Some("backfill done")).unwrap();
+        assert!(p.holds_bare_ack());
+        let request = p.next_request().unwrap();
+        p.complete(&outcome(&request, &[true]));
+        assert_eq!(p.settle(), vec!["backfill", "backfill done"]);
+        assert!(!p.holds_bare_ack());
+        // with nothing before it, a bare position settles at once
+        p.push(&[], Some("again")).unwrap();
+        assert_eq!(p.settle(), vec!["again"]);
+    }
+
+    #[test]
+    fn a_record_that_does_not_fit_waits_and_so_does_its_stream() {
         // 501 streams: the 501st waits, and so does its later record
-        let mut keys: Vec<String> = (0..501).map(|i| format!("s{i}")).collect();
-        keys.push("s500".into());
-        let p: Vec<(String, Vec<u8>)> = keys.iter().map(|k| (k.clone(), vec![0u8; 10])).collect();
-        let chosen = next_request(&p);
-        assert_eq!(chosen.len(), 500);
-        assert!(!chosen.contains(&500) && !chosen.contains(&501));
+        let mut streams: Vec<u128> = (0..501).collect();
+        streams.push(500);
+        let mut p = Pipeline::default();
+        p.push(&events(&streams), None::<()>).unwrap();
+        let request = p.next_request().unwrap();
+        assert_eq!(request.ids.len(), 500);
+        assert!(!request.ids.contains(&500) && !request.ids.contains(&501));
+        assert_eq!(p.next_request().unwrap().ids, vec![500]);
         // by size: a stream whose record would pass 5 MB waits
-        let big = vec![
-            ("x".to_owned(), vec![0u8; 3 * 1024 * 1024]),
-            ("y".to_owned(), vec![0u8; 3 * 1024 * 1024]),
-            ("y".to_owned(), vec![0u8; 1]),
-        ];
-        assert_eq!(next_request(&big), vec![0]);
+        let mut p = Pipeline::default();
+        let big = 900 * 1024;
+        let batch: Vec<RecordedEvent> = (0..7).map(|s| event(s, 1, big)).collect();
+        p.push(&batch, None::<()>).unwrap();
+        let request = p.next_request().unwrap();
+        assert_eq!(request.ids.len(), 5, "five records of ~900 KiB fit in 5 MB, a sixth does not");
+        assert_eq!(p.next_request().unwrap().ids, vec![5, 6]);
+    }
+
+    #[test]
+    fn a_record_over_one_mebibyte_is_refused() {
+        let mut p = Pipeline::default();
+        let error = p.push(&[event(1, 1, 1024 * 1024)], None::<()>).unwrap_err();
+        assert!(matches!(error, PublishError::TooLarge(_)));
+        assert_eq!(p.len(), 0, "nothing of the batch is kept");
     }
 }
