@@ -253,8 +253,10 @@ pub struct RiverMetrics {
 }
 
 /// Latency buckets, 1 ms to 30 s, finer between 50 ms and 1 s where the targets are.
-pub(crate) const LATENCY_BUCKETS: [f64; 19] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub(crate) const LATENCY_BUCKETS: [f64; 25] = [
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.25, 0.35, 0.5,
+    0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 impl RiverMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
