@@ -22,7 +22,8 @@
 //! `loadgen transfers` creates transfers among M accounts at R per second from C
 //! clients for T seconds, polls each until it is completed or failed, and prints
 //! transfers/s, completion latency (created → settled as the polling client sees it)
-//! and the tailer's commit → Kinesis lag over the same time.
+//! and the tailer's commit → Kinesis lag over the same time; `--warmup W` runs the
+//! same load for W seconds first and prints its figures apart.
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -111,6 +112,10 @@ enum Bench {
         /// Seconds of creating transfers (T).
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Seconds of the same load first, not counted (connection pools, caches, the
+        /// emulator's JIT warm up); its figures are printed apart.
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
         /// How often a client polls a transfer's state (without --long-poll-url).
         #[arg(long, default_value_t = 25)]
         poll_ms: u64,
@@ -236,10 +241,30 @@ async fn main() -> anyhow::Result<()> {
             connections,
             rate,
             seconds,
+            warmup,
             poll_ms,
             long_poll_url,
             river_metrics,
         } => {
+            let poll = match &long_poll_url {
+                Some(url) => Poll::Long(url.clone()),
+                None => Poll::Every(Duration::from_millis(poll_ms)),
+            };
+            let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 4).build()?;
+            let ids = open_funded_accounts(&client, &target, accounts, connections).await?;
+            if warmup > 0 {
+                let lag_before = tailer_histogram(&tailer).await?;
+                let outcome = transfers(&client, &ids, &transfers_url, connections, rate, warmup, &poll).await?;
+                let lag = tailer_histogram(&tailer).await?.minus(&lag_before);
+                println!(
+                    "warm-up, not counted: {}s, {} transfers, completion p50 / p99 {:.1} / {:.1} ms, publish lag p99 {}",
+                    warmup,
+                    outcome.created,
+                    outcome.settle_p50,
+                    outcome.settle_p99,
+                    lag.quantile(0.99)
+                );
+            }
             let before = tailer_histogram(&tailer).await?;
             let put_before = histograms(&tailer, "tailer_put_records_seconds").await?;
             let mut rivers_before = Vec::new();
@@ -249,11 +274,7 @@ async fn main() -> anyhow::Result<()> {
                     histograms(url, "river_get_records_seconds").await?,
                 ));
             }
-            let poll = match &long_poll_url {
-                Some(url) => Poll::Long(url.clone()),
-                None => Poll::Every(Duration::from_millis(poll_ms)),
-            };
-            let outcome = transfers(&target, &transfers_url, accounts, connections, rate, seconds, poll).await?;
+            let outcome = transfers(&client, &ids, &transfers_url, connections, rate, seconds, &poll).await?;
             let lag = tailer_histogram(&tailer).await?.minus(&before);
             let how = match &long_poll_url {
                 Some(url) if *url == transfers_url => "long-polling transfer-service with min_version".to_string(),
@@ -759,21 +780,18 @@ enum Settled {
     Stuck,
 }
 
-async fn transfers(
+/// Opens `accounts` accounts with enough money that transfers rarely fail; returns
+/// each one's id and its owner's token.
+async fn open_funded_accounts(
+    client: &reqwest::Client,
     target: &Target,
-    transfers_url: &str,
     accounts: usize,
     connections: usize,
-    rate: u64,
-    seconds: u64,
-    poll: Poll,
-) -> anyhow::Result<TransferOutcome> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 4).build()?;
+) -> anyhow::Result<Arc<Vec<(String, String)>>> {
     let mut tokens = Vec::new();
     for c in 0..accounts.div_ceil(50) {
         tokens.push(issue_hs256(&target.jwt_secret, &format!("bench-t{c}"), Role::Customer, 7200)?);
     }
-    // accounts with enough money that transfers rarely fail
     let ids: Vec<(String, String)> = futures::stream::iter(0..accounts)
         .map(|i| {
             let (client, url, token) = (client.clone(), target.url.clone(), tokens[i / 50].clone());
@@ -794,8 +812,20 @@ async fn transfers(
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    let ids = Arc::new(ids);
+    Ok(Arc::new(ids))
+}
 
+/// Creates transfers among `ids` at `rate` a second for `seconds` from `connections`
+/// clients, and follows each one until it settled.
+async fn transfers(
+    client: &reqwest::Client,
+    ids: &Arc<Vec<(String, String)>>,
+    transfers_url: &str,
+    connections: usize,
+    rate: u64,
+    seconds: u64,
+    poll: &Poll,
+) -> anyhow::Result<TransferOutcome> {
     // a ticker hands out R slots a second; C clients take them
     let (ticker, taken) = slots(rate, seconds, connections);
     let errors = Arc::new(AtomicU64::new(0));
