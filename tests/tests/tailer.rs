@@ -147,3 +147,55 @@ async fn an_idle_slot_advances_past_wal_that_holds_no_events(options: PgPoolOpti
     tailer.await.unwrap();
     WalSource::drop_slot(&pool, &slot).await.unwrap();
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_tailer_whose_connections_are_cut_during_a_load_starts_again_and_loses_nothing(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = tests::pool(options, connect).await;
+    for source in [Source::Wal, Source::Poll] {
+        let rapids = tests::fresh_stream(2).await;
+        let slot = format!("t_{}", Uuid::now_v7().simple());
+        let shutdown = CancellationToken::new();
+        let tailer = spawn_tailer(&pool, source, &slot, rapids.clone(), shutdown.clone());
+        let load = tokio::spawn({
+            let pool = pool.clone();
+            async move { tests::load::write_load(&pool, 8, 60).await }
+        });
+        // the process lives on while its leadership fails: the lock connection (both
+        // sources) and the replication connection (wal) are cut under it, at varying
+        // points of its work; it must let go, start again from the acknowledged
+        // position and publish everything
+        let mut cuts = 0;
+        while !load.is_finished() {
+            tokio::time::sleep(Duration::from_millis(rand::random_range(50..250))).await;
+            let cut: i64 = sqlx::query_scalar(
+                "select count(*) filter (where cut) from (
+                   select pg_terminate_backend(pid) as cut from pg_locks
+                   where locktype = 'advisory' and granted
+                     and database = (select oid from pg_database where datname = current_database())
+                     and (classid::bigint << 32 | objid::bigint) = $1
+                   union all
+                   select pg_terminate_backend(active_pid) from pg_replication_slots
+                   where slot_name = $2 and active_pid is not null) t",
+            )
+            .bind(0x7261_7069_6473_i64)
+            .bind(&slot)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            cuts += cut;
+        }
+        let written = load.await.unwrap();
+        assert!(cuts >= 2, "{source:?}: the tailer's connections were cut {cuts} times only");
+        tests::load::assert_delivered(&rapids, &written).await;
+        shutdown.cancel();
+        tailer.await.unwrap();
+        tests::wait_for(Duration::from_secs(10), "the slot to be released", || {
+            let (pool, slot) = (pool.clone(), slot.clone());
+            async move { WalSource::drop_slot(&pool, &slot).await.ok() }
+        })
+        .await;
+    }
+}

@@ -20,6 +20,7 @@ pub mod wal;
 use crate::envelope::RecordedEvent;
 use crate::store::StoreError;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use sqlx::postgres::PgListener;
@@ -210,6 +211,7 @@ impl<S: EventSource> Tailer<S> {
             };
             tracing::info!("this tailer is now the active one");
             self.metrics.leader.set(1);
+            let leading_since = std::time::Instant::now();
             let outcome = self.lead(&mut lock, &shutdown).await;
             self.source.release();
             self.metrics.leader.set(0);
@@ -217,6 +219,11 @@ impl<S: EventSource> Tailer<S> {
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) => {
+                    // the backoff grows with failures in a row, not with every failure
+                    // since the process started
+                    if leading_since.elapsed() > Duration::from_secs(10) {
+                        failures = 0;
+                    }
                     failures += 1;
                     tracing::warn!(%error, "tailing stopped; trying again");
                     tokio::select! {
@@ -232,8 +239,27 @@ impl<S: EventSource> Tailer<S> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen("es_events").await?;
         self.source.resume().await?;
-        let mut pipeline = publish::Pipeline::default();
         let mut puts = FuturesUnordered::new();
+        let outcome = self.pump(lock, shutdown, &mut listener, &mut puts).await;
+        if outcome.is_err() && !puts.is_empty() {
+            // a stream must not have a record of this instance still in flight when it
+            // (or a standby) publishes that stream again from the acknowledged position
+            let drained = async { while puts.next().await.is_some() {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drained).await;
+        }
+        outcome
+    }
+
+    /// The loop of [`Tailer::lead`]: reads, sends up to `in_flight` requests (kept in
+    /// `puts`), acknowledges.
+    async fn pump(
+        &mut self,
+        lock: &mut PgConnection,
+        shutdown: &CancellationToken,
+        listener: &mut PgListener,
+        puts: &mut FuturesUnordered<BoxFuture<'static, publish::PutOutcome>>,
+    ) -> Result<(), TailerError> {
+        let mut pipeline = publish::Pipeline::default();
         // something may have been committed: read
         let mut read_now = true;
         let mut next_poll = Instant::now() + self.config.idle_poll;
@@ -249,7 +275,7 @@ impl<S: EventSource> Tailer<S> {
             if retry_at.is_none() && stop_by.is_none() {
                 while puts.len() < self.config.in_flight.max(1) {
                     let Some(request) = pipeline.next_request() else { break };
-                    puts.push(self.publisher.put(request));
+                    puts.push(Box::pin(self.publisher.put(request)));
                 }
             }
             self.metrics.lag_events.set(pipeline.len() as i64);
