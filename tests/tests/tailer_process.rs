@@ -66,14 +66,18 @@ async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
             let pool = pool.clone();
             async move { tests::load::write_load(&pool, 8, 60).await }
         });
-        let (mut kills_while_leading, mut stops_while_leading) = (0, 0);
-        while !load.is_finished() {
+        let (mut kills_while_leading, mut stops_while_leading, mut during_the_load) = (0, 0, 0);
+        // at least two kills and a stop, and on until the load is over
+        while !load.is_finished() || kills_while_leading < 2 || stops_while_leading < 1 {
             // kill it (or, every other time, stop it: SIGTERM, and it waits for its
             // requests in flight) while it is the active tailer, at a varying point of
             // its work
             let running = tailer.take().unwrap();
             running.wait_leading(Duration::from_secs(10), "the new tailer to become active").await;
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..150))).await;
+            if !load.is_finished() {
+                during_the_load += 1;
+            }
             if (kills_while_leading + stops_while_leading) % 2 == 0 {
                 running.kill().await;
                 kills_while_leading += 1;
@@ -84,8 +88,10 @@ async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
             tailer = Some(start(&url, &rapids, &slot, source).await);
         }
         let written = load.await.unwrap();
-        assert!(kills_while_leading >= 2, "{source}: the active tailer was killed {kills_while_leading} times only");
-        assert!(stops_while_leading >= 1, "{source}: the active tailer was never stopped with SIGTERM");
+        assert!(
+            during_the_load >= 2,
+            "{source}: the active tailer was interrupted {during_the_load} times only during the load"
+        );
         tests::load::assert_delivered(&rapids, &written).await;
         tailer.take().unwrap().kill().await;
         cleanup(&pool, &slot).await;
