@@ -1,10 +1,12 @@
-//! The real tailer binary: SIGKILLed again and again during a load, it loses nothing;
-//! two instances run, one is active, and the other takes over when it dies.
+//! The real tailer binary: SIGKILLed (and, every other time, stopped with SIGTERM)
+//! again and again during a load, it loses nothing; two instances run, one is
+//! active, and the other takes over when it dies.
 #![allow(clippy::unwrap_used)]
 
 use eventstore::rapids::Rapids;
+use eventstore::tailer::wal::WalSource;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::Connection;
 use std::time::Duration;
 use tokio::process::Child;
 use uuid::Uuid;
@@ -41,14 +43,6 @@ impl Tailer {
     async fn kill(self) {
         tests::kill(self.child).await;
     }
-}
-
-/// Drops the slot once the killed tailers' backends have let go of it.
-async fn cleanup(pool: &PgPool, slot: &str) {
-    tests::wait_for(Duration::from_secs(10), "the slot to be released", || async move {
-        eventstore::tailer::wal::WalSource::drop_slot(pool, slot).await.ok()
-    })
-    .await;
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -94,7 +88,7 @@ async fn a_tailer_killed_again_and_again_during_a_load_loses_nothing(
         );
         tests::load::assert_delivered(&rapids, &written).await;
         tailer.take().unwrap().kill().await;
-        cleanup(&pool, &slot).await;
+        WalSource::drop_slot(&pool, &slot).await.unwrap();
     }
 }
 
@@ -124,7 +118,7 @@ async fn a_standby_takes_over_when_the_active_tailer_dies(options: PgPoolOptions
     let second = tests::load::write_load(&pool, 4, 20).await;
     tests::load::assert_delivered(&rapids, &second).await;
     standby.kill().await;
-    cleanup(&pool, &slot).await;
+    WalSource::drop_slot(&pool, &slot).await.unwrap();
 }
 
 /// The wal source's replication connection logs in with the password of the database
@@ -174,6 +168,6 @@ async fn the_replication_connection_logs_in_with_a_password(options: PgPoolOptio
         let more = tests::load::write_load(&pool, 2, 10).await;
         tests::load::assert_delivered(&rapids, &more).await;
         tailer.kill().await;
-        cleanup(&pool, &slot).await;
+        WalSource::drop_slot(&pool, &slot).await.unwrap();
     }
 }

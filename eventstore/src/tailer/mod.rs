@@ -175,9 +175,10 @@ impl<S: EventSource> Tailer<S> {
             ("tcp_keepalives_interval", "2"),
             ("tcp_keepalives_count", "3"),
         ]);
+        // failures in a row: the pause before the next attempt grows with them
         let mut failures = 0u32;
+        let pause = |failures: u32| Duration::from_millis(250 * u64::from(failures.clamp(1, 9)));
         loop {
-            let pause = Duration::from_millis(250 * u64::from(failures.min(8) + 1));
             let attempt = async {
                 let mut lock = PgConnection::connect_with(&lock_options).await?;
                 let acquired: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
@@ -205,7 +206,7 @@ impl<S: EventSource> Tailer<S> {
                     tracing::warn!(%error, "cannot reach the database; trying again");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => continue,
+                        _ = tokio::time::sleep(pause(failures)) => continue,
                     }
                 }
             };
@@ -219,8 +220,7 @@ impl<S: EventSource> Tailer<S> {
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(error) => {
-                    // the backoff grows with failures in a row, not with every failure
-                    // since the process started
+                    // a while of leading ends a run of failures
                     if leading_since.elapsed() > Duration::from_secs(10) {
                         failures = 0;
                     }
@@ -228,7 +228,7 @@ impl<S: EventSource> Tailer<S> {
                     tracing::warn!(%error, "tailing stopped; trying again");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => {}
+                        _ = tokio::time::sleep(pause(failures)) => {}
                     }
                 }
             }
@@ -260,6 +260,7 @@ impl<S: EventSource> Tailer<S> {
         puts: &mut FuturesUnordered<BoxFuture<'static, publish::PutOutcome>>,
     ) -> Result<(), TailerError> {
         let mut pipeline = publish::Pipeline::default();
+        let in_flight = self.config.in_flight.max(1);
         // something may have been committed: read
         let mut read_now = true;
         let mut next_poll = Instant::now() + self.config.idle_poll;
@@ -273,7 +274,7 @@ impl<S: EventSource> Tailer<S> {
                 return Ok(());
             }
             if retry_at.is_none() && stop_by.is_none() {
-                while puts.len() < self.config.in_flight.max(1) {
+                while puts.len() < in_flight {
                     let Some(request) = pipeline.next_request() else { break };
                     puts.push(Box::pin(self.publisher.put(request)));
                 }
@@ -282,12 +283,7 @@ impl<S: EventSource> Tailer<S> {
             // read when a request could go out with what is read (reading more while
             // every request slot is taken would only make reads smaller)
             let room = self.config.batch_size.saturating_sub(pipeline.len());
-            if read_now
-                && stop_by.is_none()
-                && room > 0
-                && !pipeline.holds_bare_ack()
-                && puts.len() < self.config.in_flight.max(1)
-            {
+            if read_now && stop_by.is_none() && room > 0 && !pipeline.holds_bare_ack() && puts.len() < in_flight {
                 // still the leader? (a lost lock connection means a standby may be
                 // active); asked while the batch is read, and nothing of the batch is
                 // published before the answer

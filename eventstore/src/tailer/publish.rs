@@ -88,13 +88,11 @@ pub struct Pipeline<A> {
     /// Positions to acknowledge once every record before `end` is: `(end, bare, ack)`,
     /// `bare` when the batch had no records of its own.
     acks: VecDeque<(u64, bool, A)>,
-    /// Positions pushed without records of their own (a finished backfill) still waiting.
-    bare_acks: usize,
 }
 
 impl<A> Default for Pipeline<A> {
     fn default() -> Self {
-        Pipeline { records: VecDeque::new(), front: 0, acks: VecDeque::new(), bare_acks: 0 }
+        Pipeline { records: VecDeque::new(), front: 0, acks: VecDeque::new() }
     }
 }
 
@@ -110,9 +108,9 @@ impl<A> Pipeline<A> {
 
     /// True while a position pushed without records waits: it may change how the
     /// source reads (a finished backfill starts the stream), so nothing is read after
-    /// it until it is acknowledged.
+    /// it until it is acknowledged (which makes it the last position held).
     pub fn holds_bare_ack(&self) -> bool {
-        self.bare_acks > 0
+        self.acks.back().is_some_and(|(_, bare, _)| *bare)
     }
 
     /// Adds a batch read from the source: its events, then the position after them.
@@ -129,9 +127,7 @@ impl<A> Pipeline<A> {
         }
         self.records.extend(slots);
         if let Some(ack) = ack {
-            let bare = events.is_empty();
-            self.bare_acks += usize::from(bare);
-            self.acks.push_back((self.front + self.records.len() as u64, bare, ack));
+            self.acks.push_back((self.front + self.records.len() as u64, events.is_empty(), ack));
         }
         Ok(())
     }
@@ -197,8 +193,7 @@ impl<A> Pipeline<A> {
         }
         let mut ready = Vec::new();
         while self.acks.front().is_some_and(|(end, _, _)| *end <= self.front) {
-            let Some((_, bare, ack)) = self.acks.pop_front() else { break };
-            self.bare_acks -= usize::from(bare);
+            let Some((_, _, ack)) = self.acks.pop_front() else { break };
             ready.push(ack);
         }
         ready
