@@ -1,12 +1,12 @@
 //! The account routes: open, deposit, withdraw, close, read.
 
 use crate::AppState;
-use crate::domain::{Account, AccountCommand, AccountError, Actor, BALANCE_EVENTS};
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eventstore::{Currency, Money};
+use bank_domain::account::{Account, AccountCommand, Actor, BALANCE_EVENTS};
+use bank_domain::{Currency, Money};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::ApiError;
@@ -22,28 +22,6 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}/deposits", post(deposit))
         .route("/accounts/{id}/withdrawals", post(withdraw))
         .route("/accounts/{id}/close", post(close))
-}
-
-impl From<AccountError> for ApiError {
-    fn from(e: AccountError) -> Self {
-        let message = e.to_string();
-        match e {
-            AccountError::NotFound => ApiError::not_found("account_not_found", message),
-            AccountError::NotOwner => ApiError::forbidden(message),
-            AccountError::AlreadyOpened => ApiError::conflict("already_exists", message),
-            AccountError::Closed => ApiError::unprocessable("account_closed", message),
-            AccountError::CurrencyMismatch { account, .. } => {
-                ApiError::unprocessable("currency_mismatch", message).with_detail("account_currency", account.as_str())
-            }
-            AccountError::InsufficientFunds { balance, .. } => {
-                ApiError::unprocessable("insufficient_funds", message).with_detail("balance", balance)
-            }
-            AccountError::BalanceNotZero { balance } => {
-                ApiError::unprocessable("balance_not_zero", message).with_detail("balance", balance)
-            }
-            AccountError::BalanceLimit => ApiError::unprocessable("balance_limit_exceeded", message),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,18 +4,18 @@
 //! [`AppState`] on their own database and drive [`router`] or [`run`] on port 0.
 #![forbid(unsafe_code)]
 
-pub mod domain;
 pub mod http;
 pub mod openapi;
 pub mod saga;
 
 use axum::Router;
 use axum::extract::FromRef;
-use domain::Account;
+use bank_domain::account::Account;
 use eventstore::Repository;
-use eventstore::rapids::Rapids;
+use rapids::Rapids;
+use rapids::config::{KinesisArgs, RiverArgs};
 use service_kit::auth::JwtVerifier;
-use service_kit::config::{CommandArgs, RiverArgs, ServiceArgs};
+use service_kit::config::{CommandArgs, ServiceArgs};
 use service_kit::http::Kit;
 use service_kit::startup::CommandParts;
 use sqlx::PgPool;
@@ -36,6 +36,8 @@ pub struct Config {
     #[command(flatten)]
     pub commands: CommandArgs,
     #[command(flatten)]
+    pub kinesis: KinesisArgs,
+    #[command(flatten)]
     pub river: RiverArgs,
 }
 
@@ -46,7 +48,7 @@ pub struct AppState {
     pub verifier: Arc<JwtVerifier>,
     pub max_amount: i64,
     pub kit: Kit,
-    pub river_metrics: eventstore::river::RiverMetrics,
+    pub river_metrics: rapids::river::RiverMetrics,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -58,15 +60,17 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 impl AppState {
     /// Builds the state over an already migrated pool.
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let parts = CommandParts::<Account>::build(
+        let mut parts = CommandParts::<Account>::build(
             "account-service",
             &config.service,
             &config.commands,
             pool,
-            rapids,
             openapi::document_json(),
         )?;
-        let river_metrics = eventstore::river::RiverMetrics::register(&parts.kit.registry)?;
+        if let Some(rapids) = &rapids {
+            parts.kit = parts.kit.with_check("kinesis", rapids.readiness());
+        }
+        let river_metrics = rapids::river::RiverMetrics::register(&parts.kit.registry)?;
         Ok(AppState {
             accounts: parts.repository,
             verifier: parts.verifier,

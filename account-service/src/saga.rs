@@ -10,9 +10,10 @@
 //! appends nothing. Transfers run concurrently; the steps of one
 //! transfer in order.
 
-use crate::domain::{Account, AccountCommand};
-use eventstore::river::{Handler, HandlerError, RiverEvent, by_stream};
-use eventstore::{CommandContext, Currency, IdempotencyRequest, Money, Repository};
+use bank_domain::account::{Account, AccountCommand};
+use bank_domain::{Currency, Money};
+use eventstore::{CommandContext, IdempotencyRequest, Repository};
+use rapids::river::{Handler, HandlerError, RiverEvent, by_stream};
 use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -9,9 +9,10 @@
 //!   river's handler (a running instance of the river picks them up).
 
 use clap::{Parser, Subcommand};
-use eventstore::river::dead_letter;
+use rapids::config::KinesisArgs;
+use rapids::river::dead_letter;
 use service_kit::auth::{Role, issue_hs256};
-use service_kit::config::{DatabaseArgs, KinesisArgs, Secret};
+use service_kit::config::{DatabaseArgs, Secret};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -75,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", issue_hs256(jwt_secret.expose(), &sub, role, ttl)?);
         }
         Command::EnsureStream { kinesis, shards } => {
-            let rapids = eventstore::rapids::Rapids::connect(&kinesis.rapids_config()).await;
+            let rapids = rapids::Rapids::connect(&kinesis.rapids_config()).await;
             rapids.ensure_stream(shards, Duration::from_secs(30)).await?;
             println!("stream {} is active", rapids.stream());
         }

@@ -468,8 +468,8 @@ impl EventStore {
 
 /// A row of `es.events` as the readers select it.
 #[derive(sqlx::FromRow)]
-pub(crate) struct EventRow {
-    pub(crate) position: i64,
+pub struct EventRow {
+    pub position: i64,
     stream_id: Uuid,
     stream_type: String,
     version: i32,

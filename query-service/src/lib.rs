@@ -11,7 +11,6 @@ pub mod waiters;
 
 use axum::Router;
 use axum::extract::FromRef;
-use eventstore::rapids::Rapids;
 use service_kit::auth::JwtVerifier;
 use service_kit::config::ServiceArgs;
 use service_kit::http::Kit;
@@ -52,19 +51,22 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 impl AppState {
     /// The state over a migrated pool. Call [`AppState::listen`] (or [`run`]) so that
     /// waits end when the views advance.
-    pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
+    pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<Self> {
+        let waiters = Arc::new(waiters::Waiters::default());
+        let listening = waiters.clone();
         let kit = Kit::new(
             "query-service",
             pool,
-            rapids,
             prometheus::Registry::new(),
             openapi::document_json(),
             &config.service.http,
-        )?;
+        )?
+        // the LISTEN connection: without it a waiting read could only time out
+        .with_check("listen", move || std::future::ready(listening.is_listening()));
         Ok(AppState {
             kit,
             verifier: Arc::new(JwtVerifier::from_args(&config.service.auth)?),
-            waiters: Arc::new(waiters::Waiters::default()),
+            waiters,
             max_wait: Duration::from_millis(config.max_wait_ms),
         })
     }

@@ -8,8 +8,8 @@ use service_kit::startup::{boot, serve_with};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let (pool, rapids) = boot(&config.service).await?;
-    let state = AppState::new(&config, pool, Some(rapids))?;
+    let pool = boot(&config.service).await?;
+    let state = AppState::new(&config, pool)?;
     let shutdown = on_signals();
     let listening = state.listen(shutdown.clone());
     serve_with("query-service", config.addr, router(state), shutdown, Some(listening)).await

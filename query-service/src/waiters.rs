@@ -8,6 +8,7 @@
 
 use eventstore::watches::StreamWatches;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -19,6 +20,8 @@ pub const CHANNEL: &str = "views_advanced";
 #[derive(Default)]
 pub struct Waiters {
     watches: StreamWatches,
+    /// Whether the LISTEN connection is up (readiness reports it).
+    listening: AtomicBool,
 }
 
 impl std::ops::Deref for Waiters {
@@ -29,6 +32,11 @@ impl std::ops::Deref for Waiters {
 }
 
 impl Waiters {
+    /// `true` while the LISTEN connection is up: waits then end as soon as the views advance.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
     /// Relays one announcement, `<stream id>:<version>` (anything else is ignored).
     fn announce(&self, payload: &str) {
         let Some((id, version)) = payload.split_once(':') else { return };
@@ -43,6 +51,7 @@ impl Waiters {
             let listening = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
                 listener.listen(CHANNEL).await?;
+                self.listening.store(true, Ordering::Relaxed);
                 // whatever was announced while not listening
                 self.wake_all();
                 loop {
@@ -52,13 +61,13 @@ impl Waiters {
                 #[allow(unreachable_code)]
                 Ok::<(), sqlx::Error>(())
             };
-            tokio::select! {
+            let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                outcome = listening => {
-                    if let Err(error) = outcome {
-                        tracing::warn!(%error, "not listening for view updates; reconnecting");
-                    }
-                }
+                outcome = listening => outcome,
+            };
+            self.listening.store(false, Ordering::Relaxed);
+            if let Err(error) = outcome {
+                tracing::warn!(%error, "not listening for view updates; reconnecting");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

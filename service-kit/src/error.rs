@@ -148,9 +148,9 @@ impl<E: Into<ApiError>> From<ExecuteError<E>> for ApiError {
 }
 
 /// Turns a rejected amount or currency into a 400 with its own code.
-impl From<eventstore::MoneyError> for ApiError {
-    fn from(e: eventstore::MoneyError) -> Self {
-        use eventstore::MoneyError as M;
+impl From<bank_domain::MoneyError> for ApiError {
+    fn from(e: bank_domain::MoneyError) -> Self {
+        use bank_domain::MoneyError as M;
         let code = match e {
             M::NotPositive | M::NotInteger => "invalid_amount",
             M::TooLarge { .. } => "amount_too_large",
@@ -158,5 +158,41 @@ impl From<eventstore::MoneyError> for ApiError {
             M::Overflow => return ApiError::unprocessable("balance_limit_exceeded", e.to_string()),
         };
         ApiError::bad_request(code, e.to_string())
+    }
+}
+
+impl From<bank_domain::account::AccountError> for ApiError {
+    fn from(e: bank_domain::account::AccountError) -> Self {
+        let message = e.to_string();
+        match e {
+            bank_domain::account::AccountError::NotFound => ApiError::not_found("account_not_found", message),
+            bank_domain::account::AccountError::NotOwner => ApiError::forbidden(message),
+            bank_domain::account::AccountError::AlreadyOpened => ApiError::conflict("already_exists", message),
+            bank_domain::account::AccountError::Closed => ApiError::unprocessable("account_closed", message),
+            bank_domain::account::AccountError::CurrencyMismatch { account, .. } => {
+                ApiError::unprocessable("currency_mismatch", message).with_detail("account_currency", account.as_str())
+            }
+            bank_domain::account::AccountError::InsufficientFunds { balance, .. } => {
+                ApiError::unprocessable("insufficient_funds", message).with_detail("balance", balance)
+            }
+            bank_domain::account::AccountError::BalanceNotZero { balance } => {
+                ApiError::unprocessable("balance_not_zero", message).with_detail("balance", balance)
+            }
+            bank_domain::account::AccountError::BalanceLimit => {
+                ApiError::unprocessable("balance_limit_exceeded", message)
+            }
+        }
+    }
+}
+
+impl From<bank_domain::transfer::TransferError> for ApiError {
+    fn from(e: bank_domain::transfer::TransferError) -> Self {
+        let message = e.to_string();
+        match e {
+            bank_domain::transfer::TransferError::AlreadyExists => ApiError::conflict("already_exists", message),
+            bank_domain::transfer::TransferError::SameAccount => ApiError::unprocessable("same_account", message),
+            bank_domain::transfer::TransferError::NotFound => ApiError::not_found("transfer_not_found", message),
+            bank_domain::transfer::TransferError::NotYet { .. } => ApiError::conflict("transfer_not_ready", message),
+        }
     }
 }

@@ -13,7 +13,7 @@ use axum::middleware::{self as mw, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use eventstore::rapids::Rapids;
+use futures::future::BoxFuture;
 use http::{HeaderName, StatusCode};
 use prometheus::Registry;
 use serde_json::{Value, json};
@@ -31,8 +31,8 @@ use tower_http::trace::TraceLayer;
 pub struct Kit {
     pub service: &'static str,
     pub pool: PgPool,
-    /// `None` where the service does not use Kinesis (readiness then skips it).
-    pub rapids: Option<Rapids>,
+    /// What `/ready` checks besides the database: each dependency the service uses.
+    pub checks: Vec<(&'static str, ReadyProbe)>,
     pub registry: Registry,
     pub http_metrics: HttpMetrics,
     pub openapi: Arc<Value>,
@@ -44,7 +44,6 @@ impl Kit {
     pub fn new(
         service: &'static str,
         pool: PgPool,
-        rapids: Option<Rapids>,
         registry: Registry,
         openapi: Value,
         http: &crate::config::HttpArgs,
@@ -53,13 +52,28 @@ impl Kit {
         Ok(Kit {
             service,
             pool,
-            rapids,
+            checks: Vec::new(),
             registry,
             http_metrics,
             openapi: Arc::new(openapi),
             request_timeout: Duration::from_millis(http.request_timeout_ms),
             body_limit: http.body_limit_bytes,
         })
+    }
+}
+
+/// A readiness probe: `true` when the dependency answers.
+pub type ReadyProbe = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+impl Kit {
+    /// Adds a dependency that `/ready` checks (named in its answer), beside the database.
+    pub fn with_check<F, Fut>(mut self, name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        self.checks.push((name, Arc::new(move || Box::pin(probe()))));
+        self
     }
 }
 
@@ -127,16 +141,15 @@ async fn health(State(kit): State<Kit>) -> Json<Value> {
 async fn ready(State(kit): State<Kit>) -> Response {
     let probe = Duration::from_secs(2);
     let db = matches!(tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await, Ok(Ok(_)));
-    let kinesis = match &kit.rapids {
-        None => None,
-        Some(rapids) => Some(matches!(tokio::time::timeout(probe, rapids.probe()).await, Ok(Ok(())))),
-    };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let mut checks = json!({"database": word(db)});
-    if let Some(k) = kinesis {
-        checks["kinesis"] = json!(word(k));
+    let mut all = db;
+    for (name, check) in &kit.checks {
+        let ok = tokio::time::timeout(probe, check()).await.unwrap_or(false);
+        checks[*name] = json!(word(ok));
+        all &= ok;
     }
-    if db && kinesis.unwrap_or(true) {
+    if all {
         Json(json!({"status": "ready", "checks": checks})).into_response()
     } else {
         ApiError::unavailable("not_ready", "a dependency is unavailable").with_detail("checks", checks).into_response()

@@ -59,14 +59,13 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// What a service's `main` does before building its state: logging, the database
-/// (waiting for it, then migrating) and the Kinesis client.
-pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<(PgPool, eventstore::rapids::Rapids)> {
+/// What a service's `main` does before building its state: logging, then the
+/// database (waiting for it, then migrating).
+pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<PgPool> {
     crate::telemetry::init(args.log.log_format);
     let pool = connect(&args.database).await?;
     migrate(&pool).await?;
-    let rapids = eventstore::rapids::Rapids::connect(&args.kinesis.rapids_config()).await;
-    Ok((pool, rapids))
+    Ok(pool)
 }
 
 /// Binds `addr` and serves `app` until SIGINT or SIGTERM, then drains requests in flight.
@@ -109,7 +108,6 @@ impl<A: eventstore::Aggregate> CommandParts<A> {
         args: &crate::config::ServiceArgs,
         commands: &crate::config::CommandArgs,
         pool: PgPool,
-        rapids: Option<eventstore::rapids::Rapids>,
         openapi: serde_json::Value,
     ) -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
@@ -118,7 +116,7 @@ impl<A: eventstore::Aggregate> CommandParts<A> {
         Ok(CommandParts {
             repository: eventstore::Repository::new(store, commands.repository_config(), metrics),
             verifier: std::sync::Arc::new(crate::auth::JwtVerifier::from_args(&args.auth)?),
-            kit: crate::http::Kit::new(service, pool, rapids, registry, openapi, &args.http)?,
+            kit: crate::http::Kit::new(service, pool, registry, openapi, &args.http)?,
         })
     }
 }

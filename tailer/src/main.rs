@@ -1,20 +1,20 @@
-//! The tailer binary (the logic lives in `eventstore::tailer`; this crate exists
-//! because the HTTP plumbing of `service-kit` depends on `eventstore`, so a binary
-//! inside `eventstore` could not use it).
+//! The tailer binary: configuration, health, readiness and metrics around the
+//! library's [`tailer::Tailer`].
 //!
 //! Publishes every committed event to the rapids; one instance is active per database,
 //! others stand by and take over within a second of its death. Serves `/health`,
 //! `/ready` and `/metrics`.
 
 use clap::Parser;
-use eventstore::tailer::poll::PollSource;
-use eventstore::tailer::publish::Publisher;
-use eventstore::tailer::wal::WalSource;
-use eventstore::tailer::{Tailer, TailerConfig, TailerMetrics};
-use service_kit::config::{DatabaseArgs, HttpArgs, KinesisArgs, LogArgs};
+use rapids::config::KinesisArgs;
+use service_kit::config::{DatabaseArgs, HttpArgs, LogArgs};
 use service_kit::http::Kit;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tailer::poll::PollSource;
+use tailer::publish::Publisher;
+use tailer::wal::WalSource;
+use tailer::{Tailer, TailerConfig, TailerMetrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Source {
@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init(config.log.log_format);
     let pool = service_kit::startup::connect(&config.database).await?;
     service_kit::startup::migrate(&pool).await?;
-    let rapids = eventstore::rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
+    let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
 
     let registry = prometheus::Registry::new();
     let metrics = TailerMetrics::register(&registry)?;
@@ -68,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({}),
         serde_json::json!({}),
     );
-    let kit = Kit::new("tailer", pool.clone(), Some(rapids.clone()), registry, openapi, &config.http)?;
+    let kit =
+        Kit::new("tailer", pool.clone(), registry, openapi, &config.http)?.with_check("kinesis", rapids.readiness());
     let shutdown = service_kit::shutdown::on_signals();
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     tracing::info!(addr = %listener.local_addr()?, source = ?config.source, "tailer listening");

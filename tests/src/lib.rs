@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use clap::Parser;
-use eventstore::rapids::{Rapids, RapidsConfig};
+use rapids::{Rapids, RapidsConfig};
 use serde_json::Value;
 use service_kit::auth::{Role, issue_hs256};
 use sqlx::PgPool;
@@ -423,7 +423,7 @@ impl Drop for Bank {
 }
 
 pub async fn start_bank(pool: &PgPool) -> Bank {
-    use eventstore::tailer::{Tailer, TailerConfig, TailerMetrics, poll::PollSource, publish::Publisher};
+    use tailer::{Tailer, TailerConfig, TailerMetrics, poll::PollSource, publish::Publisher};
     let rapids = fresh_stream(2).await;
     let shutdown = CancellationToken::new();
     let tailer = Tailer {
@@ -457,7 +457,7 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     // a pool of its own, as the service would have (16 connections)
     let query_pool =
         PgPoolOptions::new().max_connections(16).connect_with((*pool.connect_options()).clone()).await.unwrap();
-    let query_state = query_service::AppState::new(&config, query_pool, None).unwrap();
+    let query_state = query_service::AppState::new(&config, query_pool).unwrap();
     query_state.listen(shutdown.clone());
     let queries = spawn(query_service::router(query_state.clone())).await;
     Bank { accounts, transfers, queries, query_state, rapids, account_state, transfer_state, shutdown }

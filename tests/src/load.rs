@@ -1,6 +1,6 @@
 //! A concurrent write load on `es.events` and the check that Kinesis got all of it.
 
-use eventstore::rapids::Rapids;
+use rapids::Rapids;
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};

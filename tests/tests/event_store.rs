@@ -2,12 +2,11 @@
 //! idempotency records, migrations under concurrent start-up.
 #![allow(clippy::unwrap_used)]
 
-use account_service::domain::{Account, AccountCommand, AccountEvent, AccountStatus, Actor};
+use bank_domain::account::{Account, AccountCommand, AccountEvent, AccountStatus, Actor};
+use bank_domain::{Currency, Money};
 use eventstore::metrics::StoreMetrics;
 use eventstore::store::{Append, NewEvent};
-use eventstore::{
-    CommandContext, Currency, EventMetadata, EventStore, Money, Repository, RepositoryConfig, StoreError,
-};
+use eventstore::{CommandContext, EventMetadata, EventStore, Repository, RepositoryConfig, StoreError};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use uuid::Uuid;

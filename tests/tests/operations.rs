@@ -2,7 +2,7 @@
 //! Prometheus metrics, the OpenAPI document, request ids, opaque faults.
 #![allow(clippy::unwrap_used)]
 
-use eventstore::rapids::{Rapids, RapidsConfig};
+use rapids::{Rapids, RapidsConfig};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tests::{Customer, start_accounts, start_transfers, token};

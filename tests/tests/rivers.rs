@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use eventstore::envelope::Envelope;
-use eventstore::rapids::Rapids;
-use eventstore::river::{Handler, HandlerError, River, RiverConfig, RiverEvent, RiverMetrics, TopicFilter};
+use rapids::Rapids;
+use rapids::river::{Handler, HandlerError, River, RiverConfig, RiverEvent, RiverMetrics, TopicFilter};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -92,8 +92,7 @@ impl Instance {
         let metrics = RiverMetrics::register(&prometheus::Registry::new()).unwrap();
         let (kill, killed) = std::sync::mpsc::channel::<()>();
         let connect = (*pool.connect_options()).clone();
-        let rapids_config =
-            eventstore::rapids::RapidsConfig { stream: rapids.stream().into(), ..tests::rapids_config() };
+        let rapids_config = rapids::RapidsConfig { stream: rapids.stream().into(), ..tests::rapids_config() };
         let (config, river_metrics) = (config(worker), metrics.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -307,7 +306,7 @@ async fn reshard(rapids: &Rapids) -> Vec<String> {
         .send()
         .await;
     if let Err(e) = split {
-        eprintln!("SplitShard refused ({}); resharding with UpdateShardCount", eventstore::rapids::describe(&e));
+        eprintln!("SplitShard refused ({}); resharding with UpdateShardCount", rapids::describe(&e));
         client
             .update_shard_count()
             .stream_name(rapids.stream())
@@ -368,7 +367,7 @@ async fn poison_is_parked_and_retried(options: PgPoolOptions, connect: PgConnect
     let versions: Vec<i32> =
         sqlx::query_scalar("select version from effects order by id").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, [1, 3, 4]);
-    let parked = eventstore::river::dead_letter::list(&pool, Some("test")).await.unwrap();
+    let parked = rapids::river::dead_letter::list(&pool, Some("test")).await.unwrap();
     assert_eq!(parked.len(), 2, "{parked:?}");
     let poison = &parked[0];
     assert_eq!((poison.stream_id, poison.version, poison.attempts), (Some(stream), Some(2), 3));
@@ -397,7 +396,7 @@ async fn poison_is_parked_and_retried(options: PgPoolOptions, connect: PgConnect
         .await
         .unwrap();
     assert_eq!(status, "resolved");
-    let open = eventstore::river::dead_letter::list(&pool, Some("test")).await.unwrap();
+    let open = rapids::river::dead_letter::list(&pool, Some("test")).await.unwrap();
     assert_eq!(open.len(), 1, "the garbage record stays parked");
     assert_eq!(effect_counts(&pool).await, (4, 4, 4));
     river.kill();

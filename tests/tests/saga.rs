@@ -278,7 +278,7 @@ async fn sum_of_balances(pool: &PgPool, accounts: &[Uuid]) -> i64 {
     let store = eventstore::EventStore::new(pool.clone());
     let mut total = 0;
     for id in accounts {
-        let account = store.load::<account_service::domain::Account>(*id).await.unwrap().unwrap().state;
+        let account = store.load::<bank_domain::account::Account>(*id).await.unwrap().unwrap().state;
         assert!(account.balance >= 0, "no account is overdrawn");
         total += account.balance;
     }

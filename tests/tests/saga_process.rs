@@ -114,7 +114,7 @@ async fn an_account_service_killed_during_transfers_loses_and_doubles_nothing(
     let store = eventstore::EventStore::new(pool.clone());
     let mut total = 0;
     for id in &ids {
-        total += store.load::<account_service::domain::Account>(*id).await.unwrap().unwrap().state.balance;
+        total += store.load::<bank_domain::account::Account>(*id).await.unwrap().unwrap().state.balance;
     }
     assert_eq!(total, 10 * 1000);
     // the survivor reads every shard of the river now

@@ -4,14 +4,14 @@
 //! transactions (so commit order differs from position order).
 #![allow(clippy::unwrap_used)]
 
-use eventstore::rapids::Rapids;
-use eventstore::tailer::poll::PollSource;
-use eventstore::tailer::publish::Publisher;
-use eventstore::tailer::wal::WalSource;
-use eventstore::tailer::{Tailer, TailerConfig, TailerMetrics};
+use rapids::Rapids;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
+use tailer::poll::PollSource;
+use tailer::publish::Publisher;
+use tailer::wal::WalSource;
+use tailer::{Tailer, TailerConfig, TailerMetrics};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

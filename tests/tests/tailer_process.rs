@@ -3,11 +3,11 @@
 //! active, and the other takes over when it dies.
 #![allow(clippy::unwrap_used)]
 
-use eventstore::rapids::Rapids;
-use eventstore::tailer::wal::WalSource;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use rapids::Rapids;
 use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
+use tailer::wal::WalSource;
 use tokio::process::Child;
 use uuid::Uuid;
 

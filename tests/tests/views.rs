@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use eventstore::envelope::Envelope;
-use eventstore::river::{Handler, RiverEvent};
 use futures::StreamExt;
+use rapids::river::{Handler, RiverEvent};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -382,7 +382,7 @@ async fn view_balances_sum_to_the_store_after_concurrent_transfers(options: PgPo
     let store = eventstore::EventStore::new(pool.clone());
     let mut store_total = 0;
     for id in &ids {
-        store_total += store.load::<account_service::domain::Account>(*id).await.unwrap().unwrap().state.balance;
+        store_total += store.load::<bank_domain::account::Account>(*id).await.unwrap().unwrap().state.balance;
     }
     assert_eq!(store_total, views_total);
 }

@@ -1,13 +1,13 @@
 //! The transfer routes: create (validated against the event store's accounts), read.
 
 use crate::AppState;
-use crate::domain::{MoneyTransfer, TransferCommand, TransferError};
-use account_service::domain::{Account, AccountStatus};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use eventstore::{Aggregate, Money};
+use bank_domain::account::{Account, AccountStatus};
+use bank_domain::transfer::{MoneyTransfer, TransferCommand, TransferError};
+use bank_domain::{Aggregate, Money};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::ApiError;
@@ -19,18 +19,6 @@ use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/transfers", post(create)).route("/transfers/{id}", get(read))
-}
-
-impl From<TransferError> for ApiError {
-    fn from(e: TransferError) -> Self {
-        let message = e.to_string();
-        match e {
-            TransferError::AlreadyExists => ApiError::conflict("already_exists", message),
-            TransferError::SameAccount => ApiError::unprocessable("same_account", message),
-            TransferError::NotFound => ApiError::not_found("transfer_not_found", message),
-            TransferError::NotYet { .. } => ApiError::conflict("transfer_not_ready", message),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

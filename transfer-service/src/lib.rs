@@ -4,18 +4,18 @@
 //! [`AppState`] on their own database and drive [`router`] or [`run`] on port 0.
 #![forbid(unsafe_code)]
 
-pub mod domain;
 pub mod http;
 pub mod openapi;
 pub mod saga;
 
 use axum::Router;
 use axum::extract::FromRef;
-use domain::MoneyTransfer;
+use bank_domain::transfer::MoneyTransfer;
 use eventstore::Repository;
-use eventstore::rapids::Rapids;
+use rapids::Rapids;
+use rapids::config::{KinesisArgs, RiverArgs};
 use service_kit::auth::JwtVerifier;
-use service_kit::config::{CommandArgs, RiverArgs, ServiceArgs};
+use service_kit::config::{CommandArgs, ServiceArgs};
 use service_kit::http::Kit;
 use service_kit::startup::CommandParts;
 use sqlx::PgPool;
@@ -37,6 +37,8 @@ pub struct Config {
     #[command(flatten)]
     pub commands: CommandArgs,
     #[command(flatten)]
+    pub kinesis: KinesisArgs,
+    #[command(flatten)]
     pub river: RiverArgs,
     /// Longest `wait_ms` a `GET /transfers/{id}` with `min_version` may ask for.
     #[arg(long, env = "TRANSFER_MAX_WAIT_MS", default_value_t = 10_000)]
@@ -54,7 +56,7 @@ pub struct AppState {
     pub verifier: Arc<JwtVerifier>,
     pub max_amount: i64,
     pub kit: Kit,
-    pub river_metrics: eventstore::river::RiverMetrics,
+    pub river_metrics: rapids::river::RiverMetrics,
     pub max_wait: Duration,
     pub wait_recheck: Duration,
 }
@@ -68,15 +70,17 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 impl AppState {
     /// Builds the state over an already migrated pool.
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let parts = CommandParts::<MoneyTransfer>::build(
+        let mut parts = CommandParts::<MoneyTransfer>::build(
             "transfer-service",
             &config.service,
             &config.commands,
             pool,
-            rapids,
             openapi::document_json(),
         )?;
-        let river_metrics = eventstore::river::RiverMetrics::register(&parts.kit.registry)?;
+        if let Some(rapids) = &rapids {
+            parts.kit = parts.kit.with_check("kinesis", rapids.readiness());
+        }
+        let river_metrics = rapids::river::RiverMetrics::register(&parts.kit.registry)?;
         Ok(AppState {
             transfers: parts.repository,
             verifier: parts.verifier,

@@ -8,7 +8,8 @@ use transfer_service::{AppState, Config, router, start_river};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let (pool, rapids) = boot(&config.service).await?;
+    let pool = boot(&config.service).await?;
+    let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
     let state = AppState::new(&config, pool, Some(rapids.clone()))?;
     let shutdown = on_signals();
     let river = start_river(&config, &state, rapids, shutdown.clone());

@@ -8,10 +8,10 @@
 //! The transfer's state says which steps were recorded: a step seen again decides
 //! nothing, so a redelivered event appends nothing. Other account events are ignored.
 
-use crate::domain::{MoneyTransfer, TransferCommand};
-use account_service::domain::AccountEvent;
+use bank_domain::account::AccountEvent;
+use bank_domain::transfer::{MoneyTransfer, TransferCommand};
 use eventstore::Repository;
-use eventstore::river::{Handler, HandlerError, RiverEvent, by_stream};
+use rapids::river::{Handler, HandlerError, RiverEvent, by_stream};
 use sqlx::PgConnection;
 
 /// The river's name: its leases, checkpoints and dead letters are kept under it.

@@ -12,9 +12,10 @@ pub mod rebuild;
 pub mod store;
 
 use axum::Router;
-use eventstore::rapids::Rapids;
-use eventstore::river::RiverMetrics;
-use service_kit::config::{RiverArgs, ServiceArgs};
+use rapids::Rapids;
+use rapids::config::{KinesisArgs, RiverArgs};
+use rapids::river::RiverMetrics;
+use service_kit::config::ServiceArgs;
 use service_kit::http::Kit;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct Config {
     pub addr: SocketAddr,
     #[command(flatten)]
     pub service: ServiceArgs,
+    #[command(flatten)]
+    pub kinesis: KinesisArgs,
     #[command(flatten)]
     pub river: RiverArgs,
     #[command(subcommand)]
@@ -71,10 +74,11 @@ impl AppState {
         );
         let registry = prometheus::Registry::new();
         let river_metrics = RiverMetrics::register(&registry)?;
-        Ok(AppState {
-            kit: Kit::new("view-updater", pool, rapids, registry, openapi, &config.service.http)?,
-            river_metrics,
-        })
+        let mut kit = Kit::new("view-updater", pool, registry, openapi, &config.service.http)?;
+        if let Some(rapids) = &rapids {
+            kit = kit.with_check("kinesis", rapids.readiness());
+        }
+        Ok(AppState { kit, river_metrics })
     }
 }
 

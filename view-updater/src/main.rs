@@ -9,9 +9,10 @@ use view_updater::{AppState, Command, Config, router, start_river};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let (pool, rapids) = boot(&config.service).await?;
+    let pool = boot(&config.service).await?;
     match config.command {
         None => {
+            let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
             let state = AppState::new(&config, pool, Some(rapids.clone()))?;
             let shutdown = on_signals();
             let river = start_river(&config, &state, rapids, shutdown.clone());

@@ -2,11 +2,11 @@
 //! (and which transaction row it adds). The live updater and the rebuild both fold
 //! events with these functions; they differ only in where rows are read and written.
 
-use account_service::domain::AccountEvent;
+use bank_domain::account::AccountEvent;
+use bank_domain::transfer::TransferEvent;
 use chrono::{DateTime, Utc};
 use eventstore::envelope::{Envelope, RecordedEvent};
 use serde_json::Value;
-use transfer_service::domain::TransferEvent;
 use uuid::Uuid;
 
 /// What the projections need of an event, from the rapids or from the store.
@@ -131,7 +131,7 @@ pub fn apply_account(
     };
     view.version = e.version;
     view.updated_at = e.recorded_at;
-    let change = |kind: &str, amount: i64, currency: &eventstore::Currency, after: i64, transfer, counterparty| {
+    let change = |kind: &str, amount: i64, currency: &bank_domain::Currency, after: i64, transfer, counterparty| {
         Some(TransactionRow {
             account_id: e.stream_id,
             version: e.version,

@@ -5,7 +5,7 @@
 //! rebuild in progress). Schema names are constants of this module, never input.
 
 use crate::projection::{self, AccountView, ProjectionError, TransactionRow, TransferView, ViewEvent};
-use eventstore::river::{Handler, HandlerError, RiverEvent, is_transient};
+use rapids::river::{Handler, HandlerError, RiverEvent, is_transient};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -15,10 +15,10 @@
 //! project's database connections), password authentication by cleartext, MD5 or
 //! SCRAM-SHA-256 (the last two through `postgres-protocol`'s helpers).
 
-use super::wal::Transactions;
-use crate::envelope::RecordedEvent;
-use crate::store::StoreError;
+use crate::wal::Transactions;
 use bytes::{Buf, BufMut, BytesMut};
+use eventstore::envelope::RecordedEvent;
+use eventstore::store::StoreError;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use sqlx::postgres::PgConnectOptions;
 use std::collections::VecDeque;
@@ -89,7 +89,7 @@ impl ReplicationError {
     /// The slot is in use by another connection (SQLSTATE 55006), e.g. the walsender
     /// of a connection that is still closing.
     pub fn slot_in_use(&self) -> bool {
-        self.code.as_deref() == Some(super::wal::SLOT_IN_USE)
+        self.code.as_deref() == Some(crate::wal::SLOT_IN_USE)
     }
 }
 

@@ -8,7 +8,7 @@
 //! transfer already past that step decides nothing (a redelivered event appends
 //! nothing).
 
-use eventstore::{Aggregate, Currency, DomainEvent, Money};
+use crate::{Aggregate, Currency, DomainEvent, Money};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -221,7 +221,7 @@ impl Aggregate for MoneyTransfer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eventstore::aggregate::testing::given;
+    use crate::aggregate::testing::given;
 
     fn eur(minor: i64) -> Money {
         Money::new(minor, Currency::parse("EUR").expect("EUR"), i64::MAX).expect("amount")

@@ -16,12 +16,12 @@
 //! `restart_lsn`, which moves only at running-xacts records, so under load every
 //! read decoded seconds of WAL again (docs/ARCHITECTURE.md, "The tailer").
 
-use super::poll::{PollCursor, PollSource};
-use super::replication::{Committed, ReplicationError, ReplicationStream, ReplicationTarget};
-use super::{EventSource, SourceBatch};
-use crate::envelope::{EventMetadata, RecordedEvent};
-use crate::store::StoreError;
+use crate::poll::{PollCursor, PollSource};
+use crate::replication::{Committed, ReplicationError, ReplicationStream, ReplicationTarget};
+use crate::{EventSource, SourceBatch};
 use chrono::{DateTime, Utc};
+use eventstore::envelope::{EventMetadata, RecordedEvent};
+use eventstore::store::StoreError;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::future::Future;

@@ -8,8 +8,8 @@
 //! person: they are checked against the account's state only, and a step the account
 //! cannot take is recorded as a rejection event (the saga reacts to it), not an error.
 
-use eventstore::money::checked_credit;
-use eventstore::{Aggregate, Currency, DomainEvent, Money};
+use crate::money::checked_credit;
+use crate::{Aggregate, Currency, DomainEvent, Money};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -347,7 +347,7 @@ impl Aggregate for Account {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use eventstore::aggregate::testing::given;
+    use crate::aggregate::testing::given;
 
     fn eur() -> Currency {
         Currency::parse("EUR").expect("EUR")
@@ -490,9 +490,9 @@ mod tests {
     fn events_round_trip_through_the_store_encoding() {
         let withdrawn = AccountEvent::Withdrawn { amount: 5, currency: eur(), balance_after: 0 };
         for event in [opened(), deposited(5, 5), withdrawn, AccountEvent::Closed {}] {
-            let (event_type, data) = eventstore::aggregate::encode(&event).expect("encodes");
+            let (event_type, data) = crate::aggregate::encode(&event).expect("encodes");
             assert_eq!(event_type, event.event_type());
-            let back: AccountEvent = eventstore::aggregate::decode(&event_type, data).expect("decodes");
+            let back: AccountEvent = crate::aggregate::decode(&event_type, data).expect("decodes");
             assert_eq!(back, event);
         }
     }
@@ -500,7 +500,7 @@ mod tests {
     #[test]
     fn unknown_fields_in_stored_events_are_ignored() {
         let data = serde_json::json!({"amount": 5, "currency": "EUR", "balance_after": 5, "channel": "atm"});
-        let event: AccountEvent = eventstore::aggregate::decode("account.deposited", data).expect("decodes");
+        let event: AccountEvent = crate::aggregate::decode("account.deposited", data).expect("decodes");
         assert_eq!(event, deposited(5, 5));
     }
 }

@@ -21,8 +21,9 @@ pub mod dead_letter;
 pub mod lease;
 mod reader;
 
-use crate::envelope::Envelope;
-use crate::rapids::{Rapids, describe};
+use crate::LATENCY_BUCKETS;
+use crate::kinesis::{Rapids, describe};
+use eventstore::envelope::Envelope;
 use lease::Leases;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use sqlx::{PgConnection, PgPool};
@@ -44,9 +45,9 @@ pub struct RiverEvent {
 impl RiverEvent {
     /// The context of a command this event causes: correlated with `correlation` (a
     /// saga's id), caused by this event, run by `actor` (a service).
-    pub fn causes(&self, correlation: uuid::Uuid, actor: &str) -> crate::CommandContext {
-        crate::CommandContext {
-            metadata: crate::EventMetadata {
+    pub fn causes(&self, correlation: uuid::Uuid, actor: &str) -> eventstore::CommandContext {
+        eventstore::CommandContext {
+            metadata: eventstore::EventMetadata {
                 correlation_id: Some(correlation.to_string()),
                 causation_id: Some(self.envelope.event_id.to_string()),
                 request_id: None,
@@ -69,17 +70,17 @@ pub enum HandlerError {
     Permanent(String),
 }
 
-impl<E: std::fmt::Display> From<crate::ExecuteError<E>> for HandlerError {
+impl<E: std::fmt::Display> From<eventstore::ExecuteError<E>> for HandlerError {
     /// Lost races and an unreachable database pass; a refused command, corrupt data or
     /// a database error that may have been the statement's own fault do not.
-    fn from(e: crate::ExecuteError<E>) -> Self {
-        use crate::StoreError;
+    fn from(e: eventstore::ExecuteError<E>) -> Self {
+        use eventstore::StoreError;
         match &e {
-            crate::ExecuteError::Conflict { .. }
-            | crate::ExecuteError::Store(
+            eventstore::ExecuteError::Conflict { .. }
+            | eventstore::ExecuteError::Store(
                 StoreError::Unavailable(_) | StoreError::Batch(_) | StoreError::Conflict { .. },
             ) => HandlerError::Transient(e.to_string()),
-            crate::ExecuteError::Store(StoreError::Database(db)) if is_transient(db) => {
+            eventstore::ExecuteError::Store(StoreError::Database(db)) if is_transient(db) => {
                 HandlerError::Transient(e.to_string())
             }
             _ => HandlerError::Permanent(e.to_string()),
@@ -251,12 +252,6 @@ pub struct RiverMetrics {
     /// From a record's arrival on the stream to its event's checkpoint commit.
     pub delivery_seconds: HistogramVec,
 }
-
-/// Latency buckets, 1 ms to 30 s, finer between 50 ms and 1 s where the targets are.
-pub(crate) const LATENCY_BUCKETS: [f64; 25] = [
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.125, 0.15, 0.2, 0.25, 0.35, 0.5,
-    0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
 
 impl RiverMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
@@ -438,7 +433,7 @@ impl<H: Handler> River<H> {
 /// Wakes the shard readers whenever the tailer NOTIFYs that it published. Without it
 /// (another database, the listener reconnecting) readers poll every `idle_poll`.
 async fn listen_for_publishes<H: Handler>(shared: Arc<Shared<H>>, shutdown: CancellationToken) {
-    use crate::tailer::PUBLISHED_CHANNEL;
+    use crate::PUBLISHED_CHANNEL;
     loop {
         let listening = async {
             let mut listener = sqlx::postgres::PgListener::connect_with(&shared.pool).await?;

@@ -11,9 +11,9 @@
 //! The price: one long transaction anywhere in the database holds the tailer back
 //! until it ends. The `wal` source has no such limit.
 
-use super::{EventSource, SourceBatch};
-use crate::envelope::RecordedEvent;
-use crate::store::{EventRow, StoreError};
+use crate::{EventSource, SourceBatch};
+use eventstore::envelope::RecordedEvent;
+use eventstore::store::{EventRow, StoreError};
 use sqlx::PgPool;
 
 /// The cursor: the last published event's transaction id (as text, sqlx has no

@@ -15,11 +15,11 @@
 //! acknowledged, in commit order, and the source positions that may be acknowledged
 //! once every record before them is. [`Publisher`] makes the calls.
 
-use crate::envelope::{Envelope, RecordedEvent};
-use crate::rapids::Rapids;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use chrono::{DateTime, Utc};
+use eventstore::envelope::{Envelope, RecordedEvent};
+use rapids::Rapids;
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -230,7 +230,7 @@ impl Publisher {
                         }
                         None
                     }
-                    Err(error) => Some(crate::rapids::describe(&error)),
+                    Err(error) => Some(rapids::describe(&error)),
                 },
             };
             PutOutcome { ids, acknowledged, error, elapsed: started.elapsed() }

@@ -52,6 +52,15 @@ pub struct Rapids {
 }
 
 impl Rapids {
+    /// A readiness probe for a service's `/ready`: `true` while the stream answers.
+    pub fn readiness(&self) -> impl Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync + 'static {
+        let rapids = self.clone();
+        move || {
+            let rapids = rapids.clone();
+            Box::pin(async move { rapids.probe().await.is_ok() })
+        }
+    }
+
     pub async fn connect(config: &RapidsConfig) -> Self {
         let http =
             aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();

@@ -17,8 +17,8 @@ pub mod publish;
 pub mod replication;
 pub mod wal;
 
-use crate::envelope::RecordedEvent;
-use crate::store::StoreError;
+use eventstore::envelope::RecordedEvent;
+use eventstore::store::StoreError;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -91,11 +91,11 @@ impl TailerMetrics {
         let lag_events = IntGauge::new("tailer_lag_events", "Events read and not yet acknowledged by Kinesis")?;
         let lag_seconds = Histogram::with_opts(
             HistogramOpts::new("tailer_publish_lag_seconds", "From an event's commit to Kinesis's acknowledgement")
-                .buckets(crate::river::LATENCY_BUCKETS.to_vec()),
+                .buckets(rapids::LATENCY_BUCKETS.to_vec()),
         )?;
         let put_seconds = Histogram::with_opts(
             HistogramOpts::new("tailer_put_records_seconds", "PutRecords call durations")
-                .buckets(crate::river::LATENCY_BUCKETS.to_vec()),
+                .buckets(rapids::LATENCY_BUCKETS.to_vec()),
         )?;
         let leader = IntGauge::new("tailer_is_leader", "1 while this instance is the active tailer")?;
         for m in [
@@ -148,7 +148,7 @@ impl Default for TailerConfig {
 
 /// The channel the tailer NOTIFYs after each batch Kinesis acknowledged: rivers on
 /// the same database read their shards at once instead of at their next poll.
-pub const PUBLISHED_CHANNEL: &str = "rapids_published";
+pub use rapids::PUBLISHED_CHANNEL;
 
 /// The advisory lock key of the active tailer ("rapids-tailer").
 const LEADER_LOCK: i64 = 0x7261_7069_6473;

@@ -3,10 +3,10 @@
 //! and mark the shard finished at its end.
 
 use super::{Handler, HandlerError, RiverEvent, Shared, dead_letter};
-use crate::envelope::Envelope;
-use crate::rapids::describe;
+use crate::kinesis::describe;
 use aws_sdk_kinesis::operation::get_records::GetRecordsOutput;
 use aws_sdk_kinesis::types::{Record, ShardIteratorType};
+use eventstore::envelope::Envelope;
 use futures::FutureExt;
 use sqlx::PgConnection;
 use std::sync::Arc;

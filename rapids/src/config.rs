@@ -1,0 +1,100 @@
+//! The command-line and environment arguments of the stream ([`KinesisArgs`]) and of a
+//! service's river ([`RiverArgs`]), flattened into each binary's own config.
+
+/// The Kinesis stream (the rapids).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KinesisArgs {
+    /// Kinesis API endpoint; set it empty to use AWS's own endpoint for the region.
+    #[arg(long, env = "KINESIS_ENDPOINT", default_value = "http://127.0.0.1:4567")]
+    pub kinesis_endpoint: String,
+    #[arg(long, env = "KINESIS_STREAM", default_value = "rapids")]
+    pub kinesis_stream: String,
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
+}
+
+impl KinesisArgs {
+    pub fn rapids_config(&self) -> crate::RapidsConfig {
+        crate::RapidsConfig {
+            endpoint: (!self.kinesis_endpoint.trim().is_empty()).then(|| self.kinesis_endpoint.clone()),
+            stream: self.kinesis_stream.clone(),
+            region: self.aws_region.clone(),
+        }
+    }
+}
+
+/// A service's river (its subscription to the rapids).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RiverArgs {
+    /// Run the service's river in this process (`false`: HTTP only).
+    #[arg(long, env = "RIVER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub river_enabled: bool,
+    /// A shard lease not renewed for this long is taken over by another instance.
+    #[arg(long, env = "RIVER_LEASE_MS", default_value_t = 10_000)]
+    pub river_lease_ms: u64,
+    /// How often leases are renewed and rebalanced.
+    #[arg(long, env = "RIVER_RENEW_MS", default_value_t = 2_000)]
+    pub river_renew_ms: u64,
+    /// How often the shard list is read (new shards after a reshard).
+    #[arg(long, env = "RIVER_SHARD_SYNC_MS", default_value_t = 10_000)]
+    pub river_shard_sync_ms: u64,
+    /// Wait between reads of a shard with nothing new (the tailer's NOTIFY wakes the
+    /// readers sooner when the river shares its database).
+    #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = 250)]
+    pub river_idle_poll_ms: u64,
+    /// Least time between two reads of one shard (on AWS: 200 ms times the number of
+    /// rivers, Kinesis's limit is 5 reads a second per shard).
+    #[arg(long, env = "RIVER_READ_INTERVAL_MS", default_value_t = 20)]
+    pub river_read_interval_ms: u64,
+    /// Attempts on an event that keeps failing before it is parked as a dead letter.
+    #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = 5)]
+    pub river_max_attempts: u32,
+    /// Connections of the river's own pool (its transactions, leases, LISTEN). Apart
+    /// from the service's pool, so that readers holding a transaction never starve the
+    /// commands a saga handler runs, nor the other way round.
+    #[arg(long, env = "RIVER_DATABASE_CONNECTIONS", default_value_t = 8)]
+    pub river_database_connections: u32,
+}
+
+impl RiverArgs {
+    /// Starts the river `name` on `topics` with `handler` unless rivers are disabled;
+    /// it runs until `shutdown` and then gives its shard leases up.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn<H: crate::river::Handler>(
+        &self,
+        name: &str,
+        topics: &[&str],
+        handler: H,
+        service_pool: &sqlx::PgPool,
+        rapids: crate::Rapids,
+        metrics: crate::river::RiverMetrics,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.river_enabled.then(|| {
+            let config = self.river_config(name, crate::river::TopicFilter::new(topics));
+            let river = crate::river::River::new(config, self.river_pool(service_pool), rapids, handler, metrics);
+            tokio::spawn(river.run(shutdown))
+        })
+    }
+
+    /// The river's own pool to the service's database (connects lazily).
+    pub fn river_pool(&self, service_pool: &sqlx::PgPool) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.river_database_connections.max(2))
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(service_pool.connect_options().as_ref().clone())
+    }
+
+    pub fn river_config(&self, name: &str, topics: crate::river::TopicFilter) -> crate::river::RiverConfig {
+        use std::time::Duration;
+        crate::river::RiverConfig {
+            lease_duration: Duration::from_millis(self.river_lease_ms.max(1)),
+            renew_every: Duration::from_millis(self.river_renew_ms.max(1)),
+            shard_sync_every: Duration::from_millis(self.river_shard_sync_ms.max(1)),
+            idle_poll: Duration::from_millis(self.river_idle_poll_ms),
+            read_interval: Duration::from_millis(self.river_read_interval_ms),
+            max_attempts: self.river_max_attempts.max(1),
+            ..crate::river::RiverConfig::new(name, topics)
+        }
+    }
+}
