@@ -7,13 +7,19 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bank_domain::account::{Account, AccountCommand, Actor, BALANCE_EVENTS};
 use bank_domain::{Currency, Money};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use service_kit::ApiError;
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiJson, CommandMeta, PathId};
 use service_kit::http::command_response;
+use service_kit::{ApiError, ErrorCode};
+use utoipa::ToSchema;
 use uuid::Uuid;
+
+/// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(open, read, deposit, withdraw, close))]
+pub struct Api;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -24,36 +30,151 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}/close", post(close))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /accounts`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OpenBody {
-    currency: String,
+pub struct OpenRequest {
+    #[schema(schema_with = service_kit::openapi::currency_schema)]
+    pub currency: String,
+    /// In minor units; 0 or absent opens an empty account.
     #[serde(default)]
-    initial_deposit: Option<serde_json::Number>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000)]
+    pub initial_deposit: Option<serde_json::Number>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /accounts/{id}/deposits` and `/withdrawals`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AmountBody {
-    amount: serde_json::Number,
-    currency: String,
+pub struct AmountRequest {
+    /// In minor units, at most `MAX_AMOUNT_MINOR` (default 1,000,000,000).
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
+    pub amount: serde_json::Number,
+    #[schema(schema_with = service_kit::openapi::currency_schema)]
+    pub currency: String,
     /// Optional optimistic check: refuse with 409 unless the account is at this version.
     #[serde(default)]
-    expected_version: Option<i32>,
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub expected_version: Option<i32>,
 }
+
+/// An account after a command.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountReply {
+    pub id: Uuid,
+    /// The account's stream version after the command: read the views with `min_version` set to it.
+    pub version: i32,
+    pub owner: String,
+    #[schema(example = "EUR")]
+    pub currency: String,
+    #[schema(value_type = String, pattern = "^(open|closed)$")]
+    pub status: &'static str,
+    /// In minor units.
+    pub balance: i64,
+}
+
+/// One balance change, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentTransaction {
+    #[schema(value_type = String, pattern = "^(credit|debit)$")]
+    pub kind: &'static str,
+    /// The event type, e.g. `account.deposited`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[schema(value_type = Option<i64>)]
+    pub amount: Option<Value>,
+    #[schema(value_type = Option<String>)]
+    pub currency: Option<Value>,
+    #[schema(value_type = Option<i64>)]
+    pub balance_after: Option<Value>,
+    #[schema(value_type = Option<Uuid>)]
+    pub transfer_id: Option<Value>,
+    pub version: i32,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An account with its 20 newest transactions, from the event store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountDetail {
+    #[serde(flatten)]
+    pub account: AccountReply,
+    pub recent_transactions: Vec<RecentTransaction>,
+}
+
+/// Every error a command on an existing account can answer, beside the common ones.
+pub const COMMAND_ERRORS: &[ErrorCode] = &[
+    ErrorCode::MalformedJson,
+    ErrorCode::InvalidBody,
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidAmount,
+    ErrorCode::AmountTooLarge,
+    ErrorCode::InvalidCurrency,
+    ErrorCode::InvalidIdempotencyKey,
+    ErrorCode::Forbidden,
+    ErrorCode::AccountNotFound,
+    ErrorCode::VersionConflict,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::InsufficientFunds,
+    ErrorCode::AccountClosed,
+    ErrorCode::CurrencyMismatch,
+    ErrorCode::BalanceLimitExceeded,
+    ErrorCode::IdempotencyKeyReused,
+];
+
+/// The errors of `POST /accounts`, beside the common ones.
+pub const OPEN_ERRORS: &[ErrorCode] = &[
+    ErrorCode::MalformedJson,
+    ErrorCode::InvalidBody,
+    ErrorCode::InvalidAmount,
+    ErrorCode::AmountTooLarge,
+    ErrorCode::InvalidCurrency,
+    ErrorCode::InvalidIdempotencyKey,
+    ErrorCode::VersionConflict,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::IdempotencyKeyReused,
+];
+
+/// The errors of `POST /accounts/{id}/close`, beside the common ones.
+pub const CLOSE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidIdempotencyKey,
+    ErrorCode::Forbidden,
+    ErrorCode::AccountNotFound,
+    ErrorCode::VersionConflict,
+    ErrorCode::AccountClosed,
+    ErrorCode::BalanceNotZero,
+    ErrorCode::IdempotencyKeyReused,
+];
+
+/// The errors of `GET /accounts/{id}`, beside the common ones.
+pub const READ_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidId, ErrorCode::Forbidden, ErrorCode::AccountNotFound];
 
 fn account_json(id: Uuid, account: &Account, version: i32) -> Value {
-    json!({
-        "id": id,
-        "version": version,
-        "owner": account.owner,
-        "currency": account.currency_code(),
-        "status": account.status.as_str(),
-        "balance": account.balance,
-    })
+    json!(account_reply(id, account, version))
 }
 
-async fn open(State(state): State<AppState>, meta: CommandMeta, body: ApiJson<OpenBody>) -> Result<Response, ApiError> {
+fn account_reply(id: Uuid, account: &Account, version: i32) -> AccountReply {
+    AccountReply {
+        id,
+        version,
+        owner: account.owner.clone(),
+        currency: account.currency_code().to_owned(),
+        status: account.status.as_str(),
+        balance: account.balance,
+    }
+}
+
+/// Opens an account for the caller (201), optionally with a first deposit.
+#[utoipa::path(post, path = "/accounts", tag = "accounts",
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the request answer the first answer")),
+    request_body = OpenRequest,
+    responses((status = 201, description = "the account, opened", body = AccountReply)))]
+async fn open(
+    State(state): State<AppState>,
+    meta: CommandMeta,
+    body: ApiJson<OpenRequest>,
+) -> Result<Response, ApiError> {
     let currency = Currency::parse(&body.value.currency)?;
     let initial_deposit = match &body.value.initial_deposit {
         Some(n) if n.as_i64() == Some(0) => None,
@@ -74,20 +195,30 @@ fn actor(caller: &Caller) -> Actor {
     Actor { id: caller.subject.clone(), staff: caller.is_staff() }
 }
 
+/// Deposits into an account (its owner, or a teller or admin for anyone).
+#[utoipa::path(post, path = "/accounts/{id}/deposits", tag = "accounts",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AmountRequest,
+    responses((status = 200, description = "the account after the deposit", body = AccountReply)))]
 async fn deposit(
     State(state): State<AppState>,
     meta: CommandMeta,
     PathId(id): PathId,
-    body: ApiJson<AmountBody>,
+    body: ApiJson<AmountRequest>,
 ) -> Result<Response, ApiError> {
     amount_command(state, meta, id, body, |amount, by| AccountCommand::Deposit { amount, by }).await
 }
 
+/// Withdraws from an account (its owner only; never below zero).
+#[utoipa::path(post, path = "/accounts/{id}/withdrawals", tag = "accounts",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = AmountRequest,
+    responses((status = 200, description = "the account after the withdrawal", body = AccountReply)))]
 async fn withdraw(
     State(state): State<AppState>,
     meta: CommandMeta,
     PathId(id): PathId,
-    body: ApiJson<AmountBody>,
+    body: ApiJson<AmountRequest>,
 ) -> Result<Response, ApiError> {
     amount_command(state, meta, id, body, |amount, by| AccountCommand::Withdraw { amount, by }).await
 }
@@ -97,7 +228,7 @@ async fn amount_command(
     state: AppState,
     meta: CommandMeta,
     id: Uuid,
-    body: ApiJson<AmountBody>,
+    body: ApiJson<AmountRequest>,
     command: fn(Money, Actor) -> AccountCommand,
 ) -> Result<Response, ApiError> {
     let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
@@ -107,6 +238,10 @@ async fn amount_command(
     Ok(command_response(reply))
 }
 
+/// Closes an account (its owner only; at a zero balance). Takes no body.
+#[utoipa::path(post, path = "/accounts/{id}/close", tag = "accounts",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, description = "the account, closed", body = AccountReply)))]
 async fn close(State(state): State<AppState>, meta: CommandMeta, PathId(id): PathId) -> Result<Response, ApiError> {
     let command = AccountCommand::Close { by: actor(&meta.caller) };
     let ctx = meta.context(b"", None);
@@ -114,35 +249,38 @@ async fn close(State(state): State<AppState>, meta: CommandMeta, PathId(id): Pat
     Ok(command_response(reply))
 }
 
+#[utoipa::path(get, path = "/accounts/{id}", tag = "accounts",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "the account with its 20 newest transactions", body = AccountDetail)))]
 /// The command side's view of one account: its state from the event store (not the
 /// cache, which another instance may have overtaken) and its 20 newest transactions.
-async fn read(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<Value>, ApiError> {
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<AccountDetail>, ApiError> {
     let store = state.accounts.store();
     let loaded =
-        store.load::<Account>(id).await?.ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))?;
+        store.load::<Account>(id).await?.ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
     if !caller.may_read(&loaded.state.owner) {
-        return Err(ApiError::forbidden("this account belongs to someone else"));
+        return Err(ApiError::new(ErrorCode::Forbidden, "this account belongs to someone else"));
     }
     let recent = store.latest_of_types(id, BALANCE_EVENTS, 20).await?;
-    let transactions: Vec<Value> = recent
+    let recent_transactions = recent
         .iter()
-        .map(|e| {
-            json!({
-                "kind": match e.event_type.as_str() {
-                    "account.deposited" | "account.credited" | "account.refunded" => "credit",
-                    _ => "debit",
-                },
-                "type": e.event_type,
-                "amount": e.data.get("amount"),
-                "currency": e.data.get("currency"),
-                "balance_after": e.data.get("balance_after"),
-                "transfer_id": e.data.get("transfer_id"),
-                "version": e.version,
-                "recorded_at": e.recorded_at,
-            })
+        .map(|e| RecentTransaction {
+            kind: match e.event_type.as_str() {
+                "account.deposited" | "account.credited" | "account.refunded" => "credit",
+                _ => "debit",
+            },
+            event_type: e.event_type.clone(),
+            amount: e.data.get("amount").cloned(),
+            currency: e.data.get("currency").cloned(),
+            balance_after: e.data.get("balance_after").cloned(),
+            transfer_id: e.data.get("transfer_id").cloned(),
+            version: e.version,
+            recorded_at: e.recorded_at,
         })
         .collect();
-    let mut body = account_json(id, &loaded.state, loaded.version);
-    body["recent_transactions"] = Value::Array(transactions);
-    Ok(Json(body))
+    Ok(Json(AccountDetail { account: account_reply(id, &loaded.state, loaded.version), recent_transactions }))
 }

@@ -42,6 +42,9 @@ pub enum MoneyError {
 pub struct Currency([u8; 3]);
 
 impl Currency {
+    /// Every code the bank holds: the active ISO 4217 codes, sorted.
+    pub const CODES: &'static [&'static str] = ISO_4217;
+
     pub fn parse(code: &str) -> Result<Self, MoneyError> {
         match ISO_4217.binary_search(&code) {
             Ok(_) => {

@@ -4,17 +4,77 @@
 use crate::AppState;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
-use serde_json::{Value, json};
-use service_kit::ApiError;
+use serde::{Deserialize, Serialize};
 use service_kit::auth::Caller;
-use service_kit::extract::{PathId, Wait, query_integer};
-use std::collections::HashMap;
+use service_kit::extract::{ApiQuery, MAX_VERSION, PathId, Wait, in_range};
+use service_kit::{ApiError, ErrorCode};
 use std::future::Future;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+/// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(list_accounts, account, transactions, transfer))]
+pub struct Api;
+
+/// `min_version` and `wait_ms` of a waiting read.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Answer once the view is at this version or later (the `version` a command answered).
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub min_version: Option<i64>,
+    /// How long to wait for `min_version`, in ms; capped by `QUERY_MAX_WAIT_MS` and always
+    /// ending before the request timeout, in 200 or 409 `view_out_of_date`. An id not in the
+    /// views yet waits too (its creation may be on its way) and ends in 409 with version 0.
+    #[param(minimum = 0)]
+    pub wait_ms: Option<i64>,
+}
+
+/// `GET /accounts/{id}/transactions`: a page, and the wait.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TransactionsQuery {
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub min_version: Option<i64>,
+    #[param(minimum = 0)]
+    pub wait_ms: Option<i64>,
+    /// Items per page (0 counts as 1; default 50).
+    #[param(minimum = 0, maximum = 200)]
+    pub limit: Option<i64>,
+    /// The cursor: `next_before_version` of the previous page.
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub before_version: Option<i64>,
+}
+
+/// `GET /accounts`: whose accounts.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccountsQuery {
+    /// Tellers and admins may name any owner; a customer only themselves (default: the caller).
+    pub owner: Option<String>,
+}
+
+/// The errors of the waiting reads of one account or transfer, beside the common ones.
+pub const ACCOUNT_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidQuery,
+    ErrorCode::Forbidden,
+    ErrorCode::AccountNotFound,
+    ErrorCode::ViewOutOfDate,
+];
+pub const TRANSFER_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidQuery,
+    ErrorCode::Forbidden,
+    ErrorCode::TransferNotFound,
+    ErrorCode::ViewOutOfDate,
+];
+pub const LIST_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery, ErrorCode::Forbidden];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -24,10 +84,8 @@ pub fn routes() -> Router<AppState> {
         .route("/transfers/{id}", get(transfer))
 }
 
-type Params = Query<HashMap<String, String>>;
-
 fn out_of_date(current: i64, wanted: i64) -> ApiError {
-    ApiError::conflict("view_out_of_date", "the view has not reached the wanted version yet; retry later")
+    ApiError::new(ErrorCode::ViewOutOfDate, "the view has not reached the wanted version yet; retry later")
         .with_detail("current_version", current)
         .with_detail("wanted_version", wanted)
         .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
@@ -36,7 +94,7 @@ fn out_of_date(current: i64, wanted: i64) -> ApiError {
 fn fault(e: sqlx::Error) -> ApiError {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            ApiError::unavailable("unavailable", "the database is busy or unreachable; retry")
+            ApiError::new(ErrorCode::Unavailable, "the database is busy or unreachable; retry")
         }
         other => ApiError::internal(other),
     }
@@ -73,8 +131,9 @@ impl AppState {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct AccountRow {
+/// An account as the views have it.
+#[derive(Debug, sqlx::FromRow, Serialize, ToSchema)]
+pub struct AccountRow {
     id: Uuid,
     owner: String,
     currency: String,
@@ -85,18 +144,9 @@ struct AccountRow {
     updated_at: DateTime<Utc>,
 }
 
-impl AccountRow {
-    fn json(&self) -> Value {
-        json!({
-            "id": self.id, "owner": self.owner, "currency": self.currency, "status": self.status,
-            "balance": self.balance, "version": self.version,
-            "opened_at": self.opened_at, "updated_at": self.updated_at,
-        })
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct TransactionRow {
+/// One balance change of an account.
+#[derive(Debug, sqlx::FromRow, Serialize, ToSchema)]
+pub struct TransactionRow {
     version: i32,
     kind: String,
     amount: i64,
@@ -105,16 +155,6 @@ struct TransactionRow {
     transfer_id: Option<Uuid>,
     counterparty: Option<Uuid>,
     recorded_at: DateTime<Utc>,
-}
-
-impl TransactionRow {
-    fn json(&self) -> Value {
-        json!({
-            "version": self.version, "kind": self.kind, "amount": self.amount, "currency": self.currency,
-            "balance_after": self.balance_after, "transfer_id": self.transfer_id,
-            "counterparty": self.counterparty, "recorded_at": self.recorded_at,
-        })
-    }
 }
 
 const ACCOUNT: &str = "select id, owner, currency, status, balance, version, opened_at, updated_at from views.accounts";
@@ -153,13 +193,13 @@ fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '
         if caller.may_read(&row.owner) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("this account belongs to someone else"))
+            Err(ApiError::new(ErrorCode::Forbidden, "this account belongs to someone else"))
         }
     }
 }
 
 fn account_not_found() -> ApiError {
-    ApiError::not_found("account_not_found", "no such account")
+    ApiError::new(ErrorCode::AccountNotFound, "no such account")
 }
 
 /// An account row with one of its newest transactions (none: the columns are null).
@@ -222,35 +262,39 @@ async fn load_account_with_recent(
     }))
 }
 
-/// `GET /accounts/{id}`: the account with its 20 newest transactions.
+/// The account with its 20 newest transactions.
+#[utoipa::path(get, path = "/accounts/{id}", tag = "accounts",
+    params(("id" = Uuid, Path), WaitQuery),
+    responses((status = 200, description = "the account", body = AccountDetail)))]
 async fn account(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    Query(params): Params,
-) -> Result<Json<Value>, ApiError> {
-    let wait = Wait::parse(&params, state.max_wait)?;
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<AccountDetail>, ApiError> {
+    let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
     let pool = &state.kit.pool;
     let allowed = owned_by(&caller);
     let (row, recent) = state
         .at_version(id, wait, || load_account_with_recent(pool, id), |(row, _)| allowed(row))
         .await?
         .ok_or_else(account_not_found)?;
-    let mut body = row.json();
-    body["recent_transactions"] = Value::Array(recent.iter().map(TransactionRow::json).collect());
-    Ok(Json(body))
+    Ok(Json(AccountDetail { account: row, recent_transactions: recent }))
 }
 
-/// `GET /accounts/{id}/transactions?limit=&before_version=`: newest first, cursor-paged.
+/// An account's transactions, newest first, cursor-paged.
+#[utoipa::path(get, path = "/accounts/{id}/transactions", tag = "accounts",
+    params(("id" = Uuid, Path), TransactionsQuery),
+    responses((status = 200, description = "a page of transactions", body = TransactionPage)))]
 async fn transactions(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    Query(params): Params,
-) -> Result<Json<Value>, ApiError> {
-    let wait = Wait::parse(&params, state.max_wait)?;
-    let limit = query_integer(&params, "limit", 200)?.unwrap_or(50).max(1);
-    let before = query_integer(&params, "before_version", i64::from(i32::MAX))?;
+    ApiQuery(query): ApiQuery<TransactionsQuery>,
+) -> Result<Json<TransactionPage>, ApiError> {
+    let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
+    let limit = in_range("limit", query.limit, 200)?.unwrap_or(50).max(1);
+    let before = in_range("before_version", query.before_version, MAX_VERSION)?;
     let pool = &state.kit.pool;
     let row = state
         .at_version(id, wait, || load_account(pool, id), owned_by(&caller))
@@ -262,23 +306,21 @@ async fn transactions(
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let next = if more { items.last().map(|t| t.version) } else { None };
-    Ok(Json(json!({
-        "account_id": id,
-        "version": row.version,
-        "items": items.iter().map(TransactionRow::json).collect::<Vec<_>>(),
-        "next_before_version": next,
-    })))
+    Ok(Json(TransactionPage { account_id: id, version: row.version, items, next_before_version: next }))
 }
 
-/// `GET /accounts?owner=`: the caller's accounts (tellers and admins: anyone's).
+/// The caller's accounts (tellers and admins: anyone's), at most 1,000.
+#[utoipa::path(get, path = "/accounts", tag = "accounts",
+    params(AccountsQuery),
+    responses((status = 200, description = "the accounts", body = AccountList)))]
 async fn list_accounts(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Params,
-) -> Result<Json<Value>, ApiError> {
-    let owner = params.get("owner").cloned().unwrap_or_else(|| caller.subject.clone());
+    ApiQuery(query): ApiQuery<AccountsQuery>,
+) -> Result<Json<AccountList>, ApiError> {
+    let owner = query.owner.unwrap_or_else(|| caller.subject.clone());
     if !caller.may_read(&owner) {
-        return Err(ApiError::forbidden("these accounts belong to someone else"));
+        return Err(ApiError::new(ErrorCode::Forbidden, "these accounts belong to someone else"));
     }
     let rows: Vec<AccountRow> =
         sqlx::query_as(&format!("{ACCOUNT} where owner = $1 order by opened_at, id limit 1000"))
@@ -286,16 +328,20 @@ async fn list_accounts(
             .fetch_all(&state.kit.pool)
             .await
             .map_err(fault)?;
-    Ok(Json(json!({ "owner": owner, "items": rows.iter().map(AccountRow::json).collect::<Vec<_>>() })))
+    Ok(Json(AccountList { owner, items: rows }))
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct TransferRow {
+/// A transfer as the views have it.
+#[derive(Debug, sqlx::FromRow, Serialize, ToSchema)]
+pub struct TransferRow {
     id: Uuid,
+    #[serde(rename = "from")]
     from_account: Uuid,
+    #[serde(rename = "to")]
     to_account: Uuid,
     amount: i64,
     currency: String,
+    #[schema(pattern = "^(initiated|debited|refunding|completed|failed)$")]
     state: String,
     failure_reason: Option<String>,
     initiated_by: String,
@@ -304,14 +350,17 @@ struct TransferRow {
     updated_at: DateTime<Utc>,
 }
 
-/// `GET /transfers/{id}` (its initiator, tellers and admins).
+/// A transfer (its initiator, tellers and admins).
+#[utoipa::path(get, path = "/transfers/{id}", tag = "transfers",
+    params(("id" = Uuid, Path), WaitQuery),
+    responses((status = 200, description = "the transfer", body = TransferRow)))]
 async fn transfer(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    Query(params): Params,
-) -> Result<Json<Value>, ApiError> {
-    let wait = Wait::parse(&params, state.max_wait)?;
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<TransferRow>, ApiError> {
+    let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
     let pool = &state.kit.pool;
     let load = || async move {
         let row: Option<TransferRow> = sqlx::query_as(
@@ -331,16 +380,38 @@ async fn transfer(
         if caller.may_read(&row.initiated_by) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("this transfer belongs to someone else"))
+            Err(ApiError::new(ErrorCode::Forbidden, "this transfer belongs to someone else"))
         }
     };
     let t = state
         .at_version(id, wait, load, check)
         .await?
-        .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
-    Ok(Json(json!({
-        "id": t.id, "version": t.version, "from": t.from_account, "to": t.to_account, "amount": t.amount,
-        "currency": t.currency, "state": t.state, "failure_reason": t.failure_reason,
-        "initiated_by": t.initiated_by, "created_at": t.created_at, "updated_at": t.updated_at,
-    })))
+        .ok_or_else(|| ApiError::new(ErrorCode::TransferNotFound, "no such transfer"))?;
+    Ok(Json(t))
+}
+
+/// An account with its newest transactions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountDetail {
+    #[serde(flatten)]
+    pub account: AccountRow,
+    pub recent_transactions: Vec<TransactionRow>,
+}
+
+/// A page of an account's transactions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransactionPage {
+    pub account_id: Uuid,
+    /// The account's version the page was read at.
+    pub version: i32,
+    pub items: Vec<TransactionRow>,
+    /// The cursor of the next page (`before_version`); null on the last.
+    pub next_before_version: Option<i32>,
+}
+
+/// Someone's accounts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountList {
+    pub owner: String,
+    pub items: Vec<AccountRow>,
 }

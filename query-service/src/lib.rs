@@ -67,7 +67,7 @@ impl AppState {
             kit,
             verifier: Arc::new(JwtVerifier::from_args(&config.service.auth)?),
             waiters,
-            max_wait: Duration::from_millis(config.max_wait_ms),
+            max_wait: config.service.http.wait_budget(config.max_wait_ms),
         })
     }
 

@@ -2,7 +2,7 @@
 //! key), with claims `sub`, `role` and `exp`.
 
 use crate::config::AuthArgs;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use axum::extract::{FromRef, FromRequestParts};
 use http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
@@ -96,7 +96,7 @@ impl JwtVerifier {
 
     /// Verifies a compact JWT and returns its caller.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
-        let invalid = || ApiError::unauthorized("invalid_token", "the bearer token is not valid");
+        let invalid = || ApiError::new(ErrorCode::InvalidToken, "the bearer token is not valid");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
@@ -108,7 +108,7 @@ impl JwtVerifier {
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => ApiError::unauthorized("token_expired", "the bearer token has expired"),
+            ErrorKind::ExpiredSignature => ApiError::new(ErrorCode::TokenExpired, "the bearer token has expired"),
             _ => invalid(),
         })?;
         if data.claims.sub.trim().is_empty() {
@@ -140,14 +140,14 @@ where
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "an Authorization: Bearer token is required"))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::MissingToken, "an Authorization: Bearer token is required"))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| {
-                ApiError::unauthorized("invalid_token", "the Authorization header must be `Bearer <token>`")
+                ApiError::new(ErrorCode::InvalidToken, "the Authorization header must be `Bearer <token>`")
             })?;
         let caller = Arc::<JwtVerifier>::from_ref(state).verify(token)?;
         tracing::Span::current().record("actor", caller.subject.as_str());

@@ -67,6 +67,17 @@ pub struct HttpArgs {
     pub body_limit_bytes: usize,
 }
 
+impl HttpArgs {
+    /// The longest a waiting read (`wait_ms`) may wait: the service's own maximum, but
+    /// always ending before the request timeout (by a fifth of it, at most a second),
+    /// so that a wait ends in its own answer (200 or 409), never in 503 `timeout`.
+    pub fn wait_budget(&self, max_wait_ms: u64) -> std::time::Duration {
+        let timeout = std::time::Duration::from_millis(self.request_timeout_ms);
+        let margin = (timeout / 5).min(std::time::Duration::from_secs(1));
+        std::time::Duration::from_millis(max_wait_ms).min(timeout.saturating_sub(margin))
+    }
+}
+
 impl Default for HttpArgs {
     fn default() -> Self {
         HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024 }
@@ -127,5 +138,23 @@ impl CommandArgs {
             append_writers: self.append_writers,
             append_batch_max: self.append_batch_max,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_wait_always_ends_before_the_request_timeout() {
+        let http = |ms| HttpArgs { request_timeout_ms: ms, ..HttpArgs::default() };
+        // the defaults: 10 s of each; the wait ends a second before the timeout
+        assert_eq!(http(10_000).wait_budget(10_000), Duration::from_millis(9_000));
+        // a short timeout keeps a fifth of itself
+        assert_eq!(http(500).wait_budget(10_000), Duration::from_millis(400));
+        // a small maximum wait is kept as it is
+        assert_eq!(http(10_000).wait_budget(200), Duration::from_millis(200));
+        assert_eq!(http(0).wait_budget(10_000), Duration::ZERO);
     }
 }

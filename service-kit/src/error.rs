@@ -6,55 +6,117 @@
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
+use bank_domain::account::AccountError;
+use bank_domain::transfer::TransferError;
 use eventstore::{ExecuteError, StoreError};
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::{Map, Value, json};
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// An error answer: status, stable code, message, optional details and headers.
+/// Declares [`ErrorCode`]: each code's variant, its string, its HTTP status and what it
+/// means, in one place. The OpenAPI documents, the README's table and the answers are
+/// all derived from it, so they cannot drift apart.
+macro_rules! error_codes {
+    ($($variant:ident = ($code:literal, $status:ident, $meaning:literal),)*) => {
+        /// Every error code a service answers.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(#[doc = $meaning] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the table.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The stable, machine-readable string clients branch on.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status this code is always answered with.
+            pub const fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status,)* }
+            }
+
+            /// What the code means, for people.
+            pub const fn meaning(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $meaning,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    MalformedJson = ("malformed_json", BAD_REQUEST, "the body is missing or not JSON"),
+    InvalidBody = ("invalid_body", BAD_REQUEST, "the JSON body has the wrong shape: a missing, unknown or mistyped field"),
+    InvalidId = ("invalid_id", BAD_REQUEST, "an id in the path is not a UUID"),
+    InvalidQuery = ("invalid_query", BAD_REQUEST, "a query parameter is malformed or out of range"),
+    InvalidAmount = ("invalid_amount", BAD_REQUEST, "the amount is not a positive whole number of minor units"),
+    AmountTooLarge = ("amount_too_large", BAD_REQUEST, "the amount is above MAX_AMOUNT_MINOR"),
+    InvalidCurrency = ("invalid_currency", BAD_REQUEST, "the currency is not one the bank holds"),
+    InvalidIdempotencyKey = ("invalid_idempotency_key", BAD_REQUEST, "Idempotency-Key is not 1 to 255 visible ASCII characters"),
+    MissingToken = ("missing_token", UNAUTHORIZED, "no Authorization: Bearer token"),
+    InvalidToken = ("invalid_token", UNAUTHORIZED, "the token is malformed, badly signed or lacks a claim"),
+    TokenExpired = ("token_expired", UNAUTHORIZED, "the token has expired"),
+    Forbidden = ("forbidden", FORBIDDEN, "the caller may not act on or read this resource"),
+    NotFound = ("not_found", NOT_FOUND, "no such route"),
+    AccountNotFound = ("account_not_found", NOT_FOUND, "no such account"),
+    TransferNotFound = ("transfer_not_found", NOT_FOUND, "no such transfer"),
+    MethodNotAllowed = ("method_not_allowed", METHOD_NOT_ALLOWED, "the route does not take this method"),
+    AlreadyExists = ("already_exists", CONFLICT, "the resource exists already"),
+    VersionConflict = ("version_conflict", CONFLICT, "expected_version does not match, or the stream kept changing concurrently; retry"),
+    ViewOutOfDate = ("view_out_of_date", CONFLICT, "the view has not reached min_version within wait_ms; retry after Retry-After"),
+    VersionNotReached = ("version_not_reached", CONFLICT, "the transfer has not reached min_version within wait_ms; retry after Retry-After"),
+    TransferNotReady = ("transfer_not_ready", CONFLICT, "a saga step arrived before the step it follows"),
+    PayloadTooLarge = ("payload_too_large", PAYLOAD_TOO_LARGE, "the body is larger than BODY_LIMIT_BYTES"),
+    UnsupportedMediaType = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "the body is not application/json"),
+    InsufficientFunds = ("insufficient_funds", UNPROCESSABLE_ENTITY, "the balance does not cover the withdrawal"),
+    AccountClosed = ("account_closed", UNPROCESSABLE_ENTITY, "the account is closed"),
+    CurrencyMismatch = ("currency_mismatch", UNPROCESSABLE_ENTITY, "the account holds another currency"),
+    BalanceNotZero = ("balance_not_zero", UNPROCESSABLE_ENTITY, "an account closes only at a zero balance"),
+    BalanceLimitExceeded = ("balance_limit_exceeded", UNPROCESSABLE_ENTITY, "the balance would pass the largest amount an account holds"),
+    SameAccount = ("same_account", UNPROCESSABLE_ENTITY, "a transfer needs two different accounts"),
+    IdempotencyKeyReused = ("idempotency_key_reused", UNPROCESSABLE_ENTITY, "this Idempotency-Key was used for a different request"),
+    Internal = ("internal", INTERNAL_SERVER_ERROR, "a fault of ours; it was logged, the answer says nothing of it"),
+    Unavailable = ("unavailable", SERVICE_UNAVAILABLE, "the database is busy or unreachable; retry"),
+    NotReady = ("not_ready", SERVICE_UNAVAILABLE, "a dependency of the service is unavailable"),
+    Timeout = ("timeout", SERVICE_UNAVAILABLE, "the request ran past REQUEST_TIMEOUT_MS; retry a command with the same Idempotency-Key"),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error answer: a code (which fixes the status), a message, optional details and
+/// headers.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Map<String, Value>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Map::new(), headers: Vec::new() }
+    /// The answer with `code`: 401s carry `WWW-Authenticate: Bearer`, 503s `Retry-After: 1`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let error = ApiError { code, message: message.into(), details: Map::new(), headers: Vec::new() };
+        match code.status() {
+            StatusCode::UNAUTHORIZED => {
+                error.with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                error.with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
+            _ => error,
+        }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, message)
-            .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
-    }
-
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    }
-
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     /// A fault of ours: the cause is logged, the client learns nothing of it.
@@ -62,7 +124,7 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         let at = std::panic::Location::caller();
         tracing::error!(error = %cause, at = %at, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it was logged")
+        Self::new(ErrorCode::Internal, "internal error; it was logged")
     }
 
     pub fn with_detail(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -78,7 +140,7 @@ impl ApiError {
     /// The JSON body of this error.
     pub fn body(&self) -> Value {
         let mut error = Map::new();
-        error.insert("code".into(), json!(self.code));
+        error.insert("code".into(), json!(self.code.as_str()));
         error.insert("message".into(), json!(self.message));
         for (k, v) in &self.details {
             error.insert(k.clone(), v.clone());
@@ -89,7 +151,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(f, "{} {}: {}", self.status().as_u16(), self.code, self.message)
     }
 }
 
@@ -97,7 +159,7 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(self.body())).into_response();
+        let mut response = (self.status(), Json(self.body())).into_response();
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
         }
@@ -110,12 +172,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { .. } => {
-                ApiError::conflict("version_conflict", "the stream was changed concurrently; retry")
+                ApiError::new(ErrorCode::VersionConflict, "the stream was changed concurrently; retry")
             }
             StoreError::Database(sqlx::Error::PoolTimedOut) | StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "database unavailable");
-                ApiError::unavailable(
-                    "unavailable",
+                ApiError::new(
+                    ErrorCode::Unavailable,
                     "the service is overloaded or its database is unreachable; retry shortly",
                 )
             }
@@ -129,17 +191,18 @@ impl<E: Into<ApiError>> From<ExecuteError<E>> for ApiError {
     fn from(e: ExecuteError<E>) -> Self {
         match e {
             ExecuteError::Domain(e) => e.into(),
-            ExecuteError::VersionMismatch { current, expected } => {
-                ApiError::conflict("version_conflict", format!("expected version {expected}, but it is at {current}"))
-                    .with_detail("current_version", current)
-                    .with_detail("expected_version", expected)
-            }
-            ExecuteError::Conflict { attempts } => ApiError::conflict(
-                "version_conflict",
+            ExecuteError::VersionMismatch { current, expected } => ApiError::new(
+                ErrorCode::VersionConflict,
+                format!("expected version {expected}, but it is at {current}"),
+            )
+            .with_detail("current_version", current)
+            .with_detail("expected_version", expected),
+            ExecuteError::Conflict { attempts } => ApiError::new(
+                ErrorCode::VersionConflict,
                 format!("the stream kept changing concurrently ({attempts} attempts); retry"),
             ),
-            ExecuteError::IdempotencyMismatch => ApiError::unprocessable(
-                "idempotency_key_reused",
+            ExecuteError::IdempotencyMismatch => ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was already used for a different request",
             ),
             ExecuteError::Store(e) => e.into(),
@@ -152,47 +215,45 @@ impl From<bank_domain::MoneyError> for ApiError {
     fn from(e: bank_domain::MoneyError) -> Self {
         use bank_domain::MoneyError as M;
         let code = match e {
-            M::NotPositive | M::NotInteger => "invalid_amount",
-            M::TooLarge { .. } => "amount_too_large",
-            M::UnknownCurrency => "invalid_currency",
-            M::Overflow => return ApiError::unprocessable("balance_limit_exceeded", e.to_string()),
+            M::NotPositive | M::NotInteger => ErrorCode::InvalidAmount,
+            M::TooLarge { .. } => ErrorCode::AmountTooLarge,
+            M::UnknownCurrency => ErrorCode::InvalidCurrency,
+            M::Overflow => ErrorCode::BalanceLimitExceeded,
         };
-        ApiError::bad_request(code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
-impl From<bank_domain::account::AccountError> for ApiError {
-    fn from(e: bank_domain::account::AccountError) -> Self {
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
         let message = e.to_string();
         match e {
-            bank_domain::account::AccountError::NotFound => ApiError::not_found("account_not_found", message),
-            bank_domain::account::AccountError::NotOwner => ApiError::forbidden(message),
-            bank_domain::account::AccountError::AlreadyOpened => ApiError::conflict("already_exists", message),
-            bank_domain::account::AccountError::Closed => ApiError::unprocessable("account_closed", message),
-            bank_domain::account::AccountError::CurrencyMismatch { account, .. } => {
-                ApiError::unprocessable("currency_mismatch", message).with_detail("account_currency", account.as_str())
+            AccountError::NotFound => ApiError::new(ErrorCode::AccountNotFound, message),
+            AccountError::NotOwner => ApiError::new(ErrorCode::Forbidden, message),
+            AccountError::AlreadyOpened => ApiError::new(ErrorCode::AlreadyExists, message),
+            AccountError::Closed => ApiError::new(ErrorCode::AccountClosed, message),
+            AccountError::CurrencyMismatch { account, .. } => {
+                ApiError::new(ErrorCode::CurrencyMismatch, message).with_detail("account_currency", account.as_str())
             }
-            bank_domain::account::AccountError::InsufficientFunds { balance, .. } => {
-                ApiError::unprocessable("insufficient_funds", message).with_detail("balance", balance)
+            AccountError::InsufficientFunds { balance, .. } => {
+                ApiError::new(ErrorCode::InsufficientFunds, message).with_detail("balance", balance)
             }
-            bank_domain::account::AccountError::BalanceNotZero { balance } => {
-                ApiError::unprocessable("balance_not_zero", message).with_detail("balance", balance)
+            AccountError::BalanceNotZero { balance } => {
+                ApiError::new(ErrorCode::BalanceNotZero, message).with_detail("balance", balance)
             }
-            bank_domain::account::AccountError::BalanceLimit => {
-                ApiError::unprocessable("balance_limit_exceeded", message)
-            }
+            AccountError::BalanceLimit => ApiError::new(ErrorCode::BalanceLimitExceeded, message),
         }
     }
 }
 
-impl From<bank_domain::transfer::TransferError> for ApiError {
-    fn from(e: bank_domain::transfer::TransferError) -> Self {
+impl From<TransferError> for ApiError {
+    fn from(e: TransferError) -> Self {
         let message = e.to_string();
         match e {
-            bank_domain::transfer::TransferError::AlreadyExists => ApiError::conflict("already_exists", message),
-            bank_domain::transfer::TransferError::SameAccount => ApiError::unprocessable("same_account", message),
-            bank_domain::transfer::TransferError::NotFound => ApiError::not_found("transfer_not_found", message),
-            bank_domain::transfer::TransferError::NotYet { .. } => ApiError::conflict("transfer_not_ready", message),
+            TransferError::AlreadyExists => ApiError::new(ErrorCode::AlreadyExists, message),
+            TransferError::SameAccount => ApiError::new(ErrorCode::SameAccount, message),
+            TransferError::NotFound => ApiError::new(ErrorCode::TransferNotFound, message),
+            TransferError::NotYet { .. } => ApiError::new(ErrorCode::TransferNotReady, message),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! same error shape: the JSON body, and the metadata a command needs.
 
 use crate::auth::{Caller, JwtVerifier};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
 use eventstore::{CommandContext, EventMetadata, IdempotencyRequest};
@@ -38,18 +38,14 @@ where
             let ct = content_type.to_str().unwrap_or("").to_ascii_lowercase();
             let essence = ct.split(';').next().unwrap_or("").trim();
             if essence != "application/json" && !essence.ends_with("+json") {
-                return Err(ApiError::new(
-                    http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "the body must be application/json",
-                ));
+                return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "the body must be application/json"));
             }
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(http::StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is too large")
+                ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large")
             } else {
-                ApiError::bad_request("malformed_json", "the body could not be read")
+                ApiError::new(ErrorCode::MalformedJson, "the body could not be read")
             }
         })?;
         parse_json_body(&bytes)
@@ -59,16 +55,16 @@ where
 /// Parses a body the way [`ApiJson`] does.
 pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("malformed_json", "a JSON body is required"));
+        return Err(ApiError::new(ErrorCode::MalformedJson, "a JSON body is required"));
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("the body is not valid JSON: {e}")))?;
     // serde would read a struct from an array too (`[5, "EUR"]`); the contract is an object
     if !value.is_object() {
-        return Err(ApiError::bad_request("invalid_body", "the body must be a JSON object"));
+        return Err(ApiError::new(ErrorCode::InvalidBody, "the body must be a JSON object"));
     }
     let canonical = serde_json::to_vec(&value).map_err(ApiError::internal)?;
-    let value = serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let value = serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
     Ok(ApiJson { value, canonical })
 }
 
@@ -136,8 +132,8 @@ where
                     .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
                 Some(
                     key.ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_idempotency_key",
+                        ApiError::new(
+                            ErrorCode::InvalidIdempotencyKey,
                             "Idempotency-Key must be 1 to 255 visible ASCII characters",
                         )
                     })?
@@ -169,7 +165,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::bad_request("invalid_id", "the id in the path is not valid"))?;
+            .map_err(|_| ApiError::new(ErrorCode::InvalidId, "the id in the path is not valid"))?;
         parse_id(&raw).map(PathId)
     }
 }
@@ -177,7 +173,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
 /// Parses an id: 400 `invalid_id` rather than a bare 404.
 pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(raw)
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("`{}` is not a valid id", truncate(raw, 64))))
+        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("`{}` is not a valid id", truncate(raw, 64))))
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -187,24 +183,39 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// An integer query parameter from 0 to `max`; 400 `invalid_query` otherwise.
-pub fn query_integer(
-    params: &std::collections::HashMap<String, String>,
-    name: &str,
-    max: i64,
-) -> Result<Option<i64>, ApiError> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (0..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::bad_request("invalid_query", format!("{name} must be an integer from 0 to {max}"))
-                .with_detail("parameter", name)),
-        },
+/// Query parameters, deserialized into `T`: a malformed or mistyped one is 400
+/// `invalid_query` in the JSON error shape (axum's own rejection is plain text).
+#[derive(Debug, Clone)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
+        Ok(ApiQuery(value))
     }
 }
 
+/// Checks that a query parameter lies in `0..=max`: 400 `invalid_query` otherwise.
+pub fn in_range(name: &str, value: Option<i64>, max: i64) -> Result<Option<i64>, ApiError> {
+    match value {
+        Some(n) if !(0..=max).contains(&n) => {
+            Err(ApiError::new(ErrorCode::InvalidQuery, format!("{name} must be an integer from 0 to {max}"))
+                .with_detail("parameter", name))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The largest version a stream reaches (versions are `int4` in the store).
+pub const MAX_VERSION: i64 = i32::MAX as i64;
+
 /// `min_version` and `wait_ms` of a read: answer once the stream is at `min_version`,
-/// waiting up to `wait` (`wait_ms` capped by the service's maximum).
+/// waiting up to `wait` (`wait_ms` capped by the service's wait budget, which always
+/// ends before the request timeout).
 #[derive(Debug, Clone, Copy)]
 pub struct Wait {
     pub min_version: Option<i64>,
@@ -212,12 +223,13 @@ pub struct Wait {
 }
 
 impl Wait {
-    pub fn parse(
-        params: &std::collections::HashMap<String, String>,
+    pub fn new(
+        min_version: Option<i64>,
+        wait_ms: Option<i64>,
         max_wait: std::time::Duration,
     ) -> Result<Wait, ApiError> {
-        let min_version = query_integer(params, "min_version", i64::from(i32::MAX))?;
-        let wait_ms = query_integer(params, "wait_ms", i64::MAX)?.unwrap_or(0) as u64;
+        let min_version = in_range("min_version", min_version, MAX_VERSION)?;
+        let wait_ms = in_range("wait_ms", wait_ms, i64::MAX)?.unwrap_or(0).unsigned_abs();
         Ok(Wait { min_version, wait: std::time::Duration::from_millis(wait_ms).min(max_wait) })
     }
 }

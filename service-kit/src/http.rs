@@ -5,7 +5,7 @@
 //! trace span (request id, method, path) → catch-panic (opaque JSON 500) → timeout
 //! (JSON 503 `timeout`) → body-size limit; per matched route, the metrics.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::extract::REQUEST_ID;
 use crate::metrics::{self, HttpMetrics};
 use axum::extract::{Request, State};
@@ -97,7 +97,7 @@ pub fn app(routes: Router, kit: Kit) -> Router {
         .layer(mw::from_fn(move |req: Request, next: Next| with_timeout(timeout, timeouts.clone(), req, next)))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
             tracing::error!("request handler panicked");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it was logged").into_response()
+            ApiError::new(ErrorCode::Internal, "internal error; it was logged").into_response()
         }))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -117,8 +117,8 @@ async fn with_timeout(timeout: Duration, timeouts: prometheus::IntCounter, req: 
         Ok(response) => response,
         Err(_) => {
             timeouts.inc();
-            ApiError::unavailable(
-                "timeout",
+            ApiError::new(
+                ErrorCode::Timeout,
                 "the request took too long; if it was a command, retry it with the same Idempotency-Key",
             )
             .into_response()
@@ -127,11 +127,11 @@ async fn with_timeout(timeout: Duration, timeouts: prometheus::IntCounter, req: 
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(ErrorCode::MethodNotAllowed, "this route does not take that method")
 }
 
 async fn health(State(kit): State<Kit>) -> Json<Value> {
@@ -152,7 +152,7 @@ async fn ready(State(kit): State<Kit>) -> Response {
     if all {
         Json(json!({"status": "ready", "checks": checks})).into_response()
     } else {
-        ApiError::unavailable("not_ready", "a dependency is unavailable").with_detail("checks", checks).into_response()
+        ApiError::new(ErrorCode::NotReady, "a dependency is unavailable").with_detail("checks", checks).into_response()
     }
 }
 

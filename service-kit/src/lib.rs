@@ -25,4 +25,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 
-pub use error::{ApiError, Result};
+pub use error::{ApiError, ErrorCode, Result};

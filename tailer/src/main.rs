@@ -62,12 +62,7 @@ async fn main() -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     let metrics = TailerMetrics::register(&registry)?;
-    let openapi = service_kit::openapi::document(
-        "tailer",
-        "Publishes the event store's log to the rapids.",
-        serde_json::json!({}),
-        serde_json::json!({}),
-    );
+    let openapi = service_kit::openapi::operational_only("tailer", "Publishes the event store's log to the rapids.");
     let kit =
         Kit::new("tailer", pool.clone(), registry, openapi, &config.http)?.with_check("kinesis", rapids.readiness());
     let shutdown = service_kit::shutdown::on_signals();

@@ -1,53 +1,136 @@
 //! The transfer routes: create (validated against the event store's accounts), read.
 
 use crate::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bank_domain::account::{Account, AccountStatus};
 use bank_domain::transfer::{MoneyTransfer, TransferCommand, TransferError};
 use bank_domain::{Aggregate, Money};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use service_kit::ApiError;
 use service_kit::auth::Caller;
-use service_kit::extract::{ApiJson, CommandMeta, PathId, Wait, parse_id};
+use service_kit::extract::{ApiJson, ApiQuery, CommandMeta, PathId, Wait, parse_id};
 use service_kit::http::command_response;
-use std::collections::HashMap;
+use service_kit::{ApiError, ErrorCode};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/transfers", post(create)).route("/transfers/{id}", get(read))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /transfers`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
-    from: String,
-    to: String,
-    amount: serde_json::Number,
-    currency: String,
+pub struct CreateTransferRequest {
+    /// The source account: the caller's own.
+    #[schema(value_type = Uuid)]
+    pub from: String,
+    /// The target account.
+    #[schema(value_type = Uuid)]
+    pub to: String,
+    /// In minor units, at most `MAX_AMOUNT_MINOR` (default 1,000,000,000).
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
+    pub amount: serde_json::Number,
+    #[schema(schema_with = service_kit::openapi::currency_schema)]
+    pub currency: String,
+}
+
+/// A transfer as the event store has it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferReply {
+    pub id: Uuid,
+    /// The transfer's stream version: 1 when initiated; wait for later ones with `min_version`.
+    pub version: i32,
+    pub from: Uuid,
+    pub to: Uuid,
+    /// In minor units.
+    pub amount: i64,
+    pub currency: Option<String>,
+    #[schema(value_type = String, pattern = "^(initiated|debited|refunding|completed|failed)$")]
+    pub state: &'static str,
+    pub initiated_by: String,
+    /// Why a failed transfer failed (e.g. `insufficient_funds`).
+    pub failure_reason: Option<String>,
+}
+
+/// `GET /transfers/{id}`: wait for a version.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Answer once the transfer is at this version or later (see `wait_ms`).
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub min_version: Option<i64>,
+    /// How long to wait for `min_version`, in ms; capped by `TRANSFER_MAX_WAIT_MS` and always
+    /// ending before the request timeout, in 200 or 409 `version_not_reached`. An unknown id
+    /// waits too (it may be a transfer about to be created) and ends in 409 with version 0.
+    #[param(minimum = 0)]
+    pub wait_ms: Option<i64>,
+}
+
+/// The errors of `POST /transfers`, beside the common ones.
+pub const CREATE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::MalformedJson,
+    ErrorCode::InvalidBody,
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidAmount,
+    ErrorCode::AmountTooLarge,
+    ErrorCode::InvalidCurrency,
+    ErrorCode::InvalidIdempotencyKey,
+    ErrorCode::Forbidden,
+    ErrorCode::AccountNotFound,
+    ErrorCode::VersionConflict,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::SameAccount,
+    ErrorCode::AccountClosed,
+    ErrorCode::CurrencyMismatch,
+    ErrorCode::IdempotencyKeyReused,
+];
+
+/// The errors of `GET /transfers/{id}`, beside the common ones.
+pub const READ_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidQuery,
+    ErrorCode::Forbidden,
+    ErrorCode::TransferNotFound,
+    ErrorCode::VersionNotReached,
+];
+
+/// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create, read))]
+pub struct Api;
+
+fn transfer_reply(id: Uuid, t: &MoneyTransfer, version: i32) -> TransferReply {
+    TransferReply {
+        id,
+        version,
+        from: t.from,
+        to: t.to,
+        amount: t.amount,
+        currency: t.currency.map(|c| c.as_str().to_owned()),
+        state: t.state.as_str(),
+        initiated_by: t.initiated_by.clone(),
+        failure_reason: t.failure_reason.clone(),
+    }
 }
 
 fn transfer_json(id: Uuid, t: &MoneyTransfer, version: i32) -> Value {
-    json!({
-        "id": id,
-        "version": version,
-        "from": t.from,
-        "to": t.to,
-        "amount": t.amount,
-        "currency": t.currency.map(|c| c.as_str().to_owned()),
-        "state": t.state.as_str(),
-        "initiated_by": t.initiated_by,
-        "failure_reason": t.failure_reason,
-    })
+    json!(transfer_reply(id, t, version))
 }
 
+/// Creates a transfer (201, state `initiated`); the saga moves the money afterwards.
+#[utoipa::path(post, path = "/transfers", tag = "transfers",
+    params(("Idempotency-Key" = Option<String>, Header)),
+    request_body = CreateTransferRequest,
+    responses((status = 201, description = "the transfer, initiated", body = TransferReply)))]
 async fn create(
     State(state): State<AppState>,
     meta: CommandMeta,
-    body: ApiJson<CreateBody>,
+    body: ApiJson<CreateTransferRequest>,
 ) -> Result<Response, ApiError> {
     // a repeated request is answered as the first time, before anything is re-checked
     // (the source may have been closed since, and that must not turn a 201 into a 422)
@@ -67,20 +150,20 @@ async fn create(
     let source = store
         .load::<Account>(from)
         .await?
-        .ok_or_else(|| ApiError::not_found("account_not_found", "the source account does not exist"))?
+        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the source account does not exist"))?
         .state;
     if source.owner != meta.caller.subject {
-        return Err(ApiError::forbidden("the source account belongs to someone else"));
+        return Err(ApiError::new(ErrorCode::Forbidden, "the source account belongs to someone else"));
     }
     if source.status == AccountStatus::Closed {
-        return Err(ApiError::unprocessable("account_closed", "the source account is closed"));
+        return Err(ApiError::new(ErrorCode::AccountClosed, "the source account is closed"));
     }
     if source.currency != Some(amount.currency()) {
-        return Err(ApiError::unprocessable("currency_mismatch", "the source account holds another currency")
+        return Err(ApiError::new(ErrorCode::CurrencyMismatch, "the source account holds another currency")
             .with_detail("account_currency", source.currency_code()));
     }
     if !store.stream_exists(to, Account::STREAM_TYPE).await? {
-        return Err(ApiError::not_found("account_not_found", "the target account does not exist"));
+        return Err(ApiError::new(ErrorCode::AccountNotFound, "the target account does not exist"));
     }
 
     let id = Uuid::now_v7();
@@ -89,6 +172,9 @@ async fn create(
     Ok(command_response(reply))
 }
 
+#[utoipa::path(get, path = "/transfers/{id}", tag = "transfers",
+    params(("id" = Uuid, Path), WaitQuery),
+    responses((status = 200, description = "the transfer", body = TransferReply)))]
 /// The transfer as the event store has it. With `min_version` the answer waits (up
 /// to `wait_ms`) until the transfer is at that version: woken at once by this
 /// process's own appends, and checking every `TRANSFER_WAIT_RECHECK_MS` for those of
@@ -97,9 +183,9 @@ async fn read(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let wait = Wait::parse(&params, state.max_wait)?;
+    ApiQuery(query): ApiQuery<WaitQuery>,
+) -> Result<Json<TransferReply>, ApiError> {
+    let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
     let wanted = wait.min_version.unwrap_or(0);
     let load = || async {
         // a state this instance committed at the wanted version or later answers a
@@ -113,19 +199,19 @@ async fn read(
                 .store()
                 .load::<MoneyTransfer>(id)
                 .await?
-                .ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?,
+                .ok_or_else(|| ApiError::new(ErrorCode::TransferNotFound, "no such transfer"))?,
         };
         if !caller.may_read(&loaded.state.initiated_by) {
-            return Err(ApiError::forbidden("this transfer belongs to someone else"));
+            return Err(ApiError::new(ErrorCode::Forbidden, "this transfer belongs to someone else"));
         }
         let version = i64::from(loaded.version);
         Ok(Some((loaded, version)))
     };
     match state.transfers.watches().at_version(id, wanted, wait.wait, Some(state.wait_recheck), load).await? {
-        Ok(Some(loaded)) => Ok(Json(transfer_json(id, &loaded.state, loaded.version))),
-        Ok(None) => Err(ApiError::not_found("transfer_not_found", "no such transfer")),
-        Err(current) => Err(ApiError::conflict(
-            "version_not_reached",
+        Ok(Some(loaded)) => Ok(Json(transfer_reply(id, &loaded.state, loaded.version))),
+        Ok(None) => Err(ApiError::new(ErrorCode::TransferNotFound, "no such transfer")),
+        Err(current) => Err(ApiError::new(
+            ErrorCode::VersionNotReached,
             "the transfer has not reached the wanted version yet; retry later",
         )
         .with_detail("current_version", current)

@@ -87,7 +87,7 @@ impl AppState {
             max_amount: config.commands.max_amount_minor,
             kit: parts.kit,
             river_metrics,
-            max_wait: Duration::from_millis(config.max_wait_ms),
+            max_wait: config.service.http.wait_budget(config.max_wait_ms),
             wait_recheck: Duration::from_millis(config.wait_recheck_ms.max(1)),
         })
     }

@@ -66,11 +66,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: &Config, pool: PgPool, rapids: Option<Rapids>) -> anyhow::Result<Self> {
-        let openapi = service_kit::openapi::document(
+        let openapi = service_kit::openapi::operational_only(
             "view-updater",
             "Keeps views.* from the rapids (river `views`); operational routes only.",
-            serde_json::Value::Object(Default::default()),
-            serde_json::Value::Object(Default::default()),
         );
         let registry = prometheus::Registry::new();
         let river_metrics = RiverMetrics::register(&registry)?;
