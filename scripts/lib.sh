@@ -106,6 +106,12 @@ pg_createdb() {
   fi
 }
 
+# psql_url URL ARGS...: psql against a database URL.
+psql_url() {
+  local url=$1; shift
+  "$PG_BIN/psql" "$url" "$@"
+}
+
 # The emulators want a SigV4-shaped Authorization header and an X-Amz-Date.
 kinesis_call() {
   local endpoint=$1 target=$2 body=$3

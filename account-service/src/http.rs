@@ -52,7 +52,7 @@ pub struct AmountRequest {
     #[schema(schema_with = service_kit::openapi::currency_schema)]
     pub currency: String,
     /// Optional optimistic check: refuse with 409 unless the account is at this version.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "service_kit::extract::optional_version")]
     #[schema(minimum = 0, maximum = 2147483647)]
     pub expected_version: Option<i32>,
 }

@@ -8,7 +8,8 @@
 //! the step, written in the same statement as the step's event: a redelivered event
 //! meets the record (its append fails on the key, or its refusal finds it) and
 //! appends nothing. Transfers run concurrently; the steps of one
-//! transfer in order.
+//! transfer in order. Each step logs `saga step` with the transfer id, inside the
+//! delivery's span (the event's correlation and causation ids, stream and version).
 
 use bank_domain::account::{Account, AccountCommand};
 use bank_domain::{Currency, Money};
@@ -75,9 +76,26 @@ impl SagaSteps {
             }),
             ..event.causes(transfer_id, ACTOR)
         };
-        self.accounts
+        let done = self
+            .accounts
             .execute(account, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))
-            .await?;
+            .await;
+        // in the delivery's span (correlation and causation ids, the transfer's stream
+        // and version): with the transfer id, one grep finds every step of a transfer
+        match &done {
+            Ok(reply) => tracing::info!(
+                transfer_id = %transfer_id,
+                step,
+                account_id = %account,
+                outcome = if reply.replayed { "replayed" } else { "recorded" },
+                account_version = reply.body["version"].as_i64(),
+                "saga step"
+            ),
+            Err(error) => tracing::warn!(
+                transfer_id = %transfer_id, step, account_id = %account, outcome = "failed", %error, "saga step"
+            ),
+        }
+        done?;
         Ok(())
     }
 }
