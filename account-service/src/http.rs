@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -184,11 +185,9 @@ async fn open(
     let id = Uuid::now_v7();
     let command = AccountCommand::Open { owner: meta.caller.subject.clone(), currency, initial_deposit };
     let ctx = meta.context(&body.canonical, None);
-    let reply = state
-        .accounts
-        .create(id, command, ctx, move |account, version| (201, account_json(id, account, version)))
-        .await?;
-    Ok(command_response(reply))
+    let reply =
+        state.accounts.create(id, command, ctx, move |account, version| account_json(id, account, version)).await?;
+    Ok(command_response(StatusCode::CREATED, reply))
 }
 
 fn actor(caller: &Caller) -> Actor {
@@ -234,8 +233,8 @@ async fn amount_command(
     let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
     let command = command(amount, actor(&meta.caller));
     let ctx = meta.context(&body.canonical, body.value.expected_version);
-    let reply = state.accounts.execute(id, command, ctx, move |a, v| (200, account_json(id, a, v))).await?;
-    Ok(command_response(reply))
+    let reply = state.accounts.execute(id, command, ctx, move |a, v| account_json(id, a, v)).await?;
+    Ok(command_response(StatusCode::OK, reply))
 }
 
 /// Closes an account (its owner only; at a zero balance). Takes no body.
@@ -245,8 +244,8 @@ async fn amount_command(
 async fn close(State(state): State<AppState>, meta: CommandMeta, PathId(id): PathId) -> Result<Response, ApiError> {
     let command = AccountCommand::Close { by: actor(&meta.caller) };
     let ctx = meta.context(b"", None);
-    let reply = state.accounts.execute(id, command, ctx, move |a, v| (200, account_json(id, a, v))).await?;
-    Ok(command_response(reply))
+    let reply = state.accounts.execute(id, command, ctx, move |a, v| account_json(id, a, v)).await?;
+    Ok(command_response(StatusCode::OK, reply))
 }
 
 #[utoipa::path(get, path = "/accounts/{id}", tag = "accounts",

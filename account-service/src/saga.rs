@@ -76,10 +76,8 @@ impl SagaSteps {
             }),
             ..event.causes(transfer_id, ACTOR)
         };
-        let done = self
-            .accounts
-            .execute(account, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))
-            .await;
+        let done =
+            self.accounts.execute(account, command, ctx, |_, version| serde_json::json!({ "version": version })).await;
         // in the delivery's span (correlation and causation ids, the transfer's stream
         // and version): with the transfer id, one grep finds every step of a transfer
         match &done {

@@ -77,10 +77,10 @@ pub struct CommandContext {
     pub expected_version: Option<i32>,
 }
 
-/// The response of a command, as given the first time.
+/// The answer of a command, as given the first time: an opaque document that the
+/// caller builds from the new state (the HTTP layer decides how to send it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandReply {
-    pub status: u16,
     pub body: serde_json::Value,
     /// True when this is a stored response replayed for a repeated Idempotency-Key.
     pub replayed: bool,
@@ -173,7 +173,7 @@ impl<A: Aggregate> Repository<A> {
         stream_id: Uuid,
         command: A::Command,
         ctx: CommandContext,
-        reply: impl Fn(&A, i32) -> (u16, serde_json::Value) + Send + 'static,
+        reply: impl Fn(&A, i32) -> serde_json::Value + Send + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         self.run(stream_id, false, command, ctx, reply).await
     }
@@ -184,7 +184,7 @@ impl<A: Aggregate> Repository<A> {
         stream_id: Uuid,
         command: A::Command,
         ctx: CommandContext,
-        reply: impl Fn(&A, i32) -> (u16, serde_json::Value) + Send + 'static,
+        reply: impl Fn(&A, i32) -> serde_json::Value + Send + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         self.run(stream_id, true, command, ctx, reply).await
     }
@@ -206,7 +206,7 @@ impl<A: Aggregate> Repository<A> {
         fresh: bool,
         command: A::Command,
         ctx: CommandContext,
-        reply: impl Fn(&A, i32) -> (u16, serde_json::Value) + Send + 'static,
+        reply: impl Fn(&A, i32) -> serde_json::Value + Send + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         let this = self.clone();
         let task = tokio::spawn(async move { this.run_to_end(stream_id, fresh, &command, &ctx, reply).await });
@@ -222,7 +222,7 @@ impl<A: Aggregate> Repository<A> {
         fresh: bool,
         command: &A::Command,
         ctx: &CommandContext,
-        reply: impl Fn(&A, i32) -> (u16, serde_json::Value),
+        reply: impl Fn(&A, i32) -> serde_json::Value,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         let slot = self.slot(stream_id);
         let mut cached = slot.lock().await;
@@ -273,15 +273,15 @@ impl<A: Aggregate> Repository<A> {
             }
             if events.is_empty() {
                 // nothing happens (e.g. an idempotent saga step seen before)
-                let (status, body) = reply(&loaded.state, loaded.version);
+                let body = reply(&loaded.state, loaded.version);
                 *cached = self.keep(loaded);
-                return Ok(CommandReply { status, body, replayed: false });
+                return Ok(CommandReply { body, replayed: false });
             }
 
             let new_version = loaded.version + events.len() as i32;
             let new_state = loaded.state.clone().apply_all(&events);
-            let (status, body) = reply(&new_state, new_version);
-            let append = self.build_append(stream_id, loaded.version, &events, &new_state, ctx, status, &body)?;
+            let body = reply(&new_state, new_version);
+            let append = self.build_append(stream_id, loaded.version, &events, &new_state, ctx, &body)?;
             match self.append(append).await {
                 Ok(_) => {
                     self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
@@ -290,7 +290,7 @@ impl<A: Aggregate> Repository<A> {
                     // unlocked first: a woken reader may take the state from the cache
                     drop(cached);
                     self.watches.announce(stream_id, i64::from(new_version));
-                    return Ok(CommandReply { status, body, replayed: false });
+                    return Ok(CommandReply { body, replayed: false });
                 }
                 Err(StoreError::Conflict { .. }) => {
                     self.metrics.conflicts.with_label_values(&[A::STREAM_TYPE]).inc();
@@ -327,7 +327,6 @@ impl<A: Aggregate> Repository<A> {
         events: &[A::Event],
         new_state: &A,
         ctx: &CommandContext,
-        status: u16,
         body: &serde_json::Value,
     ) -> Result<Append, StoreError> {
         let new_version = expected_version + events.len() as i32;
@@ -349,7 +348,6 @@ impl<A: Aggregate> Repository<A> {
                 actor: i.actor.clone(),
                 key: i.key.clone(),
                 request_hash: i.request_hash.clone(),
-                status,
                 body: body.clone(),
             }),
         })
@@ -361,7 +359,7 @@ impl<A: Aggregate> Repository<A> {
             None => Ok(None),
             Some(stored) if stored.request_hash == idem.request_hash => {
                 self.metrics.idempotent_replays.with_label_values(&[A::STREAM_TYPE]).inc();
-                Ok(Some(CommandReply { status: stored.status, body: stored.body, replayed: true }))
+                Ok(Some(CommandReply { body: stored.body, replayed: true }))
             }
             Some(_) => Err(ExecuteError::IdempotencyMismatch),
         }

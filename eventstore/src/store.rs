@@ -92,7 +92,7 @@ pub struct IdempotencyWrite {
     pub actor: String,
     pub key: String,
     pub request_hash: String,
-    pub status: u16,
+    /// The command's answer, opaque to the store.
     pub body: serde_json::Value,
 }
 
@@ -100,7 +100,6 @@ pub struct IdempotencyWrite {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredResponse {
     pub request_hash: String,
-    pub status: u16,
     pub body: serde_json::Value,
 }
 
@@ -159,10 +158,10 @@ with appends as (
             state = excluded.state, taken_at = now()
         where es.snapshots.version < excluded.version
 ), idem as (
-    insert into es.idempotency (actor, key, request_hash, status, body, stream_id)
-    select i.actor, i.key, i.request_hash, i.status, i.body, r.stream_id
-    from unnest($15::int8[], $16::text[], $17::text[], $18::text[], $19::int2[], $20::jsonb[])
-        as i(idx, actor, key, request_hash, status, body)
+    insert into es.idempotency (actor, key, request_hash, body, stream_id)
+    select i.actor, i.key, i.request_hash, i.body, r.stream_id
+    from unnest($15::int8[], $16::text[], $17::text[], $18::text[], $19::jsonb[])
+        as i(idx, actor, key, request_hash, body)
     join ready r on r.idx = i.idx
 )
 select r.idx, min(ev.position) as first_position, max(ev.position) as last_position
@@ -191,7 +190,6 @@ struct BatchColumns {
     idem_actors: Vec<String>,
     idem_keys: Vec<String>,
     idem_hashes: Vec<String>,
-    idem_statuses: Vec<i16>,
     idem_bodies: Vec<serde_json::Value>,
 }
 
@@ -223,7 +221,6 @@ impl BatchColumns {
             self.idem_actors.push(idem.actor.clone());
             self.idem_keys.push(idem.key.clone());
             self.idem_hashes.push(idem.request_hash.clone());
-            self.idem_statuses.push(i16::try_from(idem.status).unwrap_or(500));
             self.idem_bodies.push(idem.body.clone());
         }
         Ok(())
@@ -296,7 +293,6 @@ impl EventStore {
             .bind(&c.idem_actors)
             .bind(&c.idem_keys)
             .bind(&c.idem_hashes)
-            .bind(&c.idem_statuses)
             .bind(&c.idem_bodies)
             .fetch_all(&self.pool)
             .await;
@@ -452,17 +448,13 @@ impl EventStore {
 
     /// The stored response for an actor's Idempotency-Key, if any.
     pub async fn find_idempotent_response(&self, actor: &str, key: &str) -> Result<Option<StoredResponse>, StoreError> {
-        let row: Option<(String, i16, sqlx::types::Json<serde_json::Value>)> =
-            sqlx::query_as("select request_hash, status, body from es.idempotency where actor = $1 and key = $2")
+        let row: Option<(String, sqlx::types::Json<serde_json::Value>)> =
+            sqlx::query_as("select request_hash, body from es.idempotency where actor = $1 and key = $2")
                 .bind(actor)
                 .bind(key)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(request_hash, status, body)| StoredResponse {
-            request_hash,
-            status: u16::try_from(status).unwrap_or(500),
-            body: body.0,
-        }))
+        Ok(row.map(|(request_hash, body)| StoredResponse { request_hash, body: body.0 }))
     }
 }
 

@@ -257,3 +257,34 @@ impl From<TransferError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's table of codes is the user's reference: it must list every code
+    /// under its status, and no code that does not exist.
+    #[test]
+    fn the_readme_lists_every_error_code_under_its_status() {
+        let readme = include_str!("../../README.md");
+        let table: Vec<&str> = readme.lines().filter(|l| l.starts_with("| 4") || l.starts_with("| 5")).collect();
+        for code in ErrorCode::ALL {
+            let status = code.status().as_u16().to_string();
+            let row = table
+                .iter()
+                .find(|row| row.contains(&format!("`{}`", code.as_str())))
+                .unwrap_or_else(|| panic!("README does not list `{code}`"));
+            assert!(row.contains(&status), "README lists `{code}` away from its status {status}: {row}");
+        }
+        let listed = table.iter().flat_map(|row| row.split('`').skip(1).step_by(2)).filter(|w| {
+            w.chars().all(|c| c.is_ascii_lowercase() || c == '_') && w.contains('_')
+                || *w == "forbidden"
+                || *w == "internal"
+                || *w == "timeout"
+                || *w == "unavailable"
+        });
+        for word in listed {
+            assert!(ErrorCode::ALL.iter().any(|c| c.as_str() == word), "README lists `{word}`, which is no error code");
+        }
+    }
+}

@@ -73,14 +73,12 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, 
 pub fn optional_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
     use serde::Deserialize;
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
-    let whole = n.as_i64().or_else(|| {
-        n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= MAX_VERSION as f64).map(|f| f as i64)
-    });
-    whole
-        .and_then(|v| i32::try_from(v).ok())
-        .filter(|v| *v >= 0)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("a version is a whole number from 0 to {MAX_VERSION}, not {n}")))
+    let whole = n
+        .as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= MAX_VERSION as f64).map(|f| f as i64));
+    whole.and_then(|v| i32::try_from(v).ok()).filter(|v| *v >= 0).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!("a version is a whole number from 0 to {MAX_VERSION}, not {n}"))
+    })
 }
 
 /// The caller and the request metadata a command records with its events.

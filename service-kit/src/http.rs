@@ -164,10 +164,10 @@ async fn openapi(State(kit): State<Kit>) -> Json<Value> {
     Json(kit.openapi.as_ref().clone())
 }
 
-/// The HTTP response of a command; a replayed Idempotency-Key answer says so in the
-/// `Idempotent-Replayed: true` header.
-pub fn command_response(reply: eventstore::CommandReply) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+/// The HTTP response of a command with the route's success status (a replay is
+/// answered with the same status as the first time, since the route decides it); a
+/// replayed Idempotency-Key answer says so in the `Idempotent-Replayed: true` header.
+pub fn command_response(status: StatusCode, reply: eventstore::CommandReply) -> Response {
     let mut response = (status, Json(reply.body)).into_response();
     if reply.replayed {
         response.headers_mut().insert("idempotent-replayed", http::HeaderValue::from_static("true"));

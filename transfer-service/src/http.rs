@@ -2,6 +2,7 @@
 
 use crate::AppState;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -136,7 +137,7 @@ async fn create(
     // (the source may have been closed since, and that must not turn a 201 into a 422)
     let ctx = meta.context(&body.canonical, None);
     if let Some(stored) = state.transfers.replay(&ctx).await? {
-        return Ok(command_response(stored));
+        return Ok(command_response(StatusCode::CREATED, stored));
     }
     let from = parse_id(&body.value.from)?;
     let to = parse_id(&body.value.to)?;
@@ -168,8 +169,8 @@ async fn create(
 
     let id = Uuid::now_v7();
     let command = TransferCommand::Create { from, to, amount, initiated_by: meta.caller.subject.clone() };
-    let reply = state.transfers.create(id, command, ctx, move |t, v| (201, transfer_json(id, t, v))).await?;
-    Ok(command_response(reply))
+    let reply = state.transfers.create(id, command, ctx, move |t, v| transfer_json(id, t, v)).await?;
+    Ok(command_response(StatusCode::CREATED, reply))
 }
 
 #[utoipa::path(get, path = "/transfers/{id}", tag = "transfers",

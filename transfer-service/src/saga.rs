@@ -7,6 +7,8 @@
 //!
 //! The transfer's state says which steps were recorded: a step seen again decides
 //! nothing, so a redelivered event appends nothing. Other account events are ignored.
+//! Each step logs `saga step` with the transfer id (from the account event), inside
+//! the delivery's span (the event's correlation and causation ids, stream and version).
 
 use bank_domain::account::AccountEvent;
 use bank_domain::transfer::{MoneyTransfer, TransferCommand};
@@ -46,22 +48,36 @@ impl SagaSteps {
         }
         let account_event: AccountEvent = eventstore::aggregate::decode(&envelope.event_type, envelope.data.clone())
             .map_err(|e| HandlerError::Permanent(format!("undecodable {}: {e}", envelope.event_type)))?;
-        let (transfer_id, command) = match account_event {
-            AccountEvent::Debited { transfer_id, .. } => (transfer_id, TransferCommand::SourceDebited),
+        let (transfer_id, step, command) = match account_event {
+            AccountEvent::Debited { transfer_id, .. } => (transfer_id, "debited", TransferCommand::SourceDebited),
             AccountEvent::DebitRejected { transfer_id, reason } => {
-                (transfer_id, TransferCommand::DebitRejected { reason: reason.as_str().into() })
+                (transfer_id, "debit_rejected", TransferCommand::DebitRejected { reason: reason.as_str().into() })
             }
-            AccountEvent::Credited { transfer_id, .. } => (transfer_id, TransferCommand::TargetCredited),
+            AccountEvent::Credited { transfer_id, .. } => (transfer_id, "completed", TransferCommand::TargetCredited),
             AccountEvent::CreditRejected { transfer_id, reason } => {
-                (transfer_id, TransferCommand::CreditRejected { reason: reason.as_str().into() })
+                (transfer_id, "refund_requested", TransferCommand::CreditRejected { reason: reason.as_str().into() })
             }
-            AccountEvent::Refunded { transfer_id, .. } => (transfer_id, TransferCommand::SourceRefunded),
+            AccountEvent::Refunded { transfer_id, .. } => (transfer_id, "refunded", TransferCommand::SourceRefunded),
             _ => return Ok(()),
         };
         let ctx = event.causes(transfer_id, ACTOR);
-        self.transfers
-            .execute(transfer_id, command, ctx, |_, version| (200, serde_json::json!({ "version": version })))
-            .await?;
+        let done = self
+            .transfers
+            .execute(transfer_id, command, ctx, |_, version| serde_json::json!({ "version": version }))
+            .await;
+        // in the delivery's span (correlation and causation ids, the account's stream
+        // and version); the transfer id comes from the account event
+        match &done {
+            Ok(reply) => tracing::info!(
+                transfer_id = %transfer_id,
+                step,
+                outcome = "recorded",
+                transfer_version = reply.body["version"].as_i64(),
+                "saga step"
+            ),
+            Err(error) => tracing::warn!(transfer_id = %transfer_id, step, outcome = "failed", %error, "saga step"),
+        }
+        done?;
         Ok(())
     }
 }
