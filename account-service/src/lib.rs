@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "account-service", about = "Accounts: open, deposit, withdraw, close")]
 pub struct Config {
     /// Where to listen.
-    #[arg(long, env = "ACCOUNT_SERVICE_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "ACCOUNT_SERVICE_ADDR", default_value_t = Config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -39,6 +39,24 @@ pub struct Config {
     pub kinesis: KinesisArgs,
     #[command(flatten)]
     pub river: RiverArgs,
+}
+
+impl Config {
+    /// Where the service listens by default (its dev port).
+    pub const DEFAULT_ADDR: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8081));
+
+    /// The defaults over `service`: tests and tools build a configuration as a value
+    /// (the command line's defaults come from here too).
+    pub fn new(service: ServiceArgs) -> Self {
+        Config {
+            addr: Self::DEFAULT_ADDR,
+            service,
+            commands: CommandArgs::default(),
+            kinesis: KinesisArgs::default(),
+            river: RiverArgs::default(),
+        }
+    }
 }
 
 /// Everything a request handler needs.

@@ -25,13 +25,25 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "query-service", about = "Reads accounts and transfers from the views, version-aware")]
 pub struct Config {
     /// Where to listen.
-    #[arg(long, env = "QUERY_SERVICE_ADDR", default_value = "127.0.0.1:8083")]
+    #[arg(long, env = "QUERY_SERVICE_ADDR", default_value_t = Config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     /// The longest `wait_ms` honoured; longer waits are cut to this.
-    #[arg(long, env = "QUERY_MAX_WAIT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "QUERY_MAX_WAIT_MS", default_value_t = Config::new(ServiceArgs::default()).max_wait_ms)]
     pub max_wait_ms: u64,
     #[command(flatten)]
     pub service: ServiceArgs,
+}
+
+impl Config {
+    /// Where the service listens by default (its dev port).
+    pub const DEFAULT_ADDR: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8083));
+
+    /// The defaults over `service`: tests and tools build a configuration as a value
+    /// (the command line's defaults come from here too).
+    pub fn new(service: ServiceArgs) -> Self {
+        Config { addr: Self::DEFAULT_ADDR, service, max_wait_ms: 10_000 }
+    }
 }
 
 #[derive(Clone)]

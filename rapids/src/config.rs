@@ -5,12 +5,22 @@
 #[derive(clap::Args, Debug, Clone)]
 pub struct KinesisArgs {
     /// Kinesis API endpoint; set it empty to use AWS's own endpoint for the region.
-    #[arg(long, env = "KINESIS_ENDPOINT", default_value = "http://127.0.0.1:4567")]
+    #[arg(long, env = "KINESIS_ENDPOINT", default_value_t = KinesisArgs::default().kinesis_endpoint)]
     pub kinesis_endpoint: String,
-    #[arg(long, env = "KINESIS_STREAM", default_value = "rapids")]
+    #[arg(long, env = "KINESIS_STREAM", default_value_t = KinesisArgs::default().kinesis_stream)]
     pub kinesis_stream: String,
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    #[arg(long, env = "AWS_REGION", default_value_t = KinesisArgs::default().aws_region)]
     pub aws_region: String,
+}
+
+impl Default for KinesisArgs {
+    fn default() -> Self {
+        KinesisArgs {
+            kinesis_endpoint: "http://127.0.0.1:4567".into(),
+            kinesis_stream: "rapids".into(),
+            aws_region: "us-east-1".into(),
+        }
+    }
 }
 
 impl KinesisArgs {
@@ -27,33 +37,48 @@ impl KinesisArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RiverArgs {
     /// Run the service's river in this process (`false`: HTTP only).
-    #[arg(long, env = "RIVER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "RIVER_ENABLED", default_value_t = RiverArgs::default().river_enabled, action = clap::ArgAction::Set)]
     pub river_enabled: bool,
     /// A shard lease not renewed for this long is taken over by another instance.
-    #[arg(long, env = "RIVER_LEASE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "RIVER_LEASE_MS", default_value_t = RiverArgs::default().river_lease_ms)]
     pub river_lease_ms: u64,
     /// How often leases are renewed and rebalanced.
-    #[arg(long, env = "RIVER_RENEW_MS", default_value_t = 2_000)]
+    #[arg(long, env = "RIVER_RENEW_MS", default_value_t = RiverArgs::default().river_renew_ms)]
     pub river_renew_ms: u64,
     /// How often the shard list is read (new shards after a reshard).
-    #[arg(long, env = "RIVER_SHARD_SYNC_MS", default_value_t = 10_000)]
+    #[arg(long, env = "RIVER_SHARD_SYNC_MS", default_value_t = RiverArgs::default().river_shard_sync_ms)]
     pub river_shard_sync_ms: u64,
     /// Wait between reads of a shard with nothing new (the tailer's NOTIFY wakes the
     /// readers sooner when the river shares its database).
-    #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = 250)]
+    #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = RiverArgs::default().river_idle_poll_ms)]
     pub river_idle_poll_ms: u64,
     /// Least time between two reads of one shard (on AWS: 200 ms times the number of
     /// rivers, Kinesis's limit is 5 reads a second per shard).
-    #[arg(long, env = "RIVER_READ_INTERVAL_MS", default_value_t = 20)]
+    #[arg(long, env = "RIVER_READ_INTERVAL_MS", default_value_t = RiverArgs::default().river_read_interval_ms)]
     pub river_read_interval_ms: u64,
     /// Attempts on an event that keeps failing before it is parked as a dead letter.
-    #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = RiverArgs::default().river_max_attempts)]
     pub river_max_attempts: u32,
     /// Connections of the river's own pool (its transactions, leases, LISTEN). Apart
     /// from the service's pool, so that readers holding a transaction never starve the
     /// commands a saga handler runs, nor the other way round.
-    #[arg(long, env = "RIVER_DATABASE_CONNECTIONS", default_value_t = 8)]
+    #[arg(long, env = "RIVER_DATABASE_CONNECTIONS", default_value_t = RiverArgs::default().river_database_connections)]
     pub river_database_connections: u32,
+}
+
+impl Default for RiverArgs {
+    fn default() -> Self {
+        RiverArgs {
+            river_enabled: true,
+            river_lease_ms: 10_000,
+            river_renew_ms: 2_000,
+            river_shard_sync_ms: 10_000,
+            river_idle_poll_ms: 250,
+            river_read_interval_ms: 20,
+            river_max_attempts: 5,
+            river_database_connections: 8,
+        }
+    }
 }
 
 impl RiverArgs {

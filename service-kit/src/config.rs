@@ -32,21 +32,41 @@ impl FromStr for Secret {
 }
 
 /// The database every service connects to.
+///
+/// Every argument struct here has a `Default` (its `default_value_t`s come from it, so
+/// the two cannot differ): tests and tools build configurations as typed values.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DatabaseArgs {
     /// Postgres URL of the event store (and the service's own schemas).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Secret,
     /// Connections in this process's pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = DatabaseArgs::default().database_max_connections)]
     pub database_max_connections: u32,
     /// How long start-up waits for the database to accept connections.
-    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECS", default_value_t = DatabaseArgs::default().database_connect_timeout_secs)]
     pub database_connect_timeout_secs: u64,
 }
 
+impl DatabaseArgs {
+    /// The defaults, with this URL.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        DatabaseArgs {
+            database_url: Secret::new(database_url),
+            database_max_connections: 16,
+            database_connect_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for DatabaseArgs {
+    fn default() -> Self {
+        DatabaseArgs::new("")
+    }
+}
+
 /// How tokens are checked.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct AuthArgs {
     /// HS256 secret shared with the token issuer.
     #[arg(long, env = "JWT_SECRET")]
@@ -60,10 +80,10 @@ pub struct AuthArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
     /// A request still running after this long is answered 503 `timeout`.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = HttpArgs::default().request_timeout_ms)]
     pub request_timeout_ms: u64,
     /// Larger request bodies are refused with 413.
-    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = HttpArgs::default().body_limit_bytes)]
     pub body_limit_bytes: usize,
 }
 
@@ -85,15 +105,15 @@ impl Default for HttpArgs {
 }
 
 /// Log output.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct LogArgs {
     /// `text` for people, `json` for log shippers. The filter is `RUST_LOG`.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
 }
 
 /// What every command service reads.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServiceArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -109,24 +129,37 @@ pub struct ServiceArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct CommandArgs {
     /// Snapshot a stream every this many events.
-    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = CommandArgs::default().snapshot_every)]
     pub snapshot_every: u32,
     /// Attempts of a command that keeps losing concurrency races before 409.
-    #[arg(long, env = "COMMAND_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "COMMAND_MAX_ATTEMPTS", default_value_t = CommandArgs::default().command_max_attempts)]
     pub command_max_attempts: u32,
     /// Aggregates kept in memory (0: load every command's aggregate from the store).
-    #[arg(long, env = "AGGREGATE_CACHE_SIZE", default_value_t = 100_000)]
+    #[arg(long, env = "AGGREGATE_CACHE_SIZE", default_value_t = CommandArgs::default().aggregate_cache_size)]
     pub aggregate_cache_size: usize,
     /// Writer tasks that group concurrent appends into one commit (0: no grouping).
     /// One writer makes the largest groups, which measured best on 2 cores.
-    #[arg(long, env = "APPEND_WRITERS", default_value_t = 1)]
+    #[arg(long, env = "APPEND_WRITERS", default_value_t = CommandArgs::default().append_writers)]
     pub append_writers: usize,
     /// Most appends one group commit carries.
-    #[arg(long, env = "APPEND_BATCH_MAX", default_value_t = 64)]
+    #[arg(long, env = "APPEND_BATCH_MAX", default_value_t = CommandArgs::default().append_batch_max)]
     pub append_batch_max: usize,
     /// Largest amount of one command, in minor units.
-    #[arg(long, env = "MAX_AMOUNT_MINOR", default_value_t = 1_000_000_000)]
+    #[arg(long, env = "MAX_AMOUNT_MINOR", default_value_t = CommandArgs::default().max_amount_minor)]
     pub max_amount_minor: i64,
+}
+
+impl Default for CommandArgs {
+    fn default() -> Self {
+        CommandArgs {
+            snapshot_every: 100,
+            command_max_attempts: 5,
+            aggregate_cache_size: 100_000,
+            append_writers: 1,
+            append_batch_max: 64,
+            max_amount_minor: 1_000_000_000,
+        }
+    }
 }
 
 impl CommandArgs {

@@ -6,10 +6,11 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
-use clap::Parser;
+use rapids::config::RiverArgs;
 use rapids::{Rapids, RapidsConfig};
 use serde_json::Value;
 use service_kit::auth::{Role, issue_hs256};
+use service_kit::config::{AuthArgs, DatabaseArgs, Secret, ServiceArgs};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
@@ -73,12 +74,26 @@ impl Drop for Running {
     }
 }
 
-fn args(bin: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![bin.to_owned(), "--addr".into(), "127.0.0.1:0".into(), "--jwt-secret".into(), secret()];
-    // the config requires a database URL, but the tests hand the pool over directly
-    args.extend(["--database-url".into(), "postgres://unused".into()]);
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
+/// The arguments every service of a test shares, as a value: the test's JWT secret
+/// and its database (the services get the test's pool handed over directly).
+pub fn service_args(pool: &PgPool) -> ServiceArgs {
+    ServiceArgs {
+        database: DatabaseArgs::new(database_url(&pool.connect_options())),
+        auth: AuthArgs { jwt_secret: Some(Secret::new(secret())), jwt_public_key_file: None },
+        ..ServiceArgs::default()
+    }
+}
+
+/// River settings for tests: leases that expire in seconds, shards polled often.
+pub fn fast_river() -> RiverArgs {
+    RiverArgs {
+        river_lease_ms: 3000,
+        river_renew_ms: 300,
+        river_shard_sync_ms: 1000,
+        river_idle_poll_ms: 20,
+        river_max_attempts: 3,
+        ..RiverArgs::default()
+    }
 }
 
 async fn spawn(router: axum::Router) -> Running {
@@ -89,21 +104,27 @@ async fn spawn(router: axum::Router) -> Running {
     Running { base, shutdown }
 }
 
-/// account-service over `pool`, with extra command-line arguments.
-pub async fn start_accounts(pool: &PgPool, extra: &[&str]) -> Running {
-    start_accounts_with(pool, extra, Rapids::connect(&rapids_config()).await).await
+/// account-service over `pool`, its configuration changed by `configure`.
+pub async fn start_accounts(pool: &PgPool, configure: impl FnOnce(&mut account_service::Config)) -> Running {
+    start_accounts_with(pool, configure, Rapids::connect(&rapids_config()).await).await
 }
 
 /// account-service with a Kinesis client of the test's choosing.
-pub async fn start_accounts_with(pool: &PgPool, extra: &[&str], rapids: Rapids) -> Running {
-    let config = account_service::Config::try_parse_from(args("account-service", extra)).unwrap();
+pub async fn start_accounts_with(
+    pool: &PgPool,
+    configure: impl FnOnce(&mut account_service::Config),
+    rapids: Rapids,
+) -> Running {
+    let mut config = account_service::Config::new(service_args(pool));
+    configure(&mut config);
     let state = account_service::AppState::new(&config, pool.clone(), Some(rapids)).unwrap();
     spawn(account_service::router(state)).await
 }
 
-/// transfer-service over `pool`, with extra command-line arguments.
-pub async fn start_transfers(pool: &PgPool, extra: &[&str]) -> Running {
-    let config = transfer_service::Config::try_parse_from(args("transfer-service", extra)).unwrap();
+/// transfer-service over `pool`, its configuration changed by `configure`.
+pub async fn start_transfers(pool: &PgPool, configure: impl FnOnce(&mut transfer_service::Config)) -> Running {
+    let mut config = transfer_service::Config::new(service_args(pool));
+    configure(&mut config);
     let rapids = Rapids::connect(&rapids_config()).await;
     let state = transfer_service::AppState::new(&config, pool.clone(), Some(rapids)).unwrap();
     spawn(transfer_service::router(state)).await
@@ -385,20 +406,6 @@ pub async fn terminate(mut child: tokio::process::Child) {
     assert!(status.success(), "the process exited with {status} after SIGTERM");
 }
 
-/// River settings for tests: leases that expire in seconds, shards polled often.
-pub const FAST_RIVER: &[&str] = &[
-    "--river-lease-ms",
-    "3000",
-    "--river-renew-ms",
-    "300",
-    "--river-shard-sync-ms",
-    "1000",
-    "--river-idle-poll-ms",
-    "20",
-    "--river-max-attempts",
-    "3",
-];
-
 /// The whole system over the test's database and a Kinesis stream of its own: a
 /// tailer (poll source), account-service and transfer-service (each with its saga
 /// river), view-updater's river `views` and query-service. Everything stops when
@@ -436,24 +443,27 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     let stop = shutdown.clone();
     tokio::spawn(async move { tailer.run(stop).await.unwrap() });
 
-    let config = account_service::Config::try_parse_from(args("account-service", FAST_RIVER)).unwrap();
+    let config = account_service::Config { river: fast_river(), ..account_service::Config::new(service_args(pool)) };
     let account_state = account_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     account_service::start_river(&config, &account_state, rapids.clone(), shutdown.clone()).unwrap();
     let accounts = spawn(account_service::router(account_state.clone())).await;
 
     // a waiting GET /transfers/{id} is woken by this instance's appends only (no
     // recheck within a test), so a test sees that the wake-up works
-    let transfer_args = [FAST_RIVER, &["--wait-recheck-ms", "600000"]].concat();
-    let config = transfer_service::Config::try_parse_from(args("transfer-service", &transfer_args)).unwrap();
+    let config = transfer_service::Config {
+        river: fast_river(),
+        wait_recheck_ms: 600_000,
+        ..transfer_service::Config::new(service_args(pool))
+    };
     let transfer_state = transfer_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     transfer_service::start_river(&config, &transfer_state, rapids.clone(), shutdown.clone()).unwrap();
     let transfers = spawn(transfer_service::router(transfer_state.clone())).await;
 
-    let config = view_updater::Config::try_parse_from(args("view-updater", FAST_RIVER)).unwrap();
+    let config = view_updater::Config { river: fast_river(), ..view_updater::Config::new(service_args(pool)) };
     let view_state = view_updater::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     view_updater::start_river(&config, &view_state, rapids.clone(), shutdown.clone()).unwrap();
 
-    let config = query_service::Config::try_parse_from(args("query-service", &[])).unwrap();
+    let config = query_service::Config::new(service_args(pool));
     // a pool of its own, as the service would have (16 connections)
     let query_pool =
         PgPoolOptions::new().max_connections(16).connect_with((*pool.connect_options()).clone()).await.unwrap();

@@ -12,7 +12,7 @@ use uuid::Uuid;
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
 
@@ -88,7 +88,11 @@ async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: P
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &["--max-amount-minor", "1000000", "--body-limit-bytes", "1024"]).await;
+    let svc = start_accounts(&pool, |c| {
+        c.commands.max_amount_minor = 1_000_000;
+        c.service.http.body_limit_bytes = 1024;
+    })
+    .await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let bob = token("bob", Customer);
@@ -355,7 +359,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn tellers_deposit_to_and_read_any_account(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let id = api.open_account(&token("alice", Customer), "EUR", 0).await;
     let tom = token("tom", Teller);
@@ -383,7 +387,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
 
@@ -493,7 +497,7 @@ async fn fifty_deposits_with_twenty_five_in_flight_all_succeed_exactly(
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 0).await;
@@ -524,7 +528,7 @@ async fn fifty_deposits_with_twenty_five_in_flight_all_succeed_exactly(
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn concurrent_withdrawals_never_overdraw(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 1000).await;
@@ -551,8 +555,8 @@ async fn two_instances_on_one_account_retry_conflicts_instead_of_failing(
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let a = start_accounts(&pool, &["--command-max-attempts", "50"]).await;
-    let b = start_accounts(&pool, &["--command-max-attempts", "50"]).await;
+    let a = start_accounts(&pool, |c| c.commands.command_max_attempts = 50).await;
+    let b = start_accounts(&pool, |c| c.commands.command_max_attempts = 50).await;
     let alice = token("alice", Customer);
     let id = a.api().open_account(&alice, "EUR", 0).await;
     let apis = [a.api(), b.api()];
@@ -580,8 +584,8 @@ async fn concurrent_withdrawals_through_two_instances_never_overdraw(
 ) {
     // two instances: the in-process lock no longer covers every racer, the store must
     let pool = tests::pool(options, connect).await;
-    let a = start_accounts(&pool, &["--command-max-attempts", "60"]).await;
-    let b = start_accounts(&pool, &["--command-max-attempts", "60"]).await;
+    let a = start_accounts(&pool, |c| c.commands.command_max_attempts = 60).await;
+    let b = start_accounts(&pool, |c| c.commands.command_max_attempts = 60).await;
     let alice = token("alice", Customer);
     let id = a.api().open_account(&alice, "EUR", 1000).await;
     let apis = [a.api(), b.api()];

@@ -22,7 +22,7 @@ async fn rs256_tokens_are_checked_with_the_configured_public_key(options: PgPool
     openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private.to_str().unwrap()]);
     openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
 
-    let svc = start_accounts(&pool, &["--jwt-public-key-file", public.to_str().unwrap()]).await;
+    let svc = start_accounts(&pool, |c| c.service.auth.jwt_public_key_file = Some(public.clone())).await;
     let api = svc.api();
     let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
     let claims = |exp: i64| json!({"sub": "rita", "role": "customer", "exp": chrono::Utc::now().timestamp() + exp});
@@ -80,7 +80,7 @@ async fn a_timed_out_deposit_retried_with_its_key_happens_exactly_once(
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &["--request-timeout-ms", "300"]).await;
+    let svc = start_accounts(&pool, |c| c.service.http.request_timeout_ms = 300).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 100).await;

@@ -10,7 +10,7 @@ use tests::{Customer, start_accounts, start_transfers, token};
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn health_and_readiness_check_the_real_database_and_kinesis(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    for svc in [start_accounts(&pool, &[]).await, start_transfers(&pool, &[]).await] {
+    for svc in [start_accounts(&pool, |_| {}).await, start_transfers(&pool, |_| {}).await] {
         let api = svc.api();
         assert_eq!(api.get("/health").send().await.expect(200)["status"], "ok");
         let ready = api.get("/ready").send().await;
@@ -28,7 +28,7 @@ async fn readiness_fails_when_kinesis_is_unreachable(options: PgPoolOptions, con
         region: "us-east-1".into(),
     })
     .await;
-    let svc = tests::start_accounts_with(&pool, &[], rapids).await;
+    let svc = tests::start_accounts_with(&pool, |_| {}, rapids).await;
     let ready = svc.api().get("/ready").send().await;
     ready.expect_error(503, "not_ready");
     assert_eq!(ready.body["error"]["checks"], json!({"database": "ok", "kinesis": "unavailable"}));
@@ -37,7 +37,7 @@ async fn readiness_fails_when_kinesis_is_unreachable(options: PgPoolOptions, con
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn metrics_count_requests_by_route_and_the_stores_appends(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 0).await;
@@ -81,7 +81,7 @@ async fn the_openapi_document_describes_every_route(options: PgPoolOptions, conn
     let pool = tests::pool(options, connect).await;
     let cases = [
         (
-            start_accounts(&pool, &[]).await,
+            start_accounts(&pool, |_| {}).await,
             vec![
                 ("/accounts", "post"),
                 ("/accounts/{id}", "get"),
@@ -90,7 +90,7 @@ async fn the_openapi_document_describes_every_route(options: PgPoolOptions, conn
                 ("/accounts/{id}/close", "post"),
             ],
         ),
-        (start_transfers(&pool, &[]).await, vec![("/transfers", "post"), ("/transfers/{id}", "get")]),
+        (start_transfers(&pool, |_| {}).await, vec![("/transfers", "post"), ("/transfers/{id}", "get")]),
     ];
     let alice = token("alice", Customer);
     for (svc, routes) in cases {
@@ -121,7 +121,7 @@ async fn the_openapi_document_describes_every_route(options: PgPoolOptions, conn
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn request_ids_are_returned_and_kept(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &[]).await;
+    let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let generated = api.get("/health").send().await;
     assert!(generated.headers.get("x-request-id").is_some_and(|v| !v.is_empty()));
@@ -132,7 +132,7 @@ async fn request_ids_are_returned_and_kept(options: PgPoolOptions, connect: PgCo
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn a_database_fault_is_an_opaque_error(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, &["--aggregate-cache-size", "0"]).await;
+    let svc = start_accounts(&pool, |c| c.commands.aggregate_cache_size = 0).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let id = api.open_account(&alice, "EUR", 10).await;

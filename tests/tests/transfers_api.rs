@@ -18,9 +18,9 @@ async fn a_transfer_is_created_initiated_and_readable_by_its_initiator(
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let accounts_svc = start_accounts(&pool, &[]).await;
+    let accounts_svc = start_accounts(&pool, |_| {}).await;
     let accounts = accounts_svc.api();
-    let svc = start_transfers(&pool, &[]).await;
+    let svc = start_transfers(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let from = accounts.open_account(&alice, "EUR", 1000).await;
@@ -62,9 +62,9 @@ async fn a_transfer_is_created_initiated_and_readable_by_its_initiator(
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn every_bad_transfer_gets_its_code_and_records_nothing(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
-    let accounts_svc = start_accounts(&pool, &[]).await;
+    let accounts_svc = start_accounts(&pool, |_| {}).await;
     let accounts = accounts_svc.api();
-    let svc = start_transfers(&pool, &["--max-amount-minor", "100000"]).await;
+    let svc = start_transfers(&pool, |c| c.commands.max_amount_minor = 100_000).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let bob = token("bob", Customer);
@@ -135,9 +135,9 @@ async fn a_repeated_transfer_request_with_its_key_creates_one_transfer(
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let accounts_svc = start_accounts(&pool, &[]).await;
+    let accounts_svc = start_accounts(&pool, |_| {}).await;
     let accounts = accounts_svc.api();
-    let api_svc = start_transfers(&pool, &[]).await;
+    let api_svc = start_transfers(&pool, |_| {}).await;
     let api = api_svc.api();
     let alice = token("alice", Customer);
     let from = accounts.open_account(&alice, "EUR", 1000).await;

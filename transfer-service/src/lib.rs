@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "transfer-service", about = "Money transfers between accounts")]
 pub struct Config {
     /// Where to listen.
-    #[arg(long, env = "TRANSFER_SERVICE_ADDR", default_value = "127.0.0.1:8082")]
+    #[arg(long, env = "TRANSFER_SERVICE_ADDR", default_value_t = Config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -41,12 +41,32 @@ pub struct Config {
     #[command(flatten)]
     pub river: RiverArgs,
     /// Longest `wait_ms` a `GET /transfers/{id}` with `min_version` may ask for.
-    #[arg(long, env = "TRANSFER_MAX_WAIT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TRANSFER_MAX_WAIT_MS", default_value_t = Config::new(ServiceArgs::default()).max_wait_ms)]
     pub max_wait_ms: u64,
     /// How often such a wait checks the store for appends by other instances (this
     /// instance's own appends end it at once).
-    #[arg(long, env = "TRANSFER_WAIT_RECHECK_MS", default_value_t = 1_000)]
+    #[arg(long, env = "TRANSFER_WAIT_RECHECK_MS", default_value_t = Config::new(ServiceArgs::default()).wait_recheck_ms)]
     pub wait_recheck_ms: u64,
+}
+
+impl Config {
+    /// Where the service listens by default (its dev port).
+    pub const DEFAULT_ADDR: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8082));
+
+    /// The defaults over `service`: tests and tools build a configuration as a value
+    /// (the command line's defaults come from here too).
+    pub fn new(service: ServiceArgs) -> Self {
+        Config {
+            addr: Self::DEFAULT_ADDR,
+            service,
+            commands: CommandArgs::default(),
+            kinesis: KinesisArgs::default(),
+            river: RiverArgs::default(),
+            max_wait_ms: 10_000,
+            wait_recheck_ms: 1_000,
+        }
+    }
 }
 
 /// Everything a request handler needs.

@@ -30,7 +30,7 @@ pub const RIVER: &str = "views";
 #[command(name = "view-updater", about = "Keeps views.* from the rapids; rebuilds them from the event store")]
 pub struct Config {
     /// Where to listen.
-    #[arg(long, env = "VIEW_UPDATER_ADDR", default_value = "127.0.0.1:8084")]
+    #[arg(long, env = "VIEW_UPDATER_ADDR", default_value_t = Config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -40,6 +40,24 @@ pub struct Config {
     pub river: RiverArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Config {
+    /// Where the service listens by default (its dev port).
+    pub const DEFAULT_ADDR: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8084));
+
+    /// The defaults over `service`: tests and tools build a configuration as a value
+    /// (the command line's defaults come from here too).
+    pub fn new(service: ServiceArgs) -> Self {
+        Config {
+            addr: Self::DEFAULT_ADDR,
+            service,
+            kinesis: KinesisArgs::default(),
+            river: RiverArgs::default(),
+            command: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
