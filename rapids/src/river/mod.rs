@@ -43,12 +43,14 @@ pub struct RiverEvent {
 }
 
 impl RiverEvent {
-    /// The context of a command this event causes: correlated with `correlation` (a
-    /// saga's id), caused by this event, run by `actor` (a service).
+    /// The context of a command this event causes: caused by this event, run by
+    /// `actor` (a service), in this event's business flow: its correlation id is kept
+    /// (so a transfer's events all carry the id of the request that created it), and
+    /// `correlation` (a saga's id) stands in only when the event has none.
     pub fn causes(&self, correlation: uuid::Uuid, actor: &str) -> eventstore::CommandContext {
         eventstore::CommandContext {
             metadata: eventstore::EventMetadata {
-                correlation_id: Some(correlation.to_string()),
+                correlation_id: Some(self.envelope.correlation_id.clone().unwrap_or_else(|| correlation.to_string())),
                 causation_id: Some(self.envelope.event_id.to_string()),
                 request_id: None,
                 actor: actor.into(),
@@ -57,6 +59,35 @@ impl RiverEvent {
             expected_version: None,
         }
     }
+
+    /// The span a delivery of this event runs in (the handler's work on it, its
+    /// retries, its parking, the `delivered` line): the envelope's ids, so that one
+    /// grep of JSON logs follows a flow across services. It sits inside the reader's
+    /// [`river_span`] (river and shard).
+    pub fn span(&self) -> tracing::Span {
+        let e = &self.envelope;
+        tracing::info_span!(
+            "delivery",
+            event_type = %e.event_type,
+            stream_id = %e.stream_id,
+            version = e.version,
+            event_id = %e.event_id,
+            correlation_id = e.correlation_id.as_deref(),
+            causation_id = e.causation_id.as_deref(),
+        )
+    }
+}
+
+/// The span a shard's reader runs in; deliveries are its children.
+pub(crate) fn river_span(river: &str, shard: &str) -> tracing::Span {
+    tracing::info_span!("river", river = %river, shard = %shard)
+}
+
+/// Whether the current span is a delivery's ([`RiverEvent::span`]): the reader opens
+/// one when it hands a single event over (retries, parking), and [`by_stream`] then
+/// does not open a second.
+fn in_delivery() -> bool {
+    tracing::Span::current().metadata().is_some_and(|m| m.name() == "delivery" && m.target() == module_path!())
 }
 
 /// Why a handler did not handle an event.
@@ -105,6 +136,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 
 /// Runs `step` on each event; events of one stream in order, streams concurrently
 /// (at most `limit` at a time). Every stream runs to its end; the first error is returned.
+/// Each step runs in its event's delivery span ([`RiverEvent::span`]).
 pub async fn by_stream<'a, F, Fut>(events: &'a [RiverEvent], limit: usize, step: F) -> Result<(), HandlerError>
 where
     F: Fn(&'a RiverEvent) -> Fut,
@@ -143,8 +175,13 @@ where
     F: Fn(&'a RiverEvent) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
+    use tracing::Instrument;
     for event in events {
-        step(event).await?;
+        if in_delivery() {
+            step(event).await?;
+        } else {
+            step(event).instrument(event.span()).await?;
+        }
     }
     Ok(())
 }
@@ -504,31 +541,39 @@ async fn balance<H: Handler>(shared: &Shared<H>) -> sqlx::Result<Vec<String>> {
 /// Hands records an operator marked for retry to the handler again: a few per round,
 /// so that the leases are renewed in between.
 async fn retry_dead_letters<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> {
+    use tracing::Instrument;
     let river = &shared.config.name;
     for _ in 0..10 {
         let mut tx = shared.pool.begin().await?;
         let Some(row) = dead_letter::next_retry(&mut tx, river).await? else { return Ok(()) };
-        let outcome = match serde_json::from_slice::<Envelope>(&row.record) {
+        let (span, outcome) = match serde_json::from_slice::<Envelope>(&row.record) {
             Ok(envelope) => {
                 let event = RiverEvent {
                     shard_id: row.shard_id.as_str().into(),
                     sequence_number: row.sequence_number.clone(),
                     envelope,
                 };
-                reader::call(&shared.handler, &mut tx, std::slice::from_ref(&event)).await.map_err(|e| e.to_string())
+                let span = river_span(river, &row.shard_id).in_scope(|| event.span());
+                let handled = reader::call(&shared.handler, &mut tx, std::slice::from_ref(&event))
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                (span, handled)
             }
-            Err(e) => Err(format!("the record is not an event envelope: {e}")),
+            Err(e) => (river_span(river, &row.shard_id), Err(format!("the record is not an event envelope: {e}"))),
         };
         match outcome {
             Ok(()) => {
                 dead_letter::resolve(&mut tx, row.id).await?;
                 tx.commit().await?;
-                tracing::info!(river = %river, id = row.id, "dead letter handled on retry");
+                span.in_scope(|| tracing::info!(river = %river, id = row.id, "dead letter handled on retry"));
             }
             Err(error) => {
                 tx.rollback().await?;
                 dead_letter::park_again(&shared.pool, row.id, &error).await?;
-                tracing::warn!(river = %river, id = row.id, error = %error, "dead letter failed again; parked");
+                span.in_scope(
+                    || tracing::warn!(river = %river, id = row.id, error = %error, "dead letter failed again; parked"),
+                );
             }
         }
     }

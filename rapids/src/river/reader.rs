@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why a reader stops.
 #[derive(Debug)]
@@ -47,7 +48,8 @@ pub(super) async fn call<H: Handler>(
     }
 }
 
-/// Reads `shard` until it is finished, the lease is lost or `cancel` fires.
+/// Reads `shard` until it is finished, the lease is lost or `cancel` fires; in the
+/// river's span, each delivery in its event's ([`RiverEvent::span`]).
 pub(super) async fn read<H: Handler>(shared: Arc<Shared<H>>, shard: String, cancel: CancellationToken) {
     let reader = ShardReader {
         label: [shared.config.name.clone(), shard.clone()],
@@ -55,7 +57,8 @@ pub(super) async fn read<H: Handler>(shared: Arc<Shared<H>>, shard: String, canc
         shared,
         cancel,
     };
-    match reader.run().await {
+    let span = super::river_span(&reader.label[0], &shard);
+    match reader.run().instrument(span).await {
         Ok(()) => tracing::info!(river = %reader.label[0], shard = %shard, "shard finished"),
         Err(Stop::LeaseLost) => tracing::info!(river = %reader.label[0], shard = %shard, "lease lost; stopped reading"),
         Err(Stop::Cancelled) => {}
@@ -225,11 +228,15 @@ impl<H: Handler> ShardReader<H> {
                         let delivery = self.shared.metrics.delivery_seconds.with_label_values(&self.label[..1]);
                         let now = std::time::SystemTime::now();
                         for (record, item) in records.iter().zip(&decoded) {
-                            if let (Decoded::Event(_), Some(arrived)) = (item, record.approximate_arrival_timestamp())
+                            let Decoded::Event(event) = item else { continue };
+                            if let Some(arrived) = record.approximate_arrival_timestamp()
                                 && let Ok(arrived) = std::time::SystemTime::try_from(*arrived)
                             {
                                 delivery.observe(now.duration_since(arrived).unwrap_or_default().as_secs_f64());
                             }
+                            // the handler ran in the event's span (by_stream opens one); the
+                            // checkpoint is committed now
+                            event.span().in_scope(|| tracing::info!("delivered"));
                         }
                         return Ok(());
                     }
@@ -248,7 +255,7 @@ impl<H: Handler> ShardReader<H> {
         for item in &decoded {
             match item {
                 Decoded::Skipped => {}
-                Decoded::Event(event) => self.deliver_one(event).await?,
+                Decoded::Event(event) => self.deliver_one(event).instrument(event.span()).await?,
                 Decoded::Bad { record, error } => {
                     let parked = dead_letter::Parked {
                         shard_id: &self.shard,
@@ -274,6 +281,7 @@ impl<H: Handler> ShardReader<H> {
         }
     }
 
+    /// One event, retried and parked on its own; the caller runs it in the event's span.
     async fn deliver_one(&self, event: &RiverEvent) -> Result<(), Stop> {
         let mut backoff = self.shared.config.retry_backoff;
         let mut attempts = 0;
@@ -281,6 +289,7 @@ impl<H: Handler> ShardReader<H> {
             match self.attempt(std::slice::from_ref(event), &event.sequence_number).await {
                 Ok(()) => {
                     self.shared.metrics.handled.with_label_values(&self.label).inc();
+                    tracing::info!("delivered");
                     return Ok(());
                 }
                 Err(Failure::LeaseLost) => return Err(Stop::LeaseLost),
