@@ -1,4 +1,5 @@
-//! The account routes: open, deposit, withdraw, close, read.
+//! The account routes: open, deposit, withdraw, close, read. Their request and reply
+//! types are the contract's, in [`bank_api::accounts`].
 
 use crate::AppState;
 use axum::extract::State;
@@ -6,15 +7,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bank_api::accounts::{AccountDetail, AccountReply, AmountRequest, OpenRequest, RecentTransaction};
 use bank_domain::account::{Account, AccountCommand, Actor, BALANCE_EVENTS};
 use bank_domain::{Currency, Money};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiJson, CommandMeta, PathId};
 use service_kit::http::command_response;
 use service_kit::{ApiError, ErrorCode};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
@@ -29,76 +29,6 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}/deposits", post(deposit))
         .route("/accounts/{id}/withdrawals", post(withdraw))
         .route("/accounts/{id}/close", post(close))
-}
-
-/// `POST /accounts`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OpenRequest {
-    #[schema(schema_with = service_kit::openapi::currency_schema)]
-    pub currency: String,
-    /// In minor units; 0 or absent opens an empty account.
-    #[serde(default)]
-    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000)]
-    pub initial_deposit: Option<serde_json::Number>,
-}
-
-/// `POST /accounts/{id}/deposits` and `/withdrawals`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AmountRequest {
-    /// In minor units, at most `MAX_AMOUNT_MINOR` (default 1,000,000,000).
-    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
-    pub amount: serde_json::Number,
-    #[schema(schema_with = service_kit::openapi::currency_schema)]
-    pub currency: String,
-    /// Optional optimistic check: refuse with 409 unless the account is at this version.
-    #[serde(default, deserialize_with = "service_kit::extract::optional_version")]
-    #[schema(minimum = 0, maximum = 2147483647)]
-    pub expected_version: Option<i32>,
-}
-
-/// An account after a command.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountReply {
-    pub id: Uuid,
-    /// The account's stream version after the command: read the views with `min_version` set to it.
-    pub version: i32,
-    pub owner: String,
-    #[schema(example = "EUR")]
-    pub currency: String,
-    #[schema(value_type = String, pattern = "^(open|closed)$")]
-    pub status: &'static str,
-    /// In minor units.
-    pub balance: i64,
-}
-
-/// One balance change, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RecentTransaction {
-    #[schema(value_type = String, pattern = "^(credit|debit)$")]
-    pub kind: &'static str,
-    /// The event type, e.g. `account.deposited`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    #[schema(value_type = Option<i64>)]
-    pub amount: Option<Value>,
-    #[schema(value_type = Option<String>)]
-    pub currency: Option<Value>,
-    #[schema(value_type = Option<i64>)]
-    pub balance_after: Option<Value>,
-    #[schema(value_type = Option<Uuid>)]
-    pub transfer_id: Option<Value>,
-    pub version: i32,
-    pub recorded_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// An account with its 20 newest transactions, from the event store.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountDetail {
-    #[serde(flatten)]
-    pub account: AccountReply,
-    pub recent_transactions: Vec<RecentTransaction>,
 }
 
 /// Every error a command on an existing account can answer, beside the common ones.
@@ -161,7 +91,7 @@ fn account_reply(id: Uuid, account: &Account, version: i32) -> AccountReply {
         version,
         owner: account.owner.clone(),
         currency: account.currency_code().to_owned(),
-        status: account.status.as_str(),
+        status: account.status.as_str().to_owned(),
         balance: account.balance,
     }
 }
@@ -271,7 +201,8 @@ async fn read(
             kind: match e.event_type.as_str() {
                 "account.deposited" | "account.credited" | "account.refunded" => "credit",
                 _ => "debit",
-            },
+            }
+            .to_owned(),
             event_type: e.event_type.clone(),
             amount: e.data.get("amount").cloned(),
             currency: e.data.get("currency").cloned(),

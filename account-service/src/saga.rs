@@ -11,7 +11,9 @@
 //! transfer in order. Each step logs `saga step` with the transfer id, inside the
 //! delivery's span (the event's correlation and causation ids, stream and version).
 
+use bank_domain::Aggregate;
 use bank_domain::account::{Account, AccountCommand};
+use bank_domain::transfer::MoneyTransfer;
 use bank_domain::{Currency, Money};
 use eventstore::{CommandContext, IdempotencyRequest, Repository};
 use rapids::river::{Handler, HandlerError, RiverEvent, by_stream};
@@ -100,7 +102,10 @@ impl SagaSteps {
 
 impl Handler for SagaSteps {
     async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
-        by_stream(events, CONCURRENCY, |event| self.step(event)).await
+        // only the transfer aggregate's own events (a task's refusal is `transfer.*` too)
+        let transfers: Vec<RiverEvent> =
+            events.iter().filter(|e| e.from_aggregate(MoneyTransfer::STREAM_TYPE)).cloned().collect();
+        by_stream(&transfers, CONCURRENCY, |event| self.step(event)).await
     }
 
     /// The steps are commands, idempotent on their own; nothing is written through `tx`.

@@ -7,10 +7,15 @@
 //! * `bankctl dead-letters [--river R]` lists events the rivers parked.
 //! * `bankctl retry-dead-letters --river R [--id N]` hands parked events back to the
 //!   river's handler (a running instance of the river picks them up).
+//! * `bankctl status [--accounts URL] [--transfers URL] [--queries URL]` prints each
+//!   service's `/ready` answer as JSON (through `bank-client`) and fails unless every
+//!   one is ready.
 
+use bank_client::{BankClient, ClientError, Readiness, Urls};
 use clap::{Parser, Subcommand};
 use rapids::config::KinesisArgs;
 use rapids::river::dead_letter;
+use serde_json::{Value, json};
 use service_kit::auth::{Role, issue_hs256};
 use service_kit::config::{DatabaseArgs, Secret};
 use std::time::Duration;
@@ -67,6 +72,62 @@ enum Command {
         #[arg(long)]
         id: Option<i64>,
     },
+    /// Print each service's /ready answer (status and body) as JSON; fail unless all
+    /// are ready.
+    Status {
+        /// account-service base URL.
+        #[arg(long, env = "ACCOUNT_SERVICE_URL", default_value = "http://127.0.0.1:8081")]
+        accounts: String,
+        /// transfer-service base URL.
+        #[arg(long, env = "TRANSFER_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+        transfers: String,
+        /// query-service base URL.
+        #[arg(long, env = "QUERY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
+        queries: String,
+    },
+}
+
+/// How long `status` waits for each service's answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Each service's `/ready`, asked at once; the report and whether all are ready.
+async fn status(urls: Urls) -> (Value, bool) {
+    let bank = BankClient::anonymous(urls.clone());
+    let ask = |base: String| {
+        let bank = bank.clone();
+        async move {
+            let answer = tokio::time::timeout(READY_TIMEOUT, bank.ready(&base)).await;
+            (base, answer.map_err(|_| format!("no answer within {} s", READY_TIMEOUT.as_secs())))
+        }
+    };
+    let (a, t, q) = tokio::join!(ask(urls.accounts), ask(urls.transfers), ask(urls.queries));
+    report([("account-service", a), ("transfer-service", t), ("query-service", q)])
+}
+
+type Answer = (String, Result<Result<Readiness, ClientError>, String>);
+
+/// `{service: {url, status, body} | {url, error}}`, and whether every service is ready.
+fn report(answers: [(&str, Answer); 3]) -> (Value, bool) {
+    let mut all_ready = true;
+    let mut out = serde_json::Map::new();
+    for (service, (url, answer)) in answers {
+        let entry = match answer {
+            Ok(Ok(ready)) => {
+                all_ready &= ready.is_ready();
+                json!({"url": url, "status": ready.status, "body": ready.body})
+            }
+            Ok(Err(e)) => {
+                all_ready = false;
+                json!({"url": url, "error": e.to_string()})
+            }
+            Err(timeout) => {
+                all_ready = false;
+                json!({"url": url, "error": timeout})
+            }
+        };
+        out.insert(service.to_owned(), entry);
+    }
+    (Value::Object(out), all_ready)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -113,6 +174,59 @@ async fn main() -> anyhow::Result<()> {
             let marked = dead_letter::request_retry(&pool, &river, id).await?;
             println!("{marked} dead letter(s) of river {river} marked for retry");
         }
+        Command::Status { accounts, transfers, queries } => {
+            let (report, all_ready) = status(Urls { accounts, transfers, queries }).await;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !all_ready {
+                anyhow::bail!("not every service is ready");
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_takes_the_dev_ports_unless_told_otherwise() -> anyhow::Result<()> {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let Command::Status { accounts, transfers, queries } =
+            Cli::try_parse_from(["bankctl", "status", "--queries", "http://q:1"])?.command
+        else {
+            anyhow::bail!("not status")
+        };
+        // the environment may name the first two; the flag wins for the third
+        if std::env::var_os("ACCOUNT_SERVICE_URL").is_none() {
+            assert_eq!(accounts, "http://127.0.0.1:8081");
+        }
+        if std::env::var_os("TRANSFER_SERVICE_URL").is_none() {
+            assert_eq!(transfers, "http://127.0.0.1:8082");
+        }
+        assert_eq!(queries, "http://q:1");
+        Ok(())
+    }
+
+    #[test]
+    fn one_service_not_ready_fails_the_status() {
+        let ready = |status| Ok(Ok(Readiness { status, body: json!({"status": "ready"}) }));
+        let (report, all_ready) = report([
+            ("account-service", ("http://a".into(), ready(200))),
+            ("transfer-service", ("http://t".into(), ready(503))),
+            ("query-service", ("http://q".into(), Err("no answer within 5 s".into()))),
+        ]);
+        assert!(!all_ready);
+        assert_eq!(report["account-service"], json!({"url": "http://a", "status": 200, "body": {"status": "ready"}}));
+        assert_eq!(report["transfer-service"]["status"], 503);
+        assert_eq!(report["query-service"]["error"], "no answer within 5 s");
+        let (_, all_ready) = report_of_ready();
+        assert!(all_ready);
+    }
+
+    fn report_of_ready() -> (Value, bool) {
+        let ready = || ("u".to_owned(), Ok(Ok(Readiness { status: 200, body: json!({}) })));
+        report([("a", ready()), ("t", ready()), ("q", ready())])
+    }
 }

@@ -19,6 +19,23 @@ pub struct EventMetadata {
     /// The token subject (or service name) that acted.
     #[serde(default)]
     pub actor: String,
+    /// The actor's role (`customer`, `teller`, `admin`), when a token acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The emitting domain, for events posted to the event bus (aggregate events:
+    /// their stream type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The process that stored the event (aggregate events: `<stream type>-service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The Kinesis partition key, for events posted to the event bus (aggregate
+    /// events: their stream id, which keeps a stream in order on one shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// The producer's own tags.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub tags: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An event as stored, with its position and version.
@@ -36,7 +53,9 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
-/// The JSON record published to Kinesis, one per event, partition key = `stream_id`.
+/// The JSON record published to Kinesis, one per event, partition key =
+/// [`Envelope::partition_key`]. Readers ignore unknown fields and default missing ones
+/// (an envelope of an older tailer has no `partition_key`, `source` or `timestamp`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub event_id: Uuid,
@@ -55,8 +74,19 @@ pub struct Envelope {
     pub causation_id: Option<String>,
     #[serde(default)]
     pub actor: String,
+    /// `region` and `service`, plus the producer's own tags.
     #[serde(default)]
     pub tags: serde_json::Map<String, serde_json::Value>,
+    /// The Kinesis partition key: the stream id for aggregate events, the producer's
+    /// key (or a random UUID) for events posted to the bus.
+    #[serde(default)]
+    pub partition_key: String,
+    /// The emitting domain: `account`, `transfer`, or the bus caller's `source`.
+    #[serde(default)]
+    pub source: String,
+    /// When the event was recorded, in epoch milliseconds.
+    #[serde(default)]
+    pub timestamp: i64,
     pub data: serde_json::Value,
 }
 
@@ -64,22 +94,39 @@ fn one() -> i16 {
     1
 }
 
-impl From<RecordedEvent> for Envelope {
-    fn from(e: RecordedEvent) -> Self {
+impl Envelope {
+    /// The envelope of a stored event, tagged with the region it is published in.
+    pub fn from_recorded(e: RecordedEvent, region: &str) -> Self {
+        let m = e.metadata;
+        let mut tags = m.tags;
+        if !region.is_empty() {
+            tags.insert("region".into(), region.into());
+        }
+        let service = m.service.unwrap_or_else(|| format!("{}-service", e.stream_type));
+        tags.insert("service".into(), service.into());
         Envelope {
             event_id: e.event_id,
             event_type: e.event_type,
             stream_id: e.stream_id,
+            partition_key: m.partition_key.unwrap_or_else(|| e.stream_id.to_string()),
+            source: m.source.unwrap_or_else(|| e.stream_type.clone()),
             stream_type: e.stream_type,
             version: e.version,
             position: e.position,
             schema_version: e.schema_version,
+            timestamp: e.recorded_at.timestamp_millis(),
             recorded_at: e.recorded_at,
-            correlation_id: e.metadata.correlation_id,
-            causation_id: e.metadata.causation_id,
-            actor: e.metadata.actor,
-            tags: serde_json::Map::new(),
+            correlation_id: m.correlation_id,
+            causation_id: m.causation_id,
+            actor: m.actor,
+            tags,
             data: e.data,
         }
+    }
+}
+
+impl From<RecordedEvent> for Envelope {
+    fn from(e: RecordedEvent) -> Self {
+        Envelope::from_recorded(e, "")
     }
 }

@@ -1,13 +1,18 @@
 //! The HTTP calls the benchmarks make: which account-service to load and as whom
-//! (`Target`), opening accounts, deposits, creating and reading transfers, reading an
-//! account back from query-service, and scraping a histogram from a `/metrics` page.
+//! (`Target`), opening accounts, deposits, creating and following transfers, reading an
+//! account back from query-service (all through `bank-client`, the services' typed
+//! client), and scraping a histogram from a `/metrics` page.
 //!
 //! Timing and counting are the scenarios'; these only speak to the services.
 
 use crate::prom::{self, Histogram, Histograms};
-use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use anyhow::Context;
+use bank_client::api::accounts::{AmountRequest, OpenRequest};
+use bank_client::api::transfers::CreateTransferRequest;
+use bank_client::api::{transfers, views};
+use bank_client::{BankClient, ClientError, Urls};
 use service_kit::auth::{Role, issue_hs256};
+use uuid::Uuid;
 
 /// The account-service to load, and the secret its tokens are minted with.
 #[derive(clap::Args, Clone)]
@@ -25,119 +30,118 @@ impl Target {
     pub fn token(&self, subject: &str) -> anyhow::Result<String> {
         Ok(issue_hs256(&self.jwt_secret, subject, Role::Customer, 7200)?)
     }
+
+    /// The services' base URLs: account-service at `--url`, the others at their dev
+    /// ports unless a scenario names them.
+    pub fn urls(&self) -> Urls {
+        Urls { accounts: self.url.clone(), ..Urls::dev() }
+    }
+}
+
+/// `what answered 409 Conflict` for a refusal, the error itself otherwise.
+fn refused(what: &str, error: ClientError) -> anyhow::Error {
+    match error.status().and_then(|s| reqwest::StatusCode::from_u16(s).ok()) {
+        Some(status) => anyhow::anyhow!("{what} answered {status}"),
+        None => error.into(),
+    }
 }
 
 /// Opens an empty EUR account; its id.
-pub async fn open(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<String> {
-    let response = client
-        .post(format!("{url}/accounts"))
-        .bearer_auth(token)
-        .json(&json!({"currency": "EUR"}))
-        .send()
-        .await
-        .context("account-service unreachable")?;
-    if response.status() != 201 {
-        bail!("opening an account answered {}", response.status());
+pub async fn open(bank: &BankClient) -> anyhow::Result<Uuid> {
+    let request = OpenRequest { currency: "EUR".into(), initial_deposit: None };
+    match bank.open_account(&request).await {
+        Ok(account) => Ok(account.id),
+        Err(e @ ClientError::Transport(_)) => Err(anyhow::Error::new(e).context("account-service unreachable")),
+        Err(e) => Err(refused("opening an account", e)),
     }
-    let body: Value = response.json().await?;
-    Ok(body["id"].as_str().context("no id")?.to_owned())
 }
 
 /// Opens a EUR account with `initial_deposit` (minor units); its id.
-pub async fn open_funded(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    initial_deposit: i64,
-) -> anyhow::Result<String> {
-    let response = client
-        .post(format!("{url}/accounts"))
-        .bearer_auth(token)
-        .json(&json!({"currency": "EUR", "initial_deposit": initial_deposit}))
-        .send()
-        .await?;
-    let body: Value = response.json().await?;
-    Ok(body["id"].as_str().context("opening an account failed")?.to_owned())
+pub async fn open_funded(bank: &BankClient, initial_deposit: i64) -> anyhow::Result<Uuid> {
+    let request = OpenRequest { currency: "EUR".into(), initial_deposit: Some(initial_deposit.into()) };
+    Ok(bank.open_account(&request).await.context("opening an account failed")?.id)
 }
 
-/// Deposits 1 EUR cent. The answer's body is not read: the benchmarks that only
-/// count deposits do not pay for parsing it.
-pub async fn deposit(client: &reqwest::Client, url: &str, token: &str, account: &str) -> anyhow::Result<()> {
-    let response = client
-        .post(format!("{url}/accounts/{account}/deposits"))
-        .bearer_auth(token)
-        .json(&json!({"amount": 1, "currency": "EUR"}))
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("deposit answered {}", response.status());
-    }
+/// 1 EUR cent.
+fn one_cent() -> AmountRequest {
+    AmountRequest { amount: 1.into(), currency: "EUR".into(), expected_version: None }
+}
+
+/// Deposits 1 EUR cent (its answer, a few dozen bytes, is decoded and dropped).
+pub async fn deposit(bank: &BankClient, account: Uuid) -> anyhow::Result<()> {
+    bank.deposit(account, &one_cent()).await.map_err(|e| refused("deposit", e))?;
     Ok(())
 }
 
 /// Deposits 1 EUR cent; the account's version after it, from the answer.
-pub async fn deposit_version(client: &reqwest::Client, url: &str, token: &str, account: &str) -> anyhow::Result<i64> {
-    let response = client
-        .post(format!("{url}/accounts/{account}/deposits"))
-        .bearer_auth(token)
-        .json(&json!({"amount": 1, "currency": "EUR"}))
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("deposit answered {}", response.status());
-    }
-    let body: Value = response.json().await?;
-    body["version"].as_i64().context("a deposit's answer without a version")
+pub async fn deposit_version(bank: &BankClient, account: Uuid) -> anyhow::Result<i64> {
+    let account = bank.deposit(account, &one_cent()).await.map_err(|e| refused("deposit", e))?;
+    Ok(i64::from(account.version))
 }
 
-/// GET `<query_url>/accounts/{id}?min_version=..&wait_ms=..` (query-service answers
+/// GET `<queries>/accounts/{id}?min_version=..&wait_ms=..` (query-service answers
 /// when the view reached the version, or 409 after the wait); the status.
 pub async fn read_account(
-    client: &reqwest::Client,
-    query_url: &str,
-    token: &str,
-    account: &str,
+    bank: &BankClient,
+    account: Uuid,
     min_version: i64,
     wait_ms: u64,
-) -> reqwest::Result<reqwest::StatusCode> {
-    let response = client
-        .get(format!("{query_url}/accounts/{account}?min_version={min_version}&wait_ms={wait_ms}"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    Ok(response.status())
-}
-
-/// POST /transfers; the new transfer's id, or `None` unless it was created (201 with an id).
-pub async fn create_transfer(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> Option<String> {
-    match client.post(format!("{url}/transfers")).bearer_auth(token).json(body).send().await {
-        Ok(r) if r.status() == 201 => {
-            let body: Value = r.json().await.unwrap_or_default();
-            body["id"].as_str().map(str::to_owned)
-        }
-        _ => None,
+) -> Result<u16, ClientError> {
+    let wait =
+        views::WaitQuery { min_version: Some(min_version), wait_ms: Some(i64::try_from(wait_ms).unwrap_or(i64::MAX)) };
+    match bank.view_account(account, &wait).await {
+        Ok(_) | Err(ClientError::Decode(_)) => Ok(200),
+        Err(ClientError::Http { status, .. }) => Ok(status),
+        Err(e) => Err(e),
     }
 }
 
-/// GET `<base>/transfers/{id}`, long-polling for `min_version` when given. `Ok(None)`
-/// for an answer other than 200 (409 `view_out_of_date` / `version_not_reached`);
-/// an unreadable body reads as `{}`.
-pub async fn get_transfer(
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-    min_version: Option<i64>,
-) -> reqwest::Result<Option<Value>> {
-    let request = match min_version {
-        Some(next) => client.get(format!("{base}/transfers/{id}?min_version={next}&wait_ms=5000")),
-        None => client.get(format!("{base}/transfers/{id}")),
+/// POST /transfers of `amount` EUR cents; the new transfer's id, or `None` unless it
+/// was created.
+pub async fn create_transfer(bank: &BankClient, from: Uuid, to: Uuid, amount: u64) -> Option<Uuid> {
+    let request = CreateTransferRequest {
+        from: from.to_string(),
+        to: to.to_string(),
+        amount: amount.into(),
+        currency: "EUR".into(),
     };
-    let response = request.bearer_auth(token).send().await?;
-    if response.status() != 200 {
-        return Ok(None);
+    bank.create_transfer(&request, None).await.ok().map(|t| t.id)
+}
+
+/// Which service a transfer is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferSource {
+    /// transfer-service (the event store).
+    Transfers,
+    /// query-service (the views).
+    Views,
+}
+
+/// GET `/transfers/{id}` of `source`, long-polling for `min_version` (5 s) when given:
+/// the transfer's state and version. `Ok(None)` for an answer other than 2xx (409
+/// `view_out_of_date` / `version_not_reached`) or one that does not decode.
+pub async fn transfer_state(
+    bank: &BankClient,
+    source: TransferSource,
+    id: Uuid,
+    min_version: Option<i64>,
+) -> Result<Option<(String, i64)>, ClientError> {
+    let wait_ms = min_version.map(|_| 5000);
+    let answer = match source {
+        TransferSource::Transfers => bank
+            .transfer(id, &transfers::WaitQuery { min_version, wait_ms })
+            .await
+            .map(|t| (t.state, i64::from(t.version))),
+        TransferSource::Views => bank
+            .view_transfer(id, &views::WaitQuery { min_version, wait_ms })
+            .await
+            .map(|t| (t.state, i64::from(t.version))),
+    };
+    match answer {
+        Ok(state) => Ok(Some(state)),
+        Err(ClientError::Http { .. } | ClientError::Decode(_)) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(response.json().await.unwrap_or_default()))
 }
 
 /// The series of histogram `name` on `url`'s /metrics page, keyed by their labels.

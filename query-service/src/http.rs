@@ -1,63 +1,28 @@
 //! The read routes: accounts, their transactions, transfers; each with `min_version`
-//! and `wait_ms`.
+//! and `wait_ms`. Their query and reply types are the contract's, in
+//! [`bank_api::views`].
 
 use crate::AppState;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use bank_api::views::{
+    AccountDetail, AccountList, AccountRow, AccountsQuery, TransactionPage, TransactionRow, TransactionsQuery,
+    TransferRow, WaitQuery,
+};
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
-use serde::{Deserialize, Serialize};
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiQuery, MAX_VERSION, PathId, Wait, in_range};
 use service_kit::{ApiError, ErrorCode};
 use std::future::Future;
-use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(paths(list_accounts, account, transactions, transfer))]
 pub struct Api;
-
-/// `min_version` and `wait_ms` of a waiting read.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WaitQuery {
-    /// Answer once the view is at this version or later (the `version` a command answered).
-    #[param(minimum = 0, maximum = 2147483647)]
-    pub min_version: Option<i64>,
-    /// How long to wait for `min_version`, in ms; capped by `QUERY_MAX_WAIT_MS` and always
-    /// ending before the request timeout, in 200 or 409 `view_out_of_date`. An id not in the
-    /// views yet waits too (its creation may be on its way) and ends in 409 with version 0.
-    #[param(minimum = 0)]
-    pub wait_ms: Option<i64>,
-}
-
-/// `GET /accounts/{id}/transactions`: a page, and the wait.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct TransactionsQuery {
-    #[param(minimum = 0, maximum = 2147483647)]
-    pub min_version: Option<i64>,
-    #[param(minimum = 0)]
-    pub wait_ms: Option<i64>,
-    /// Items per page (0 counts as 1; default 50).
-    #[param(minimum = 0, maximum = 200)]
-    pub limit: Option<i64>,
-    /// The cursor: `next_before_version` of the previous page.
-    #[param(minimum = 0, maximum = 2147483647)]
-    pub before_version: Option<i64>,
-}
-
-/// `GET /accounts`: whose accounts.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AccountsQuery {
-    /// Tellers and admins may name any owner; a customer only themselves (default: the caller).
-    pub owner: Option<String>,
-}
 
 /// The errors of the waiting reads of one account or transfer, beside the common ones.
 pub const ACCOUNT_ERRORS: &[ErrorCode] = &[
@@ -129,32 +94,6 @@ impl AppState {
             Err(current) => Err(out_of_date(current, wanted)),
         }
     }
-}
-
-/// An account as the views have it.
-#[derive(Debug, sqlx::FromRow, Serialize, ToSchema)]
-pub struct AccountRow {
-    id: Uuid,
-    owner: String,
-    currency: String,
-    status: String,
-    balance: i64,
-    version: i32,
-    opened_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-/// One balance change of an account.
-#[derive(Debug, sqlx::FromRow, Serialize, ToSchema)]
-pub struct TransactionRow {
-    version: i32,
-    kind: String,
-    amount: i64,
-    currency: String,
-    balance_after: i64,
-    transfer_id: Option<Uuid>,
-    counterparty: Option<Uuid>,
-    recorded_at: DateTime<Utc>,
 }
 
 const ACCOUNT: &str = "select id, owner, currency, status, balance, version, opened_at, updated_at from views.accounts";
@@ -331,25 +270,6 @@ async fn list_accounts(
     Ok(Json(AccountList { owner, items: rows }))
 }
 
-/// A transfer as the views have it.
-#[derive(Debug, sqlx::FromRow, Serialize, ToSchema)]
-pub struct TransferRow {
-    id: Uuid,
-    #[serde(rename = "from")]
-    from_account: Uuid,
-    #[serde(rename = "to")]
-    to_account: Uuid,
-    amount: i64,
-    currency: String,
-    #[schema(pattern = "^(initiated|debited|refunding|completed|failed)$")]
-    state: String,
-    failure_reason: Option<String>,
-    initiated_by: String,
-    version: i32,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
 /// A transfer (its initiator, tellers and admins).
 #[utoipa::path(get, path = "/transfers/{id}", tag = "transfers",
     params(("id" = Uuid, Path), WaitQuery),
@@ -388,30 +308,4 @@ async fn transfer(
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::TransferNotFound, "no such transfer"))?;
     Ok(Json(t))
-}
-
-/// An account with its newest transactions.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountDetail {
-    #[serde(flatten)]
-    pub account: AccountRow,
-    pub recent_transactions: Vec<TransactionRow>,
-}
-
-/// A page of an account's transactions.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TransactionPage {
-    pub account_id: Uuid,
-    /// The account's version the page was read at.
-    pub version: i32,
-    pub items: Vec<TransactionRow>,
-    /// The cursor of the next page (`before_version`); null on the last.
-    pub next_before_version: Option<i32>,
-}
-
-/// Someone's accounts.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AccountList {
-    pub owner: String,
-    pub items: Vec<AccountRow>,
 }

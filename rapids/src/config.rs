@@ -96,7 +96,10 @@ impl RiverArgs {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
         self.river_enabled.then(|| {
-            let config = self.river_config(name, crate::river::TopicFilter::new(topics));
+            let config = crate::river::RiverConfig {
+                subscriptions: crate::river::Subscriptions::Managed,
+                ..self.river_config(name, crate::river::TopicFilter::new(topics))
+            };
             let river = crate::river::River::new(config, self.river_pool(service_pool), rapids, handler, metrics);
             tokio::spawn(river.run(shutdown))
         })

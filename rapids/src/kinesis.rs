@@ -49,6 +49,7 @@ pub fn describe(e: &dyn std::error::Error) -> String {
 pub struct Rapids {
     client: aws_sdk_kinesis::Client,
     stream: String,
+    region: String,
 }
 
 impl Rapids {
@@ -81,7 +82,11 @@ impl Rapids {
             }
         }
         let sdk = loader.load().await;
-        Rapids { client: aws_sdk_kinesis::Client::new(&sdk), stream: config.stream.clone() }
+        Rapids {
+            client: aws_sdk_kinesis::Client::new(&sdk),
+            stream: config.stream.clone(),
+            region: config.region.clone(),
+        }
     }
 
     pub fn client(&self) -> &aws_sdk_kinesis::Client {
@@ -90,6 +95,11 @@ impl Rapids {
 
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// The AWS region of the stream (envelopes are tagged with it).
+    pub fn region(&self) -> &str {
+        &self.region
     }
 
     /// Succeeds when the stream exists and answers (readiness).

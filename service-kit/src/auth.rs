@@ -22,6 +22,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The role's name, as in tokens.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Teller => "teller",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// The claims this service reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {

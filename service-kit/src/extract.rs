@@ -68,19 +68,6 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, 
     Ok(ApiJson { value, canonical })
 }
 
-/// Deserializes an optional version (0 to `i32::MAX`) that JSON may write as a whole
-/// float (`7.0`): JSON Schema counts that as an integer, and so do we.
-pub fn optional_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
-    use serde::Deserialize;
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
-    let whole = n
-        .as_i64()
-        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= MAX_VERSION as f64).map(|f| f as i64));
-    whole.and_then(|v| i32::try_from(v).ok()).filter(|v| *v >= 0).map(Some).ok_or_else(|| {
-        serde::de::Error::custom(format!("a version is a whole number from 0 to {MAX_VERSION}, not {n}"))
-    })
-}
-
 /// The caller and the request metadata a command records with its events.
 #[derive(Debug, Clone)]
 pub struct CommandMeta {
@@ -116,6 +103,8 @@ impl CommandMeta {
                 causation_id: self.request_id.clone(),
                 request_id: self.request_id.clone(),
                 actor: self.caller.subject.clone(),
+                role: Some(self.caller.role.as_str().to_owned()),
+                ..EventMetadata::default()
             },
             idempotency,
             expected_version,
@@ -244,32 +233,5 @@ impl Wait {
         let min_version = in_range("min_version", min_version, MAX_VERSION)?;
         let wait_ms = in_range("wait_ms", wait_ms, i64::MAX)?.unwrap_or(0).unsigned_abs();
         Ok(Wait { min_version, wait: std::time::Duration::from_millis(wait_ms).min(max_wait) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    struct Body {
-        #[serde(default, deserialize_with = "optional_version")]
-        v: Option<i32>,
-    }
-
-    fn v(json: &str) -> Result<Option<i32>, String> {
-        serde_json::from_str::<Body>(json).map(|b| b.v).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn a_version_is_a_whole_number_in_range_written_either_way() {
-        assert_eq!(v(r#"{}"#), Ok(None));
-        assert_eq!(v(r#"{"v": null}"#), Ok(None));
-        assert_eq!(v(r#"{"v": 7}"#), Ok(Some(7)));
-        assert_eq!(v(r#"{"v": 7.0}"#), Ok(Some(7)));
-        assert_eq!(v(r#"{"v": 2147483647}"#), Ok(Some(i32::MAX)));
-        for bad in ["-1", "7.5", "2147483648", "1e300", "\"7\""] {
-            assert!(v(&format!(r#"{{"v": {bad}}}"#)).is_err(), "{bad} accepted");
-        }
     }
 }

@@ -33,16 +33,6 @@ pub const BODY_ERRORS: &[ErrorCode] =
 /// The pattern of an `Idempotency-Key` (1 to 255 visible ASCII characters).
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
-/// The schema of a currency field: one of the codes the bank holds.
-pub fn currency_schema() -> utoipa::openapi::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
-    ObjectBuilder::new()
-        .schema_type(SchemaType::Type(Type::String))
-        .enum_values(Some(bank_domain::Currency::CODES.iter().copied()))
-        .description(Some("an ISO 4217 code"))
-        .build()
-}
-
 /// The error body's schema: the code is one of [`ErrorCode::ALL`].
 pub fn error_schema() -> Value {
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();

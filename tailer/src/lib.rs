@@ -259,7 +259,7 @@ impl<S: EventSource> Tailer<S> {
         listener: &mut PgListener,
         puts: &mut FuturesUnordered<BoxFuture<'static, publish::PutOutcome>>,
     ) -> Result<(), TailerError> {
-        let mut pipeline = publish::Pipeline::default();
+        let mut pipeline = publish::Pipeline::in_region(self.publisher.region());
         let in_flight = self.config.in_flight.max(1);
         // something may have been committed: read
         let mut read_now = true;

@@ -82,6 +82,8 @@ impl PutOutcome {
 /// source positions (`A`) waiting for them.
 #[derive(Debug)]
 pub struct Pipeline<A> {
+    /// The region the envelopes are tagged with.
+    region: String,
     records: VecDeque<Slot>,
     /// The id of `records[0]`; ids grow by one per record pushed.
     front: u64,
@@ -92,7 +94,14 @@ pub struct Pipeline<A> {
 
 impl<A> Default for Pipeline<A> {
     fn default() -> Self {
-        Pipeline { records: VecDeque::new(), front: 0, acks: VecDeque::new() }
+        Pipeline { region: String::new(), records: VecDeque::new(), front: 0, acks: VecDeque::new() }
+    }
+}
+
+impl<A> Pipeline<A> {
+    /// A pipeline whose envelopes carry the `region` tag.
+    pub fn in_region(region: &str) -> Self {
+        Pipeline { region: region.to_owned(), ..Pipeline::default() }
     }
 }
 
@@ -117,9 +126,11 @@ impl<A> Pipeline<A> {
     pub fn push(&mut self, events: &[RecordedEvent], ack: Option<A>) -> Result<(), PublishError> {
         let mut slots = Vec::with_capacity(events.len());
         for event in events {
-            let key = event.stream_id.to_string();
-            let data = serde_json::to_vec(&Envelope::from(event.clone()))
-                .map_err(|err| PublishError::Encode(err.to_string()))?;
+            let envelope = Envelope::from_recorded(event.clone(), &self.region);
+            // a stream's events share its partition key (aggregates: the stream id), so
+            // one key never has two records in flight and keeps its order on its shard
+            let key = envelope.partition_key.clone();
+            let data = serde_json::to_vec(&envelope).map_err(|err| PublishError::Encode(err.to_string()))?;
             if data.len() + key.len() > MAX_RECORD_BYTES {
                 return Err(PublishError::TooLarge(event.event_id));
             }
@@ -207,6 +218,11 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(rapids: Rapids) -> Self {
         Publisher { rapids }
+    }
+
+    /// The region of the stream it publishes to.
+    pub fn region(&self) -> &str {
+        self.rapids.region()
     }
 
     /// Sends one request; the future owns what it needs, so several can be in flight.

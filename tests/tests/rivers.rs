@@ -128,6 +128,9 @@ fn envelope(stream_id: Uuid, version: i32, data: serde_json::Value) -> Envelope 
         causation_id: None,
         actor: "test".into(),
         tags: Default::default(),
+        partition_key: stream_id.to_string(),
+        source: "test".into(),
+        timestamp: 0,
         data,
     }
 }

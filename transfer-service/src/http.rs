@@ -1,4 +1,5 @@
 //! The transfer routes: create (validated against the event store's accounts), read.
+//! Their request and reply types are the contract's, in [`bank_api::transfers`].
 
 use crate::AppState;
 use axum::extract::State;
@@ -6,69 +7,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bank_api::transfers::{CreateTransferRequest, TransferReply, WaitQuery};
 use bank_domain::account::{Account, AccountStatus};
 use bank_domain::transfer::{MoneyTransfer, TransferCommand, TransferError};
 use bank_domain::{Aggregate, Money};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiJson, ApiQuery, CommandMeta, PathId, Wait, parse_id};
 use service_kit::http::command_response;
 use service_kit::{ApiError, ErrorCode};
-use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/transfers", post(create)).route("/transfers/{id}", get(read))
-}
-
-/// `POST /transfers`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTransferRequest {
-    /// The source account: the caller's own.
-    #[schema(value_type = Uuid)]
-    pub from: String,
-    /// The target account.
-    #[schema(value_type = Uuid)]
-    pub to: String,
-    /// In minor units, at most `MAX_AMOUNT_MINOR` (default 1,000,000,000).
-    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
-    pub amount: serde_json::Number,
-    #[schema(schema_with = service_kit::openapi::currency_schema)]
-    pub currency: String,
-}
-
-/// A transfer as the event store has it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TransferReply {
-    pub id: Uuid,
-    /// The transfer's stream version: 1 when initiated; wait for later ones with `min_version`.
-    pub version: i32,
-    pub from: Uuid,
-    pub to: Uuid,
-    /// In minor units.
-    pub amount: i64,
-    pub currency: Option<String>,
-    #[schema(value_type = String, pattern = "^(initiated|debited|refunding|completed|failed)$")]
-    pub state: &'static str,
-    pub initiated_by: String,
-    /// Why a failed transfer failed (e.g. `insufficient_funds`).
-    pub failure_reason: Option<String>,
-}
-
-/// `GET /transfers/{id}`: wait for a version.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct WaitQuery {
-    /// Answer once the transfer is at this version or later (see `wait_ms`).
-    #[param(minimum = 0, maximum = 2147483647)]
-    pub min_version: Option<i64>,
-    /// How long to wait for `min_version`, in ms; capped by `TRANSFER_MAX_WAIT_MS` and always
-    /// ending before the request timeout, in 200 or 409 `version_not_reached`. An unknown id
-    /// waits too (it may be a transfer about to be created) and ends in 409 with version 0.
-    #[param(minimum = 0)]
-    pub wait_ms: Option<i64>,
 }
 
 /// The errors of `POST /transfers`, beside the common ones.
@@ -113,7 +64,7 @@ fn transfer_reply(id: Uuid, t: &MoneyTransfer, version: i32) -> TransferReply {
         to: t.to,
         amount: t.amount,
         currency: t.currency.map(|c| c.as_str().to_owned()),
-        state: t.state.as_str(),
+        state: t.state.as_str().to_owned(),
         initiated_by: t.initiated_by.clone(),
         failure_reason: t.failure_reason.clone(),
     }

@@ -10,7 +10,8 @@
 //! Each step logs `saga step` with the transfer id (from the account event), inside
 //! the delivery's span (the event's correlation and causation ids, stream and version).
 
-use bank_domain::account::AccountEvent;
+use bank_domain::Aggregate;
+use bank_domain::account::{Account, AccountEvent};
 use bank_domain::transfer::{MoneyTransfer, TransferCommand};
 use eventstore::Repository;
 use rapids::river::{Handler, HandlerError, RiverEvent, by_stream};
@@ -84,7 +85,10 @@ impl SagaSteps {
 
 impl Handler for SagaSteps {
     async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
-        by_stream(events, CONCURRENCY, |event| self.step(event)).await
+        // only the account aggregate's own events
+        let accounts: Vec<RiverEvent> =
+            events.iter().filter(|e| e.from_aggregate(Account::STREAM_TYPE)).cloned().collect();
+        by_stream(&accounts, CONCURRENCY, |event| self.step(event)).await
     }
 
     /// The steps are commands, idempotent on their own; nothing is written through `tx`.

@@ -302,7 +302,8 @@ impl Handler for ViewsHandler {
     async fn handle(&self, tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
         let mut streams: Vec<StreamEvents> = Vec::new();
         let mut index = std::collections::HashMap::new();
-        for event in events {
+        // only the aggregates' own events: a task's refusal is `transfer.*` too
+        for event in events.iter().filter(|e| e.from_aggregate("account") || e.from_aggregate("transfer")) {
             let e = &event.envelope;
             let at = *index.entry(e.stream_id).or_insert_with(|| {
                 streams.push(StreamEvents {

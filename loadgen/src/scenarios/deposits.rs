@@ -6,12 +6,14 @@
 use crate::client::{self, Target};
 use crate::load::Outcome;
 use crate::pgbench;
+use bank_client::BankClient;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,15 +75,16 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 /// deposit when the last is answered.
 pub async fn drive(target: &Target, accounts: usize, connections: usize, seconds: u64) -> anyhow::Result<Outcome> {
     anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
-    let mut tokens = Vec::new();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+    let bank = BankClient::anonymous(target.urls()).with_http(http);
+    let mut customers = Vec::new();
     for c in 0..accounts.div_ceil(50) {
-        tokens.push(target.token(&format!("bench-{c}"))?);
+        customers.push(bank.with_token(target.token(&format!("bench-{c}"))?));
     }
-    let ids: Vec<(String, String)> = futures::stream::iter(0..accounts)
+    let ids: Vec<(Uuid, BankClient)> = futures::stream::iter(0..accounts)
         .map(|i| {
-            let (client, url, token) = (client.clone(), target.url.clone(), tokens[i / 50].clone());
-            async move { client::open(&client, &url, &token).await.map(|id| (id, token)) }
+            let customer = customers[i / 50].clone();
+            async move { client::open(&customer).await.map(|id| (id, customer)) }
         })
         .buffer_unordered(connections)
         .collect::<Vec<_>>()
@@ -95,15 +98,15 @@ pub async fn drive(target: &Target, accounts: usize, connections: usize, seconds
     let started = Instant::now();
     let workers: Vec<_> = (0..connections)
         .map(|w| {
-            let (client, url, ids, errors) = (client.clone(), target.url.clone(), ids.clone(), errors.clone());
+            let (ids, errors) = (ids.clone(), errors.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut n = w;
                 while Instant::now() < deadline {
-                    let (account, token) = &ids[n % ids.len()];
+                    let (account, customer) = &ids[n % ids.len()];
                     n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 1;
                     let t = Instant::now();
-                    match client::deposit(&client, &url, token, account).await {
+                    match client::deposit(customer, *account).await {
                         Ok(()) => latencies.push(t.elapsed().as_secs_f64() * 1000.0),
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);

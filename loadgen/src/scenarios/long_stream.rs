@@ -4,9 +4,11 @@
 use crate::client::{self, Target};
 use crate::report::percentile;
 use anyhow::bail;
+use bank_client::BankClient;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::Instant;
+use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,13 +26,12 @@ pub struct Args {
 /// `long_p50_ms`, `long_p99_ms`, `fresh_p50_ms`, `fresh_p99_ms`, `long_to_fresh_p50_ratio`.
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let Args { target, events, samples } = args;
-    let client = reqwest::Client::new();
-    let token = target.token("bench-long")?;
-    let long = client::open(&client, &target.url, &token).await?;
-    let fresh = client::open(&client, &target.url, &token).await?;
+    let bank = BankClient::new(target.urls(), target.token("bench-long")?);
+    let long = client::open(&bank).await?;
+    let fresh = client::open(&bank).await?;
     // grow the long stream, 16 at a time
     let grown = futures::stream::iter(0..events)
-        .map(|_| client::deposit(&client, &target.url, &token, &long))
+        .map(|_| client::deposit(&bank, long))
         .buffer_unordered(16)
         .filter(|r| futures::future::ready(r.is_ok()))
         .count()
@@ -38,8 +39,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     if grown != events {
         bail!("only {grown} of {events} deposits succeeded while growing the stream");
     }
-    let long_ms = sequential_latencies(&client, &target.url, &token, &long, samples).await?;
-    let fresh_ms = sequential_latencies(&client, &target.url, &token, &fresh, samples).await?;
+    let long_ms = sequential_latencies(&bank, long, samples).await?;
+    let fresh_ms = sequential_latencies(&bank, fresh, samples).await?;
     let (lp50, lp99) = (percentile(&long_ms, 0.50), percentile(&long_ms, 0.99));
     let (fp50, fp99) = (percentile(&fresh_ms, 0.50), percentile(&fresh_ms, 0.99));
     println!("deposit latency, {samples} sequential deposits each");
@@ -58,17 +59,11 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 }
 
 /// `samples` deposits on `account`, one after the other; each one's latency in ms.
-async fn sequential_latencies(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    account: &str,
-    samples: usize,
-) -> anyhow::Result<Vec<f64>> {
+async fn sequential_latencies(bank: &BankClient, account: Uuid, samples: usize) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
-        client::deposit(client, url, token, account).await?;
+        client::deposit(bank, account).await?;
         out.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(out)

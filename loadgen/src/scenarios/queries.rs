@@ -5,6 +5,7 @@
 use crate::client::{self, Target};
 use crate::load::{Outcome, hammer};
 use anyhow::bail;
+use bank_client::{BankClient, Urls};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -57,11 +58,14 @@ async fn measure(
     anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
     let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
     let token = target.token("bench-queries")?;
+    let bank = BankClient::anonymous(Urls { queries: query_url.to_owned(), ..target.urls() })
+        .with_http(client.clone())
+        .with_token(token.clone());
     let mut ids = Vec::new();
     for _ in 0..accounts {
-        let id = client::open(&client, &target.url, &token).await?;
+        let id = client::open(&bank).await?;
         // visible in the views before the measurement starts
-        let seen = client::read_account(&client, query_url, &token, &id, 1, 10_000).await?;
+        let seen = client::read_account(&bank, id, 1, 10_000).await?;
         if seen != 200 {
             bail!("account {id} did not reach the views: {seen}");
         }

@@ -5,15 +5,17 @@
 //! delivery latency and GetRecords calls. `--warmup W` runs the same load for W seconds
 //! first and prints its figures apart.
 
-use crate::client::{self, Target, histograms, tailer_histogram};
+use crate::client::{self, Target, TransferSource, histograms, tailer_histogram};
 use crate::load::slots;
 use crate::prom::{Histogram, since};
 use crate::report::{bound_ms, bound_text, percentile};
+use bank_client::{BankClient, Urls};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -80,16 +82,24 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     } = args;
     // a transfer needs two distinct accounts
     anyhow::ensure!(accounts >= 2, "--accounts must be at least 2");
+    // long-polling transfer-service's own URL reads the event store; any other, the views
     let poll = match &long_poll_url {
-        Some(url) => Poll::Long(url.clone()),
+        Some(url) if *url == transfers_url => Poll::Long(TransferSource::Transfers),
+        Some(_) => Poll::Long(TransferSource::Views),
         None => Poll::Every(Duration::from_millis(poll_ms)),
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 4).build()?;
-    let ids = open_funded_accounts(&client, &target, accounts, connections).await?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(connections * 4).build()?;
+    let urls = Urls {
+        transfers: transfers_url.clone(),
+        queries: long_poll_url.clone().unwrap_or_else(|| Urls::dev().queries),
+        ..target.urls()
+    };
+    let bank = BankClient::anonymous(urls).with_http(http);
+    let ids = open_funded_accounts(&bank, &target, accounts, connections).await?;
     let mut warmup_figures = None;
     if warmup > 0 {
         let lag_before = tailer_histogram(&tailer).await?;
-        let outcome = transfers(&client, &ids, &transfers_url, connections, rate, warmup, &poll).await?;
+        let outcome = transfers(&ids, connections, rate, warmup, &poll).await?;
         let lag = tailer_histogram(&tailer).await?.minus(&lag_before);
         let lag_p99 = lag.quantile_bound(0.99);
         println!(
@@ -117,7 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             histograms(url, "river_get_records_seconds").await?,
         ));
     }
-    let outcome = transfers(&client, &ids, &transfers_url, connections, rate, seconds, &poll).await?;
+    let outcome = transfers(&ids, connections, rate, seconds, &poll).await?;
     let lag = tailer_histogram(&tailer).await?.minus(&before);
     let (lag_p50, lag_p99) = (lag.quantile_bound(0.50), lag.quantile_bound(0.99));
     let how = match &long_poll_url {
@@ -211,23 +221,23 @@ enum Settled {
 }
 
 /// Opens `accounts` accounts with enough money that transfers rarely fail (a customer
-/// per 50); returns each one's id and its owner's token.
+/// per 50); returns each one's id and a client calling as its owner.
 async fn open_funded_accounts(
-    client: &reqwest::Client,
+    bank: &BankClient,
     target: &Target,
     accounts: usize,
     connections: usize,
-) -> anyhow::Result<Arc<Vec<(String, String)>>> {
-    let mut tokens = Vec::new();
+) -> anyhow::Result<Arc<Vec<(Uuid, BankClient)>>> {
+    let mut customers = Vec::new();
     for c in 0..accounts.div_ceil(50) {
-        tokens.push(target.token(&format!("bench-t{c}"))?);
+        customers.push(bank.with_token(target.token(&format!("bench-t{c}"))?));
     }
-    let ids: Vec<(String, String)> = futures::stream::iter(0..accounts)
+    let ids: Vec<(Uuid, BankClient)> = futures::stream::iter(0..accounts)
         .map(|i| {
-            let (client, url, token) = (client.clone(), target.url.clone(), tokens[i / 50].clone());
+            let customer = customers[i / 50].clone();
             async move {
-                let id = client::open_funded(&client, &url, &token, 100_000_000).await?;
-                anyhow::Ok((id, token))
+                let id = client::open_funded(&customer, 100_000_000).await?;
+                anyhow::Ok((id, customer))
             }
         })
         .buffer_unordered(connections)
@@ -241,9 +251,7 @@ async fn open_funded_accounts(
 /// Creates transfers among `ids` at `rate` a second for `seconds` from `connections`
 /// clients, and follows each one until it settled.
 async fn transfers(
-    client: &reqwest::Client,
-    ids: &Arc<Vec<(String, String)>>,
-    transfers_url: &str,
+    ids: &Arc<Vec<(Uuid, BankClient)>>,
     connections: usize,
     rate: u64,
     seconds: u64,
@@ -254,8 +262,7 @@ async fn transfers(
     let errors = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..connections)
         .map(|_| {
-            let (client, taken, ids, errors) = (client.clone(), taken.clone(), ids.clone(), errors.clone());
-            let (url, poll) = (transfers_url.to_owned(), poll.clone());
+            let (taken, ids, errors, poll) = (taken.clone(), ids.clone(), errors.clone(), *poll);
             tokio::spawn(async move {
                 let mut created = Vec::new();
                 let mut pollers = Vec::new();
@@ -264,16 +271,15 @@ async fn transfers(
                     let next = taken.lock().await.recv().await;
                     let Some(n) = next else { break };
                     let (from, to, amount) = pick(n, ids.len());
-                    let (source, token) = &ids[from];
-                    let body = json!({"from": source, "to": ids[to].0, "amount": amount, "currency": "EUR"});
+                    let (source, customer) = &ids[from];
                     let t = Instant::now();
-                    let Some(id) = client::create_transfer(&client, &url, token, &body).await else {
+                    let Some(id) = client::create_transfer(customer, *source, ids[to].0, amount).await else {
                         errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     created.push(t.elapsed().as_secs_f64() * 1000.0);
-                    let (client, url, token, poll) = (client.clone(), url.clone(), token.clone(), poll.clone());
-                    pollers.push(tokio::spawn(async move { settle(&client, &url, &token, &id, t, &poll).await }));
+                    let customer = customer.clone();
+                    pollers.push(tokio::spawn(async move { settle(&customer, id, t, poll).await }));
                 }
                 let mut settled = Vec::new();
                 for p in pollers {
@@ -328,27 +334,27 @@ fn pick(n: u64, accounts: usize) -> (usize, usize, u64) {
 }
 
 /// How a client follows a transfer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Poll {
     /// GET transfer-service's `/transfers/{id}` at this interval.
     Every(Duration),
-    /// GET `<base>/transfers/{id}?min_version=<next>&wait_ms=5000`.
-    Long(String),
+    /// GET `/transfers/{id}?min_version=<next>&wait_ms=5000` of this service.
+    Long(TransferSource),
 }
 
 /// Follows a transfer until it is completed or failed (or 60 s passed).
-async fn settle(client: &reqwest::Client, url: &str, token: &str, id: &str, created: Instant, poll: &Poll) -> Settled {
+async fn settle(bank: &BankClient, id: Uuid, created: Instant, poll: Poll) -> Settled {
     let mut next = 2; // creation answered version 1
     while created.elapsed() < Duration::from_secs(60) {
         let answer = match poll {
             Poll::Every(interval) => {
-                tokio::time::sleep(*interval).await;
-                client::get_transfer(client, url, token, id, None).await
+                tokio::time::sleep(interval).await;
+                client::transfer_state(bank, TransferSource::Transfers, id, None).await
             }
-            Poll::Long(base) => client::get_transfer(client, base, token, id, Some(next)).await,
+            Poll::Long(source) => client::transfer_state(bank, source, id, Some(next)).await,
         };
-        let body = match answer {
-            Ok(Some(body)) => body,
+        let (state, version) = match answer {
+            Ok(Some(answer)) => answer,
             Ok(None) => continue, // 409 view_out_of_date / version_not_reached: ask again
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -356,10 +362,10 @@ async fn settle(client: &reqwest::Client, url: &str, token: &str, id: &str, crea
             }
         };
         let ms = created.elapsed().as_secs_f64() * 1000.0;
-        match body["state"].as_str() {
-            Some("completed") => return Settled::Completed(ms),
-            Some("failed") => return Settled::Failed(ms),
-            _ => next = body["version"].as_i64().unwrap_or(next - 1) + 1,
+        match state.as_str() {
+            "completed" => return Settled::Completed(ms),
+            "failed" => return Settled::Failed(ms),
+            _ => next = version + 1,
         }
     }
     Settled::Stuck

@@ -5,10 +5,12 @@
 use crate::client::{self, Target};
 use crate::load::slots;
 use crate::report::percentile;
+use bank_client::{BankClient, Urls};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Instant;
+use uuid::Uuid;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -74,10 +76,12 @@ async fn measure(
     seconds: u64,
 ) -> anyhow::Result<ViewLatency> {
     anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 2).build()?;
-    let token = target.token("bench-views")?;
-    let ids: Vec<String> = futures::stream::iter(0..accounts)
-        .map(|_| client::open(&client, &target.url, &token))
+    let http = reqwest::Client::builder().pool_max_idle_per_host(connections * 2).build()?;
+    let bank = BankClient::anonymous(Urls { queries: query_url.to_owned(), ..target.urls() })
+        .with_http(http)
+        .with_token(target.token("bench-views")?);
+    let ids: Vec<Uuid> = futures::stream::iter(0..accounts)
+        .map(|_| client::open(&bank))
         .buffer_unordered(connections)
         .collect::<Vec<_>>()
         .await
@@ -87,27 +91,24 @@ async fn measure(
     let (ticker, taken) = slots(rate, seconds, connections);
     let workers: Vec<_> = (0..connections)
         .map(|_| {
-            let (client, taken, ids, token) = (client.clone(), taken.clone(), ids.clone(), token.clone());
-            let (url, query_url) = (target.url.clone(), query_url.to_owned());
+            let (bank, taken, ids) = (bank.clone(), taken.clone(), ids.clone());
             tokio::spawn(async move {
                 let mut out = ViewLatency::default();
                 let mut reads = Vec::new();
                 loop {
                     let next = taken.lock().await.recv().await;
                     let Some(n) = next else { break };
-                    let account = ids[(n as usize).wrapping_mul(7919) % ids.len()].clone();
+                    let account = ids[(n as usize).wrapping_mul(7919) % ids.len()];
                     let sent = Instant::now();
-                    let Ok(version) = client::deposit_version(&client, &url, &token, &account).await else {
+                    let Ok(version) = client::deposit_version(&bank, account).await else {
                         out.errors += 1;
                         continue;
                     };
                     let answered = Instant::now();
                     // the read-back runs on its own, so that it does not slow the deposits down
-                    let (client, query_url, token) = (client.clone(), query_url.clone(), token.clone());
+                    let bank = bank.clone();
                     reads.push(tokio::spawn(async move {
-                        let status = client::read_account(&client, &query_url, &token, &account, version, 5000)
-                            .await
-                            .map(|s| s.as_u16());
+                        let status = client::read_account(&bank, account, version, 5000).await;
                         (status, answered.elapsed().as_secs_f64() * 1000.0, sent.elapsed().as_secs_f64() * 1000.0)
                     }));
                 }

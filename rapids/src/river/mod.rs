@@ -43,6 +43,13 @@ pub struct RiverEvent {
 }
 
 impl RiverEvent {
+    /// Whether the event comes from an aggregate of this stream type: consumers of the
+    /// bank's events act only on those (a task's refusal, say, is `transfer.*` too but
+    /// comes from a stream of its own).
+    pub fn from_aggregate(&self, stream_type: &str) -> bool {
+        self.envelope.stream_type == stream_type
+    }
+
     /// The context of a command this event causes: caused by this event, run by
     /// `actor` (a service), in this event's business flow: its correlation id is kept
     /// (so a transfer's events all carry the id of the request that created it), and
@@ -54,6 +61,7 @@ impl RiverEvent {
                 causation_id: Some(self.envelope.event_id.to_string()),
                 request_id: None,
                 actor: actor.into(),
+                ..eventstore::EventMetadata::default()
             },
             idempotency: None,
             expected_version: None,
@@ -207,20 +215,57 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Event types a river wants: `transfer.*` (a prefix), `account.opened` (one type), `*`.
-#[derive(Debug, Clone)]
-pub struct TopicFilter(Vec<String>);
+/// Clones share the patterns, so a running river follows [`TopicFilter::replace`].
+#[derive(Debug, Clone, Default)]
+pub struct TopicFilter(Arc<std::sync::RwLock<Vec<String>>>);
 
 impl TopicFilter {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Self {
-        TopicFilter(patterns.iter().map(|p| p.as_ref().to_string()).collect())
+        TopicFilter(Arc::new(std::sync::RwLock::new(patterns.iter().map(|p| p.as_ref().to_string()).collect())))
     }
 
     pub fn matches(&self, event_type: &str) -> bool {
-        self.0.iter().any(|pattern| match pattern.strip_suffix('*') {
+        let patterns = self.0.read().unwrap_or_else(|p| p.into_inner());
+        patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
             Some(prefix) => event_type.starts_with(prefix),
             None => pattern == event_type,
         })
     }
+
+    /// The patterns, in order.
+    pub fn patterns(&self) -> Vec<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the patterns; the readers see the change at their next page.
+    pub fn replace(&self, patterns: Vec<String>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = patterns;
+    }
+}
+
+/// Where a river's topics come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Subscriptions {
+    /// From the code only (tests).
+    #[default]
+    Fixed,
+    /// From the code: a built-in river the bank depends on. It is registered in
+    /// `rapids.rivers` as managed with its topics, so operators see them, and the
+    /// control plane refuses to change them.
+    Managed,
+    /// From the registry (`rapids.river_subscriptions`), followed while it runs: a
+    /// change made at runtime reaches the readers within `renew_every`.
+    Registry,
+}
+
+/// The event types only the bank's aggregates emit; the event bus refuses them. A
+/// river acts on one only when the event store holds it (same id, stream and
+/// version): an envelope put on the stream by anyone else is ignored and counted.
+pub const RESERVED_PREFIXES: [&str; 2] = ["account.", "transfer."];
+
+/// Whether `event_type` is one only the bank's aggregates emit.
+pub fn is_reserved(event_type: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| event_type.starts_with(p))
 }
 
 /// A river's name, filter and tuning.
@@ -228,6 +273,8 @@ impl TopicFilter {
 pub struct RiverConfig {
     pub name: String,
     pub topics: TopicFilter,
+    /// Whether the topics are the code's or the registry's.
+    pub subscriptions: Subscriptions,
     /// This instance's name in the lease table (unique per process).
     pub worker: String,
     /// A lease not renewed for this long may be taken by another instance.
@@ -260,6 +307,7 @@ impl RiverConfig {
         RiverConfig {
             name: name.into(),
             topics,
+            subscriptions: Subscriptions::Fixed,
             worker: format!("{name}-{}", uuid::Uuid::now_v7()),
             lease_duration: Duration::from_secs(10),
             renew_every: Duration::from_secs(2),
@@ -288,6 +336,8 @@ pub struct RiverMetrics {
     pub read_seconds: HistogramVec,
     /// From a record's arrival on the stream to its event's checkpoint commit.
     pub delivery_seconds: HistogramVec,
+    /// Envelopes of a reserved type that the event store does not hold: ignored.
+    pub forged: IntCounterVec,
 }
 
 impl RiverMetrics {
@@ -330,8 +380,16 @@ impl RiverMetrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["river"],
         )?;
+        let forged = IntCounterVec::new(
+            Opts::new(
+                "river_events_forged_total",
+                "Envelopes of a reserved type (account.*, transfer.*) not in the event store: ignored",
+            ),
+            &["river"],
+        )?;
         for m in [
-            Box::new(handled.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(forged.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(handled.clone()),
             Box::new(parked.clone()),
             Box::new(failures.clone()),
             Box::new(parked_now.clone()),
@@ -353,6 +411,7 @@ impl RiverMetrics {
             reads,
             read_seconds,
             delivery_seconds,
+            forged,
         })
     }
 }
@@ -408,6 +467,9 @@ impl<H: Handler> River<H> {
         tracing::info!(river = %name, worker = %shared.leases.worker(), "river started");
         let listener = tokio::spawn(listen_for_publishes(shared.clone(), shutdown.clone()));
         loop {
+            if let Err(e) = sync_subscriptions(&shared).await {
+                tracing::warn!(river = %name, error = %e, "cannot read the river's subscriptions; retrying");
+            }
             if last_sync.is_none_or(|at| at.elapsed() >= shared.config.shard_sync_every) {
                 match sync_shards(&shared).await {
                     Ok(()) => last_sync = Some(tokio::time::Instant::now()),
@@ -464,6 +526,52 @@ impl<H: Handler> River<H> {
             tracing::warn!(river = %name, error = %e, "cannot release the leases; they will expire");
         }
         tracing::info!(river = %name, "river stopped");
+    }
+}
+
+/// Registers a managed river's topics, or follows a registry river's subscriptions.
+async fn sync_subscriptions<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> {
+    let config = &shared.config;
+    match config.subscriptions {
+        Subscriptions::Fixed => Ok(()),
+        Subscriptions::Managed => {
+            let mut tx = shared.pool.begin().await?;
+            sqlx::query(
+                "insert into rapids.rivers (name, managed) values ($1, true)
+                 on conflict (name) do update set managed = true",
+            )
+            .bind(&config.name)
+            .execute(&mut *tx)
+            .await?;
+            let patterns = config.topics.patterns();
+            sqlx::query("delete from rapids.river_subscriptions where river = $1 and pattern <> all($2)")
+                .bind(&config.name)
+                .bind(&patterns)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "insert into rapids.river_subscriptions (river, pattern, created_by)
+                 select $1, p, $1 from unnest($2::text[]) p on conflict do nothing",
+            )
+            .bind(&config.name)
+            .bind(&patterns)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        Subscriptions::Registry => {
+            let patterns: Vec<String> = sqlx::query_scalar(
+                "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
+            )
+            .bind(&config.name)
+            .fetch_all(&shared.pool)
+            .await?;
+            if patterns != config.topics.patterns() {
+                tracing::info!(river = %config.name, topics = ?patterns, "subscriptions changed");
+                config.topics.replace(patterns);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -215,7 +215,8 @@ impl<H: Handler> ShardReader<H> {
     /// transaction, or, when that fails for good, one record at a time (parking those
     /// that keep failing).
     async fn deliver(&self, records: &[Record]) -> Result<(), Stop> {
-        let decoded: Vec<Decoded> = records.iter().map(|r| self.decode(r)).collect();
+        let mut decoded: Vec<Decoded> = records.iter().map(|r| self.decode(r)).collect();
+        self.screen_forged(&mut decoded).await?;
         let last = records.last().map(|r| r.sequence_number()).unwrap_or_default();
         let mut backoff = self.shared.config.retry_backoff;
         if decoded.iter().all(|d| !matches!(d, Decoded::Bad { .. })) {
@@ -379,6 +380,61 @@ impl<H: Handler> ShardReader<H> {
         } else {
             self.shared.pool.begin().await
         }
+    }
+
+    /// Turns every event of a reserved type (`account.*`, `transfer.*`) that the event
+    /// store does not hold — same id, stream, version and type — into a skipped record:
+    /// an envelope put on the stream by anyone but the tailer never moves money.
+    async fn screen_forged(&self, decoded: &mut [Decoded]) -> Result<(), Stop> {
+        let reserved: Vec<&RiverEvent> = decoded
+            .iter()
+            .filter_map(|d| if let Decoded::Event(e) = d { Some(e) } else { None })
+            .filter(|e| super::is_reserved(&e.envelope.event_type))
+            .collect();
+        if reserved.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = reserved.iter().map(|e| e.envelope.event_id).collect();
+        let streams: Vec<uuid::Uuid> = reserved.iter().map(|e| e.envelope.stream_id).collect();
+        let versions: Vec<i32> = reserved.iter().map(|e| e.envelope.version).collect();
+        let types: Vec<String> = reserved.iter().map(|e| e.envelope.event_type.clone()).collect();
+        let mut backoff = self.shared.config.retry_backoff;
+        let genuine: std::collections::HashSet<uuid::Uuid> = loop {
+            let found = sqlx::query_scalar::<_, uuid::Uuid>(
+                "select e.event_id
+                 from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[]) as c(event_id, stream_id, version, type)
+                 join es.events e on e.event_id = c.event_id
+                 where e.stream_id = c.stream_id and e.version = c.version and e.type = c.type",
+            )
+            .bind(&ids)
+            .bind(&streams)
+            .bind(&versions)
+            .bind(&types)
+            .fetch_all(&self.shared.pool)
+            .await;
+            match found {
+                Ok(found) => break found.into_iter().collect(),
+                Err(e) => {
+                    self.failed("database", &e.to_string());
+                    self.pause(&mut backoff).await?;
+                }
+            }
+        };
+        for item in decoded.iter_mut() {
+            if let Decoded::Event(e) = item
+                && super::is_reserved(&e.envelope.event_type)
+                && !genuine.contains(&e.envelope.event_id)
+            {
+                self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
+                tracing::warn!(
+                    river = %self.label[0], shard = %self.shard, event_type = %e.envelope.event_type,
+                    stream_id = %e.envelope.stream_id, event_id = %e.envelope.event_id,
+                    "an envelope of a reserved type that the event store does not hold: ignored"
+                );
+                *item = Decoded::Skipped;
+            }
+        }
+        Ok(())
     }
 
     fn decode(&self, record: &Record) -> Decoded {

@@ -1,0 +1,122 @@
+//! query-service's contract: accounts, their transactions and transfers as the views
+//! have them, each read able to wait for a version (`min_version`, `wait_ms`).
+//!
+//! With the `sqlx` feature the row types are also `sqlx::FromRow` (their field names
+//! are the views' column names), so query-service reads them straight from Postgres.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// `min_version` and `wait_ms` of a waiting read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Answer once the view is at this version or later (the `version` a command answered).
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub min_version: Option<i64>,
+    /// How long to wait for `min_version`, in ms; capped by `QUERY_MAX_WAIT_MS` and always
+    /// ending before the request timeout, in 200 or 409 `view_out_of_date`. An id not in the
+    /// views yet waits too (its creation may be on its way) and ends in 409 with version 0.
+    #[param(minimum = 0)]
+    pub wait_ms: Option<i64>,
+}
+
+/// `GET /accounts/{id}/transactions`: a page, and the wait.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TransactionsQuery {
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub min_version: Option<i64>,
+    #[param(minimum = 0)]
+    pub wait_ms: Option<i64>,
+    /// Items per page (0 counts as 1; default 50).
+    #[param(minimum = 0, maximum = 200)]
+    pub limit: Option<i64>,
+    /// The cursor: `next_before_version` of the previous page.
+    #[param(minimum = 0, maximum = 2147483647)]
+    pub before_version: Option<i64>,
+}
+
+/// `GET /accounts`: whose accounts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccountsQuery {
+    /// Tellers and admins may name any owner; a customer only themselves (default: the caller).
+    pub owner: Option<String>,
+}
+
+/// An account as the views have it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub owner: String,
+    pub currency: String,
+    pub status: String,
+    pub balance: i64,
+    pub version: i32,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One balance change of an account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct TransactionRow {
+    pub version: i32,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub balance_after: i64,
+    pub transfer_id: Option<Uuid>,
+    pub counterparty: Option<Uuid>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A transfer as the views have it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct TransferRow {
+    pub id: Uuid,
+    #[serde(rename = "from")]
+    pub from_account: Uuid,
+    #[serde(rename = "to")]
+    pub to_account: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    #[schema(pattern = "^(initiated|debited|refunding|completed|failed)$")]
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub initiated_by: String,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An account with its newest transactions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountDetail {
+    #[serde(flatten)]
+    pub account: AccountRow,
+    pub recent_transactions: Vec<TransactionRow>,
+}
+
+/// A page of an account's transactions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionPage {
+    pub account_id: Uuid,
+    /// The account's version the page was read at.
+    pub version: i32,
+    pub items: Vec<TransactionRow>,
+    /// The cursor of the next page (`before_version`); null on the last.
+    pub next_before_version: Option<i32>,
+}
+
+/// Someone's accounts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccountList {
+    pub owner: String,
+    pub items: Vec<AccountRow>,
+}

@@ -1,0 +1,228 @@
+//! The control plane's registry in Postgres: advertised topics, rivers and their
+//! subscriptions (`rapids.topics`, `rapids.rivers`, `rapids.river_subscriptions`).
+//! Built-in rivers write their own topics at start-up (managed); any change to them
+//! is refused, since the saga depends on them.
+
+use crate::names;
+use serde::{Deserialize, Serialize};
+use service_kit::{ApiError, ErrorCode};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+/// The event types the bank's aggregates emit (their events need no advertising).
+pub const BANK_TOPICS: &[&str] = &[
+    "account.opened",
+    "account.deposited",
+    "account.withdrawn",
+    "account.closed",
+    "account.debited",
+    "account.debit_rejected",
+    "account.credited",
+    "account.credit_rejected",
+    "account.refunded",
+    "transfer.created",
+    "transfer.debited",
+    "transfer.completed",
+    "transfer.refund_requested",
+    "transfer.failed",
+    "transfer.task_rejected",
+];
+
+fn fault(e: sqlx::Error) -> ApiError {
+    ApiError::from(eventstore::StoreError::from(e))
+}
+
+/// An advertised topic.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct Topic {
+    pub name: String,
+    pub description: String,
+    /// Who advertised it (the token's subject); `bank` for the bank's own events.
+    pub advertised_by: String,
+    pub advertised_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// One of the bank's own event types.
+    pub builtin: bool,
+}
+
+/// `POST /topics`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Advertise {
+    #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]*(\\.[A-Za-z][A-Za-z0-9_-]*){0,2}$", max_length = 128)]
+    pub name: String,
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    pub description: Option<String>,
+}
+
+/// Advertised topics first (by name), then the bank's own.
+pub async fn topics(pool: &PgPool) -> Result<Vec<Topic>, ApiError> {
+    let mut topics: Vec<Topic> = sqlx::query_as(
+        "select name, description, advertised_by, advertised_at, false as builtin from rapids.topics order by name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(fault)?;
+    topics.extend(BANK_TOPICS.iter().map(|name| Topic {
+        name: (*name).into(),
+        description: "an event of the bank's aggregates".into(),
+        advertised_by: "bank".into(),
+        advertised_at: None,
+        builtin: true,
+    }));
+    Ok(topics)
+}
+
+/// Advertises a topic; `Ok((topic, created))` (advertising it again changes nothing).
+pub async fn advertise(pool: &PgPool, by: &str, ad: &Advertise) -> Result<(Topic, bool), ApiError> {
+    if names::kind(&ad.name).is_none() {
+        return Err(ApiError::new(ErrorCode::InvalidEventType, ErrorCode::InvalidEventType.meaning()));
+    }
+    if rapids::river::is_reserved(&ad.name) {
+        return Err(ApiError::new(ErrorCode::ReservedEventType, ErrorCode::ReservedEventType.meaning()));
+    }
+    let description = ad.description.clone().unwrap_or_default();
+    if description.chars().count() > 1000 {
+        return Err(ApiError::new(ErrorCode::InvalidBody, "description is longer than 1000 characters"));
+    }
+    let created: Option<Topic> = sqlx::query_as(
+        "insert into rapids.topics (name, description, advertised_by) values ($1, $2, $3)
+         on conflict (name) do nothing
+         returning name, description, advertised_by, advertised_at, false as builtin",
+    )
+    .bind(&ad.name)
+    .bind(&description)
+    .bind(by)
+    .fetch_optional(pool)
+    .await
+    .map_err(fault)?;
+    if let Some(topic) = created {
+        return Ok((topic, true));
+    }
+    let topic = sqlx::query_as(
+        "select name, description, advertised_by, advertised_at, false as builtin from rapids.topics where name = $1",
+    )
+    .bind(&ad.name)
+    .fetch_one(pool)
+    .await
+    .map_err(fault)?;
+    Ok((topic, false))
+}
+
+/// A river and its subscriptions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RiverSubscriptions {
+    pub river: String,
+    /// A built-in river run by a service: its topics cannot be changed here.
+    pub managed: bool,
+    /// The topic patterns, in the order they were subscribed.
+    pub topics: Vec<String>,
+}
+
+/// Every river the registry knows, with its subscriptions.
+pub async fn rivers(pool: &PgPool) -> Result<Vec<RiverSubscriptions>, ApiError> {
+    let rows: Vec<(String, bool, Vec<String>)> = sqlx::query_as(
+        "select r.name, r.managed,
+                coalesce(array_agg(s.pattern order by s.created_at, s.pattern) filter (where s.pattern is not null), '{}')
+         from rapids.rivers r left join rapids.river_subscriptions s on s.river = r.name
+         group by r.name, r.managed order by r.name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(fault)?;
+    Ok(rows.into_iter().map(|(river, managed, topics)| RiverSubscriptions { river, managed, topics }).collect())
+}
+
+pub fn check_river(river: &str) -> Result<(), ApiError> {
+    if names::valid_river(river) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::InvalidRiver, ErrorCode::InvalidRiver.meaning()))
+    }
+}
+
+/// A river's subscriptions (none for a river the registry does not know).
+pub async fn subscriptions(pool: &PgPool, river: &str) -> Result<RiverSubscriptions, ApiError> {
+    check_river(river)?;
+    let managed: Option<bool> = sqlx::query_scalar("select managed from rapids.rivers where name = $1")
+        .bind(river)
+        .fetch_optional(pool)
+        .await
+        .map_err(fault)?;
+    let topics: Vec<String> = sqlx::query_scalar(
+        "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
+    )
+    .bind(river)
+    .fetch_all(pool)
+    .await
+    .map_err(fault)?;
+    Ok(RiverSubscriptions { river: river.into(), managed: managed.unwrap_or(false), topics })
+}
+
+fn managed(river: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::RiverManaged,
+        format!("`{river}` is a built-in river: the saga depends on its topics, which only its code changes"),
+    )
+}
+
+/// Subscribes `river` to `pattern`, creating the river (a generic one) at its first
+/// subscription. Locks the river's row, so a concurrent change of a managed river's
+/// registration cannot slip between the check and the write.
+pub async fn subscribe(pool: &PgPool, by: &str, river: &str, pattern: &str) -> Result<RiverSubscriptions, ApiError> {
+    check_river(river)?;
+    if !names::valid_pattern(pattern) {
+        return Err(ApiError::new(ErrorCode::InvalidTopic, ErrorCode::InvalidTopic.meaning()));
+    }
+    let mut tx = pool.begin().await.map_err(fault)?;
+    sqlx::query("insert into rapids.rivers (name) values ($1) on conflict (name) do nothing")
+        .bind(river)
+        .execute(&mut *tx)
+        .await
+        .map_err(fault)?;
+    let is_managed: bool = sqlx::query_scalar("select managed from rapids.rivers where name = $1 for update")
+        .bind(river)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(fault)?;
+    if is_managed {
+        return Err(managed(river));
+    }
+    sqlx::query(
+        "insert into rapids.river_subscriptions (river, pattern, created_by) values ($1, $2, $3)
+         on conflict do nothing",
+    )
+    .bind(river)
+    .bind(pattern)
+    .bind(by)
+    .execute(&mut *tx)
+    .await
+    .map_err(fault)?;
+    tx.commit().await.map_err(fault)?;
+    subscriptions(pool, river).await
+}
+
+/// Removes a subscription (removing one that is not there changes nothing).
+pub async fn unsubscribe(pool: &PgPool, river: &str, pattern: &str) -> Result<RiverSubscriptions, ApiError> {
+    check_river(river)?;
+    if !names::valid_pattern(pattern) {
+        return Err(ApiError::new(ErrorCode::InvalidTopic, ErrorCode::InvalidTopic.meaning()));
+    }
+    let mut tx = pool.begin().await.map_err(fault)?;
+    let is_managed: Option<bool> = sqlx::query_scalar("select managed from rapids.rivers where name = $1 for update")
+        .bind(river)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fault)?;
+    if is_managed == Some(true) {
+        return Err(managed(river));
+    }
+    sqlx::query("delete from rapids.river_subscriptions where river = $1 and pattern = $2")
+        .bind(river)
+        .bind(pattern)
+        .execute(&mut *tx)
+        .await
+        .map_err(fault)?;
+    tx.commit().await.map_err(fault)?;
+    subscriptions(pool, river).await
+}
