@@ -74,6 +74,46 @@ fn transfer_json(id: Uuid, t: &MoneyTransfer, version: i32) -> Value {
     json!(transfer_reply(id, t, version))
 }
 
+/// Checks a transfer against the event store and creates it as `id`, initiated by
+/// `initiator`: the source exists, is the initiator's, is open and holds the
+/// currency; the target exists. Shared by `POST /transfers` and the task
+/// `transfers.transfer.create`.
+pub(crate) async fn create_transfer(
+    state: &AppState,
+    initiator: &str,
+    body: &CreateTransferRequest,
+    ctx: eventstore::CommandContext,
+    id: Uuid,
+) -> Result<eventstore::CommandReply, ApiError> {
+    let from = parse_id(&body.from)?;
+    let to = parse_id(&body.to)?;
+    let amount = Money::parse(&body.amount, &body.currency, state.max_amount)?;
+    if from == to {
+        return Err(TransferError::SameAccount.into());
+    }
+    let store = state.transfers.store();
+    let source = store
+        .load::<Account>(from)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the source account does not exist"))?
+        .state;
+    if source.owner != initiator {
+        return Err(ApiError::new(ErrorCode::Forbidden, "the source account belongs to someone else"));
+    }
+    if source.status == AccountStatus::Closed {
+        return Err(ApiError::new(ErrorCode::AccountClosed, "the source account is closed"));
+    }
+    if source.currency != Some(amount.currency()) {
+        return Err(ApiError::new(ErrorCode::CurrencyMismatch, "the source account holds another currency")
+            .with_detail("account_currency", source.currency_code()));
+    }
+    if !store.stream_exists(to, Account::STREAM_TYPE).await? {
+        return Err(ApiError::new(ErrorCode::AccountNotFound, "the target account does not exist"));
+    }
+    let command = TransferCommand::Create { from, to, amount, initiated_by: initiator.to_owned() };
+    Ok(state.transfers.create(id, command, ctx, move |t, v| transfer_json(id, t, v)).await?)
+}
+
 /// Creates a transfer (201, state `initiated`); the saga moves the money afterwards.
 #[utoipa::path(post, path = "/transfers", tag = "transfers",
     params(("Idempotency-Key" = Option<String>, Header)),
@@ -90,37 +130,8 @@ async fn create(
     if let Some(stored) = state.transfers.replay(&ctx).await? {
         return Ok(command_response(StatusCode::CREATED, stored));
     }
-    let from = parse_id(&body.value.from)?;
-    let to = parse_id(&body.value.to)?;
-    let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
-    if from == to {
-        return Err(TransferError::SameAccount.into());
-    }
-    // what the event store says about the source: it exists, it is the caller's,
-    // it is open and holds this currency; and the target exists
-    let store = state.transfers.store();
-    let source = store
-        .load::<Account>(from)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the source account does not exist"))?
-        .state;
-    if source.owner != meta.caller.subject {
-        return Err(ApiError::new(ErrorCode::Forbidden, "the source account belongs to someone else"));
-    }
-    if source.status == AccountStatus::Closed {
-        return Err(ApiError::new(ErrorCode::AccountClosed, "the source account is closed"));
-    }
-    if source.currency != Some(amount.currency()) {
-        return Err(ApiError::new(ErrorCode::CurrencyMismatch, "the source account holds another currency")
-            .with_detail("account_currency", source.currency_code()));
-    }
-    if !store.stream_exists(to, Account::STREAM_TYPE).await? {
-        return Err(ApiError::new(ErrorCode::AccountNotFound, "the target account does not exist"));
-    }
-
     let id = Uuid::now_v7();
-    let command = TransferCommand::Create { from, to, amount, initiated_by: meta.caller.subject.clone() };
-    let reply = state.transfers.create(id, command, ctx, move |t, v| transfer_json(id, t, v)).await?;
+    let reply = create_transfer(&state, &meta.caller.subject, &body.value, ctx, id).await?;
     Ok(command_response(StatusCode::CREATED, reply))
 }
 

@@ -7,6 +7,7 @@
 pub mod http;
 pub mod openapi;
 pub mod saga;
+pub mod tasks;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -132,6 +133,6 @@ pub fn start_river(
     rapids: Rapids,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let steps = saga::SagaSteps::new(state.transfers.clone());
+    let steps = saga::SagaSteps::new(state.transfers.clone(), Some(tasks::Tasks { state: state.clone() }));
     config.river.spawn(saga::RIVER, saga::TOPICS, steps, &state.kit.pool, rapids, state.river_metrics.clone(), shutdown)
 }

@@ -19,8 +19,9 @@ use sqlx::PgConnection;
 
 /// The river's name: its leases, checkpoints and dead letters are kept under it.
 pub const RIVER: &str = "transfers";
-/// The event types the river reads.
-pub const TOPICS: &[&str] = &["account.*"];
+/// The event types the river reads: the accounts' events, and the tasks addressed
+/// to this service ([`crate::tasks`]).
+pub const TOPICS: &[&str] = &["account.*", crate::tasks::TOPICS];
 const ACTOR: &str = "saga:transfers";
 /// Accounts handled at once within one page of records.
 const CONCURRENCY: usize = 64;
@@ -28,11 +29,13 @@ const CONCURRENCY: usize = 64;
 /// The handler: records what the accounts did on the transfers.
 pub struct SagaSteps {
     transfers: Repository<MoneyTransfer>,
+    tasks: Option<crate::tasks::Tasks>,
 }
 
 impl SagaSteps {
-    pub fn new(transfers: Repository<MoneyTransfer>) -> Self {
-        SagaSteps { transfers }
+    /// The saga's steps, and the tasks when `tasks` is given.
+    pub fn new(transfers: Repository<MoneyTransfer>, tasks: Option<crate::tasks::Tasks>) -> Self {
+        SagaSteps { transfers, tasks }
     }
 
     async fn step(&self, event: &RiverEvent) -> Result<(), HandlerError> {
@@ -88,7 +91,12 @@ impl Handler for SagaSteps {
         // only the account aggregate's own events
         let accounts: Vec<RiverEvent> =
             events.iter().filter(|e| e.from_aggregate(Account::STREAM_TYPE)).cloned().collect();
-        by_stream(&accounts, CONCURRENCY, |event| self.step(event)).await
+        by_stream(&accounts, CONCURRENCY, |event| self.step(event)).await?;
+        if let Some(tasks) = &self.tasks {
+            let posted: Vec<RiverEvent> = events.iter().filter(|e| crate::tasks::is_task(e)).cloned().collect();
+            by_stream(&posted, CONCURRENCY, |event| tasks.run(event)).await?;
+        }
+        Ok(())
     }
 
     /// The steps are commands, idempotent on their own; nothing is written through `tx`.
