@@ -10,6 +10,11 @@
 //! * `bankctl status [--accounts URL] [--transfers URL] [--queries URL]` prints each
 //!   service's `/ready` answer as JSON (through `bank-client`) and fails unless every
 //!   one is ready.
+//! * `bankctl send|subscribe|unsubscribe|listsubs|topics|advertise|readfrom …`: the
+//!   event bus's control plane ([`verbs`]); each prints one JSON document, or one
+//!   line on stderr and a non-zero exit. Token from `BANK_TOKEN`, else minted from
+//!   `JWT_SECRET`; the bus at `BANK_BUS_URL` (default `http://127.0.0.1:8086`).
+//! * `bankctl shell`: the same verbs at an interactive `cmd > ` prompt ([`shell`]).
 
 use bank_client::{BankClient, ClientError, Readiness, Urls};
 use clap::{Parser, Subcommand};
@@ -19,6 +24,9 @@ use serde_json::{Value, json};
 use service_kit::auth::{Role, issue_hs256};
 use service_kit::config::{DatabaseArgs, Secret};
 use std::time::Duration;
+
+mod shell;
+mod verbs;
 
 #[derive(Parser)]
 #[command(name = "bankctl", about = "Operate the bank's backend")]
@@ -85,6 +93,10 @@ enum Command {
         #[arg(long, env = "QUERY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
         queries: String,
     },
+    #[command(flatten)]
+    Verb(verbs::Verb),
+    /// An interactive prompt (`cmd > `) taking the verbs above, `help` and `exit`.
+    Shell,
 }
 
 /// How long `status` waits for each service's answer.
@@ -181,6 +193,17 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("not every service is ready");
             }
         }
+        Command::Verb(verb) => {
+            let done = match verbs::client_from_env() {
+                Ok(bus) => verbs::run(&bus, verb).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Shell => shell::run().await?,
     }
     Ok(())
 }
@@ -206,6 +229,58 @@ mod tests {
             assert_eq!(transfers, "http://127.0.0.1:8082");
         }
         assert_eq!(queries, "http://q:1");
+        Ok(())
+    }
+
+    fn verb(args: &[&str]) -> anyhow::Result<verbs::Verb> {
+        match Cli::try_parse_from(std::iter::once("bankctl").chain(args.iter().copied()))?.command {
+            Command::Verb(verb) => Ok(verb),
+            _ => anyhow::bail!("{args:?} is not a verb"),
+        }
+    }
+
+    #[test]
+    fn the_control_plane_verbs_parse() -> anyhow::Result<()> {
+        use verbs::Verb;
+        let send = verb(&["send", "ViewPage", "TheSource", r#"{"name":"Sally"}"#])?;
+        let Verb::Send { event, source, data, partition_key, event_id } = send else { anyhow::bail!("{send:?}") };
+        assert_eq!((event.as_str(), source.as_str()), ("ViewPage", "TheSource"));
+        assert_eq!((data.as_deref(), partition_key, event_id), (Some(r#"{"name":"Sally"}"#), None, None));
+        let Verb::Send { data: None, .. } = verb(&["send", "ViewPage", "TheSource"])? else { anyhow::bail!("data") };
+
+        let river = || "r1".to_owned();
+        let topic = || "ViewPage".to_owned();
+        assert_eq!(verb(&["subscribe", "r1", "ViewPage"])?, Verb::Subscribe { river: river(), topic: topic() });
+        assert_eq!(verb(&["unsubscribe", "r1", "ViewPage"])?, Verb::Unsubscribe { river: river(), topic: topic() });
+        assert_eq!(verb(&["listsubs", "r1"])?, Verb::Listsubs { river: river() });
+        assert_eq!(verb(&["topics"])?, Verb::Topics);
+        assert_eq!(verb(&["advertise", "ViewPage"])?, Verb::Advertise { topic: topic(), description: None });
+        assert_eq!(
+            verb(&["readfrom", "r1"])?,
+            Verb::Readfrom { river: river(), max: 10, wait_ms: 3000, visibility_ms: None }
+        );
+        assert_eq!(
+            verb(&["readfrom", "r1", "--max", "5", "--wait-ms", "0"])?,
+            Verb::Readfrom { river: river(), max: 5, wait_ms: 0, visibility_ms: None }
+        );
+
+        for wrong in [
+            &["subscribe", "r1"][..],
+            &["listsubs"],
+            &["topics", "extra"],
+            &["readfrom", "r1", "--max", "0"],
+            &["readfrom", "r1", "--max", "101"],
+            &["send", "ViewPage"],
+            &["send", "A", "B", "{}", "extra"],
+        ] {
+            assert!(Cli::try_parse_from(std::iter::once("bankctl").chain(wrong.iter().copied())).is_err(), "{wrong:?}");
+        }
+        // the existing commands are still there, beside the shell
+        assert!(matches!(Cli::try_parse_from(["bankctl", "shell"])?.command, Command::Shell));
+        assert!(matches!(
+            Cli::try_parse_from(["bankctl", "token", "--sub", "a", "--jwt-secret", "s"])?.command,
+            Command::Token { .. }
+        ));
         Ok(())
     }
 

@@ -18,10 +18,16 @@
 //! A [`BankClient`] is cheap to clone; [`BankClient::with_token`] makes another caller
 //! on the same connection pool. Every answer other than 2xx is a
 //! [`ClientError::Http`] carrying the service's error code, message and details.
+//!
+//! [`bus::BusClient`] is the same for the event bus's control plane (events, topics,
+//! river subscriptions, generic rivers' receive and ack).
 
 #![forbid(unsafe_code)]
 
 pub use bank_api as api;
+
+pub mod bus;
+pub use bus::BusClient;
 
 use bank_api::accounts::{AccountDetail, AccountReply, AmountRequest, OpenRequest};
 use bank_api::transfers::{CreateTransferRequest, TransferReply};

@@ -47,7 +47,7 @@ fn a_wait_sends_only_what_is_set() -> Result<(), reqwest::Error> {
 }
 
 /// Serves one request with `status` and `body`; the request as text.
-async fn answer_once(status: &str, body: &str) -> (String, tokio::task::JoinHandle<String>) {
+pub(crate) async fn answer_once(status: &str, body: &str) -> (String, tokio::task::JoinHandle<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let base = format!("http://{}", listener.local_addr().expect("its address"));
     let response = format!(
@@ -142,6 +142,6 @@ async fn ready_answers_whatever_the_status_and_no_service_is_a_transport_error()
 }
 
 /// Test results without anyhow (not a dependency of this crate).
-mod anyhow_free {
+pub(crate) mod anyhow_free {
     pub type Result = std::result::Result<(), Box<dyn std::error::Error>>;
 }

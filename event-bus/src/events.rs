@@ -262,7 +262,11 @@ pub struct EventPage {
 
 /// A page of stored events by position.
 pub async fn query(pool: &PgPool, q: &EventsQuery) -> Result<EventPage, ApiError> {
-    let limit = service_kit::extract::in_range("limit", q.limit, 1000)?.unwrap_or(100).max(1);
+    let limit = service_kit::extract::in_range("limit", q.limit, 1000)?.unwrap_or(100);
+    if limit < 1 {
+        return Err(ApiError::new(ErrorCode::InvalidQuery, "limit must be an integer from 1 to 1000")
+            .with_detail("parameter", "limit"));
+    }
     let after = service_kit::extract::in_range("after", q.after, i64::MAX)?.unwrap_or(0);
     let mut items: Vec<StoredEvent> = sqlx::query_as(
         "select position, event_id, type, coalesce(metadata ->> 'source', stream_type) as source, stream_id,

@@ -408,8 +408,8 @@ pub async fn terminate(mut child: tokio::process::Child) {
 
 /// The whole system over the test's database and a Kinesis stream of its own: a
 /// tailer (poll source), account-service and transfer-service (each with its saga
-/// river), view-updater's river `views` and query-service. Everything stops when
-/// dropped.
+/// river), view-updater's river `views`, query-service and the event bus (with its
+/// generic rivers). Everything stops when dropped.
 pub struct Bank {
     pub accounts: Running,
     pub transfers: Running,
@@ -420,7 +420,20 @@ pub struct Bank {
     /// The account-service instance's state (its repository, its river metrics).
     pub account_state: account_service::AppState,
     pub transfer_state: transfer_service::AppState,
+    /// The views river's metrics (forged envelopes it ignored, …).
+    pub view_metrics: rapids::river::RiverMetrics,
+    /// The event bus, with its generic rivers running.
+    pub bus: Running,
+    pub bus_state: event_bus::AppState,
+    bus_shutdown: CancellationToken,
     shutdown: CancellationToken,
+}
+
+impl Bank {
+    /// Stops the event bus: its routes and its generic rivers.
+    pub fn stop_bus(&self) {
+        self.bus_shutdown.cancel();
+    }
 }
 
 impl Drop for Bank {
@@ -470,7 +483,37 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     let query_state = query_service::AppState::new(&config, query_pool).unwrap();
     query_state.listen(shutdown.clone());
     let queries = spawn(query_service::router(query_state.clone())).await;
-    Bank { accounts, transfers, queries, query_state, rapids, account_state, transfer_state, shutdown }
+
+    let bus_shutdown = shutdown.child_token();
+    let (bus, bus_state) = start_bus(pool, rapids.clone(), bus_shutdown.clone()).await;
+    let view_metrics = view_state.river_metrics.clone();
+    Bank {
+        accounts,
+        transfers,
+        queries,
+        query_state,
+        rapids,
+        account_state,
+        transfer_state,
+        view_metrics,
+        bus,
+        bus_state,
+        bus_shutdown,
+        shutdown,
+    }
+}
+
+/// An event bus over `pool` and `rapids`, its generic rivers polled often; it stops
+/// when `shutdown` is cancelled.
+pub async fn start_bus(pool: &PgPool, rapids: Rapids, shutdown: CancellationToken) -> (Running, event_bus::AppState) {
+    let config =
+        event_bus::Config { river: fast_river(), river_sync_ms: 100, ..event_bus::Config::new(service_args(pool)) };
+    let state = event_bus::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
+    event_bus::start_background(&config, &state, rapids, shutdown.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(service_kit::http::serve(listener, event_bus::router(state.clone()), shutdown.child_token()));
+    (Running { base, shutdown: shutdown.child_token() }, state)
 }
 
 /// The sum of a counter of a metrics vector over all its label values.

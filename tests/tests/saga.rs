@@ -95,18 +95,22 @@ async fn a_waiting_read_on_transfer_service_returns_when_the_saga_moves_the_tran
     let api = bank.transfers.api();
     let alice = token("alice", Customer);
 
-    // bad arguments, unknown ids and other customers are answered at once
+    // bad arguments and other customers are answered at once; an unknown id waits (a
+    // task's transfer appears after the task) and ends in 409 at version 0, or is a
+    // 404 at once without min_version
     let path = |id: Uuid, query: &str| format!("/transfers/{id}?{query}");
     let id = transfer(&bank, "alice", a, b, 300).await;
     for query in ["min_version=-1", "min_version=x", "min_version=3&wait_ms=-5", "min_version=99999999999"] {
         api.get(&path(id, query)).token(&alice).send().await.expect_error(400, "invalid_query");
     }
     let unknown = Uuid::now_v7();
-    api.get(&path(unknown, "min_version=2&wait_ms=30000"))
-        .token(&alice)
-        .send()
-        .await
-        .expect_error(404, "transfer_not_found");
+    let waited = api.get(&path(unknown, "min_version=2&wait_ms=200")).token(&alice).send().await;
+    waited.expect_error(409, "version_not_reached");
+    assert_eq!(
+        (waited.body["error"]["current_version"].as_i64(), waited.body["error"]["wanted_version"].as_i64()),
+        (Some(0), Some(2))
+    );
+    api.get(&format!("/transfers/{unknown}")).token(&alice).send().await.expect_error(404, "transfer_not_found");
     api.get(&path(id, "min_version=2&wait_ms=30000"))
         .token(&token("mallory", Customer))
         .send()

@@ -157,12 +157,12 @@ async fn read(
             (wanted > 0).then(|| state.transfers.cached(id)).flatten().filter(|c| i64::from(c.version) >= wanted);
         let loaded = match cached {
             Some(cached) => cached,
-            None => state
-                .transfers
-                .store()
-                .load::<MoneyTransfer>(id)
-                .await?
-                .ok_or_else(|| ApiError::new(ErrorCode::TransferNotFound, "no such transfer"))?,
+            // not (yet) there: with min_version the read waits for it (a task's
+            // transfer is created after the task), without it this is a 404
+            None => match state.transfers.store().load::<MoneyTransfer>(id).await? {
+                Some(loaded) => loaded,
+                None => return Ok(None),
+            },
         };
         if !caller.may_read(&loaded.state.initiated_by) {
             return Err(ApiError::new(ErrorCode::Forbidden, "this transfer belongs to someone else"));
