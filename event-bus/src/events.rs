@@ -262,6 +262,15 @@ pub struct EventPage {
 
 /// A page of stored events by position.
 pub async fn query(pool: &PgPool, q: &EventsQuery) -> Result<EventPage, ApiError> {
+    let too_long = |name: &str, value: &Option<String>, max: usize| match value {
+        Some(v) if v.chars().count() > max => {
+            Err(ApiError::new(ErrorCode::InvalidQuery, format!("{name} is longer than {max} characters"))
+                .with_detail("parameter", name))
+        }
+        _ => Ok(()),
+    };
+    too_long("type", &q.event_type, names::MAX_NAME)?;
+    too_long("source", &q.source, 64)?;
     let limit = service_kit::extract::in_range("limit", q.limit, 1000)?.unwrap_or(100);
     if limit < 1 {
         return Err(ApiError::new(ErrorCode::InvalidQuery, "limit must be an integer from 1 to 1000")

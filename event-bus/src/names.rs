@@ -38,6 +38,9 @@ pub fn kind(name: &str) -> Option<NameKind> {
 /// A subscription pattern: a name, a prefix of one or two segments followed by `.*`
 /// (`account.*`, `transfers.transfer.*`), or `*` (everything).
 pub fn valid_pattern(pattern: &str) -> bool {
+    if pattern.len() > MAX_NAME {
+        return false;
+    }
     match pattern.strip_suffix(".*") {
         _ if pattern == "*" => true,
         Some(prefix) => prefix.split('.').count() <= 2 && kind(prefix).is_some(),

@@ -6,8 +6,31 @@ use serde_json::Value;
 use service_kit::openapi::{RouteErrors, finish};
 use utoipa::OpenApi;
 
+/// A subscription pattern: a name, a prefix of one or two segments and `.*`, or `*`.
+pub const PATTERN: &str = "^(\\*|[A-Za-z][A-Za-z0-9_-]*(\\.[A-Za-z][A-Za-z0-9_-]*){0,2}|[A-Za-z][A-Za-z0-9_-]*(\\.[A-Za-z][A-Za-z0-9_-]*)?\\.\\*)$";
+
 pub fn document_json() -> Value {
-    let generated = serde_json::to_value(crate::http::Api::openapi()).unwrap_or_default();
+    let mut generated = serde_json::to_value(crate::http::Api::openapi()).unwrap_or_default();
+    // what the derive cannot say: the tags' shape, the topic pattern of the paths
+    if let Some(tags) = generated.pointer_mut("/components/schemas/PostEvent/properties/tags") {
+        *tags = serde_json::json!({
+            "type": ["object", "null"],
+            "maxProperties": crate::events::MAX_TAGS,
+            "propertyNames": {"minLength": 1, "maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 256},
+            "description": "the producer's tags: at most 16 pairs of string values"
+        });
+    }
+    for path in ["/rivers/{river}/subscriptions/{topic}"] {
+        for method in ["put", "delete"] {
+            let params = generated.pointer_mut(&format!("/paths/{}/{method}/parameters", path.replace('/', "~1")));
+            for param in params.and_then(Value::as_array_mut).into_iter().flatten() {
+                if param["name"] == "topic" {
+                    param["schema"] = serde_json::json!({"type": "string", "pattern": PATTERN, "maxLength": 128});
+                }
+            }
+        }
+    }
     finish(
         generated,
         "event-bus",
@@ -36,5 +59,20 @@ mod tests {
         if std::env::var_os("PRINT_OPENAPI").is_some() {
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         }
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    /// The document states what the derive cannot: the topic's pattern, the tags' shape.
+    #[test]
+    fn the_document_states_the_topic_pattern_and_the_tags_shape() {
+        let doc = super::document_json();
+        let pointer = "/paths/~1rivers~1{river}~1subscriptions~1{topic}/put/parameters";
+        let params = doc.pointer(pointer).and_then(|p| p.as_array()).cloned().unwrap_or_default();
+        let topic = params.iter().find(|p| p["name"] == "topic").expect("a topic parameter");
+        assert_eq!(topic["schema"]["pattern"], super::PATTERN);
+        let tags = doc.pointer("/components/schemas/PostEvent/properties/tags").expect("tags");
+        assert_eq!(tags["maxProperties"], 16);
     }
 }

@@ -106,17 +106,17 @@ impl Handler for QueueHandler {
 #[serde(deny_unknown_fields)]
 pub struct Receive {
     /// At most this many messages (default 10).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "service_kit::extract::optional_whole")]
     #[schema(minimum = 1, maximum = 100)]
     pub max_messages: Option<i64>,
     /// Wait up to this long for a first message, in ms (default 0; capped by
     /// `BUS_MAX_WAIT_MS` and always ending before the request timeout).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "service_kit::extract::optional_whole")]
     #[schema(minimum = 0)]
     pub wait_ms: Option<i64>,
     /// How long the received messages stay invisible to other receives, in ms
     /// (default 30,000).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "service_kit::extract::optional_whole")]
     #[schema(minimum = 1, maximum = 43200000)]
     pub visibility_ms: Option<i64>,
 }

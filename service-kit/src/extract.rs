@@ -68,6 +68,17 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, 
     Ok(ApiJson { value, canonical })
 }
 
+/// Deserializes an optional whole number that JSON may write as a float (`86.0`):
+/// JSON Schema counts that as an integer, and so do we.
+pub fn optional_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    n.as_i64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, not {n}")))
+}
+
 /// The caller and the request metadata a command records with its events.
 #[derive(Debug, Clone)]
 pub struct CommandMeta {
@@ -233,5 +244,29 @@ impl Wait {
         let min_version = in_range("min_version", min_version, MAX_VERSION)?;
         let wait_ms = in_range("wait_ms", wait_ms, i64::MAX)?.unwrap_or(0).unsigned_abs();
         Ok(Wait { min_version, wait: std::time::Duration::from_millis(wait_ms).min(max_wait) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[serde(default, deserialize_with = "super::optional_whole")]
+        n: Option<i64>,
+    }
+
+    fn n(json: &str) -> Result<Option<i64>, String> {
+        serde_json::from_str::<Body>(json).map(|b| b.n).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_whole_number_may_be_written_as_a_float() {
+        assert_eq!(n("{}"), Ok(None));
+        assert_eq!(n(r#"{"n": null}"#), Ok(None));
+        assert_eq!(n(r#"{"n": -3}"#), Ok(Some(-3)));
+        assert_eq!(n(r#"{"n": 86.0}"#), Ok(Some(86)));
+        for bad in ["1.5", "1e300", "\"7\"", "true"] {
+            assert!(n(&format!(r#"{{"n": {bad}}}"#)).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -104,7 +104,7 @@ pub fn finish(generated: Value, title: &str, description: &str, errors: &[RouteE
     // headers the layer stack checks: their schema states the check
     for item in doc["paths"].as_object_mut().into_iter().flat_map(|p| p.values_mut()) {
         for operation in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
-            for param in operation["parameters"].as_array_mut().into_iter().flatten() {
+            for param in operation.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
                 if param["in"] == "header" && param["name"] == "Idempotency-Key" {
                     param["schema"] = json!({"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN});
                     param["description"] = json!(
