@@ -3,6 +3,9 @@
 
 use crate::AppState;
 use crate::events::{self, EventPage, EventsQuery, PostEvent, PostedEvent};
+use crate::ops::{
+    self, DeadLetters, DeadLettersQuery, RetryRequested, RiverStates, TailerStates, UnsettledQuery, UnsettledTransfers,
+};
 use crate::queue::{self, Ack, Acked, Messages, Receive};
 use crate::registry::{self, Advertise, RiverSubscriptions, Topic};
 use axum::extract::{FromRequestParts, Path, State};
@@ -28,7 +31,12 @@ use utoipa::ToSchema;
     subscribe,
     unsubscribe,
     receive,
-    ack
+    ack,
+    ops_rivers,
+    ops_tailer,
+    ops_dead_letters,
+    ops_retry,
+    ops_unsettled
 ))]
 pub struct Api;
 
@@ -41,6 +49,11 @@ pub fn routes() -> Router<AppState> {
         .route("/rivers/{river}/subscriptions/{topic}", put(subscribe).delete(unsubscribe))
         .route("/rivers/{river}/receive", post(receive))
         .route("/rivers/{river}/ack", post(ack))
+        .route("/ops/rivers", get(ops_rivers))
+        .route("/ops/tailer", get(ops_tailer))
+        .route("/ops/dead-letters", get(ops_dead_letters))
+        .route("/ops/dead-letters/{id}/retry", post(ops_retry))
+        .route("/ops/unsettled", get(ops_unsettled))
 }
 
 fn staff(caller: &Caller) -> Result<(), ApiError> {
@@ -264,4 +277,66 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
             .map(|Path(value)| Names(value))
             .map_err(|_| ApiError::new(ErrorCode::InvalidRiver, "the river or topic in the path is not valid"))
     }
+}
+
+/// The errors of the operator's reads, beside the common ones.
+pub const OPS_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery, ErrorCode::Forbidden];
+pub const RETRY_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery, ErrorCode::Forbidden, ErrorCode::NotFound];
+
+/// Every river with its shards, leases, checkpoints, lag and parked events (staff).
+#[utoipa::path(get, path = "/ops/rivers", tag = "operations",
+    responses((status = 200, description = "the rivers", body = RiverStates)))]
+async fn ops_rivers(State(state): State<AppState>, caller: Caller) -> Result<Json<RiverStates>, ApiError> {
+    staff(&caller)?;
+    Ok(Json(ops::rivers(&state.kit.pool).await?))
+}
+
+/// How far the tailer has published (staff).
+#[utoipa::path(get, path = "/ops/tailer", tag = "operations",
+    responses((status = 200, description = "the tailers' positions", body = TailerStates)))]
+async fn ops_tailer(State(state): State<AppState>, caller: Caller) -> Result<Json<TailerStates>, ApiError> {
+    staff(&caller)?;
+    Ok(Json(ops::tailer(&state.kit.pool).await?))
+}
+
+/// Parked events not yet resolved (staff).
+#[utoipa::path(get, path = "/ops/dead-letters", tag = "operations",
+    params(DeadLettersQuery),
+    responses((status = 200, description = "the parked events", body = DeadLetters)))]
+async fn ops_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<DeadLettersQuery>,
+) -> Result<Json<DeadLetters>, ApiError> {
+    staff(&caller)?;
+    Ok(Json(ops::dead_letters(&state.kit.pool, query.river.as_deref()).await?))
+}
+
+/// Hands a parked event to its river's handler again (staff).
+#[utoipa::path(post, path = "/ops/dead-letters/{id}/retry", tag = "operations",
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, description = "the retry is requested", body = RetryRequested)))]
+async fn ops_retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<RetryRequested>, ApiError> {
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::new(ErrorCode::InvalidQuery, "the id in the path is not a whole number"));
+    };
+    staff(&caller)?;
+    Ok(Json(ops::retry(&state.kit.pool, id).await?))
+}
+
+/// Transfers not settled after `older_than_s` seconds, and where each stopped (staff).
+#[utoipa::path(get, path = "/ops/unsettled", tag = "operations",
+    params(UnsettledQuery),
+    responses((status = 200, description = "the unsettled transfers", body = UnsettledTransfers)))]
+async fn ops_unsettled(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<UnsettledQuery>,
+) -> Result<Json<UnsettledTransfers>, ApiError> {
+    staff(&caller)?;
+    Ok(Json(ops::unsettled(&state.kit.pool, query.older_than_s).await?))
 }

@@ -7,6 +7,7 @@
 //! * [`events`]: `POST /events` and `GET /events`.
 //! * [`registry`]: topics, rivers and their subscriptions in Postgres.
 //! * [`queue`]: generic rivers: their handler, receive and ack.
+//! * [`ops`]: what operators see: rivers, the tailer, parked events, unsettled transfers.
 //! * [`http`]: the routes.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod names;
 pub mod openapi;
+pub mod ops;
 pub mod queue;
 pub mod registry;
 

@@ -1,7 +1,10 @@
 //! The OpenAPI document of event-bus: generated from the routes' types
 //! ([`crate::http::Api`]) and completed with each route's error codes.
 
-use crate::http::{POST_ERRORS, QUERY_ERRORS, QUEUE_ERRORS, RIVER_READ_ERRORS, SUBSCRIPTION_ERRORS, TOPIC_ERRORS};
+use crate::http::{
+    OPS_ERRORS, POST_ERRORS, QUERY_ERRORS, QUEUE_ERRORS, RETRY_ERRORS, RIVER_READ_ERRORS, SUBSCRIPTION_ERRORS,
+    TOPIC_ERRORS,
+};
 use serde_json::Value;
 use service_kit::openapi::{RouteErrors, finish};
 use utoipa::OpenApi;
@@ -46,6 +49,11 @@ pub fn document_json() -> Value {
             RouteErrors { method: "delete", path: "/rivers/{river}/subscriptions/{topic}", codes: SUBSCRIPTION_ERRORS },
             RouteErrors { method: "post", path: "/rivers/{river}/receive", codes: QUEUE_ERRORS },
             RouteErrors { method: "post", path: "/rivers/{river}/ack", codes: QUEUE_ERRORS },
+            RouteErrors { method: "get", path: "/ops/rivers", codes: OPS_ERRORS },
+            RouteErrors { method: "get", path: "/ops/tailer", codes: OPS_ERRORS },
+            RouteErrors { method: "get", path: "/ops/dead-letters", codes: OPS_ERRORS },
+            RouteErrors { method: "post", path: "/ops/dead-letters/{id}/retry", codes: RETRY_ERRORS },
+            RouteErrors { method: "get", path: "/ops/unsettled", codes: OPS_ERRORS },
         ],
     )
 }

@@ -33,9 +33,12 @@ pub struct Kit {
     pub pool: PgPool,
     /// What `/ready` checks besides the database: each dependency the service uses.
     pub checks: Vec<(&'static str, ReadyProbe)>,
+    /// Whether the service uses the database (`/ready` checks it).
+    pub uses_database: bool,
     pub registry: Registry,
     pub http_metrics: HttpMetrics,
-    pub openapi: Arc<Value>,
+    /// The OpenAPI document served; a service may replace it while it runs.
+    pub openapi: Arc<std::sync::RwLock<Arc<Value>>>,
     pub request_timeout: Duration,
     pub body_limit: usize,
 }
@@ -53,12 +56,29 @@ impl Kit {
             service,
             pool,
             checks: Vec::new(),
+            uses_database: true,
             registry,
             http_metrics,
-            openapi: Arc::new(openapi),
+            openapi: Arc::new(std::sync::RwLock::new(Arc::new(openapi))),
             request_timeout: Duration::from_millis(http.request_timeout_ms),
             body_limit: http.body_limit_bytes,
         })
+    }
+}
+
+impl Kit {
+    /// The kit of a service without a database (the gateway): its pool is never
+    /// connected, and `/ready` checks only the service's own dependencies.
+    pub fn without_database(
+        service: &'static str,
+        registry: Registry,
+        openapi: Value,
+        http: &crate::config::HttpArgs,
+    ) -> prometheus::Result<Self> {
+        let unused = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(sqlx::postgres::PgConnectOptions::new());
+        let mut kit = Kit::new(service, unused, registry, openapi, http)?;
+        kit.uses_database = false;
+        Ok(kit)
     }
 }
 
@@ -140,10 +160,14 @@ async fn health(State(kit): State<Kit>) -> Json<Value> {
 
 async fn ready(State(kit): State<Kit>) -> Response {
     let probe = Duration::from_secs(2);
-    let db = matches!(tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await, Ok(Ok(_)));
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let mut checks = json!({"database": word(db)});
-    let mut all = db;
+    let mut checks = json!({});
+    let mut all = true;
+    if kit.uses_database {
+        let db = matches!(tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await, Ok(Ok(_)));
+        checks["database"] = json!(word(db));
+        all = db;
+    }
     for (name, check) in &kit.checks {
         let ok = tokio::time::timeout(probe, check()).await.unwrap_or(false);
         checks[*name] = json!(word(ok));
@@ -161,7 +185,16 @@ async fn metrics_text(State(kit): State<Kit>) -> Response {
 }
 
 async fn openapi(State(kit): State<Kit>) -> Json<Value> {
-    Json(kit.openapi.as_ref().clone())
+    let document = kit.openapi.read().unwrap_or_else(|p| p.into_inner()).clone();
+    Json(document.as_ref().clone())
+}
+
+impl Kit {
+    /// Replaces the served OpenAPI document (the gateway's is assembled from its
+    /// upstreams' once they answer).
+    pub fn set_openapi(&self, document: Value) {
+        *self.openapi.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(document);
+    }
 }
 
 /// The HTTP response of a command with the route's success status (a replay is

@@ -195,6 +195,24 @@ impl Leases {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records how far behind the stream's tip this instance's readers were, per shard
+    /// (for operators; only shards whose lease it holds).
+    pub async fn report_lag(&self, lags: &[(String, i64)]) -> sqlx::Result<()> {
+        let (shards, millis): (Vec<String>, Vec<i64>) = lags.iter().cloned().unzip();
+        sqlx::query(
+            "update rapids.river_shards s set millis_behind = l.millis, lag_reported_at = now()
+             from unnest($3::text[], $4::int8[]) as l(shard, millis)
+             where s.river = $1 and s.owner = $2 and s.shard_id = l.shard",
+        )
+        .bind(&self.river)
+        .bind(&self.worker)
+        .bind(&shards)
+        .bind(&millis)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Marks a closed shard read to its end; its children become readable.
     pub async fn finish(&self, shard_id: &str) -> sqlx::Result<bool> {
         let done = sqlx::query(

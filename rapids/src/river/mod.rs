@@ -496,6 +496,15 @@ impl<H: Handler> River<H> {
                         });
                     }
                     shared.metrics.leases.with_label_values(&[&name]).set(readers.len() as i64);
+                    let lags: Vec<(String, i64)> = readers
+                        .keys()
+                        .map(|shard| {
+                            (shard.clone(), shared.metrics.millis_behind.with_label_values(&[&name, shard]).get())
+                        })
+                        .collect();
+                    if let Err(e) = shared.leases.report_lag(&lags).await {
+                        tracing::warn!(river = %name, error = %e, "cannot report the shards' lag");
+                    }
                 }
                 Err(e) => tracing::warn!(river = %name, error = %e, "cannot renew the leases; retrying"),
             }

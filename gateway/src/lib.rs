@@ -1,0 +1,278 @@
+//! gateway: the front door. One origin for the whole API (`/api/...`, routed to the
+//! service that owns each route), the banking web app at `/`, and a dev-only login.
+//!
+//! At the edge it authenticates (a bad or missing token never reaches a service; the
+//! services still check it themselves), limits each subject's request rate (429 with
+//! `Retry-After`), bounds request size and time (the layer stack of service-kit), and
+//! passes the request and correlation ids on. A dead upstream is 503
+//! `upstream_unavailable`, one that answers garbage 502 `bad_gateway`.
+//!
+//! * [`proxy`]: the routing table and the forwarding.
+//! * [`openapi`]: one document for the whole API, assembled from the upstreams'.
+#![forbid(unsafe_code)]
+
+pub mod openapi;
+pub mod proxy;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRef, Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use proxy::Upstream;
+use serde::{Deserialize, Serialize};
+use service_kit::auth::{Caller, JwtVerifier, Role};
+use service_kit::config::{AuthArgs, HttpArgs, LogArgs};
+use service_kit::extract::{ApiJson, REQUEST_ID};
+use service_kit::http::Kit;
+use service_kit::{ApiError, ErrorCode};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The gateway's configuration (environment variables, see `.env.example`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "gateway", about = "The API gateway and the banking web app")]
+pub struct Config {
+    /// Where to listen.
+    #[arg(long, env = "GATEWAY_ADDR", default_value_t = Config::DEFAULT_ADDR)]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[arg(long, env = "ACCOUNT_SERVICE_URL", default_value = "http://127.0.0.1:8081")]
+    pub account_service_url: String,
+    #[arg(long, env = "TRANSFER_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+    pub transfer_service_url: String,
+    #[arg(long, env = "QUERY_SERVICE_URL", default_value = "http://127.0.0.1:8083")]
+    pub query_service_url: String,
+    #[arg(long, env = "EVENT_BUS_URL", default_value = "http://127.0.0.1:8086")]
+    pub event_bus_url: String,
+    /// `true` enables `POST /api/dev/token` (mint any token: development only).
+    #[arg(long, env = "DEV_LOGIN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_login: bool,
+    /// Requests a second each subject may make (sustained).
+    #[arg(long, env = "RATE_LIMIT_PER_S", default_value_t = 50)]
+    pub rate_limit_per_s: u32,
+    /// Requests a subject may make at once above its rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+    /// The web app's files.
+    #[arg(long, env = "GATEWAY_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
+    pub web_dir: PathBuf,
+}
+
+impl Config {
+    pub const DEFAULT_ADDR: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
+
+    fn base(&self, upstream: Upstream) -> &str {
+        match upstream {
+            Upstream::Accounts => &self.account_service_url,
+            Upstream::Transfers => &self.transfer_service_url,
+            Upstream::Queries => &self.query_service_url,
+            Upstream::Bus => &self.event_bus_url,
+        }
+    }
+}
+
+/// Everything a request needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub kit: Kit,
+    pub config: Arc<Config>,
+    pub verifier: Arc<JwtVerifier>,
+    pub client: reqwest::Client,
+    pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Requests refused by the rate limit.
+    pub limited: prometheus::IntCounter,
+}
+
+impl FromRef<AppState> for Arc<JwtVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let limited = prometheus::IntCounter::new("gateway_rate_limited_total", "Requests refused by the rate limit")?;
+        registry.register(Box::new(limited.clone()))?;
+        let kit = Kit::without_database("gateway", registry, openapi::own_document(), &config.http)?;
+        let client = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
+        let mut kit = kit;
+        for upstream in Upstream::ALL {
+            let (client, url) = (client.clone(), format!("{}/health", config.base(upstream).trim_end_matches('/')));
+            kit = kit.with_check(upstream.name(), move || {
+                let (client, url) = (client.clone(), url.clone());
+                async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+            });
+        }
+        let per_s = NonZeroU32::new(config.rate_limit_per_s.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.rate_limit_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        Ok(AppState {
+            kit,
+            verifier: Arc::new(JwtVerifier::from_args(&config.auth)?),
+            config: Arc::new(config),
+            client,
+            limiter: Arc::new(RateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))),
+            limited,
+        })
+    }
+}
+
+/// `POST /api/dev/token`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevLogin {
+    /// The subject (a customer's or staff member's name).
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,64}$")]
+    pub sub: String,
+    pub role: DevRole,
+}
+
+/// The role of a dev token.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DevRole {
+    Customer,
+    Teller,
+    Admin,
+}
+
+/// A dev token.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DevToken {
+    pub token: String,
+    pub sub: String,
+    pub role: DevRole,
+    /// Seconds it is valid for.
+    pub expires_in: i64,
+}
+
+/// Mints a token for anyone, when `DEV_LOGIN=true` (else there is no such route: 404).
+#[utoipa::path(post, path = "/api/dev/token", tag = "dev", security(),
+    request_body = DevLogin,
+    responses((status = 200, description = "a token, valid 12 hours", body = DevToken)))]
+async fn dev_token(State(state): State<AppState>, body: ApiJson<DevLogin>) -> Result<axum::Json<DevToken>, ApiError> {
+    if !state.config.dev_login {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such route"));
+    }
+    let DevLogin { sub, role } = body.value;
+    let valid = (1..=64).contains(&sub.len()) && sub.chars().all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c));
+    if !valid {
+        return Err(ApiError::new(ErrorCode::InvalidBody, "sub must be 1 to 64 characters of [A-Za-z0-9_.@-]"));
+    }
+    let secret = state.config.auth.jwt_secret.as_ref().ok_or_else(|| {
+        ApiError::new(ErrorCode::NotFound, "dev login needs JWT_SECRET (HS256); this gateway has none")
+    })?;
+    let as_role = match role {
+        DevRole::Customer => Role::Customer,
+        DevRole::Teller => Role::Teller,
+        DevRole::Admin => Role::Admin,
+    };
+    let ttl = 12 * 3600;
+    let token = service_kit::auth::issue_hs256(secret.expose(), &sub, as_role, ttl).map_err(ApiError::internal)?;
+    Ok(axum::Json(DevToken { token, sub, role, expires_in: ttl }))
+}
+
+/// Every other `/api/...` request: authenticate, limit, route, forward.
+async fn api(State(state): State<AppState>, caller: Result<Caller, ApiError>, request: Request) -> Response {
+    match forward(state, caller, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().strip_prefix("/api").unwrap_or("").to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
+    let upstream = proxy::route(&parts.method, &path, &query)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
+    // authenticated at the edge: a bad token never reaches a service
+    let caller = caller?;
+    if let Err(not_until) = state.limiter.check_key(&caller.subject) {
+        state.limited.inc();
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Err(ApiError::new(ErrorCode::RateLimited, "too many requests; retry after Retry-After")
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1))));
+    }
+    let body: Bytes = axum::body::to_bytes(body, state.kit.body_limit)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large"))?;
+    let mut headers: HeaderMap = parts.headers.clone();
+    if let Some(id) = parts.headers.get(REQUEST_ID).cloned() {
+        headers.insert(REQUEST_ID, id);
+    }
+    let path_and_query = if query.is_empty() { path } else { format!("{path}?{query}") };
+    // a waiting read must end upstream first: the upstream caps its own wait below
+    // its timeout; ours is the same plus a margin
+    let timeout = state.kit.request_timeout;
+    let (status, returned, body) = proxy::forward(
+        &state.client,
+        upstream,
+        state.config.base(upstream),
+        parts.method.clone(),
+        &path_and_query,
+        &headers,
+        body,
+        timeout,
+    )
+    .await?;
+    let mut response = (status, body).into_response();
+    response.headers_mut().extend(returned);
+    Ok(response)
+}
+
+pub fn router(state: AppState) -> Router {
+    let kit = state.kit.clone();
+    let web = state.config.web_dir.clone();
+    let routes = Router::new()
+        .route("/api/dev/token", post(dev_token))
+        .route("/api/{*rest}", any(api))
+        .with_state(state)
+        .route_service("/", tower_http::services::ServeFile::new(web.join("index.html")))
+        .nest_service("/app", tower_http::services::ServeDir::new(web));
+    service_kit::http::app(routes, kit)
+}
+
+/// Keeps the served OpenAPI document assembled from the upstreams' (retried until
+/// each answered), and the rate limiter's memory bounded.
+pub fn start_background(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut complete = false;
+        loop {
+            if !complete {
+                let (document, all) = openapi::assemble(&state.client, |u| state.config.base(u).to_owned()).await;
+                state.kit.set_openapi(document);
+                complete = all;
+            }
+            state.limiter.retain_recent();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(if complete { 60 } else { 2 })) => {}
+            }
+        }
+    })
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let background = start_background(&state, shutdown.clone());
+    let served = service_kit::http::serve(listener, router(state), shutdown).await;
+    background.abort();
+    served
+}
