@@ -1,25 +1,28 @@
-//! The account routes: open, deposit, withdraw, close, read. Their request and reply
-//! types are the contract's, in [`bank_api::accounts`].
+//! The account routes: open, deposit, withdraw, close, read (now, or as it was: see
+//! [`crate::history`], which also serves the history and transfers routes). Their
+//! request and reply types are the contract's, in [`bank_api::accounts`].
 
 use crate::AppState;
+use crate::history::Point;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bank_api::accounts::{AccountDetail, AccountReply, AmountRequest, OpenRequest, RecentTransaction};
+use bank_api::accounts::{AccountDetail, AccountReply, AmountRequest, OpenRequest, ReadQuery, RecentTransaction};
 use bank_domain::account::{Account, AccountCommand, Actor, BALANCE_EVENTS};
 use bank_domain::{Currency, Money};
+use eventstore::envelope::RecordedEvent;
 use serde_json::{Value, json};
 use service_kit::auth::Caller;
-use service_kit::extract::{ApiJson, CommandMeta, PathId};
+use service_kit::extract::{ApiJson, ApiQuery, CommandMeta, PathId};
 use service_kit::http::command_response;
 use service_kit::{ApiError, ErrorCode};
 use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(open, read, deposit, withdraw, close))]
+#[openapi(paths(open, read, deposit, withdraw, close, crate::history::history, crate::history::transfers))]
 pub struct Api;
 
 pub fn routes() -> Router<AppState> {
@@ -29,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}/deposits", post(deposit))
         .route("/accounts/{id}/withdrawals", post(withdraw))
         .route("/accounts/{id}/close", post(close))
+        .merge(crate::history::routes())
 }
 
 /// Every error a command on an existing account can answer, beside the common ones.
@@ -78,8 +82,14 @@ pub const CLOSE_ERRORS: &[ErrorCode] = &[
     ErrorCode::IdempotencyKeyReused,
 ];
 
-/// The errors of `GET /accounts/{id}`, beside the common ones.
-pub const READ_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidId, ErrorCode::Forbidden, ErrorCode::AccountNotFound];
+/// The errors of `GET /accounts/{id}` (now, or with `as_of`/`at_version`), beside the common ones.
+pub const READ_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidId,
+    ErrorCode::InvalidQuery,
+    ErrorCode::Forbidden,
+    ErrorCode::AccountNotFound,
+    ErrorCode::VersionNotReached,
+];
 
 fn account_json(id: Uuid, account: &Account, version: i32) -> Value {
     json!(account_reply(id, account, version))
@@ -108,7 +118,7 @@ async fn open(
 ) -> Result<Response, ApiError> {
     let currency = Currency::parse(&body.value.currency)?;
     let initial_deposit = match &body.value.initial_deposit {
-        Some(n) if n.as_i64() == Some(0) => None,
+        Some(n) if n.as_f64() == Some(0.0) => None,
         Some(n) => Some(Money::from_json(n, currency, state.max_amount)?),
         None => None,
     };
@@ -178,23 +188,8 @@ async fn close(State(state): State<AppState>, meta: CommandMeta, PathId(id): Pat
     Ok(command_response(StatusCode::OK, reply))
 }
 
-#[utoipa::path(get, path = "/accounts/{id}", tag = "accounts",
-    params(("id" = Uuid, Path)),
-    responses((status = 200, description = "the account with its 20 newest transactions", body = AccountDetail)))]
-/// The command side's view of one account: its state from the event store (not the
-/// cache, which another instance may have overtaken) and its 20 newest transactions.
-async fn read(
-    State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
-) -> Result<Json<AccountDetail>, ApiError> {
-    let store = state.accounts.store();
-    let loaded =
-        store.load::<Account>(id).await?.ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "no such account"))?;
-    if !caller.may_read(&loaded.state.owner) {
-        return Err(ApiError::new(ErrorCode::Forbidden, "this account belongs to someone else"));
-    }
-    let recent = store.latest_of_types(id, BALANCE_EVENTS, 20).await?;
+/// The state and the 20 newest transactions (`recent`, newest first) as one answer.
+pub(crate) fn detail(id: Uuid, account: &Account, version: i32, recent: &[RecordedEvent]) -> AccountDetail {
     let recent_transactions = recent
         .iter()
         .map(|e| RecentTransaction {
@@ -212,5 +207,32 @@ async fn read(
             recorded_at: e.recorded_at,
         })
         .collect();
-    Ok(Json(AccountDetail { account: account_reply(id, &loaded.state, loaded.version), recent_transactions }))
+    AccountDetail { account: account_reply(id, account, version), recent_transactions, as_of: None, at_version: None }
+}
+
+/// The command side's view of one account: its state from the event store (not the
+/// cache, which another instance may have overtaken) and its 20 newest transactions.
+///
+/// With `as_of` or `at_version`, the account as it was then: the fold of its events up
+/// to the last one recorded at or before `as_of` (404 `account_not_found` before it
+/// was opened), or up to `at_version`. An `at_version` past the account's version is
+/// 409 `version_not_reached` with `current_version` (a state the account has not
+/// reached yet, like a transfer's `min_version`; not a malformed query, so not a 400).
+/// Both parameters at once ask for the earlier of the two points.
+#[utoipa::path(get, path = "/accounts/{id}", tag = "accounts",
+    params(("id" = Uuid, Path), ReadQuery),
+    responses((status = 200, description = "the account with its 20 newest transactions (then, with as_of or at_version)", body = AccountDetail)))]
+async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    ApiQuery(query): ApiQuery<ReadQuery>,
+) -> Result<Json<AccountDetail>, ApiError> {
+    let point = Point::from_query(&query)?;
+    let loaded = crate::history::readable(&state, &caller, id).await?;
+    if let Some(point) = point {
+        return Ok(Json(crate::history::read_at(&state, id, loaded, point).await?));
+    }
+    let recent = state.accounts.store().latest_of_types(id, BALANCE_EVENTS, 20).await?;
+    Ok(Json(detail(id, &loaded.state, loaded.version, &recent)))
 }

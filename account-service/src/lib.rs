@@ -4,6 +4,7 @@
 //! [`AppState`] on their own database and drive [`router`] or [`run`] on port 0.
 #![forbid(unsafe_code)]
 
+pub mod history;
 pub mod http;
 pub mod openapi;
 pub mod saga;

@@ -1,6 +1,7 @@
 //! The OpenAPI document of account-service: generated from the routes' types
 //! ([`crate::http::Api`]) and completed with each route's error codes.
 
+use crate::history::HISTORY_ERRORS;
 use crate::http::{CLOSE_ERRORS, COMMAND_ERRORS, OPEN_ERRORS, READ_ERRORS};
 use serde_json::Value;
 use service_kit::openapi::{RouteErrors, finish};
@@ -11,13 +12,16 @@ pub fn document_json() -> Value {
     finish(
         generated,
         "account-service",
-        "Open accounts, deposit, withdraw, close. Amounts are integers in minor units.",
+        "Open accounts, deposit, withdraw, close; read an account now or as it was, its events and its transfers, \
+         exactly, from the event store. Amounts are integers in minor units.",
         &[
             RouteErrors { method: "post", path: "/accounts", codes: OPEN_ERRORS },
             RouteErrors { method: "get", path: "/accounts/{id}", codes: READ_ERRORS },
             RouteErrors { method: "post", path: "/accounts/{id}/deposits", codes: COMMAND_ERRORS },
             RouteErrors { method: "post", path: "/accounts/{id}/withdrawals", codes: COMMAND_ERRORS },
             RouteErrors { method: "post", path: "/accounts/{id}/close", codes: CLOSE_ERRORS },
+            RouteErrors { method: "get", path: "/accounts/{id}/history", codes: HISTORY_ERRORS },
+            RouteErrors { method: "get", path: "/accounts/{id}/transfers", codes: HISTORY_ERRORS },
         ],
     )
 }

@@ -20,6 +20,11 @@ pub struct CreateTransferRequest {
     pub amount: serde_json::Number,
     #[schema(schema_with = crate::currency_schema)]
     pub currency: String,
+    /// A note for both sides: at most 140 characters, no control characters (400
+    /// `invalid_memo`); absent, null or empty is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 140, pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*$")]
+    pub memo: Option<String>,
 }
 
 /// A transfer as the event store has it.
@@ -38,6 +43,9 @@ pub struct TransferReply {
     pub initiated_by: String,
     /// Why a failed transfer failed (e.g. `insufficient_funds`).
     pub failure_reason: Option<String>,
+    /// The transfer's memo; empty when it has none (every transfer created before memos).
+    #[serde(default)]
+    pub memo: String,
 }
 
 /// `GET /transfers/{id}`: wait for a version.

@@ -90,6 +90,9 @@ pub struct TransferRow {
     pub state: String,
     pub failure_reason: Option<String>,
     pub initiated_by: String,
+    /// Empty when the transfer has none.
+    #[serde(default)]
+    pub memo: String,
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -29,7 +29,10 @@ pub use bank_api as api;
 pub mod bus;
 pub use bus::BusClient;
 
-use bank_api::accounts::{AccountDetail, AccountReply, AmountRequest, OpenRequest};
+use bank_api::accounts::{
+    AccountDetail, AccountReply, AccountTransfers, AccountTransfersQuery, AmountRequest, HistoryPage, HistoryQuery,
+    OpenRequest, ReadQuery,
+};
 use bank_api::transfers::{CreateTransferRequest, TransferReply};
 use bank_api::views::{AccountList, AccountsQuery, TransactionPage, TransactionsQuery, TransferRow};
 use bank_api::{ErrorBody, transfers, views};
@@ -194,6 +197,25 @@ impl BankClient {
     /// newest transactions.
     pub async fn account(&self, account: Uuid) -> Result<AccountDetail> {
         self.call(self.http.get(url(&self.urls.accounts, &format!("/accounts/{account}")))).await
+    }
+
+    /// `GET /accounts/{id}?as_of=…|at_version=…` of account-service: the account as it
+    /// was at a time or a version, folded from the event store (an empty query: now).
+    pub async fn account_at(&self, account: Uuid, query: &ReadQuery) -> Result<AccountDetail> {
+        self.call(self.http.get(url(&self.urls.accounts, &format!("/accounts/{account}"))).query(query)).await
+    }
+
+    /// `GET /accounts/{id}/history`: a page of the account's events, oldest first; the
+    /// next page is `after_version = next_after_version` until that is `None`.
+    pub async fn account_history(&self, account: Uuid, query: &HistoryQuery) -> Result<HistoryPage> {
+        let path = format!("/accounts/{account}/history");
+        self.call(self.http.get(url(&self.urls.accounts, &path)).query(query)).await
+    }
+
+    /// `GET /accounts/{id}/transfers`: the transfers that moved the account, newest first.
+    pub async fn account_transfers(&self, account: Uuid, query: &AccountTransfersQuery) -> Result<AccountTransfers> {
+        let path = format!("/accounts/{account}/transfers");
+        self.call(self.http.get(url(&self.urls.accounts, &path)).query(query)).await
     }
 
     // ---- transfer-service

@@ -94,7 +94,13 @@ async fn a_created_transfer_is_decoded_and_the_request_carries_token_and_key() -
         "currency": "EUR", "state": "initiated", "initiated_by": "alice", "failure_reason": null});
     let (base, served) = answer_once("201 Created", &reply.to_string()).await;
     let bank = BankClient::new(at(&base), "tok");
-    let request = CreateTransferRequest { from: "a".into(), to: "b".into(), amount: 5.into(), currency: "EUR".into() };
+    let request = CreateTransferRequest {
+        from: "a".into(),
+        to: "b".into(),
+        amount: 5.into(),
+        currency: "EUR".into(),
+        memo: None,
+    };
     let transfer = bank.create_transfer(&request, Some("key-1")).await?;
     assert_eq!((transfer.id, transfer.state.as_str()), (id, "initiated"));
     let seen = served.await?.to_lowercase();

@@ -26,9 +26,27 @@ pub enum EventCodecError {
 /// `#[serde(rename = "<entity>.<past-tense verb>")]` struct variant per event type:
 /// [`encode`] and [`decode`] rely on that shape. Unknown fields are ignored on read
 /// and `#[serde(default)]` fields get their default (the weak schema).
+///
+/// Schema versions are per event type: when a type's `data` changes, its
+/// [`schema_version`](DomainEvent::schema_version) grows by one and
+/// [`upcast`](DomainEvent::upcast) gets the step from the previous version. Events
+/// stored at an older version are brought to the current shape one step per version
+/// ([`decode_versioned`]) before they are decoded: the enum only ever knows the newest
+/// shape.
 pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static {
-    /// The version of the `data` shape, stored with every event.
-    const SCHEMA_VERSION: i16 = 1;
+    /// The version of `event_type`'s `data` shape that this code writes (stored with
+    /// every event as `schema_version`). 1 for every type until one changes.
+    fn schema_version(event_type: &str) -> i16 {
+        let _ = event_type;
+        1
+    }
+
+    /// One upcasting step: `data` of `event_type` as stored at version `from`, turned
+    /// into the shape of version `from + 1`. Pure; the default changes nothing.
+    fn upcast(event_type: &str, from: i16, data: serde_json::Value) -> serde_json::Value {
+        let _ = (event_type, from);
+        data
+    }
 
     /// `<entity>.<past-tense verb>`, e.g. `account.deposited`.
     fn event_type(&self) -> &'static str;
@@ -48,10 +66,30 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<(String, serde_json::Value), 
     Ok((event_type, data))
 }
 
-/// Rebuilds a typed event from a stored type name and `data` object.
+/// Rebuilds a typed event from a type name and a `data` object of the current schema
+/// version (see [`decode_versioned`] for stored events).
 pub fn decode<E: DomainEvent>(event_type: &str, data: serde_json::Value) -> Result<E, EventCodecError> {
     serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
         .map_err(|source| EventCodecError::Decode { event_type: event_type.to_owned(), source })
+}
+
+/// Brings `data` of `event_type`, stored at `schema_version`, to the shape of the
+/// code's version: one [`DomainEvent::upcast`] step per version. A version newer than
+/// the code's (an instance of a newer release wrote it) is left as it is: versions
+/// only add fields, which the weak schema ignores.
+pub fn upcast<E: DomainEvent>(event_type: &str, schema_version: i16, data: serde_json::Value) -> serde_json::Value {
+    // a version below 1 was never written; read it as 1
+    (schema_version.max(1)..E::schema_version(event_type)).fold(data, |data, from| E::upcast(event_type, from, data))
+}
+
+/// Rebuilds a typed event from a stored (or published) type name, schema version and
+/// `data` object, upcasting older versions first. What the store and the rivers use.
+pub fn decode_versioned<E: DomainEvent>(
+    event_type: &str,
+    schema_version: i16,
+    data: serde_json::Value,
+) -> Result<E, EventCodecError> {
+    decode(event_type, upcast::<E>(event_type, schema_version, data))
 }
 
 /// A consistency boundary whose state is the fold of its events.

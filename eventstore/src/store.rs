@@ -74,7 +74,8 @@ pub struct NewEvent {
 impl NewEvent {
     pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self, EventCodecError> {
         let (event_type, data) = aggregate::encode(event)?;
-        Ok(NewEvent { event_id: Uuid::now_v7(), event_type, schema_version: E::SCHEMA_VERSION, data })
+        let schema_version = E::schema_version(&event_type);
+        Ok(NewEvent { event_id: Uuid::now_v7(), event_type, schema_version, data })
     }
 }
 
@@ -334,19 +335,22 @@ impl EventStore {
             .collect())
     }
 
-    /// Loads an aggregate: the latest snapshot of the code's schema version, then the
-    /// events after it. `None` when the stream has no events of this stream type.
+    /// Loads an aggregate: the latest snapshot of the code's schema version (one of
+    /// another version is ignored: the stream is replayed instead), then the events
+    /// after it, each upcast from its stored schema version. `None` when the stream has
+    /// no events of this stream type.
     #[tracing::instrument(skip_all, fields(stream_id = %stream_id), err(level = "debug"))]
     pub async fn load<A: Aggregate>(&self, stream_id: Uuid) -> Result<Option<Loaded<A>>, StoreError> {
         // one round trip: the snapshot (kind 0), then the events after it (kind 1)
-        let rows: Vec<(i16, i32, Option<String>, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+        type Row = (i16, i32, Option<String>, i16, sqlx::types::Json<serde_json::Value>);
+        let rows: Vec<Row> = sqlx::query_as(
             "with snapshot as (
                  select version, state from es.snapshots
                  where stream_id = $1 and stream_type = $2 and schema_version = $3
              )
-             select 0::int2, version, null::text, state from snapshot
+             select 0::int2, version, null::text, 0::int2, state from snapshot
              union all
-             select 1::int2, version, type, data from es.events
+             select 1::int2, version, type, schema_version, data from es.events
              where stream_id = $1 and stream_type = $2
                and version > coalesce((select version from snapshot), 0)
              order by 1, 2",
@@ -359,7 +363,7 @@ impl EventStore {
 
         let mut rows = rows.into_iter().peekable();
         let (mut state, mut version) = match rows.next_if(|row| row.0 == 0) {
-            Some((_, version, _, state)) => match serde_json::from_value::<A>(state.0) {
+            Some((_, version, _, _, state)) => match serde_json::from_value::<A>(state.0) {
                 Ok(state) => (state, version),
                 // a snapshot the code cannot read is as good as none
                 Err(error) => {
@@ -369,11 +373,12 @@ impl EventStore {
             },
             None => (A::default(), 0),
         };
-        for (_, v, event_type, data) in rows {
+        for (_, v, event_type, schema_version, data) in rows {
             if v != version + 1 {
                 return Err(StoreError::Corrupt(format!("stream {stream_id} jumps from version {version} to {v}")));
             }
-            let event: A::Event = aggregate::decode(event_type.as_deref().unwrap_or_default(), data.0)?;
+            let event: A::Event =
+                aggregate::decode_versioned(event_type.as_deref().unwrap_or_default(), schema_version, data.0)?;
             state = state.apply(&event);
             version = v;
         }
@@ -385,7 +390,7 @@ impl EventStore {
         let events = self.read_stream(stream_id, 0, None).await?;
         let mut loaded = Loaded { state: A::default(), version: 0 };
         for e in events.iter().filter(|e| e.stream_type == A::STREAM_TYPE) {
-            let event: A::Event = aggregate::decode(&e.event_type, e.data.clone())?;
+            let event: A::Event = aggregate::decode_versioned(&e.event_type, e.schema_version, e.data.clone())?;
             loaded = Loaded { state: loaded.state.apply(&event), version: e.version };
         }
         Ok((loaded.version > 0).then_some(loaded))
@@ -455,6 +460,113 @@ impl EventStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(request_hash, body)| StoredResponse { request_hash, body: body.0 }))
+    }
+
+    /// A prefix of a stream of `stream_type`, oldest first: its events up to
+    /// `max_version` (when given) and before the first event recorded after
+    /// `recorded_by` (when given). Never a prefix with a gap, even where recording
+    /// times were out of version order.
+    pub async fn read_stream_until(
+        &self,
+        stream_id: Uuid,
+        stream_type: &str,
+        max_version: Option<i32>,
+        recorded_by: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "select position, stream_id, stream_type, version, event_id, type, schema_version,
+                    data, metadata, recorded_at
+             from es.events
+             where stream_id = $1 and stream_type = $2
+               and ($3::int4 is null or version <= $3)
+               and version::int8 < coalesce(
+                   (select min(version) from es.events where stream_id = $1 and recorded_at > $4),
+                   2147483648)
+             order by version",
+        )
+        .bind(stream_id)
+        .bind(stream_type)
+        .bind(max_version)
+        .bind(recorded_by)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// An aggregate as it was: the fold of [`EventStore::read_stream_until`]'s prefix,
+    /// each event upcast like [`EventStore::load`]'s. `None` when the stream had no
+    /// event by then. Replays from the first event: the latest snapshot may lie past
+    /// the point.
+    pub async fn load_until<A: Aggregate>(
+        &self,
+        stream_id: Uuid,
+        max_version: Option<i32>,
+        recorded_by: Option<DateTime<Utc>>,
+    ) -> Result<Option<Loaded<A>>, StoreError> {
+        let events = self.read_stream_until(stream_id, A::STREAM_TYPE, max_version, recorded_by).await?;
+        let mut loaded = Loaded { state: A::default(), version: 0 };
+        for e in events {
+            if e.version != loaded.version + 1 {
+                let from = loaded.version;
+                return Err(StoreError::Corrupt(format!(
+                    "stream {stream_id} jumps from version {from} to {}",
+                    e.version
+                )));
+            }
+            let event: A::Event = aggregate::decode_versioned(&e.event_type, e.schema_version, e.data)?;
+            loaded = Loaded { state: loaded.state.apply(&event), version: e.version };
+        }
+        Ok((loaded.version > 0).then_some(loaded))
+    }
+
+    /// The stream's newest events of the given types at or below `max_version`, newest first.
+    pub async fn latest_of_types_until(
+        &self,
+        stream_id: Uuid,
+        types: &[&str],
+        max_version: i32,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "select position, stream_id, stream_type, version, event_id, type, schema_version,
+                    data, metadata, recorded_at
+             from es.events where stream_id = $1 and type = any($2) and version <= $3
+             order by version desc limit $4",
+        )
+        .bind(stream_id)
+        .bind(types)
+        .bind(max_version)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(RecordedEvent::from).collect())
+    }
+
+    /// The stream's newest event for each distinct value of its data's `key` (events
+    /// without it are left out), newest first, at most `limit`: e.g. an account's
+    /// latest step of each transfer (`transfer_id`).
+    pub async fn latest_per_data_key(
+        &self,
+        stream_id: Uuid,
+        key: &str,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "select * from (
+                 select distinct on (data ->> $2)
+                        position, stream_id, stream_type, version, event_id, type, schema_version,
+                        data, metadata, recorded_at
+                 from es.events where stream_id = $1 and data ->> $2 is not null
+                 order by data ->> $2, version desc
+             ) latest
+             order by version desc limit $3",
+        )
+        .bind(stream_id)
+        .bind(key)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(RecordedEvent::from).collect())
     }
 }
 

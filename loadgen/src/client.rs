@@ -104,6 +104,7 @@ pub async fn create_transfer(bank: &BankClient, from: Uuid, to: Uuid, amount: u6
         to: to.to_string(),
         amount: amount.into(),
         currency: "EUR".into(),
+        memo: None,
     };
     bank.create_transfer(&request, None).await.ok().map(|t| t.id)
 }

@@ -284,8 +284,8 @@ async fn transfer(
     let pool = &state.kit.pool;
     let load = || async move {
         let row: Option<TransferRow> = sqlx::query_as(
-            "select id, from_account, to_account, amount, currency, state, failure_reason, initiated_by, version,
-                    created_at, updated_at
+            "select id, from_account, to_account, amount, currency, state, failure_reason, initiated_by, memo,
+                    version, created_at, updated_at
              from views.transfers where id = $1",
         )
         .bind(id)

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bank_api::transfers::{CreateTransferRequest, TransferReply, WaitQuery};
 use bank_domain::account::{Account, AccountStatus};
-use bank_domain::transfer::{MoneyTransfer, TransferCommand, TransferError};
+use bank_domain::transfer::{Memo, MoneyTransfer, TransferCommand, TransferError};
 use bank_domain::{Aggregate, Money};
 use serde_json::{Value, json};
 use service_kit::auth::Caller;
@@ -30,6 +30,7 @@ pub const CREATE_ERRORS: &[ErrorCode] = &[
     ErrorCode::InvalidAmount,
     ErrorCode::AmountTooLarge,
     ErrorCode::InvalidCurrency,
+    ErrorCode::InvalidMemo,
     ErrorCode::InvalidIdempotencyKey,
     ErrorCode::Forbidden,
     ErrorCode::AccountNotFound,
@@ -67,6 +68,7 @@ fn transfer_reply(id: Uuid, t: &MoneyTransfer, version: i32) -> TransferReply {
         state: t.state.as_str().to_owned(),
         initiated_by: t.initiated_by.clone(),
         failure_reason: t.failure_reason.clone(),
+        memo: t.memo.clone(),
     }
 }
 
@@ -76,7 +78,7 @@ fn transfer_json(id: Uuid, t: &MoneyTransfer, version: i32) -> Value {
 
 /// Checks a transfer against the event store and creates it as `id`, initiated by
 /// `initiator`: the source exists, is the initiator's, is open and holds the
-/// currency; the target exists. Shared by `POST /transfers` and the task
+/// currency; the target exists; the memo, if any, is one. Shared by `POST /transfers` and the task
 /// `transfers.transfer.create`.
 pub(crate) async fn create_transfer(
     state: &AppState,
@@ -88,6 +90,8 @@ pub(crate) async fn create_transfer(
     let from = parse_id(&body.from)?;
     let to = parse_id(&body.to)?;
     let amount = Money::parse(&body.amount, &body.currency, state.max_amount)?;
+    let memo = Memo::parse(body.memo.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMemo, e.to_string()))?;
     if from == to {
         return Err(TransferError::SameAccount.into());
     }
@@ -110,7 +114,7 @@ pub(crate) async fn create_transfer(
     if !store.stream_exists(to, Account::STREAM_TYPE).await? {
         return Err(ApiError::new(ErrorCode::AccountNotFound, "the target account does not exist"));
     }
-    let command = TransferCommand::Create { from, to, amount, initiated_by: initiator.to_owned() };
+    let command = TransferCommand::Create { from, to, amount, initiated_by: initiator.to_owned(), memo };
     Ok(state.transfers.create(id, command, ctx, move |t, v| transfer_json(id, t, v)).await?)
 }
 

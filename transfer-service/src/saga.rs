@@ -50,8 +50,12 @@ impl SagaSteps {
         ) {
             return Ok(());
         }
-        let account_event: AccountEvent = eventstore::aggregate::decode(&envelope.event_type, envelope.data.clone())
-            .map_err(|e| HandlerError::Permanent(format!("undecodable {}: {e}", envelope.event_type)))?;
+        let account_event: AccountEvent = eventstore::aggregate::decode_versioned(
+            &envelope.event_type,
+            envelope.schema_version,
+            envelope.data.clone(),
+        )
+        .map_err(|e| HandlerError::Permanent(format!("undecodable {}: {e}", envelope.event_type)))?;
         let (transfer_id, step, command) = match account_event {
             AccountEvent::Debited { transfer_id, .. } => (transfer_id, "debited", TransferCommand::SourceDebited),
             AccountEvent::DebitRejected { transfer_id, reason } => {

@@ -1,6 +1,10 @@
 //! The projections, pure: how one event changes an account's or a transfer's view row
 //! (and which transaction row it adds). The live updater and the rebuild both fold
 //! events with these functions; they differ only in where rows are read and written.
+//!
+//! Events are decoded with their schema version (an envelope or a row of an older one
+//! is upcast first, as the event store does): a version-1 `transfer.created`, still in
+//! the store and perhaps on the stream, projects with an empty memo.
 
 use bank_domain::account::AccountEvent;
 use bank_domain::transfer::TransferEvent;
@@ -16,6 +20,8 @@ pub struct ViewEvent {
     pub stream_type: String,
     pub version: i32,
     pub event_type: String,
+    /// The version of `data`'s shape, as stored.
+    pub schema_version: i16,
     pub data: Value,
     pub recorded_at: DateTime<Utc>,
 }
@@ -27,6 +33,7 @@ impl From<&Envelope> for ViewEvent {
             stream_type: e.stream_type.clone(),
             version: e.version,
             event_type: e.event_type.clone(),
+            schema_version: e.schema_version,
             data: e.data.clone(),
             recorded_at: e.recorded_at,
         }
@@ -40,6 +47,7 @@ impl From<RecordedEvent> for ViewEvent {
             stream_type: e.stream_type,
             version: e.version,
             event_type: e.event_type,
+            schema_version: e.schema_version,
             data: e.data,
             recorded_at: e.recorded_at,
         }
@@ -84,6 +92,8 @@ pub struct TransferView {
     pub state: String,
     pub failure_reason: Option<String>,
     pub initiated_by: String,
+    /// Empty when the transfer has none.
+    pub memo: String,
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -97,18 +107,24 @@ pub enum ProjectionError {
     BeforeCreation { stream_id: Uuid, event_type: String, version: i32 },
 }
 
+/// The typed event, upcast from its schema version.
+fn decode<E: eventstore::DomainEvent>(e: &ViewEvent) -> Result<E, ProjectionError> {
+    eventstore::aggregate::decode_versioned(&e.event_type, e.schema_version, e.data.clone()).map_err(|err| {
+        ProjectionError::Undecodable {
+            stream_id: e.stream_id,
+            event_type: e.event_type.clone(),
+            message: err.to_string(),
+        }
+    })
+}
+
 /// Applies an account event (the next version) to its view. Returns the new view and
 /// the balance change it recorded, if any.
 pub fn apply_account(
     view: Option<AccountView>,
     e: &ViewEvent,
 ) -> Result<(AccountView, Option<TransactionRow>), ProjectionError> {
-    let event: AccountEvent =
-        eventstore::aggregate::decode(&e.event_type, e.data.clone()).map_err(|err| ProjectionError::Undecodable {
-            stream_id: e.stream_id,
-            event_type: e.event_type.clone(),
-            message: err.to_string(),
-        })?;
+    let event: AccountEvent = decode(e)?;
     let mut view = match (view, &event) {
         (_, AccountEvent::Opened { owner, currency }) => AccountView {
             id: e.stream_id,
@@ -174,14 +190,9 @@ pub fn apply_account(
 
 /// Applies a transfer event (the next version) to its view.
 pub fn apply_transfer(view: Option<TransferView>, e: &ViewEvent) -> Result<TransferView, ProjectionError> {
-    let event: TransferEvent =
-        eventstore::aggregate::decode(&e.event_type, e.data.clone()).map_err(|err| ProjectionError::Undecodable {
-            stream_id: e.stream_id,
-            event_type: e.event_type.clone(),
-            message: err.to_string(),
-        })?;
+    let event: TransferEvent = decode(e)?;
     let mut view = match (view, &event) {
-        (_, TransferEvent::Created { from, to, amount, currency, initiated_by }) => TransferView {
+        (_, TransferEvent::Created { from, to, amount, currency, initiated_by, memo }) => TransferView {
             id: e.stream_id,
             from_account: *from,
             to_account: *to,
@@ -190,6 +201,7 @@ pub fn apply_transfer(view: Option<TransferView>, e: &ViewEvent) -> Result<Trans
             state: "initiated".into(),
             failure_reason: None,
             initiated_by: initiated_by.clone(),
+            memo: memo.clone(),
             version: e.version,
             created_at: e.recorded_at,
             updated_at: e.recorded_at,
@@ -233,6 +245,7 @@ mod tests {
             stream_type: "account".into(),
             version,
             event_type: event_type.into(),
+            schema_version: 1,
             data,
             recorded_at: DateTime::from_timestamp(1_700_000_000 + i64::from(version), 0).unwrap_or_default(),
         }
@@ -283,8 +296,13 @@ mod tests {
     fn a_transfer_view_follows_its_states() {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let created = json!({"from": a, "to": b, "amount": 5, "currency": "EUR", "initiated_by": "alice"});
-        let view = apply_transfer(None, &event(1, "transfer.created", created)).unwrap();
-        assert_eq!(view.state, "initiated");
+        // version 1 (no memo), as every transfer before memos was stored
+        let view = apply_transfer(None, &event(1, "transfer.created", created.clone())).unwrap();
+        assert_eq!((view.state.as_str(), view.memo.as_str()), ("initiated", ""));
+        let mut v2 = event(1, "transfer.created", created);
+        v2.schema_version = 2;
+        v2.data["memo"] = "rent".into();
+        assert_eq!(apply_transfer(None, &v2).unwrap().memo, "rent");
         let moved = json!({"from": a, "to": b, "amount": 5, "currency": "EUR", "reason": "account_closed"});
         let view = apply_transfer(Some(view), &event(2, "transfer.debited", moved.clone())).unwrap();
         let view = apply_transfer(Some(view), &event(3, "transfer.refund_requested", moved)).unwrap();

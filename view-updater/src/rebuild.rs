@@ -156,9 +156,9 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
     let mut done = 0u64;
     loop {
         type Row =
-            (i64, Uuid, String, i32, String, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
+            (i64, Uuid, String, i32, String, i16, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
         let rows: Vec<Row> = sqlx::query_as(
-            "select position, stream_id, stream_type, version, type, data, recorded_at from es.events
+            "select position, stream_id, stream_type, version, type, schema_version, data, recorded_at from es.events
              where position > $1 order by position limit $2",
         )
         .bind(last)
@@ -167,8 +167,9 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
         .await?;
         let Some(end) = rows.last().map(|r| r.0) else { break };
         let mut changes: Vec<TransactionRow> = Vec::new();
-        for (_, stream_id, stream_type, version, event_type, data, recorded_at) in rows {
-            let event = ViewEvent { stream_id, stream_type, version, event_type, data: data.0, recorded_at };
+        for (_, stream_id, stream_type, version, event_type, schema_version, data, recorded_at) in rows {
+            let event =
+                ViewEvent { stream_id, stream_type, version, event_type, schema_version, data: data.0, recorded_at };
             fold_one(&mut conn, &mut accounts, &mut transfers, &mut changes, event).await?;
             done += 1;
         }
@@ -325,8 +326,8 @@ async fn compare(conn: &mut PgConnection) -> Result<Verified, ApplyError> {
         "select coalesce(l.id, r.id), l.version, r.version,
                 ({cols_l}) is distinct from ({cols_r})
          from {LIVE}.transfers l full join {REBUILD}.transfers r on l.id = r.id",
-        cols_l = "l.from_account, l.to_account, l.amount, l.currency, l.state, l.failure_reason, l.initiated_by, l.created_at, l.updated_at",
-        cols_r = "r.from_account, r.to_account, r.amount, r.currency, r.state, r.failure_reason, r.initiated_by, r.created_at, r.updated_at",
+        cols_l = "l.from_account, l.to_account, l.amount, l.currency, l.state, l.failure_reason, l.initiated_by, l.memo, l.created_at, l.updated_at",
+        cols_r = "r.from_account, r.to_account, r.amount, r.currency, r.state, r.failure_reason, r.initiated_by, r.memo, r.created_at, r.updated_at",
     ))
     .fetch_all(&mut *conn)
     .await?;

@@ -37,7 +37,7 @@ impl From<ApplyError> for HandlerError {
 
 pub(crate) const ACCOUNT_COLUMNS: &str = "id, owner, currency, status, balance, version, opened_at, updated_at";
 pub(crate) const TRANSFER_COLUMNS: &str = "id, from_account, to_account, amount, currency, state, failure_reason, \
-                                           initiated_by, version, created_at, updated_at";
+                                           initiated_by, memo, version, created_at, updated_at";
 
 /// Applies `events` (one stream's, in version order; duplicates and gaps allowed) to
 /// the views in `schema`, in `tx`. Returns the stream's version when it advanced.
@@ -172,9 +172,9 @@ pub async fn read_store(
     after: i32,
     before: Option<i32>,
 ) -> Result<Vec<ViewEvent>, ApplyError> {
-    type Row = (String, i32, String, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
+    type Row = (String, i32, String, i16, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
     let rows: Vec<Row> = sqlx::query_as(
-        "select stream_type, version, type, data, recorded_at from es.events
+        "select stream_type, version, type, schema_version, data, recorded_at from es.events
              where stream_id = $1 and version > $2 and ($3::int is null or version < $3) order by version",
     )
     .bind(stream_id)
@@ -184,12 +184,20 @@ pub async fn read_store(
     .await?;
     let mut expected = after + 1;
     let mut events = Vec::with_capacity(rows.len());
-    for (stream_type, version, event_type, data, recorded_at) in rows {
+    for (stream_type, version, event_type, schema_version, data, recorded_at) in rows {
         if version != expected {
             return Err(ApplyError::MissingInStore { stream_id, version: expected });
         }
         expected += 1;
-        events.push(ViewEvent { stream_id, stream_type, version, event_type, data: data.0, recorded_at });
+        events.push(ViewEvent {
+            stream_id,
+            stream_type,
+            version,
+            event_type,
+            schema_version,
+            data: data.0,
+            recorded_at,
+        });
     }
     if let Some(before) = before
         && expected != before
@@ -233,7 +241,7 @@ pub async fn upsert_transfers(tx: &mut PgConnection, schema: &str, views: &[Tran
     sqlx::query(&format!(
         "insert into {schema}.transfers ({TRANSFER_COLUMNS})
          select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::text[],
-                              $8::text[], $9::int4[], $10::timestamptz[], $11::timestamptz[])
+                              $8::text[], $9::text[], $10::int4[], $11::timestamptz[], $12::timestamptz[])
          on conflict (id) do update set state = excluded.state, failure_reason = excluded.failure_reason,
              version = excluded.version, updated_at = excluded.updated_at
          where {schema}.transfers.version < excluded.version"
@@ -246,6 +254,7 @@ pub async fn upsert_transfers(tx: &mut PgConnection, schema: &str, views: &[Tran
     .bind(views.iter().map(|v| v.state.as_str()).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.failure_reason.as_deref()).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.initiated_by.as_str()).collect::<Vec<_>>())
+    .bind(views.iter().map(|v| v.memo.as_str()).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.version).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.created_at).collect::<Vec<_>>())
     .bind(views.iter().map(|v| v.updated_at).collect::<Vec<_>>())
