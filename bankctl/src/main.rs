@@ -1,8 +1,8 @@
 //! `bankctl`: the operator's and developer's command line.
 //!
 //! * `bankctl token --sub alice --role customer` prints a dev JWT (HS256, `JWT_SECRET`).
-//! * `bankctl ensure-stream` creates the Kinesis stream unless it exists and waits
-//!   until it is active.
+//! * `bankctl ensure-stream` creates the Kinesis stream unless it exists, waits
+//!   until it is active, and sets its retention (`KINESIS_RETENTION_HOURS`).
 //! * `bankctl migrate` applies the database migrations.
 //! * `bankctl dead-letters [--river R]` lists events the rivers parked.
 //! * `bankctl retry-dead-letters --river R [--id N]` hands parked events back to the
@@ -56,6 +56,9 @@ enum Command {
         kinesis: KinesisArgs,
         #[arg(long, env = "KINESIS_SHARDS", default_value_t = 4)]
         shards: i32,
+        /// How long the stream keeps records, in hours (24 to 8,760 on AWS).
+        #[arg(long, env = "KINESIS_RETENTION_HOURS", default_value_t = 24)]
+        retention_hours: i32,
     },
     /// Apply the database migrations.
     Migrate {
@@ -148,10 +151,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { sub, role, ttl, jwt_secret } => {
             println!("{}", issue_hs256(jwt_secret.expose(), &sub, role, ttl)?);
         }
-        Command::EnsureStream { kinesis, shards } => {
+        Command::EnsureStream { kinesis, shards, retention_hours } => {
             let rapids = rapids::Rapids::connect(&kinesis.rapids_config()).await;
             rapids.ensure_stream(shards, Duration::from_secs(30)).await?;
-            println!("stream {} is active", rapids.stream());
+            rapids.set_retention(retention_hours, Duration::from_secs(30)).await?;
+            println!("stream {} is active, retention {retention_hours} h", rapids.stream());
         }
         Command::Migrate { database } => {
             let pool = service_kit::startup::connect(&database).await?;

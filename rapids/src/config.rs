@@ -48,14 +48,19 @@ pub struct RiverArgs {
     /// How often the shard list is read (new shards after a reshard).
     #[arg(long, env = "RIVER_SHARD_SYNC_MS", default_value_t = RiverArgs::default().river_shard_sync_ms)]
     pub river_shard_sync_ms: u64,
-    /// Wait between reads of a shard with nothing new (the tailer's NOTIFY wakes the
-    /// readers sooner when the river shares its database).
+    /// Wait between reads of a shard with nothing new, like the Kinesis Client
+    /// Library's ~1 s (the tailer's NOTIFY wakes the readers sooner when the river
+    /// shares its database).
     #[arg(long, env = "RIVER_IDLE_POLL_MS", default_value_t = RiverArgs::default().river_idle_poll_ms)]
     pub river_idle_poll_ms: u64,
-    /// Least time between two reads of one shard (on AWS: 200 ms times the number of
-    /// rivers, Kinesis's limit is 5 reads a second per shard).
+    /// Least time between two reads of one shard, whatever the budget allows (0: the
+    /// budget alone decides).
     #[arg(long, env = "RIVER_READ_INTERVAL_MS", default_value_t = RiverArgs::default().river_read_interval_ms)]
     pub river_read_interval_ms: u64,
+    /// GetRecords calls a second per shard for the whole deployment, shared by every
+    /// river (AWS's limit is 5); 0: no budget (the local emulators).
+    #[arg(long, env = "RIVER_GET_RECORDS_BUDGET", default_value_t = RiverArgs::default().river_get_records_budget)]
+    pub river_get_records_budget: f64,
     /// Attempts on an event that keeps failing before it is parked as a dead letter.
     #[arg(long, env = "RIVER_MAX_ATTEMPTS", default_value_t = RiverArgs::default().river_max_attempts)]
     pub river_max_attempts: u32,
@@ -73,8 +78,9 @@ impl Default for RiverArgs {
             river_lease_ms: 10_000,
             river_renew_ms: 2_000,
             river_shard_sync_ms: 10_000,
-            river_idle_poll_ms: 250,
-            river_read_interval_ms: 20,
+            river_idle_poll_ms: 1_000,
+            river_read_interval_ms: 0,
+            river_get_records_budget: 5.0,
             river_max_attempts: 5,
             river_database_connections: 8,
         }
@@ -121,6 +127,7 @@ impl RiverArgs {
             shard_sync_every: Duration::from_millis(self.river_shard_sync_ms.max(1)),
             idle_poll: Duration::from_millis(self.river_idle_poll_ms),
             read_interval: Duration::from_millis(self.river_read_interval_ms),
+            get_records_budget: (self.river_get_records_budget > 0.0).then_some(self.river_get_records_budget),
             max_attempts: self.river_max_attempts.max(1),
             ..crate::river::RiverConfig::new(name, topics)
         }

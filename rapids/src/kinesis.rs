@@ -138,4 +138,44 @@ impl Rapids {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The stream's retention period, in hours.
+    pub async fn retention_hours(&self) -> Result<i32, RapidsError> {
+        let summary =
+            self.client.describe_stream_summary().stream_name(&self.stream).send().await.map_err(request_error)?;
+        Ok(summary.stream_description_summary().map(|s| s.retention_period_hours()).unwrap_or(24))
+    }
+
+    /// Sets the stream's retention period (24 to 8,760 hours on AWS), raising or
+    /// lowering it as needed; waits until the stream is active again.
+    pub async fn set_retention(&self, hours: i32, wait: Duration) -> Result<(), RapidsError> {
+        let current = self.retention_hours().await?;
+        if hours > current {
+            self.client
+                .increase_stream_retention_period()
+                .stream_name(&self.stream)
+                .retention_period_hours(hours)
+                .send()
+                .await
+                .map_err(request_error)?;
+        } else if hours < current {
+            self.client
+                .decrease_stream_retention_period()
+                .stream_name(&self.stream)
+                .retention_period_hours(hours)
+                .send()
+                .await
+                .map_err(request_error)?;
+        } else {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.retention_hours().await? != hours {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RapidsError::NotActive(self.stream.clone()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
 }

@@ -91,6 +91,9 @@ pub fn fast_river() -> RiverArgs {
         river_renew_ms: 300,
         river_shard_sync_ms: 1000,
         river_idle_poll_ms: 20,
+        river_read_interval_ms: 20,
+        // the emulator has no GetRecords limit
+        river_get_records_budget: 0.0,
         river_max_attempts: 3,
         ..RiverArgs::default()
     }

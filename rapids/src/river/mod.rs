@@ -289,6 +289,11 @@ pub struct RiverConfig {
     /// pages carry several records (Kinesis itself allows 5 reads a second per shard,
     /// shared by every consumer: on AWS use 200 ms times the number of rivers).
     pub read_interval: Duration,
+    /// GetRecords calls a second on one shard that the whole deployment may make,
+    /// shared by every river reading the stream (AWS allows 5); `None`: no budget.
+    /// Each river then reads a shard at most every `rivers / budget` seconds, the
+    /// rivers counted from the lease table at every lease renewal.
+    pub get_records_budget: Option<f64>,
     /// Commit the handler's transaction without waiting for its WAL flush. A crash may
     /// then lose the last commits, handler writes and checkpoint together, and the
     /// river handles those events again: the delivery guarantee stays the same, and
@@ -314,6 +319,7 @@ impl RiverConfig {
             shard_sync_every: Duration::from_secs(10),
             idle_poll: Duration::from_millis(250),
             read_interval: Duration::from_millis(20),
+            get_records_budget: None,
             async_commit: true,
             batch_size: 1000,
             max_attempts: 5,
@@ -427,6 +433,15 @@ struct Shared<H> {
     shard_finished: tokio::sync::Notify,
     /// Bumped when the tailer says it published (readers waiting on an idle shard wake).
     published: tokio::sync::watch::Sender<u64>,
+    /// The least time between two reads of one shard now (ms): `read_interval`, or
+    /// longer to keep within the GetRecords budget.
+    read_interval_ms: std::sync::atomic::AtomicU64,
+}
+
+impl<H> Shared<H> {
+    pub(crate) fn read_interval(&self) -> Duration {
+        Duration::from_millis(self.read_interval_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// One instance of a river.
@@ -452,6 +467,7 @@ impl<H: Handler> River<H> {
                 metrics,
                 shard_finished: Default::default(),
                 published: tokio::sync::watch::Sender::new(0),
+                read_interval_ms: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -467,6 +483,9 @@ impl<H: Handler> River<H> {
         tracing::info!(river = %name, worker = %shared.leases.worker(), "river started");
         let listener = tokio::spawn(listen_for_publishes(shared.clone(), shutdown.clone()));
         loop {
+            if let Err(e) = pace(&shared).await {
+                tracing::warn!(river = %name, error = %e, "cannot count the rivers for the GetRecords budget");
+            }
             if let Err(e) = sync_subscriptions(&shared).await {
                 tracing::warn!(river = %name, error = %e, "cannot read the river's subscriptions; retrying");
             }
@@ -536,6 +555,27 @@ impl<H: Handler> River<H> {
         }
         tracing::info!(river = %name, "river stopped");
     }
+}
+
+/// Sets how often a shard may be read: within the deployment's GetRecords budget,
+/// shared by every river holding leases on the stream (itself included).
+async fn pace<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> {
+    let floor = shared.config.read_interval.as_millis() as u64;
+    let interval = match shared.config.get_records_budget.filter(|b| *b > 0.0) {
+        None => floor,
+        Some(budget) => {
+            let rivers: i64 = sqlx::query_scalar(
+                "select count(distinct river) from rapids.river_shards
+                 where river = $1 or (owner is not null and lease_expires_at > now())",
+            )
+            .bind(&shared.config.name)
+            .fetch_one(&shared.pool)
+            .await?;
+            floor.max((rivers.max(1) as f64 * 1000.0 / budget).ceil() as u64)
+        }
+    };
+    shared.read_interval_ms.store(interval, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// Registers a managed river's topics, or follows a registry river's subscriptions.

@@ -163,7 +163,7 @@ impl<H: Handler> ShardReader<H> {
         if let Some(at) = *last_read {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
-                _ = tokio::time::sleep_until(at + self.shared.config.read_interval) => {}
+                _ = tokio::time::sleep_until(at + self.shared.read_interval()) => {}
             }
         }
         if self.cancel.is_cancelled() {
