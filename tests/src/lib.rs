@@ -446,6 +446,11 @@ impl Drop for Bank {
 }
 
 pub async fn start_bank(pool: &PgPool) -> Bank {
+    start_bank_with(pool, fast_river()).await
+}
+
+/// [`start_bank`] with rivers of the test's choosing.
+pub async fn start_bank_with(pool: &PgPool, river: RiverArgs) -> Bank {
     use tailer::{Tailer, TailerConfig, TailerMetrics, poll::PollSource, publish::Publisher};
     let rapids = fresh_stream(2).await;
     let shutdown = CancellationToken::new();
@@ -459,7 +464,7 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     let stop = shutdown.clone();
     tokio::spawn(async move { tailer.run(stop).await.unwrap() });
 
-    let config = account_service::Config { river: fast_river(), ..account_service::Config::new(service_args(pool)) };
+    let config = account_service::Config { river: river.clone(), ..account_service::Config::new(service_args(pool)) };
     let account_state = account_service::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     account_service::start_river(&config, &account_state, rapids.clone(), shutdown.clone()).unwrap();
     let accounts = spawn(account_service::router(account_state.clone())).await;
@@ -467,7 +472,7 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     // a waiting GET /transfers/{id} is woken by this instance's appends only (no
     // recheck within a test), so a test sees that the wake-up works
     let config = transfer_service::Config {
-        river: fast_river(),
+        river: river.clone(),
         wait_recheck_ms: 600_000,
         ..transfer_service::Config::new(service_args(pool))
     };
@@ -475,7 +480,7 @@ pub async fn start_bank(pool: &PgPool) -> Bank {
     transfer_service::start_river(&config, &transfer_state, rapids.clone(), shutdown.clone()).unwrap();
     let transfers = spawn(transfer_service::router(transfer_state.clone())).await;
 
-    let config = view_updater::Config { river: fast_river(), ..view_updater::Config::new(service_args(pool)) };
+    let config = view_updater::Config { river: river.clone(), ..view_updater::Config::new(service_args(pool)) };
     let view_state = view_updater::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     view_updater::start_river(&config, &view_state, rapids.clone(), shutdown.clone()).unwrap();
 
