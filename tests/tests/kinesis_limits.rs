@@ -38,7 +38,8 @@ fn reads_per_shard(metrics: &[&rapids::river::RiverMetrics]) -> HashMap<String, 
 async fn every_river_together_stays_within_the_get_records_budget_and_transfers_settle(pool: PgPool) {
     const BUDGET: f64 = 10.0;
     const RIVERS: u64 = 3; // accounts, transfers, views
-    let river = rapids::config::RiverArgs { river_get_records_budget: BUDGET, river_read_interval_ms: 0, ..fast_river() };
+    let river =
+        rapids::config::RiverArgs { river_get_records_budget: BUDGET, river_read_interval_ms: 0, ..fast_river() };
     let bank = start_bank_with(&pool, river).await;
     let accounts = bank.accounts.api();
     let transfers = bank.transfers.api();
@@ -77,7 +78,10 @@ async fn every_river_together_stays_within_the_get_records_budget_and_transfers_
             let delta = calls - before.get(shard).copied().unwrap_or(0);
             // a window's edges can cut one more read of each river in
             let allowed = BUDGET * window.as_secs_f64() + RIVERS as f64;
-            assert!(delta as f64 <= allowed, "shard {shard}: {delta} GetRecords calls in {window:?} (budget {BUDGET}/s)");
+            assert!(
+                delta as f64 <= allowed,
+                "shard {shard}: {delta} GetRecords calls in {window:?} (budget {BUDGET}/s)"
+            );
             worst = worst.max(delta as f64 / window.as_secs_f64());
         }
         before = now;
@@ -89,4 +93,52 @@ async fn every_river_together_stays_within_the_get_records_budget_and_transfers_
         let done = transfers.get(&format!("/transfers/{id}?min_version=3&wait_ms=9000")).token(&alice).send().await;
         assert_eq!(done.expect(200)["state"], "completed");
     }
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_lease_taken_again_fences_the_readers_of_the_earlier_take(pool: PgPool) {
+    use rapids::river::lease::{Leases, Take};
+    let a = Leases::new(pool.clone(), "fenced", "a", Duration::from_millis(200));
+    let b = Leases::new(pool.clone(), "fenced", "b", Duration::from_millis(200));
+    a.add_shards(&[("s1".into(), None, None)]).await.unwrap();
+    let free = Take { shard_id: "s1".into(), from: None };
+    assert!(a.take(&free).await.unwrap());
+    let (_, first) = a.checkpoint("s1").await.unwrap().expect("a holds s1");
+    let mut tx = pool.begin().await.unwrap();
+    assert!(a.advance(&mut tx, "s1", "100", first).await.unwrap());
+    tx.commit().await.unwrap();
+    // a pauses past its lease; b takes the shard (a conditional update on the expired lease)
+    tests::wait_until_true(
+        &pool,
+        Duration::from_secs(5),
+        "the lease to expire",
+        "select lease_expires_at <= now() from rapids.river_shards where river = 'fenced'",
+        &[],
+    )
+    .await;
+    assert!(b.take(&free).await.unwrap());
+    assert!(!b.take(&free).await.unwrap(), "a live lease is taken twice");
+    let (checkpoint, second) = b.checkpoint("s1").await.unwrap().expect("b holds s1");
+    assert_eq!((checkpoint.as_deref(), second), (Some("100"), first + 1));
+    let mut tx = pool.begin().await.unwrap();
+    assert!(!a.advance(&mut tx, "s1", "200", first).await.unwrap(), "a stale reader moved the checkpoint");
+    tx.rollback().await.unwrap();
+    // b's lease expires and a takes it back: a's reader of the first take is still fenced
+    tests::wait_until_true(
+        &pool,
+        Duration::from_secs(5),
+        "the lease to expire",
+        "select lease_expires_at <= now() from rapids.river_shards where river = 'fenced'",
+        &[],
+    )
+    .await;
+    assert!(a.take(&free).await.unwrap());
+    let (_, third) = a.checkpoint("s1").await.unwrap().expect("a holds s1 again");
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        !a.advance(&mut tx, "s1", "300", first).await.unwrap(),
+        "the reader of a's first take moved the checkpoint"
+    );
+    assert!(a.advance(&mut tx, "s1", "300", third).await.unwrap());
+    tx.commit().await.unwrap();
 }

@@ -140,7 +140,8 @@ impl Leases {
     /// Takes a lease if it is still as planned (free or expired; or still `from`'s).
     pub async fn take(&self, take: &Take) -> sqlx::Result<bool> {
         let taken = sqlx::query(
-            "update rapids.river_shards set owner = $3, lease_expires_at = now() + $5 * interval '1 millisecond'
+            "update rapids.river_shards set owner = $3, lease_expires_at = now() + $5 * interval '1 millisecond',
+                    lease_counter = lease_counter + 1
              where river = $1 and shard_id = $2 and finished_at is null
                and (case when $4::text is null then owner is null or lease_expires_at <= now()
                          else owner = $4 end)",
@@ -167,11 +168,12 @@ impl Leases {
         Ok(())
     }
 
-    /// The last handled sequence number of a shard this instance holds (`Some(None)`:
-    /// none yet); `None` when the lease is no longer this instance's.
-    pub async fn checkpoint(&self, shard_id: &str) -> sqlx::Result<Option<Option<String>>> {
-        sqlx::query_scalar(
-            "select checkpoint from rapids.river_shards where river = $1 and shard_id = $2 and owner = $3",
+    /// The last handled sequence number of a shard this instance holds (`None` inside:
+    /// none yet) and the lease's counter (the fence of its reader); `None` when the
+    /// lease is no longer this instance's.
+    pub async fn checkpoint(&self, shard_id: &str) -> sqlx::Result<Option<(Option<String>, i64)>> {
+        sqlx::query_as(
+            "select checkpoint, lease_counter from rapids.river_shards where river = $1 and shard_id = $2 and owner = $3",
         )
         .bind(&self.river)
         .bind(shard_id)
@@ -181,15 +183,24 @@ impl Leases {
     }
 
     /// Moves the checkpoint, inside the handler's transaction when `tx` is one; false
-    /// when the lease is no longer this instance's (a transaction must then roll back).
-    pub async fn advance(&self, tx: &mut sqlx::PgConnection, shard_id: &str, sequence: &str) -> sqlx::Result<bool> {
+    /// when the lease is no longer this instance's, or was taken again since the reader
+    /// started (`fence`, its counter then): a transaction must then roll back.
+    pub async fn advance(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        shard_id: &str,
+        sequence: &str,
+        fence: i64,
+    ) -> sqlx::Result<bool> {
         let done = sqlx::query(
-            "update rapids.river_shards set checkpoint = $4 where river = $1 and shard_id = $2 and owner = $3",
+            "update rapids.river_shards set checkpoint = $4
+             where river = $1 and shard_id = $2 and owner = $3 and lease_counter = $5",
         )
         .bind(&self.river)
         .bind(shard_id)
         .bind(&self.worker)
         .bind(sequence)
+        .bind(fence)
         .execute(&mut *tx)
         .await?;
         Ok(done.rows_affected() == 1)

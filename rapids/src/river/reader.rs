@@ -56,6 +56,7 @@ pub(super) async fn read<H: Handler>(shared: Arc<Shared<H>>, shard: String, canc
         shard: shard.as_str().into(),
         shared,
         cancel,
+        fence: std::sync::atomic::AtomicI64::new(-1),
     };
     let span = super::river_span(&reader.label[0], &shard);
     match reader.run().instrument(span).await {
@@ -70,9 +71,16 @@ struct ShardReader<H> {
     shard: Arc<str>,
     label: [String; 2],
     cancel: CancellationToken,
+    /// The lease's counter when this reader started (-1 before its first read): it
+    /// checkpoints only while the counter is still that one.
+    fence: std::sync::atomic::AtomicI64,
 }
 
 impl<H: Handler> ShardReader<H> {
+    fn fence(&self) -> i64 {
+        self.fence.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn run(&self) -> Result<(), Stop> {
         let mut backoff = self.shared.config.retry_backoff;
         'iterator: loop {
@@ -190,9 +198,18 @@ impl<H: Handler> ShardReader<H> {
 
     /// An iterator after the checkpoint; `None` when the lease is no longer ours.
     async fn iterator(&self) -> Result<Option<String>, String> {
-        let Some(checkpoint) = self.shared.leases.checkpoint(&self.shard).await.map_err(|e| e.to_string())? else {
+        let Some((checkpoint, counter)) =
+            self.shared.leases.checkpoint(&self.shard).await.map_err(|e| e.to_string())?
+        else {
             return Ok(None);
         };
+        use std::sync::atomic::Ordering;
+        let fence =
+            self.fence.compare_exchange(-1, counter, Ordering::Relaxed, Ordering::Relaxed).unwrap_or_else(|f| f);
+        if fence != -1 && fence != counter {
+            // taken again since this reader started: another reader has it now
+            return Ok(None);
+        }
         let request = self
             .shared
             .rapids
@@ -327,7 +344,7 @@ impl<H: Handler> ShardReader<H> {
             if !events.is_empty() {
                 call(&self.shared.handler, &mut connection, events).await.map_err(Failure::Handler)?;
             }
-            if !self.shared.leases.advance(&mut connection, &self.shard, sequence).await? {
+            if !self.shared.leases.advance(&mut connection, &self.shard, sequence, self.fence()).await? {
                 return Err(Failure::LeaseLost);
             }
             return Ok(());
@@ -336,7 +353,7 @@ impl<H: Handler> ShardReader<H> {
         if !events.is_empty() {
             call(&self.shared.handler, &mut tx, events).await.map_err(Failure::Handler)?;
         }
-        if !self.shared.leases.advance(&mut tx, &self.shard, sequence).await? {
+        if !self.shared.leases.advance(&mut tx, &self.shard, sequence, self.fence()).await? {
             return Err(Failure::LeaseLost);
         }
         tx.commit().await?;
@@ -350,7 +367,7 @@ impl<H: Handler> ShardReader<H> {
             let outcome: Result<bool, sqlx::Error> = async {
                 let mut tx = self.begin().await?;
                 dead_letter::park(&mut tx, &self.shared.config.name, parked).await?;
-                if !self.shared.leases.advance(&mut tx, &self.shard, parked.sequence_number).await? {
+                if !self.shared.leases.advance(&mut tx, &self.shard, parked.sequence_number, self.fence()).await? {
                     return Ok(false);
                 }
                 tx.commit().await?;
