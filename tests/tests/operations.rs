@@ -88,6 +88,8 @@ async fn the_openapi_document_describes_every_route(options: PgPoolOptions, conn
                 ("/accounts/{id}/deposits", "post"),
                 ("/accounts/{id}/withdrawals", "post"),
                 ("/accounts/{id}/close", "post"),
+                ("/accounts/{id}/history", "get"),
+                ("/accounts/{id}/transfers", "get"),
             ],
         ),
         (start_transfers(&pool, |_| {}).await, vec![("/transfers", "post"), ("/transfers/{id}", "get")]),
