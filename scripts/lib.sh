@@ -200,3 +200,42 @@ dev_jwt_secret() {
   [ -s "$file" ] || { mkdir -p "$(dirname "$file")"; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file"; chmod 600 "$file"; }
   cat "$file"
 }
+
+# tls_make_ca DIR NAME: a throwaway self-signed CA for tests, DIR/NAME.crt and DIR/NAME.key.
+tls_make_ca() {
+  local dir=$1 name=$2
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$name test CA" \
+    -keyout "$dir/$name.key" -out "$dir/$name.crt" >"$dir/openssl.log" 2>&1 \
+    || { cat "$dir/openssl.log" >&2; die "openssl could not make the CA $name"; }
+}
+
+# tls_make_server_cert DIR CA: DIR/server.crt and DIR/server.key for localhost and
+# 127.0.0.1, signed by DIR/CA.crt.
+tls_make_server_cert() {
+  local dir=$1 ca=$2
+  printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+    "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/server.ext"
+  { openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" \
+      && openssl x509 -req -in "$dir/server.csr" -CA "$dir/$ca.crt" -CAkey "$dir/$ca.key" -CAcreateserial \
+        -days 2 -extfile "$dir/server.ext" -out "$dir/server.crt"; } >"$dir/openssl.log" 2>&1 \
+    || { cat "$dir/openssl.log" >&2; die "openssl could not make the server certificate"; }
+}
+
+# pg_tls_cluster DIR PORT: a throwaway cluster in DIR that accepts TLS connections only
+# (pg_hba.conf: hostssl lines, trust), its certificate signed by DIR/tls/ca.crt, for
+# localhost and 127.0.0.1; DIR/tls/other-ca.crt is a CA that signed nothing.
+pg_tls_cluster() {
+  local dir=$1 port=$2
+  mkdir -p "$dir/tls"
+  chmod 755 "$dir" "$dir/tls"
+  tls_make_ca "$dir/tls" ca
+  tls_make_ca "$dir/tls" other-ca
+  tls_make_server_cert "$dir/tls" ca
+  chmod 644 "$dir/tls/server.key" # the copy in the data directory is the postgres user's, 0600
+  pg_init "$dir/pg" "fsync = off" "full_page_writes = off" "ssl = on"
+  pg_as install -m 600 "$dir/tls/server.crt" "$dir/pg/data/server.crt"
+  pg_as install -m 600 "$dir/tls/server.key" "$dir/pg/data/server.key"
+  printf '%s\n' "hostssl all all 127.0.0.1/32 trust" "hostssl replication all 127.0.0.1/32 trust" >"$dir/pg_hba.conf"
+  pg_as cp "$dir/pg_hba.conf" "$dir/pg/data/pg_hba.conf"
+  pg_start "$dir/pg" "$port"
+}

@@ -122,3 +122,36 @@ pub fn start_river(
     let steps = saga::SagaSteps::new(state.accounts.clone());
     config.river.spawn(saga::RIVER, saga::TOPICS, steps, &state.kit.pool, rapids, state.river_metrics.clone(), shutdown)
 }
+
+/// Starts the cleanup job of expired HTTP Idempotency-Key records unless it is off
+/// (`IDEMPOTENCY_CLEANUP_SECS=0`); it runs until `shutdown`. The saga's step records stay.
+pub fn start_idempotency_cleanup(
+    config: &Config,
+    state: &AppState,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let expiry = config.commands.idempotency.expiry_config()?;
+    let store = state.accounts.store().clone();
+    let expired = state.accounts.metrics().idempotency_expired.clone();
+    Some(tokio::spawn(eventstore::expiry::run(store, expiry, expired, shutdown)))
+}
+
+/// Starts what runs beside the HTTP server until `shutdown`: the river and the
+/// idempotency cleanup. The handle ends once every one of them has.
+pub fn start_background(
+    config: &Config,
+    state: &AppState,
+    rapids: Rapids,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let tasks =
+        [start_river(config, state, rapids, shutdown.clone()), start_idempotency_cleanup(config, state, shutdown)];
+    let tasks: Vec<_> = tasks.into_iter().flatten().collect();
+    tokio::spawn(async move {
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a background task failed");
+            }
+        }
+    })
+}

@@ -14,6 +14,9 @@
 //!   event bus's control plane ([`verbs`]); each prints one JSON document, or one
 //!   line on stderr and a non-zero exit. Token from `BANK_TOKEN`, else minted from
 //!   `JWT_SECRET`; the bus at `BANK_BUS_URL` (default `http://127.0.0.1:8086`).
+//! * `bankctl stuck [--older-than SECS]` (default 60): the transfers not settled after
+//!   that long, with where each stopped (state, version, age), from the event bus's
+//!   `GET /ops/unsettled`; token and URL as for the verbs above.
 //! * `bankctl shell`: the same verbs at an interactive `cmd > ` prompt ([`shell`]).
 
 use bank_client::{BankClient, ClientError, Readiness, Urls};
@@ -268,8 +271,13 @@ mod tests {
             Verb::Readfrom { river: river(), max: 5, wait_ms: 0, visibility_ms: None }
         );
 
+        assert_eq!(verb(&["stuck"])?, Verb::Stuck { older_than: 60 });
+        assert_eq!(verb(&["stuck", "--older-than", "1"])?, Verb::Stuck { older_than: 1 });
+
         for wrong in [
-            &["subscribe", "r1"][..],
+            &["stuck", "--older-than", "-1"][..],
+            &["stuck", "5"],
+            &["subscribe", "r1"],
             &["listsubs"],
             &["topics", "extra"],
             &["readfrom", "r1", "--max", "0"],

@@ -221,7 +221,18 @@ mod tests {
     #[test]
     fn help_names_every_verb_and_explains_one() -> Result<(), String> {
         let text = help(None)?;
-        let verbs = ["send", "subscribe", "unsubscribe", "listsubs", "topics", "advertise", "readfrom", "help", "exit"];
+        let verbs = [
+            "send",
+            "subscribe",
+            "unsubscribe",
+            "listsubs",
+            "topics",
+            "advertise",
+            "readfrom",
+            "stuck",
+            "help",
+            "exit",
+        ];
         for verb in verbs {
             let listed = text.lines().any(|l| l.split_whitespace().next() == Some(verb));
             assert!(listed, "{verb} missing from\n{text}");
@@ -232,6 +243,7 @@ mod tests {
         assert!(text.contains("subscribe <river> <topic>"), "{text}");
         assert!(text.contains("readfrom <river> [options]"), "{text}");
         assert!(text.contains("help [command]"), "{text}");
+        assert!(text.contains("stuck [options]"), "{text}");
 
         let send = help(Some("send"))?;
         assert!(send.starts_with("usage: send <event> <source> [data]"), "{send}");
@@ -239,6 +251,8 @@ mod tests {
         assert!(send.contains("JSON object"), "{send}");
         let readfrom = help(Some("readfrom"))?;
         assert!(readfrom.contains("[default: 3000]") && readfrom.contains("[default: 10]"), "{readfrom}");
+        let stuck = help(Some("stuck"))?;
+        assert!(stuck.contains("--older-than <secs>") && stuck.contains("[default: 60]"), "{stuck}");
         assert_eq!(help(Some("nope")), Err("no such command: nope (try: help)".into()));
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The control-plane verbs of the event bus (`send`, `subscribe`, `unsubscribe`,
-//! `listsubs`, `topics`, `advertise`, `readfrom`): their arguments, the token and
+//! `listsubs`, `topics`, `advertise`, `readfrom`, and the operator's `stuck`): their arguments, the token and
 //! bus URL they call with, and what each prints. The HTTP calls are
 //! [`bank_client::bus::BusClient`]'s; this module only shapes the output.
 //!
@@ -9,7 +9,7 @@
 
 use anyhow::{Context, anyhow, bail};
 use bank_client::ClientError;
-use bank_client::bus::{self, Advertise, BusClient, PostEvent, Receive};
+use bank_client::bus::{self, Advertise, BusClient, PostEvent, Receive, UnsettledQuery};
 use clap::Subcommand;
 use serde_json::{Map, Value};
 use service_kit::auth::{Role, issue_hs256};
@@ -111,6 +111,18 @@ pub enum Verb {
         /// How long the received messages stay invisible to others, in ms (bus default 30000).
         #[arg(long, value_name = "ms", value_parser = clap::value_parser!(i64).range(1..=43_200_000))]
         visibility_ms: Option<i64>,
+    },
+    /// List the transfers not settled after a while, with where each stopped.
+    #[command(long_about = "List the transfers neither completed nor failed --older-than seconds after their \
+                            creation, oldest first, as {older_than_s, items: [{id, state, version, age_s, \
+                            from_account, to_account, amount, currency, initiated_by, created_at, updated_at}]}. \
+                            `state` is where each stopped (initiated, debited or refunding); a parked saga \
+                            event is the usual cause (see dead-letters). Needs a teller or admin \
+                            token.\n\nExample: stuck --older-than 300")]
+    Stuck {
+        /// Only transfers created more than this many seconds ago.
+        #[arg(long, value_name = "secs", default_value_t = 60, value_parser = clap::value_parser!(i64).range(0..=31_536_000))]
+        older_than: i64,
     },
 }
 
@@ -217,6 +229,9 @@ pub async fn run(bus: &BusClient, verb: Verb) -> anyhow::Result<()> {
                 })?;
             }
             Ok(())
+        }
+        Verb::Stuck { older_than } => {
+            print(&bus.unsettled(&UnsettledQuery { older_than_s: Some(older_than) }).await.map_err(fail)?)
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A typed client of the event bus's HTTP API: post events, list and advertise
 //! topics, manage a river's subscriptions, and receive/acknowledge a generic river's
-//! messages. Used by `bankctl`'s control-plane verbs.
+//! messages; list the transfers not settled after a while (an operator's view). Used
+//! by `bankctl`'s control-plane verbs.
 //!
 //! The request and answer types mirror the event bus's own (`event-bus/src/{events,
 //! registry,queue}.rs`) field for field, without depending on that crate (which
@@ -158,6 +159,43 @@ pub struct Acked {
     pub acked: i64,
 }
 
+/// `GET /ops/unsettled`'s query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnsettledQuery {
+    /// Transfers created more than this many seconds ago (the bus's default: 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than_s: Option<i64>,
+}
+
+/// A transfer neither completed nor failed, and where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unsettled {
+    pub id: Uuid,
+    /// `initiated`, `debited` or `refunding`.
+    pub state: String,
+    pub from_account: Uuid,
+    pub to_account: Uuid,
+    /// In minor units.
+    pub amount: i64,
+    pub currency: String,
+    pub initiated_by: String,
+    /// The transfer stream's version in the views.
+    pub version: i32,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339: its last step.
+    pub updated_at: String,
+    /// Seconds since it was created.
+    pub age_s: f64,
+}
+
+/// `GET /ops/unsettled`: oldest first, at most 1000.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnsettledTransfers {
+    pub older_than_s: i64,
+    pub items: Vec<Unsettled>,
+}
+
 /// Characters escaped in a path segment: everything but letters, digits and
 /// `-._~*` (a topic may be `entity.*` or `*`, which the bus reads as they are).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'*');
@@ -234,6 +272,12 @@ impl BusClient {
         let path = format!("/rivers/{}/ack", segment(river));
         let body = Ack { receipts: receipts.to_vec() };
         self.call(self.http.post(url(&self.base, &path)).json(&body), CALL_TIMEOUT).await
+    }
+
+    /// `GET /ops/unsettled` (tellers and admins): the transfers not settled
+    /// `older_than_s` seconds after their creation.
+    pub async fn unsettled(&self, query: &UnsettledQuery) -> Result<UnsettledTransfers> {
+        self.call(self.http.get(url(&self.base, "/ops/unsettled")).query(query), CALL_TIMEOUT).await
     }
 
     /// Sends with the caller's token; the decoded 2xx body, or the error.
@@ -335,6 +379,21 @@ mod calls {
         assert!(seen.starts_with("POST /rivers/r1/receive HTTP/1.1"), "{seen}");
         assert!(seen.to_lowercase().contains("authorization: bearer tok"), "{seen}");
         assert!(seen.ends_with(r#"{"max_messages":10,"wait_ms":3000}"#), "{seen}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn unsettled_transfers_are_asked_with_their_age_and_decoded() -> anyhow_free::Result {
+        let id = Uuid::now_v7();
+        let body = json!({"older_than_s": 60, "items": [{"id": id, "state": "initiated",
+            "from_account": Uuid::now_v7(), "to_account": Uuid::now_v7(), "amount": 400, "currency": "EUR",
+            "initiated_by": "alice", "version": 1, "created_at": "2026-01-02T03:04:05.123Z",
+            "updated_at": "2026-01-02T03:04:05.123Z", "age_s": 75.5}]});
+        let (base, served) = answer_once("200 OK", &body.to_string()).await;
+        let unsettled = BusClient::new(base, "tok").unsettled(&UnsettledQuery { older_than_s: Some(60) }).await?;
+        assert_eq!((unsettled.items[0].id, unsettled.items[0].state.as_str()), (id, "initiated"));
+        let seen = served.await?;
+        assert!(seen.starts_with("GET /ops/unsettled?older_than_s=60 HTTP/1.1"), "{seen}");
         Ok(())
     }
 

@@ -6,12 +6,14 @@
 //!   snapshot + tail, idempotency records).
 //! * [`repository`]: runs commands against aggregates: per-stream serialization,
 //!   an in-memory state cache, bounded retries on conflicts, snapshots, idempotency.
+//! * [`expiry`]: the cleanup job of HTTP Idempotency-Key records (the saga's stay).
 //! * [`group_commit`]: concurrent appends share one statement and one commit.
 //! * [`metrics`]: the store's Prometheus counters.
 //! * [`watches`]: waiting for a stream to reach a version, woken by announcements.
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod expiry;
 pub mod group_commit;
 pub mod metrics;
 pub mod repository;

@@ -1,8 +1,8 @@
 //! Prometheus counters of the event store and the command repository.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-/// Counters labelled by stream type. Cloning shares them.
+/// The store's counters, most labelled by stream type. Cloning shares them.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
     /// Successful appends (one per command that wrote events).
@@ -15,6 +15,8 @@ pub struct StoreMetrics {
     pub retries: IntCounterVec,
     /// Responses replayed from an Idempotency-Key record.
     pub idempotent_replays: IntCounterVec,
+    /// HTTP Idempotency-Key records deleted by the cleanup job (all stream types).
+    pub idempotency_expired: IntCounter,
 }
 
 impl StoreMetrics {
@@ -25,6 +27,11 @@ impl StoreMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
+        let idempotency_expired = IntCounter::new(
+            "es_idempotency_expired_total",
+            "HTTP Idempotency-Key records deleted after IDEMPOTENCY_TTL_HOURS",
+        )?;
+        registry.register(Box::new(idempotency_expired.clone()))?;
         Ok(StoreMetrics {
             appends: counter("es_appends_total", "Appends committed to the event store")?,
             events: counter("es_events_appended_total", "Events committed to the event store")?,
@@ -34,6 +41,7 @@ impl StoreMetrics {
                 "es_idempotent_replays_total",
                 "Responses replayed for a repeated Idempotency-Key",
             )?,
+            idempotency_expired,
         })
     }
 }

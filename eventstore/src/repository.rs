@@ -159,6 +159,11 @@ impl<A: Aggregate> Repository<A> {
         &self.store
     }
 
+    /// The counters this repository reports to.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
     /// The versions this repository's appends reach, announced as they commit: a
     /// reader can wait on them for a stream to move on (appends by other processes
     /// are not announced here).

@@ -124,6 +124,9 @@ pub struct Appended {
     pub last_position: i64,
 }
 
+/// The actors of the saga's idempotency records (`saga:accounts`): they never expire.
+pub const SAGA_ACTOR_PREFIX: &str = "saga:";
+
 const EVENTS_VERSION_KEY: &str = "events_stream_version_key";
 const IDEMPOTENCY_KEY: &str = "idempotency_pkey";
 
@@ -460,6 +463,30 @@ impl EventStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(request_hash, body)| StoredResponse { request_hash, body: body.0 }))
+    }
+
+    /// Deletes up to `batch` HTTP Idempotency-Key records created more than `older_than`
+    /// ago, oldest first; returns how many. The saga's step records (actor `saga:…`,
+    /// see [`SAGA_ACTOR_PREFIX`]) are never deleted: they keep a redelivered step from
+    /// applying twice, however late it comes. Rows another cleanup is deleting are
+    /// skipped, not waited for, so instances may run the cleanup at once.
+    #[tracing::instrument(skip_all, fields(batch = batch), err(level = "debug"))]
+    pub async fn expire_idempotency(&self, older_than: std::time::Duration, batch: i64) -> Result<u64, StoreError> {
+        // the predicate is the partial index's (migration 0009), word for word
+        let deleted = sqlx::query(
+            "delete from es.idempotency
+             where (actor, key) in (
+                 select actor, key from es.idempotency
+                 where actor not like 'saga:%' and created_at < now() - make_interval(secs => $1)
+                 order by created_at
+                 limit $2
+                 for update skip locked)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(batch.max(1))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
     }
 
     /// A prefix of a stream of `stream_type`, oldest first: its events up to

@@ -11,6 +11,13 @@ pub struct KinesisArgs {
     pub kinesis_stream: String,
     #[arg(long, env = "AWS_REGION", default_value_t = KinesisArgs::default().aws_region)]
     pub aws_region: String,
+    /// Where enhanced fan-out subscribes (HTTP/2 needs TLS): a local server's TLS
+    /// endpoint; unset: KINESIS_ENDPOINT (AWS's own endpoint is TLS).
+    #[arg(long, env = "KINESIS_EFO_ENDPOINT")]
+    pub kinesis_efo_endpoint: Option<String>,
+    /// A PEM file of certificates to trust beside the system's (a local server's CA).
+    #[arg(long, env = "KINESIS_CA_FILE")]
+    pub kinesis_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for KinesisArgs {
@@ -19,6 +26,8 @@ impl Default for KinesisArgs {
             kinesis_endpoint: "http://127.0.0.1:4567".into(),
             kinesis_stream: "rapids".into(),
             aws_region: "us-east-1".into(),
+            kinesis_efo_endpoint: None,
+            kinesis_ca_file: None,
         }
     }
 }
@@ -29,6 +38,8 @@ impl KinesisArgs {
             endpoint: (!self.kinesis_endpoint.trim().is_empty()).then(|| self.kinesis_endpoint.clone()),
             stream: self.kinesis_stream.clone(),
             region: self.aws_region.clone(),
+            efo_endpoint: self.kinesis_efo_endpoint.clone().filter(|e| !e.trim().is_empty()),
+            ca_file: self.kinesis_ca_file.clone(),
         }
     }
 }
@@ -57,6 +68,10 @@ pub struct RiverArgs {
     /// budget alone decides).
     #[arg(long, env = "RIVER_READ_INTERVAL_MS", default_value_t = RiverArgs::default().river_read_interval_ms)]
     pub river_read_interval_ms: u64,
+    /// How rivers read: `poll` (GetRecords, within the budget below) or `efo`
+    /// (enhanced fan-out: each river a registered consumer, shards pushed over HTTP/2).
+    #[arg(long, env = "RIVER_READ_MODE", value_enum, default_value_t = RiverArgs::default().river_read_mode)]
+    pub river_read_mode: crate::river::ReadMode,
     /// GetRecords calls a second per shard for the whole deployment, shared by every
     /// river (AWS's limit is 5); 0: no budget (the local emulators).
     #[arg(long, env = "RIVER_GET_RECORDS_BUDGET", default_value_t = RiverArgs::default().river_get_records_budget)]
@@ -81,6 +96,7 @@ impl Default for RiverArgs {
             river_idle_poll_ms: 1_000,
             river_read_interval_ms: 0,
             river_get_records_budget: 5.0,
+            river_read_mode: crate::river::ReadMode::Poll,
             river_max_attempts: 5,
             river_database_connections: 8,
         }
@@ -128,6 +144,7 @@ impl RiverArgs {
             idle_poll: Duration::from_millis(self.river_idle_poll_ms),
             read_interval: Duration::from_millis(self.river_read_interval_ms),
             get_records_budget: (self.river_get_records_budget > 0.0).then_some(self.river_get_records_budget),
+            read_mode: self.river_read_mode,
             max_attempts: self.river_max_attempts.max(1),
             ..crate::river::RiverConfig::new(name, topics)
         }

@@ -18,6 +18,25 @@ pub struct RapidsConfig {
     pub endpoint: Option<String>,
     pub stream: String,
     pub region: String,
+    /// Where enhanced fan-out subscribes (SubscribeToShard needs HTTP/2, which the
+    /// SDK negotiates over TLS only): a local server's TLS endpoint; `None`: the
+    /// endpoint above (AWS's own is TLS).
+    pub efo_endpoint: Option<String>,
+    /// A PEM file of certificates to trust beside the system's (a local server's CA).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RapidsConfig {
+    /// A stream at a Kinesis API server (no enhanced fan-out endpoint, no extra CA).
+    pub fn local(endpoint: &str, stream: &str) -> Self {
+        RapidsConfig {
+            endpoint: Some(endpoint.to_owned()),
+            stream: stream.to_owned(),
+            region: "us-east-1".into(),
+            efo_endpoint: None,
+            ca_file: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +67,8 @@ pub fn describe(e: &dyn std::error::Error) -> String {
 #[derive(Debug, Clone)]
 pub struct Rapids {
     client: aws_sdk_kinesis::Client,
+    /// The client of enhanced fan-out (HTTP/2 over TLS); the main one when unset.
+    efo: Option<aws_sdk_kinesis::Client>,
     stream: String,
     region: String,
 }
@@ -63,8 +84,23 @@ impl Rapids {
     }
 
     pub async fn connect(config: &RapidsConfig) -> Self {
-        let http =
-            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let client = Self::sdk_client(config, config.endpoint.as_deref()).await;
+        let efo = match (&config.efo_endpoint, &config.ca_file) {
+            (None, None) => None,
+            (endpoint, _) => Some(Self::sdk_client(config, endpoint.as_deref().or(config.endpoint.as_deref())).await),
+        };
+        Rapids { client, efo, stream: config.stream.clone(), region: config.region.clone() }
+    }
+
+    async fn sdk_client(config: &RapidsConfig, endpoint: Option<&str>) -> aws_sdk_kinesis::Client {
+        let mut http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        if let Some(pem) = config.ca_file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+            let trust = aws_smithy_http_client::tls::TrustStore::default().with_pem_certificate(pem);
+            if let Ok(context) = aws_smithy_http_client::tls::TlsContext::builder().with_trust_store(trust).build() {
+                http = http.tls_context(context);
+            }
+        }
+        let http = http.build_https();
         // a stuck call must fail and be retried, never hold the tailer (and its lock) forever
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -75,17 +111,56 @@ impl Rapids {
             .timeout_config(timeouts)
             .http_client(http)
             .region(aws_config::Region::new(config.region.clone()));
-        if let Some(endpoint) = &config.endpoint {
+        if let Some(endpoint) = endpoint {
             loader = loader.endpoint_url(endpoint);
             if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
                 loader = loader.credentials_provider(Credentials::new("local", "local", None, None, "local"));
             }
         }
         let sdk = loader.load().await;
-        Rapids {
-            client: aws_sdk_kinesis::Client::new(&sdk),
-            stream: config.stream.clone(),
-            region: config.region.clone(),
+        aws_sdk_kinesis::Client::new(&sdk)
+    }
+
+    /// The client that subscribes to shards (enhanced fan-out).
+    pub fn efo_client(&self) -> &aws_sdk_kinesis::Client {
+        self.efo.as_ref().unwrap_or(&self.client)
+    }
+
+    /// Registers `name` as a consumer of the stream (enhanced fan-out), or finds it
+    /// registered, and waits until it is active; its ARN.
+    pub async fn register_consumer(&self, name: &str, wait: Duration) -> Result<String, RapidsError> {
+        let summary =
+            self.client.describe_stream_summary().stream_name(&self.stream).send().await.map_err(request_error)?;
+        let stream_arn = summary
+            .stream_description_summary()
+            .map(|s| s.stream_arn().to_owned())
+            .ok_or_else(|| RapidsError::Request("DescribeStreamSummary gave no stream ARN".into()))?;
+        let registered =
+            self.client.register_stream_consumer().stream_arn(&stream_arn).consumer_name(name).send().await;
+        if let Err(e) = registered
+            && !e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception())
+        {
+            return Err(request_error(e));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let described = self
+                .client
+                .describe_stream_consumer()
+                .stream_arn(&stream_arn)
+                .consumer_name(name)
+                .send()
+                .await
+                .map_err(request_error)?;
+            if let Some(consumer) = described.consumer_description()
+                && consumer.consumer_status() == &aws_sdk_kinesis::types::ConsumerStatus::Active
+            {
+                return Ok(consumer.consumer_arn().to_owned());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RapidsError::NotActive(format!("consumer {name} of {}", self.stream)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -147,6 +147,8 @@ pub struct CommandArgs {
     /// Largest amount of one command, in minor units.
     #[arg(long, env = "MAX_AMOUNT_MINOR", default_value_t = CommandArgs::default().max_amount_minor)]
     pub max_amount_minor: i64,
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
 }
 
 impl Default for CommandArgs {
@@ -158,6 +160,7 @@ impl Default for CommandArgs {
             append_writers: 1,
             append_batch_max: 64,
             max_amount_minor: 1_000_000_000,
+            idempotency: IdempotencyArgs::default(),
         }
     }
 }
@@ -171,6 +174,39 @@ impl CommandArgs {
             append_writers: self.append_writers,
             append_batch_max: self.append_batch_max,
         }
+    }
+}
+
+/// How long HTTP Idempotency-Key records are kept, and their cleanup job (the saga's
+/// step records never expire).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IdempotencyArgs {
+    /// An Idempotency-Key is honoured this long; a repeat after it is a new request.
+    #[arg(long, env = "IDEMPOTENCY_TTL_HOURS", default_value_t = IdempotencyArgs::default().idempotency_ttl_hours)]
+    pub idempotency_ttl_hours: u64,
+    /// The cleanup job runs this often (0: not in this process).
+    #[arg(long, env = "IDEMPOTENCY_CLEANUP_SECS", default_value_t = IdempotencyArgs::default().idempotency_cleanup_secs)]
+    pub idempotency_cleanup_secs: u64,
+    /// Most records one delete statement removes.
+    #[arg(long, env = "IDEMPOTENCY_CLEANUP_BATCH", default_value_t = IdempotencyArgs::default().idempotency_cleanup_batch,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub idempotency_cleanup_batch: i64,
+}
+
+impl Default for IdempotencyArgs {
+    fn default() -> Self {
+        IdempotencyArgs { idempotency_ttl_hours: 24, idempotency_cleanup_secs: 300, idempotency_cleanup_batch: 1000 }
+    }
+}
+
+impl IdempotencyArgs {
+    /// The cleanup job's settings; `None` when it is off in this process.
+    pub fn expiry_config(&self) -> Option<eventstore::expiry::ExpiryConfig> {
+        (self.idempotency_cleanup_secs > 0).then(|| eventstore::expiry::ExpiryConfig {
+            ttl: std::time::Duration::from_secs(self.idempotency_ttl_hours.saturating_mul(3600)),
+            every: std::time::Duration::from_secs(self.idempotency_cleanup_secs),
+            batch: self.idempotency_cleanup_batch.max(1),
+        })
     }
 }
 
@@ -189,5 +225,17 @@ mod tests {
         // a small maximum wait is kept as it is
         assert_eq!(http(10_000).wait_budget(200), Duration::from_millis(200));
         assert_eq!(http(0).wait_budget(10_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn idempotency_keys_are_kept_a_day_and_swept_every_five_minutes() {
+        let expiry = eventstore::expiry::ExpiryConfig {
+            ttl: Duration::from_secs(24 * 3600),
+            every: Duration::from_secs(300),
+            batch: 1000,
+        };
+        assert_eq!(IdempotencyArgs::default().expiry_config(), Some(expiry));
+        let off = IdempotencyArgs { idempotency_cleanup_secs: 0, ..IdempotencyArgs::default() };
+        assert_eq!(off.expiry_config(), None);
     }
 }

@@ -82,10 +82,10 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::new(rapids);
     match config.source {
         Source::Wal => {
-            let mut source = WalSource::new(pool.clone(), &config.slot);
-            if let Some(password) = url_password(config.database.database_url.expose()) {
-                source = source.password(password);
-            }
+            // the pool's own server, credentials, sslmode and sslrootcert (parsed once,
+            // from DATABASE_URL, by service_kit::startup)
+            let source = WalSource::new(pool.clone(), &config.slot);
+            tracing::info!(target = ?source.target(), "wal source: the replication connection");
             Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
         }
         Source::Poll => {
@@ -97,22 +97,4 @@ async fn main() -> anyhow::Result<()> {
     http.await??;
     tracing::info!("tailer stopped");
     Ok(())
-}
-
-/// The password in a database URL (the replication connection logs in with it; sqlx
-/// keeps the pool's to itself; without one, `WalSource` takes `PGPASSWORD`).
-fn url_password(database_url: &str) -> Option<String> {
-    let url = url::Url::parse(database_url).ok()?;
-    url.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::url_password;
-
-    #[test]
-    fn takes_the_password_from_the_url_decoded() {
-        assert_eq!(url_password("postgres://tailer:s%40cret@db:5432/bank").as_deref(), Some("s@cret"));
-        assert_eq!(url_password("postgres://tailer@db:5432/bank"), None);
-    }
 }

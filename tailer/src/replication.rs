@@ -11,16 +11,19 @@
 //! transactions and answers the server's keepalives, so the connection stays alive
 //! while the tailer waits on Kinesis.
 //!
-//! Only what the tailer needs: TCP or a Unix socket without TLS (like the rest of the
-//! project's database connections), password authentication by cleartext, MD5 or
-//! SCRAM-SHA-256 (the last two through `postgres-protocol`'s helpers).
+//! Only what the tailer needs: TCP with TLS as `sslmode` asks (rustls, like sqlx's
+//! pools: see [`tls`]) or a Unix socket (never TLS, as with libpq), password
+//! authentication by cleartext, MD5 or SCRAM-SHA-256 (the last two through
+//! `postgres-protocol`'s helpers). The start-up packet pins `DateStyle=ISO`,
+//! `TimeZone=UTC` and `client_encoding=UTF8`, whatever the role's or server's defaults.
 
 use crate::wal::Transactions;
 use bytes::{Buf, BufMut, BytesMut};
 use eventstore::envelope::RecordedEvent;
 use eventstore::store::StoreError;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
@@ -28,7 +31,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-/// Where and as whom the replication connection logs in.
+/// Where and as whom the replication connection logs in, and how it protects itself.
 #[derive(Clone)]
 pub struct ReplicationTarget {
     host: String,
@@ -37,6 +40,15 @@ pub struct ReplicationTarget {
     user: String,
     password: Option<String>,
     database: String,
+    ssl_mode: PgSslMode,
+    root_cert: Option<RootCert>,
+}
+
+/// The CA of `sslrootcert`: a PEM file, or PEM text given inline.
+#[derive(Clone, Debug)]
+pub enum RootCert {
+    File(PathBuf),
+    Pem(Vec<u8>),
 }
 
 impl fmt::Debug for ReplicationTarget {
@@ -46,14 +58,21 @@ impl fmt::Debug for ReplicationTarget {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("database", &self.database)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("root_cert", &self.root_cert)
             .finish_non_exhaustive()
     }
 }
 
 impl ReplicationTarget {
-    /// The server, user and database of `options`. sqlx does not give its password
-    /// back, so that comes separately (the tailer takes it from its database URL).
-    pub fn new(options: &PgConnectOptions, password: Option<String>) -> Self {
+    /// The server, user, password, database, `sslmode` and `sslrootcert` of `options`,
+    /// the pool's own, so both connections log in and protect themselves alike. The
+    /// password is whatever sqlx settled on: the URL's, else the password file's
+    /// (`passfile`, `PGPASSFILE`, `~/.pgpass`; see `service_kit::startup`).
+    ///
+    /// sqlx 0.8 has getters for neither the password nor the root certificate; its
+    /// `to_url_lossy` writes both (the unit test below pins that format).
+    pub fn new(options: &PgConnectOptions) -> Self {
         let socket = match options.get_socket() {
             Some(dir) => Some(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
             None if options.get_host().starts_with('/') => {
@@ -61,6 +80,14 @@ impl ReplicationTarget {
             }
             None => None,
         };
+        let url = options.to_url_lossy();
+        let password = url.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
+        let root_cert = url.query_pairs().find(|(key, _)| key == "sslrootcert").map(|(_, value)| {
+            match value.strip_prefix("file: ") {
+                Some(path) => RootCert::File(PathBuf::from(path)),
+                None => RootCert::Pem(value.as_bytes().to_vec()),
+            }
+        });
         ReplicationTarget {
             host: options.get_host().to_owned(),
             port: options.get_port(),
@@ -68,7 +95,37 @@ impl ReplicationTarget {
             user: options.get_username().to_owned(),
             password,
             database: options.get_database().unwrap_or(options.get_username()).to_owned(),
+            ssl_mode: options.get_ssl_mode(),
+            root_cert,
         }
+    }
+
+    /// Another password than the options' (e.g. one the pool does not use).
+    pub fn with_password(mut self, password: Option<String>) -> Self {
+        self.password = password;
+        self
+    }
+
+    /// Connects and logs in, then says goodbye: the connection works (start-up
+    /// checks, tests).
+    pub async fn probe(&self) -> Result<(), ReplicationError> {
+        let attempt = async {
+            let io = connect(self).await?;
+            let (mut reader, mut writer) = tokio::io::split(io);
+            let mut buf = BytesMut::new();
+            log_in(&mut reader, &mut writer, &mut buf, self).await?;
+            writer.write_all(&frame(b'X', |_| {})).await?;
+            writer.shutdown().await?;
+            Ok(())
+        };
+        tokio::time::timeout(START_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(ReplicationError::new("logging in timed out")))
+    }
+
+    /// The `sslmode` the connection honours.
+    pub fn ssl_mode(&self) -> PgSslMode {
+        self.ssl_mode
     }
 }
 
@@ -223,6 +280,7 @@ fn lost(reason: String) -> StoreError {
 
 async fn connect(target: &ReplicationTarget) -> Result<Box<dyn Io>, ReplicationError> {
     if let Some(path) = &target.socket {
+        // like libpq: a Unix socket is local, never encrypted, whatever sslmode says
         #[cfg(unix)]
         return Ok(Box::new(tokio::net::UnixStream::connect(path).await?));
         #[cfg(not(unix))]
@@ -230,9 +288,8 @@ async fn connect(target: &ReplicationTarget) -> Result<Box<dyn Io>, ReplicationE
     }
     let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
     stream.set_nodelay(true)?;
-    Ok(Box::new(stream))
+    tls::negotiate(stream, target).await
 }
-
 /// The start-up exchange, up to the first ReadyForQuery.
 async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut R,
@@ -247,6 +304,11 @@ async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         ("database", target.database.as_str()),
         ("replication", "database"),
         ("application_name", "rapids tailer"),
+        // the walsender formats nothing by these today, but the session is pinned
+        // so that a role's or server's settings cannot change what it sends
+        ("DateStyle", "ISO"),
+        ("TimeZone", "UTC"),
+        ("client_encoding", "UTF8"),
     ] {
         put_cstr(&mut startup, key);
         put_cstr(&mut startup, value);
@@ -320,6 +382,247 @@ async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             b'E' => return Err(server_error(&body)),
             b'Z' => return Ok(()),
             _ => {} // ParameterStatus, BackendKeyData, notices
+        }
+    }
+}
+
+/// TLS for the replication connection, as libpq and sqlx do it: an `SSLRequest`
+/// before the start-up packet; the server answers `S` (a TLS handshake follows) or
+/// `N` (no TLS here).
+///
+/// | sslmode           | asks for TLS | plain when refused | checks the certificate       |
+/// |-------------------|--------------|--------------------|------------------------------|
+/// | disable           | no           | -                  | -                            |
+/// | allow, prefer     | yes          | yes                | no                           |
+/// | require           | yes          | no                 | no                           |
+/// | verify-ca         | yes          | no                 | chain to sslrootcert         |
+/// | verify-full       | yes          | no                 | chain and host name          |
+///
+/// `allow` (plain first in libpq) is taken as `prefer`. `prefer` and `require`
+/// encrypt without checking who answers, as libpq and sqlx do: they stop a passive
+/// eavesdropper, not a man in the middle (that is what the verify modes are for).
+/// Their verifier still checks the handshake's signatures, so the peer holds the key
+/// of the certificate it shows; it just does not ask who signed it. The verify modes
+/// need `sslrootcert` (libpq would fall back to `~/.postgresql/root.crt`; this client
+/// says so instead).
+pub mod tls {
+    use super::{Io, ReplicationError, ReplicationTarget, RootCert};
+    use sqlx::postgres::PgSslMode;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::client::WebPkiServerVerifier;
+    use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{
+        CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
+    };
+
+    /// The protocol's SSLRequest: length 8, code 80877103.
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+    /// The stream the start-up packet goes over: TLS, or plain where `sslmode` allows.
+    pub(super) async fn negotiate(
+        mut stream: TcpStream,
+        target: &ReplicationTarget,
+    ) -> Result<Box<dyn Io>, ReplicationError> {
+        let mode = target.ssl_mode;
+        if matches!(mode, PgSslMode::Disable) {
+            return Ok(Box::new(stream));
+        }
+        // the configuration first: a bad sslrootcert is an error before any byte is sent
+        let config = client_config(target)?;
+        stream.write_all(&SSL_REQUEST).await?;
+        // exactly one byte: anything the server (or a man in the middle) sent after it
+        // must go through the handshake, not be taken as the server's (CVE-2021-23222)
+        let answer = stream.read_u8().await?;
+        match answer {
+            b'S' => {
+                let name = ServerName::try_from(target.host.clone()).map_err(|_| {
+                    ReplicationError::new(format!("{:?} is not a host name TLS can check", target.host))
+                })?;
+                let tls = TlsConnector::from(Arc::new(config))
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| handshake_error(&e, target))?;
+                Ok(Box::new(tls))
+            }
+            b'N' if matches!(mode, PgSslMode::Allow | PgSslMode::Prefer) => Ok(Box::new(stream)),
+            b'N' => {
+                Err(ReplicationError::new(format!("the server does not accept SSL but sslmode={}", mode_name(mode))))
+            }
+            b'E' => Err(ReplicationError::new("the server answered the SSL request with an error")),
+            other => Err(ReplicationError::new(format!("unexpected answer {other:#04x} to the SSL request"))),
+        }
+    }
+
+    fn mode_name(mode: PgSslMode) -> &'static str {
+        match mode {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+    }
+
+    /// The rustls configuration `sslmode` asks for.
+    fn client_config(target: &ReplicationTarget) -> Result<ClientConfig, ReplicationError> {
+        let provider = provider();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ReplicationError::new(format!("TLS: {e}")))?;
+        let config = match target.ssl_mode {
+            PgSslMode::VerifyFull => builder.with_root_certificates(roots(target)?).with_no_client_auth(),
+            PgSslMode::VerifyCa => {
+                let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(target)?), provider)
+                    .build()
+                    .map_err(|e| ReplicationError::new(format!("sslrootcert: {e}")))?;
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(chain))).with_no_client_auth()
+            }
+            _ => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+                .with_no_client_auth(),
+        };
+        Ok(config)
+    }
+
+    /// The CA certificates of `sslrootcert`.
+    fn roots(target: &ReplicationTarget) -> Result<RootCertStore, ReplicationError> {
+        let mode = mode_name(target.ssl_mode);
+        let (pem, origin) = match &target.root_cert {
+            None => {
+                return Err(ReplicationError::new(format!(
+                    "sslmode={mode} needs sslrootcert (the PEM file of the CA that signed the server's certificate)"
+                )));
+            }
+            Some(RootCert::File(path)) => (
+                std::fs::read(path)
+                    .map_err(|e| ReplicationError::new(format!("sslrootcert {}: {e}", path.display())))?,
+                path.display().to_string(),
+            ),
+            Some(RootCert::Pem(pem)) => (pem.clone(), "(inline PEM)".to_owned()),
+        };
+        let mut store = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| ReplicationError::new(format!("sslrootcert {origin}: {e}")))?;
+            store.add(cert).map_err(|e| ReplicationError::new(format!("sslrootcert {origin}: {e}")))?;
+        }
+        if store.is_empty() {
+            return Err(ReplicationError::new(format!("sslrootcert {origin} holds no certificate")));
+        }
+        Ok(store)
+    }
+
+    /// A failed handshake, said plainly.
+    fn handshake_error(error: &std::io::Error, target: &ReplicationTarget) -> ReplicationError {
+        let cause = error.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>());
+        let message = match cause {
+            Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature)) => {
+                "the server's certificate is not signed by the CA in sslrootcert".to_owned()
+            }
+            Some(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => format!("the server's certificate is not valid for the host name {:?}", target.host),
+            Some(TlsError::InvalidCertificate(other)) => format!("the server's certificate is refused: {other:?}"),
+            Some(other) => format!("the TLS handshake failed: {other}"),
+            None => format!("the TLS handshake failed: {error}"),
+        };
+        ReplicationError::new(message)
+    }
+
+    /// verify-ca: the chain to sslrootcert, whatever host name the certificate names.
+    #[derive(Debug)]
+    struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, TlsError> {
+            // webpki checks the chain (and validity dates) before the name: a name
+            // error means everything else held
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(TlsError::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                outcome => outcome,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, TlsError> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, TlsError> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    /// prefer and require: any certificate (see the module's notes); the handshake's
+    /// signatures are still checked against it.
+    #[derive(Debug)]
+    struct Unverified(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, TlsError> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, TlsError> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, TlsError> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
         }
     }
 }
@@ -506,6 +809,67 @@ mod tests {
         assert!(take_message(&mut buf).is_err(), "a length below 4 is refused");
         let mut huge = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
         assert!(take_message(&mut huge).is_err(), "a length above the cap is refused, not reserved");
+    }
+
+    #[test]
+    fn the_target_takes_the_password_and_tls_settings_of_the_options() {
+        let options: PgConnectOptions =
+            "postgres://tailer:s%40cret@db.example:5433/bank?sslmode=verify-full&sslrootcert=/etc/ca%20dir/root.pem"
+                .parse()
+                .expect("a valid URL");
+        let target = ReplicationTarget::new(&options);
+        assert_eq!(target.password.as_deref(), Some("s@cret"));
+        assert!(matches!(target.ssl_mode, PgSslMode::VerifyFull));
+        assert!(
+            matches!(&target.root_cert, Some(RootCert::File(p)) if p == std::path::Path::new("/etc/ca dir/root.pem")),
+            "{:?}",
+            target.root_cert
+        );
+        let where_to = (target.host.as_str(), target.port, target.user.as_str(), target.database.as_str());
+        assert_eq!(where_to, ("db.example", 5433, "tailer", "bank"));
+        let plain: PgConnectOptions = "postgres://tailer@db/bank?sslmode=disable".parse().expect("a valid URL");
+        let target = ReplicationTarget::new(&plain);
+        assert!(target.root_cert.is_none() && matches!(target.ssl_mode, PgSslMode::Disable));
+    }
+
+    /// A server that answers the SSL request with `N`.
+    async fn refusing_ssl() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let port = listener.local_addr().expect("an address").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 8];
+                if socket.read_exact(&mut request).await.is_ok() {
+                    let _ = socket.write_all(b"N").await;
+                }
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_server_without_ssl_is_refused_unless_sslmode_allows_plain() {
+        let port = refusing_ssl().await;
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let options: PgConnectOptions = format!("postgres://u@127.0.0.1:{port}/db?sslmode={mode}&sslrootcert=-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----")
+                .parse()
+                .expect("a valid URL");
+            let target = ReplicationTarget::new(&options);
+            let error = connect(&target).await.err().expect("refused");
+            if mode == "require" {
+                assert_eq!(error.message, "the server does not accept SSL but sslmode=require");
+            } else {
+                // the verify modes check their CA first: this one is no certificate
+                assert!(error.message.contains("sslrootcert"), "{mode}: {}", error.message);
+            }
+        }
+        let prefer: PgConnectOptions =
+            format!("postgres://u@127.0.0.1:{port}/db?sslmode=prefer").parse().expect("valid");
+        assert!(connect(&ReplicationTarget::new(&prefer)).await.is_ok(), "prefer goes on in plain text");
+        let verify: PgConnectOptions =
+            format!("postgres://u@127.0.0.1:{port}/db?sslmode=verify-full").parse().expect("valid");
+        let error = connect(&ReplicationTarget::new(&verify)).await.err().expect("refused");
+        assert!(error.message.contains("needs sslrootcert"), "{}", error.message);
     }
 
     #[test]

@@ -71,11 +71,11 @@ struct Relation {
 
 impl WalSource {
     /// The source of slot `slot`, streamed from the server, port, user and database of
-    /// `pool` with the password in `PGPASSWORD`, if any (see [`WalSource::password`]).
-    /// Nothing is touched until [`EventSource::resume`], which runs only in the active
-    /// instance.
+    /// `pool`, with its password and its `sslmode` and `sslrootcert` (see
+    /// [`ReplicationTarget::new`]). Nothing is touched until [`EventSource::resume`],
+    /// which runs only in the active instance.
     pub fn new(pool: PgPool, slot: &str) -> Self {
-        let target = ReplicationTarget::new(&pool.connect_options(), std::env::var("PGPASSWORD").ok());
+        let target = ReplicationTarget::new(&pool.connect_options());
         WalSource {
             pool,
             slot: slot.to_owned(),
@@ -87,11 +87,15 @@ impl WalSource {
         }
     }
 
-    /// The password of the replication connection, instead of `PGPASSWORD` (sqlx
-    /// does not hand out the pool's).
+    /// The replication connection logs in with `password` instead of the pool's.
     pub fn password(mut self, password: String) -> Self {
-        self.target = ReplicationTarget::new(&self.pool.connect_options(), Some(password));
+        self.target = self.target.with_password(Some(password));
         self
+    }
+
+    /// Where the replication connection goes, and how.
+    pub fn target(&self) -> &ReplicationTarget {
+        &self.target
     }
 
     /// Creates the slot when it is missing, owing a backfill of what committed before it.

@@ -50,9 +50,9 @@ pub fn rapids_config() -> RapidsConfig {
     let endpoint =
         std::env::var("KINESIS_ENDPOINT").expect("KINESIS_ENDPOINT is not set: run the tests with scripts/test");
     RapidsConfig {
-        endpoint: Some(endpoint),
-        stream: std::env::var("KINESIS_STREAM").unwrap_or_else(|_| "rapids".into()),
-        region: "us-east-1".into(),
+        efo_endpoint: std::env::var("KINESIS_EFO_ENDPOINT").ok(),
+        ca_file: std::env::var_os("KINESIS_CA_FILE").map(Into::into),
+        ..RapidsConfig::local(&endpoint, &std::env::var("KINESIS_STREAM").unwrap_or_else(|_| "rapids".into()))
     }
 }
 
@@ -84,9 +84,19 @@ pub fn service_args(pool: &PgPool) -> ServiceArgs {
     }
 }
 
+/// How the tests' rivers read: `RIVER_READ_MODE` (`poll` unless `efo`; scripts/test
+/// runs the rapids suite with enhanced fan-out against kinesis-local).
+pub fn read_mode() -> rapids::river::ReadMode {
+    match std::env::var("RIVER_READ_MODE").as_deref() {
+        Ok("efo") => rapids::river::ReadMode::Efo,
+        _ => rapids::river::ReadMode::Poll,
+    }
+}
+
 /// River settings for tests: leases that expire in seconds, shards polled often.
 pub fn fast_river() -> RiverArgs {
     RiverArgs {
+        river_read_mode: read_mode(),
         river_lease_ms: 3000,
         river_renew_ms: 300,
         river_shard_sync_ms: 1000,

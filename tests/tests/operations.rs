@@ -22,12 +22,8 @@ async fn health_and_readiness_check_the_real_database_and_kinesis(options: PgPoo
 async fn readiness_fails_when_kinesis_is_unreachable(options: PgPoolOptions, connect: PgConnectOptions) {
     let pool = tests::pool(options, connect).await;
     // a port nobody listens on
-    let rapids = Rapids::connect(&RapidsConfig {
-        endpoint: Some(format!("http://127.0.0.1:{}", tests::free_port())),
-        stream: "rapids".into(),
-        region: "us-east-1".into(),
-    })
-    .await;
+    let rapids =
+        Rapids::connect(&RapidsConfig::local(&format!("http://127.0.0.1:{}", tests::free_port()), "rapids")).await;
     let svc = tests::start_accounts_with(&pool, |_| {}, rapids).await;
     let ready = svc.api().get("/ready").send().await;
     ready.expect_error(503, "not_ready");

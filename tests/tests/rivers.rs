@@ -75,6 +75,7 @@ fn config(worker: &str) -> RiverConfig {
         idle_poll: Duration::from_millis(20),
         max_attempts: 3,
         retry_backoff: Duration::from_millis(20),
+        read_mode: tests::read_mode(),
         ..RiverConfig::new("test", TopicFilter::new(&["test.*"]))
     }
 }

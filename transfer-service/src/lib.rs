@@ -48,6 +48,13 @@ pub struct Config {
     /// instance's own appends end it at once).
     #[arg(long, env = "TRANSFER_WAIT_RECHECK_MS", default_value_t = Config::new(ServiceArgs::default()).wait_recheck_ms)]
     pub wait_recheck_ms: u64,
+    /// A transfer neither completed nor failed this long after its creation counts as
+    /// stuck (the `transfers_unsettled` gauge).
+    #[arg(long, env = "TRANSFER_STUCK_AFTER_SECS", default_value_t = Config::new(ServiceArgs::default()).stuck_after_secs)]
+    pub stuck_after_secs: u64,
+    /// How often the gauge is refreshed.
+    #[arg(long, env = "TRANSFER_STUCK_CHECK_MS", default_value_t = Config::new(ServiceArgs::default()).stuck_check_ms)]
+    pub stuck_check_ms: u64,
 }
 
 impl Config {
@@ -66,6 +73,8 @@ impl Config {
             river: RiverArgs::default(),
             max_wait_ms: 10_000,
             wait_recheck_ms: 1_000,
+            stuck_after_secs: 60,
+            stuck_check_ms: 5_000,
         }
     }
 }
@@ -80,6 +89,9 @@ pub struct AppState {
     pub river_metrics: rapids::river::RiverMetrics,
     pub max_wait: Duration,
     pub wait_recheck: Duration,
+    /// `transfers_unsettled`: transfers not settled `TRANSFER_STUCK_AFTER_SECS` after
+    /// their creation, kept by [`start_unsettled_gauge`].
+    pub unsettled: prometheus::IntGauge,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -102,6 +114,11 @@ impl AppState {
             parts.kit = parts.kit.with_check("kinesis", rapids.readiness());
         }
         let river_metrics = rapids::river::RiverMetrics::register(&parts.kit.registry)?;
+        let unsettled = prometheus::IntGauge::new(
+            "transfers_unsettled",
+            "Transfers neither completed nor failed TRANSFER_STUCK_AFTER_SECS after their creation (all instances)",
+        )?;
+        parts.kit.registry.register(Box::new(unsettled.clone()))?;
         Ok(AppState {
             transfers: parts.repository,
             verifier: parts.verifier,
@@ -110,6 +127,7 @@ impl AppState {
             river_metrics,
             max_wait: config.service.http.wait_budget(config.max_wait_ms),
             wait_recheck: Duration::from_millis(config.wait_recheck_ms.max(1)),
+            unsettled,
         })
     }
 }
@@ -135,4 +153,83 @@ pub fn start_river(
 ) -> Option<tokio::task::JoinHandle<()>> {
     let steps = saga::SagaSteps::new(state.transfers.clone(), Some(tasks::Tasks { state: state.clone() }));
     config.river.spawn(saga::RIVER, saga::TOPICS, steps, &state.kit.pool, rapids, state.river_metrics.clone(), shutdown)
+}
+
+/// Starts the cleanup job of expired HTTP Idempotency-Key records unless it is off
+/// (`IDEMPOTENCY_CLEANUP_SECS=0`); it runs until `shutdown`. The saga's step records stay.
+pub fn start_idempotency_cleanup(
+    config: &Config,
+    state: &AppState,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let expiry = config.commands.idempotency.expiry_config()?;
+    let store = state.transfers.store().clone();
+    let expired = state.transfers.metrics().idempotency_expired.clone();
+    Some(tokio::spawn(eventstore::expiry::run(store, expiry, expired, shutdown)))
+}
+
+/// Keeps the `transfers_unsettled` gauge until `shutdown`: every `TRANSFER_STUCK_CHECK_MS`
+/// it counts the transfers neither completed nor failed `TRANSFER_STUCK_AFTER_SECS`
+/// after their creation. It reads `views.transfers`, as the event bus's
+/// `GET /ops/unsettled` (and so `bankctl stuck`) does, so the gauge and the list agree;
+/// a views river that falls behind shows in its own lag gauge. Every instance reports
+/// the same number (alert on the max, not the sum).
+pub fn start_unsettled_gauge(
+    config: &Config,
+    state: &AppState,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let pool = state.kit.pool.clone();
+    let gauge = state.unsettled.clone();
+    let after = Duration::from_secs(config.stuck_after_secs);
+    let mut ticks = tokio::time::interval(Duration::from_millis(config.stuck_check_ms.max(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match count_unsettled(&pool, after).await {
+                Ok(count) => gauge.set(count),
+                // the last value stays: a failed count says nothing about the transfers
+                Err(error) => tracing::warn!(%error, "cannot count the unsettled transfers"),
+            }
+        }
+    })
+}
+
+/// Transfers neither completed nor failed, created more than `after` ago.
+pub async fn count_unsettled(pool: &PgPool, after: Duration) -> sqlx::Result<i64> {
+    // the predicate of the partial index `transfers_unsettled` (migration 0009)
+    sqlx::query_scalar(
+        "select count(*) from views.transfers
+         where state not in ('completed', 'failed') and created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(after.as_secs_f64())
+    .fetch_one(pool)
+    .await
+}
+
+/// Starts what runs beside the HTTP server until `shutdown`: the river, the idempotency
+/// cleanup and the `transfers_unsettled` gauge. The handle ends once every one of them has.
+pub fn start_background(
+    config: &Config,
+    state: &AppState,
+    rapids: Rapids,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let tasks = [
+        start_river(config, state, rapids, shutdown.clone()),
+        start_idempotency_cleanup(config, state, shutdown.clone()),
+        Some(start_unsettled_gauge(config, state, shutdown)),
+    ];
+    let tasks: Vec<_> = tasks.into_iter().flatten().collect();
+    tokio::spawn(async move {
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a background task failed");
+            }
+        }
+    })
 }

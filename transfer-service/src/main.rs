@@ -3,7 +3,7 @@
 use clap::Parser;
 use service_kit::shutdown::on_signals;
 use service_kit::startup::{boot, serve_with};
-use transfer_service::{AppState, Config, router, start_river};
+use transfer_service::{AppState, Config, router, start_background};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,6 +12,6 @@ async fn main() -> anyhow::Result<()> {
     let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
     let state = AppState::new(&config, pool, Some(rapids.clone()))?;
     let shutdown = on_signals();
-    let river = start_river(&config, &state, rapids, shutdown.clone());
-    serve_with("transfer-service", config.addr, router(state), shutdown, river).await
+    let background = start_background(&config, &state, rapids, shutdown.clone());
+    serve_with("transfer-service", config.addr, router(state), shutdown, Some(background)).await
 }

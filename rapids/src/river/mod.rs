@@ -243,6 +243,17 @@ impl TopicFilter {
     }
 }
 
+/// How a river reads its shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadMode {
+    /// GetRecords, paced within the deployment's budget.
+    #[default]
+    Poll,
+    /// Enhanced fan-out: the river is a registered stream consumer and each shard it
+    /// leases is pushed to it (SubscribeToShard, HTTP/2), re-subscribed every few minutes.
+    Efo,
+}
+
 /// Where a river's topics come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Subscriptions {
@@ -294,6 +305,8 @@ pub struct RiverConfig {
     /// Each river then reads a shard at most every `rivers / budget` seconds, the
     /// rivers counted from the lease table at every lease renewal.
     pub get_records_budget: Option<f64>,
+    /// GetRecords or enhanced fan-out.
+    pub read_mode: ReadMode,
     /// Commit the handler's transaction without waiting for its WAL flush. A crash may
     /// then lose the last commits, handler writes and checkpoint together, and the
     /// river handles those events again: the delivery guarantee stays the same, and
@@ -320,6 +333,7 @@ impl RiverConfig {
             idle_poll: Duration::from_millis(250),
             read_interval: Duration::from_millis(20),
             get_records_budget: None,
+            read_mode: ReadMode::Poll,
             async_commit: true,
             batch_size: 1000,
             max_attempts: 5,
@@ -436,6 +450,8 @@ struct Shared<H> {
     /// The least time between two reads of one shard now (ms): `read_interval`, or
     /// longer to keep within the GetRecords budget.
     read_interval_ms: std::sync::atomic::AtomicU64,
+    /// The river's consumer ARN, once registered (enhanced fan-out).
+    consumer: tokio::sync::OnceCell<String>,
 }
 
 impl<H> Shared<H> {
@@ -468,6 +484,7 @@ impl<H: Handler> River<H> {
                 shard_finished: Default::default(),
                 published: tokio::sync::watch::Sender::new(0),
                 read_interval_ms: std::sync::atomic::AtomicU64::new(0),
+                consumer: tokio::sync::OnceCell::new(),
             }),
         }
     }

@@ -82,6 +82,9 @@ impl<H: Handler> ShardReader<H> {
     }
 
     async fn run(&self) -> Result<(), Stop> {
+        if self.shared.config.read_mode == super::ReadMode::Efo {
+            return self.run_efo().await;
+        }
         let mut backoff = self.shared.config.retry_backoff;
         'iterator: loop {
             let iterator = match self.iterator().await {
@@ -194,6 +197,134 @@ impl<H: Handler> ShardReader<H> {
         self.shared.metrics.reads.with_label_values(&self.label).inc();
         self.shared.metrics.read_seconds.with_label_values(&self.label[..1]).observe(started.elapsed().as_secs_f64());
         Ok(page)
+    }
+
+    /// Enhanced fan-out: subscribes to the shard after its checkpoint and handles what
+    /// is pushed; subscribes again before the subscription's 5-minute end (and after
+    /// any error), at most once a second as AWS allows; finishes a closed shard when
+    /// its last event names its children.
+    async fn run_efo(&self) -> Result<(), Stop> {
+        use aws_sdk_kinesis::types::{ShardIteratorType, StartingPosition, SubscribeToShardEventStream};
+        let mut backoff = self.shared.config.retry_backoff;
+        let mut last_subscribe: Option<tokio::time::Instant> = None;
+        loop {
+            let consumer = match self.consumer().await {
+                Ok(arn) => arn,
+                Err(error) => {
+                    tracing::warn!(river = %self.label[0], %error, "cannot register the stream consumer; retrying");
+                    self.pause(&mut backoff).await?;
+                    continue;
+                }
+            };
+            let checkpoint = match self.shared.leases.checkpoint(&self.shard).await {
+                Ok(Some((checkpoint, counter))) => {
+                    use std::sync::atomic::Ordering;
+                    let fence = self
+                        .fence
+                        .compare_exchange(-1, counter, Ordering::Relaxed, Ordering::Relaxed)
+                        .unwrap_or_else(|f| f);
+                    if fence != -1 && fence != counter {
+                        return Err(Stop::LeaseLost);
+                    }
+                    checkpoint
+                }
+                Ok(None) => return Err(Stop::LeaseLost),
+                Err(error) => {
+                    tracing::warn!(river = %self.label[0], shard = %self.shard, %error, "cannot read the checkpoint; retrying");
+                    self.pause(&mut backoff).await?;
+                    continue;
+                }
+            };
+            if let Some(at) = last_subscribe {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                    _ = tokio::time::sleep_until(at + std::time::Duration::from_secs(1)) => {}
+                }
+            }
+            last_subscribe = Some(tokio::time::Instant::now());
+            let position = match &checkpoint {
+                Some(sequence) => StartingPosition::builder()
+                    .r#type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(sequence)
+                    .build(),
+                None => StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon).build(),
+            };
+            let Ok(position) = position else { return Err(Stop::Cancelled) };
+            self.shared.metrics.reads.with_label_values(&self.label).inc();
+            let subscribed = self
+                .shared
+                .rapids
+                .efo_client()
+                .subscribe_to_shard()
+                .consumer_arn(&consumer)
+                .shard_id(&*self.shard)
+                .starting_position(position)
+                .send()
+                .await;
+            let mut subscription = match subscribed {
+                Ok(out) => out.event_stream,
+                Err(error) => {
+                    tracing::warn!(river = %self.label[0], shard = %self.shard, error = %describe(&error), "SubscribeToShard failed; retrying");
+                    self.pause(&mut backoff).await?;
+                    continue;
+                }
+            };
+            // AWS ends a subscription after 5 minutes: renew it a little before
+            let renew_at = tokio::time::Instant::now() + std::time::Duration::from_secs(290);
+            loop {
+                let event = tokio::select! {
+                    _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
+                    _ = tokio::time::sleep_until(renew_at) => break,
+                    event = subscription.recv() => event,
+                };
+                let event = match event {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => event,
+                    Ok(Some(_)) => continue,
+                    // the server ended the subscription: subscribe again from the checkpoint
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(river = %self.label[0], shard = %self.shard, error = %describe(&error), "the subscription failed; subscribing again");
+                        self.pause(&mut backoff).await?;
+                        break;
+                    }
+                };
+                backoff = self.shared.config.retry_backoff;
+                self.shared.metrics.millis_behind.with_label_values(&self.label).set(event.millis_behind_latest());
+                if !event.records().is_empty() {
+                    self.deliver(event.records()).await?;
+                }
+                if !event.child_shards().is_empty() && event.continuation_sequence_number().is_empty() {
+                    // a closed shard read to its end: its children may start
+                    return match self.shared.leases.finish(&self.shard).await {
+                        Ok(true) => {
+                            self.shared.shard_finished.notify_one();
+                            Ok(())
+                        }
+                        Ok(false) => Err(Stop::LeaseLost),
+                        Err(error) => {
+                            tracing::warn!(river = %self.label[0], shard = %self.shard, %error, "cannot mark the shard finished; retrying");
+                            self.pause(&mut backoff).await?;
+                            continue;
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// The river's consumer ARN, registered once per process (idempotently).
+    async fn consumer(&self) -> Result<String, String> {
+        self.shared
+            .consumer
+            .get_or_try_init(|| async {
+                self.shared
+                    .rapids
+                    .register_consumer(&self.shared.config.name, std::time::Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
     }
 
     /// An iterator after the checkpoint; `None` when the lease is no longer ours.
