@@ -44,6 +44,7 @@ pub struct TransactionsQuery {
 #[into_params(parameter_in = Query)]
 pub struct AccountsQuery {
     /// Tellers and admins may name any owner; a customer only themselves (default: the caller).
+    #[param(pattern = "^[^\\x00]*$")]
     pub owner: Option<String>,
 }
 

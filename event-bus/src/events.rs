@@ -217,10 +217,10 @@ pub async fn post(
 pub struct EventsQuery {
     /// Only this event type.
     #[serde(rename = "type")]
-    #[param(rename = "type", max_length = 128)]
+    #[param(rename = "type", max_length = 128, pattern = "^[^\\x00]*$")]
     pub event_type: Option<String>,
     /// Only this emitting domain (a bus event's `source`; `account`, `transfer`).
-    #[param(max_length = 64)]
+    #[param(max_length = 64, pattern = "^[^\\x00]*$")]
     pub source: Option<String>,
     /// Only this stream (an account's or a transfer's id).
     pub stream: Option<Uuid>,

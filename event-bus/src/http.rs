@@ -309,6 +309,13 @@ async fn ops_dead_letters(
     ApiQuery(query): ApiQuery<DeadLettersQuery>,
 ) -> Result<Json<DeadLetters>, ApiError> {
     staff(&caller)?;
+    if let Some(river) = &query.river
+        && !crate::names::valid_river(river)
+    {
+        return Err(
+            ApiError::new(ErrorCode::InvalidQuery, ErrorCode::InvalidRiver.meaning()).with_detail("parameter", "river")
+        );
+    }
     Ok(Json(ops::dead_letters(&state.kit.pool, query.river.as_deref()).await?))
 }
 

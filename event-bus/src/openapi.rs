@@ -14,15 +14,46 @@ pub const PATTERN: &str = "^(\\*|[A-Za-z][A-Za-z0-9_-]*(\\.[A-Za-z][A-Za-z0-9_-]
 
 pub fn document_json() -> Value {
     let mut generated = serde_json::to_value(crate::http::Api::openapi()).unwrap_or_default();
-    // what the derive cannot say: the tags' shape, the topic pattern of the paths
+    // what the derive cannot say: the tags' shape, that no string may hold a NUL
+    // (Postgres cannot store one: such a body is 400), the topic pattern of the paths
+    let no_nul = "^[^\\x00]*$";
     if let Some(tags) = generated.pointer_mut("/components/schemas/PostEvent/properties/tags") {
         *tags = serde_json::json!({
             "type": ["object", "null"],
             "maxProperties": crate::events::MAX_TAGS,
-            "propertyNames": {"minLength": 1, "maxLength": 64},
-            "additionalProperties": {"type": "string", "maxLength": 256},
+            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": no_nul},
+            "additionalProperties": {"type": "string", "maxLength": 256, "pattern": no_nul},
             "description": "the producer's tags: at most 16 pairs of string values"
         });
+    }
+    if let Some(data) = generated.pointer_mut("/components/schemas/PostEvent/properties/data") {
+        *data = serde_json::json!({
+            "type": "object",
+            "propertyNames": {"pattern": no_nul},
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+            "description": "the payload: a JSON object (no string may hold a NUL character)"
+        });
+    }
+    if let Some(key) = generated.pointer_mut("/components/schemas/PostEvent/properties/partition_key") {
+        key["pattern"] = serde_json::json!(no_nul);
+    }
+    if let Some(description) = generated.pointer_mut("/components/schemas/Advertise/properties/description") {
+        description["pattern"] = serde_json::json!(no_nul);
+    }
+    if let Some(schemas) = generated.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+        schemas.insert(
+            "JsonValue".into(),
+            serde_json::json!({
+                "description": "any JSON value whose strings hold no NUL character",
+                "anyOf": [
+                    {"type": "string", "pattern": no_nul},
+                    {"type": ["number", "boolean", "null"]},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+                    {"type": "object", "propertyNames": {"pattern": no_nul},
+                     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+                ]
+            }),
+        );
     }
     for path in ["/rivers/{river}/subscriptions/{topic}"] {
         for method in ["put", "delete"] {

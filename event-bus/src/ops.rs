@@ -139,7 +139,7 @@ pub struct DeadLetter {
 #[into_params(parameter_in = Query)]
 pub struct DeadLettersQuery {
     /// Only this river's.
-    #[param(max_length = 64)]
+    #[param(max_length = 64, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
     pub river: Option<String>,
 }
 

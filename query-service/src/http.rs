@@ -1,6 +1,8 @@
 //! The read routes: accounts, their transactions, transfers; each with `min_version`
 //! and `wait_ms`. Their query and reply types are the contract's, in
-//! [`bank_api::views`].
+//! [`bank_api::views`]. An account with its recent transactions and a transfer are
+//! served from [`crate::cache`] when it holds them at a version the read may use;
+//! the access check runs on every answer either way.
 
 use crate::AppState;
 use axum::Json;
@@ -17,6 +19,7 @@ use service_kit::auth::Caller;
 use service_kit::extract::{ApiQuery, MAX_VERSION, PathId, Wait, in_range};
 use service_kit::{ApiError, ErrorCode};
 use std::future::Future;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
@@ -157,10 +160,7 @@ struct AccountWithRecent {
 }
 
 /// The account and its 20 newest transactions up to its version, in one statement.
-async fn load_account_with_recent(
-    pool: &sqlx::PgPool,
-    id: Uuid,
-) -> Result<Option<((AccountRow, Vec<TransactionRow>), i64)>, sqlx::Error> {
+async fn load_account_with_recent(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<(AccountDetail, i64)>, sqlx::Error> {
     let rows: Vec<AccountWithRecent> = sqlx::query_as(
         "select a.id, a.owner, a.currency, a.status, a.balance, a.version, a.opened_at, a.updated_at,
                 t.version as t_version, t.kind, t.amount, t.currency as t_currency, t.balance_after,
@@ -197,7 +197,7 @@ async fn load_account_with_recent(
     }
     Ok(account.map(|a| {
         let version = i64::from(a.version);
-        ((a, recent), version)
+        (AccountDetail { account: a, recent_transactions: recent }, version)
     }))
 }
 
@@ -214,11 +214,13 @@ async fn account(
     let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
     let pool = &state.kit.pool;
     let allowed = owned_by(&caller);
-    let (row, recent) = state
-        .at_version(id, wait, || load_account_with_recent(pool, id), |(row, _)| allowed(row))
+    let wanted = wait.min_version.unwrap_or(0);
+    let load = || state.cache().get_or_load(id, wanted, || load_account_with_recent(pool, id));
+    let detail = state
+        .at_version(id, wait, load, |detail: &Arc<AccountDetail>| allowed(&detail.account))
         .await?
         .ok_or_else(account_not_found)?;
-    Ok(Json(AccountDetail { account: row, recent_transactions: recent }))
+    Ok(Json(Arc::unwrap_or_clone(detail)))
 }
 
 /// An account's transactions, newest first, cursor-paged.
@@ -282,7 +284,8 @@ async fn transfer(
 ) -> Result<Json<TransferRow>, ApiError> {
     let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
     let pool = &state.kit.pool;
-    let load = || async move {
+    let wanted = wait.min_version.unwrap_or(0);
+    let load_row = || async move {
         let row: Option<TransferRow> = sqlx::query_as(
             "select id, from_account, to_account, amount, currency, state, failure_reason, initiated_by, memo,
                     version, created_at, updated_at
@@ -296,7 +299,8 @@ async fn transfer(
             (r, version)
         }))
     };
-    let check = |row: &TransferRow| {
+    let load = || state.cache().get_or_load(id, wanted, load_row);
+    let check = |row: &Arc<TransferRow>| {
         if caller.may_read(&row.initiated_by) {
             Ok(())
         } else {
@@ -307,5 +311,5 @@ async fn transfer(
         .at_version(id, wait, load, check)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::TransferNotFound, "no such transfer"))?;
-    Ok(Json(t))
+    Ok(Json(Arc::unwrap_or_clone(t)))
 }

@@ -2,9 +2,12 @@
 //! version-aware reads: `min_version` and `wait_ms` on every route.
 //!
 //! * [`waiters`]: waiting for a version on one shared LISTEN connection.
+//! * [`cache`]: the current account and transfer rows in memory, kept by the same
+//!   connection's announcements.
 //! * [`http`]: the routes.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod http;
 pub mod openapi;
 pub mod waiters;
@@ -30,6 +33,10 @@ pub struct Config {
     /// The longest `wait_ms` honoured; longer waits are cut to this.
     #[arg(long, env = "QUERY_MAX_WAIT_MS", default_value_t = Config::new(ServiceArgs::default()).max_wait_ms)]
     pub max_wait_ms: u64,
+    /// How many account and transfer rows query-service keeps in memory (least
+    /// recently used out); 0: none, every read goes to the database.
+    #[arg(long, env = "QUERY_CACHE_SIZE", default_value_t = Config::new(ServiceArgs::default()).cache_size)]
+    pub cache_size: usize,
     #[command(flatten)]
     pub service: ServiceArgs,
 }
@@ -42,7 +49,7 @@ impl Config {
     /// The defaults over `service`: tests and tools build a configuration as a value
     /// (the command line's defaults come from here too).
     pub fn new(service: ServiceArgs) -> Self {
-        Config { addr: Self::DEFAULT_ADDR, service, max_wait_ms: 10_000 }
+        Config { addr: Self::DEFAULT_ADDR, service, max_wait_ms: 10_000, cache_size: 100_000 }
     }
 }
 
@@ -64,23 +71,24 @@ impl AppState {
     /// The state over a migrated pool. Call [`AppState::listen`] (or [`run`]) so that
     /// waits end when the views advance.
     pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<Self> {
-        let waiters = Arc::new(waiters::Waiters::default());
+        let registry = prometheus::Registry::new();
+        let cache = cache::ViewCache::new(config.cache_size, cache::CacheMetrics::register(&registry)?);
+        let waiters = Arc::new(waiters::Waiters::with_cache(cache));
         let listening = waiters.clone();
-        let kit = Kit::new(
-            "query-service",
-            pool,
-            prometheus::Registry::new(),
-            openapi::document_json(),
-            &config.service.http,
-        )?
-        // the LISTEN connection: without it a waiting read could only time out
-        .with_check("listen", move || std::future::ready(listening.is_listening()));
+        let kit = Kit::new("query-service", pool, registry, openapi::document_json(), &config.service.http)?
+            // the LISTEN connection: without it a waiting read could only time out
+            .with_check("listen", move || std::future::ready(listening.is_listening()));
         Ok(AppState {
             kit,
             verifier: Arc::new(JwtVerifier::from_args(&config.service.auth)?),
             waiters,
             max_wait: config.service.http.wait_budget(config.max_wait_ms),
         })
+    }
+
+    /// The rows served from memory (its counters are on the service's registry).
+    pub fn cache(&self) -> &cache::ViewCache {
+        &self.waiters.cache
     }
 
     /// Starts the LISTEN task that wakes waiting reads.

@@ -5,7 +5,10 @@
 //! streams someone waits for, each a `watch` of the latest version announced. A waiter
 //! subscribes, then queries once; it queries again only when an announcement reaches
 //! the version it wants (or, after a lost LISTEN connection, once everyone is woken).
+//! The same announcements keep the [`ViewCache`] current; it is emptied whenever the
+//! connection drops and again when it is back.
 
+use crate::cache::ViewCache;
 use eventstore::watches::StreamWatches;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +25,8 @@ pub struct Waiters {
     watches: StreamWatches,
     /// Whether the LISTEN connection is up (readiness reports it).
     listening: AtomicBool,
+    /// The rows served from memory, kept by the same announcements.
+    pub cache: ViewCache,
 }
 
 impl std::ops::Deref for Waiters {
@@ -32,6 +37,11 @@ impl std::ops::Deref for Waiters {
 }
 
 impl Waiters {
+    /// Waiters that keep `cache` current too.
+    pub fn with_cache(cache: ViewCache) -> Self {
+        Waiters { watches: StreamWatches::default(), listening: AtomicBool::new(false), cache }
+    }
+
     /// `true` while the LISTEN connection is up: waits then end as soon as the views advance.
     pub fn is_listening(&self) -> bool {
         self.listening.load(Ordering::Relaxed)
@@ -41,6 +51,8 @@ impl Waiters {
     fn announce(&self, payload: &str) {
         let Some((id, version)) = payload.split_once(':') else { return };
         if let (Ok(id), Ok(version)) = (id.parse::<Uuid>(), version.parse::<i64>()) {
+            // the cache first: a waiter woken by the watch must not find the stale entry
+            self.cache.announce(id, version);
             self.watches.announce(id, version);
         }
     }
@@ -51,12 +63,21 @@ impl Waiters {
             let listening = async {
                 let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
                 listener.listen(CHANNEL).await?;
+                // whatever was announced while not listening: the cache forgets it all,
+                // and every waiter loads once more
+                self.cache.resume();
                 self.listening.store(true, Ordering::Relaxed);
-                // whatever was announced while not listening
                 self.wake_all();
                 loop {
-                    let note = listener.recv().await?;
-                    self.announce(note.payload());
+                    // not `recv`: it reconnects quietly, and what was announced in
+                    // between would be missed without anyone knowing
+                    match listener.try_recv().await? {
+                        Some(note) => self.announce(note.payload()),
+                        None => {
+                            let lost = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection lost");
+                            return Err(sqlx::Error::Io(lost));
+                        }
+                    }
                 }
                 #[allow(unreachable_code)]
                 Ok::<(), sqlx::Error>(())
@@ -66,6 +87,8 @@ impl Waiters {
                 outcome = listening => outcome,
             };
             self.listening.store(false, Ordering::Relaxed);
+            // announcements are missed from here on: nothing from memory until back
+            self.cache.suspend();
             if let Err(error) = outcome {
                 tracing::warn!(%error, "not listening for view updates; reconnecting");
             }

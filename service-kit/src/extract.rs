@@ -63,6 +63,12 @@ pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<ApiJson<T>, 
     if !value.is_object() {
         return Err(ApiError::new(ErrorCode::InvalidBody, "the body must be a JSON object"));
     }
+    if holds_nul(&value) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "the body contains a NUL character (\\u0000), which cannot be stored",
+        ));
+    }
     let canonical = serde_json::to_vec(&value).map_err(ApiError::internal)?;
     let value = serde_json::from_value(value).map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
     Ok(ApiJson { value, canonical })
@@ -196,6 +202,16 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// Whether any string (or key) of a JSON value holds a NUL character.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// Query parameters, deserialized into `T`: a malformed or mistyped one is 400
 /// `invalid_query` in the JSON error shape (axum's own rejection is plain text).
 #[derive(Debug, Clone)]
@@ -205,6 +221,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Postgres text cannot hold NUL: refuse it here rather than fail in a query
+        if parts.uri.query().is_some_and(|q| q.contains('\0') || q.to_ascii_lowercase().contains("%00")) {
+            return Err(ApiError::new(ErrorCode::InvalidQuery, "a query parameter contains a NUL character"));
+        }
         let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
@@ -257,6 +277,13 @@ mod tests {
 
     fn n(json: &str) -> Result<Option<i64>, String> {
         serde_json::from_str::<Body>(json).map(|b| b.n).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_a_body_is_refused() {
+        assert!(super::parse_json_body::<serde_json::Value>(br#"{"a": "x\u0000"}"#).is_err());
+        assert!(super::parse_json_body::<serde_json::Value>(br#"{"a": [{"b\u0000": 1}]}"#).is_err());
+        assert!(super::parse_json_body::<serde_json::Value>(br#"{"a": "x"}"#).is_ok());
     }
 
     #[test]
