@@ -175,11 +175,30 @@ wait_kinesis() {
 # KINESALITE_PID like kinesalite_start (call it directly, not in $(...)).
 kinesis_local_start() {
   local port=$1 logfile=$2 pkg="$KINESIS_TOOLS/node_modules/kinesis-local"
-  KINESIS_MOCK_CERT_PATH="$pkg/server.json" KINESIS_MOCK_PLAIN_PORT="$port" \
-    KINESIS_MOCK_TLS_PORT="$(free_port $((port + 1000)))" \
+  # its TLS port (HTTP/2: enhanced fan-out) uses KINESIS_LOCAL_CERT_JSON when set
+  # (kinesis_local_cert), else the package's own certificate (no subject names)
+  KINESIS_TLS_PORT="$(free_port $((port + 1000)))"
+  KINESIS_MOCK_CERT_PATH="${KINESIS_LOCAL_CERT_JSON:-$pkg/server.json}" KINESIS_MOCK_PLAIN_PORT="$port" \
+    KINESIS_MOCK_TLS_PORT="$KINESIS_TLS_PORT" REGISTER_STREAM_CONSUMER_DURATION=0ms \
     node "$pkg/main.js" >"$logfile" 2>&1 &
   KINESALITE_PID=$!
   wait_kinesis "$port" "$logfile" kinesis-local
+}
+
+# kinesis_local_cert DIR: a throwaway CA (DIR/ca.crt) and a server certificate for
+# localhost and 127.0.0.1 in kinesis-mock's format (DIR/server.json); sets
+# KINESIS_LOCAL_CERT_JSON. The SDK verifies the TLS port's certificate by name.
+kinesis_local_cert() {
+  local dir=$1
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca.key" -out "$dir/ca.crt" -days 30 \
+    -subj "/CN=bank test kinesis CA" 2>/dev/null || die "openssl could not make the CA"
+  openssl req -newkey rsa:2048 -nodes -keyout "$dir/server.key" -out "$dir/server.csr" -subj "/CN=localhost" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/ext.cnf"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -out "$dir/server.crt" -days 30 -extfile "$dir/ext.cnf" 2>/dev/null || die "openssl could not sign the certificate"
+  python3 -c 'import json, sys; d = sys.argv[1]; json.dump({"server": {"key": open(d + "/server.key").read(), "cert": open(d + "/server.crt").read()}}, open(d + "/server.json", "w"))' "$dir"
+  KINESIS_LOCAL_CERT_JSON="$dir/server.json"
 }
 
 # wait_http URL PID NAME: until URL answers 200, or the process dies.

@@ -271,6 +271,7 @@ impl<H: Handler> ShardReader<H> {
             };
             // AWS ends a subscription after 5 minutes: renew it a little before
             let renew_at = tokio::time::Instant::now() + std::time::Duration::from_secs(290);
+            let mut checked_closed = false;
             loop {
                 let event = tokio::select! {
                     _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
@@ -293,7 +294,15 @@ impl<H: Handler> ShardReader<H> {
                 if !event.records().is_empty() {
                     self.deliver(event.records()).await?;
                 }
-                if !event.child_shards().is_empty() && event.continuation_sequence_number().is_empty() {
+                // Kinesis names the children in the last event of a closed shard; a server
+                // that does not (kinesis-mock) is caught by an empty, caught-up event on a
+                // shard that ListShards says is closed: nothing can come after it
+                let at_end = !event.child_shards().is_empty()
+                    || (event.records().is_empty() && event.millis_behind_latest() == 0 && !checked_closed && {
+                        checked_closed = true;
+                        self.closed().await
+                    });
+                if at_end {
                     // a closed shard read to its end: its children may start
                     return match self.shared.leases.finish(&self.shard).await {
                         Ok(true) => {
@@ -310,6 +319,18 @@ impl<H: Handler> ShardReader<H> {
                 }
             }
         }
+    }
+
+    /// Whether the shard is closed (it has an ending sequence number: a reshard split
+    /// or merged it); a failed look-up counts as open.
+    async fn closed(&self) -> bool {
+        let listed = self.shared.rapids.client().list_shards().stream_name(self.shared.rapids.stream()).send().await;
+        listed.ok().is_some_and(|out| {
+            out.shards().iter().any(|s| {
+                s.shard_id() == &*self.shard
+                    && s.sequence_number_range().is_some_and(|r| r.ending_sequence_number().is_some())
+            })
+        })
     }
 
     /// The river's consumer ARN, registered once per process (idempotently).
