@@ -143,7 +143,7 @@ start_kinesis_server() {
 # KINESALITE_PID (call it directly, not in $(...), so the server is this shell's child).
 kinesalite_start() {
   local port=$1 logfile=$2 data=${3:-}
-  local args=(--port "$port" --createStreamMs 0 --deleteStreamMs 0 --updateStreamMs 0 --shardLimit 100)
+  local args=(--port "$port" --createStreamMs 0 --deleteStreamMs 0 --updateStreamMs 0 --shardLimit 100000)
   [ -n "$data" ] && { mkdir -p "$data"; args+=(--path "$data"); }
   node "$KINESIS_TOOLS/node_modules/kinesalite/cli.js" "${args[@]}" >"$logfile" 2>&1 &
   KINESALITE_PID=$!
@@ -179,7 +179,7 @@ kinesis_local_start() {
   # (kinesis_local_cert), else the package's own certificate (no subject names)
   KINESIS_TLS_PORT="$(free_port $((port + 1000)))"
   KINESIS_MOCK_CERT_PATH="${KINESIS_LOCAL_CERT_JSON:-$pkg/server.json}" KINESIS_MOCK_PLAIN_PORT="$port" \
-    KINESIS_MOCK_TLS_PORT="$KINESIS_TLS_PORT" REGISTER_STREAM_CONSUMER_DURATION=0ms \
+    KINESIS_MOCK_TLS_PORT="$KINESIS_TLS_PORT" REGISTER_STREAM_CONSUMER_DURATION=0ms SHARD_LIMIT=100000 \
     node "$pkg/main.js" >"$logfile" 2>&1 &
   KINESALITE_PID=$!
   wait_kinesis "$port" "$logfile" kinesis-local
