@@ -130,10 +130,7 @@ pub fn start_idempotency_cleanup(
     state: &AppState,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let expiry = config.commands.idempotency.expiry_config()?;
-    let store = state.accounts.store().clone();
-    let expired = state.accounts.metrics().idempotency_expired.clone();
-    Some(tokio::spawn(eventstore::expiry::run(store, expiry, expired, shutdown)))
+    service_kit::startup::start_idempotency_cleanup(&state.accounts, &config.commands.idempotency, shutdown)
 }
 
 /// Starts what runs beside the HTTP server until `shutdown`: the river and the
@@ -146,12 +143,5 @@ pub fn start_background(
 ) -> tokio::task::JoinHandle<()> {
     let tasks =
         [start_river(config, state, rapids, shutdown.clone()), start_idempotency_cleanup(config, state, shutdown)];
-    let tasks: Vec<_> = tasks.into_iter().flatten().collect();
-    tokio::spawn(async move {
-        for task in tasks {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "a background task failed");
-            }
-        }
-    })
+    service_kit::startup::join_background(tasks)
 }

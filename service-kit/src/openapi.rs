@@ -167,6 +167,17 @@ pub fn check(doc: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// For each service's unit test: the document is complete, and printed with
+/// `PRINT_OPENAPI=1` (to read it without running the service).
+pub fn check_and_print(doc: &Value) {
+    if let Err(e) = check(doc) {
+        panic!("the OpenAPI document is incomplete: {e}");
+    }
+    if std::env::var_os("PRINT_OPENAPI").is_some() {
+        println!("{}", serde_json::to_string_pretty(doc).unwrap_or_default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -162,10 +162,7 @@ pub fn start_idempotency_cleanup(
     state: &AppState,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let expiry = config.commands.idempotency.expiry_config()?;
-    let store = state.transfers.store().clone();
-    let expired = state.transfers.metrics().idempotency_expired.clone();
-    Some(tokio::spawn(eventstore::expiry::run(store, expiry, expired, shutdown)))
+    service_kit::startup::start_idempotency_cleanup(&state.transfers, &config.commands.idempotency, shutdown)
 }
 
 /// Keeps the `transfers_unsettled` gauge until `shutdown`: every `TRANSFER_STUCK_CHECK_MS`
@@ -224,12 +221,5 @@ pub fn start_background(
         start_idempotency_cleanup(config, state, shutdown.clone()),
         Some(start_unsettled_gauge(config, state, shutdown)),
     ];
-    let tasks: Vec<_> = tasks.into_iter().flatten().collect();
-    tokio::spawn(async move {
-        for task in tasks {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "a background task failed");
-            }
-        }
-    })
+    service_kit::startup::join_background(tasks)
 }
