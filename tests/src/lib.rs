@@ -260,16 +260,24 @@ impl Api {
         Request { builder: self.client.request(method, format!("{}{path}", self.base)) }
     }
 
-    /// Opens an account for the token's subject and returns its id.
+    /// The typed client (`bank-client`, as loadgen and bankctl use it) for this
+    /// service, on behalf of `token`.
+    pub fn client(&self, token: &str) -> bank_client::BankClient {
+        let urls = bank_client::Urls {
+            accounts: self.base.clone(),
+            transfers: self.base.clone(),
+            queries: self.base.clone(),
+        };
+        bank_client::BankClient::new(urls, token).with_http(self.client.clone())
+    }
+
+    /// Opens an account for the token's subject (through the typed client) and
+    /// returns its id.
     pub async fn open_account(&self, token: &str, currency: &str, initial_deposit: i64) -> Uuid {
-        let reply = self
-            .post("/accounts")
-            .token(token)
-            .json(serde_json::json!({"currency": currency, "initial_deposit": initial_deposit}))
-            .send()
-            .await;
-        reply.expect(201);
-        reply.id()
+        let request =
+            bank_api::accounts::OpenRequest { currency: currency.into(), initial_deposit: Some(initial_deposit.into()) };
+        let opened = self.client(token).open_account(&request).await.unwrap_or_else(|e| panic!("open_account: {e}"));
+        opened.id
     }
 }
 
@@ -494,7 +502,11 @@ pub async fn start_bank_with(pool: &PgPool, river: RiverArgs) -> Bank {
     let view_state = view_updater::AppState::new(&config, pool.clone(), Some(rapids.clone())).unwrap();
     view_updater::start_river(&config, &view_state, rapids.clone(), shutdown.clone()).unwrap();
 
-    let config = query_service::Config::new(service_args(pool));
+    // waits long enough for a loaded machine (the rule that a wait ends before the
+    // request timeout is the service's own, tested apart)
+    let mut config = query_service::Config::new(service_args(pool));
+    config.service.http.request_timeout_ms = 30_000;
+    config.max_wait_ms = 25_000;
     // a pool of its own, as the service would have (16 connections)
     let query_pool =
         PgPoolOptions::new().max_connections(16).connect_with((*pool.connect_options()).clone()).await.unwrap();
@@ -572,4 +584,47 @@ pub async fn views_caught_up(pool: &PgPool) {
         (behind == 0).then_some(())
     })
     .await;
+}
+
+/// A Kinesis stream of its own on the Kinesis API server at `endpoint` (a test's own
+/// server, rather than the one scripts/test started), created and active.
+pub async fn fresh_stream_at(endpoint: &str, shards: i32) -> Rapids {
+    let config = RapidsConfig {
+        stream: format!("rapids-test-{}", Uuid::now_v7().simple()),
+        ..RapidsConfig::local(endpoint, "rapids")
+    };
+    let rapids = Rapids::connect(&config).await;
+    rapids.ensure_stream(shards, std::time::Duration::from_secs(30)).await.unwrap();
+    rapids
+}
+
+/// Runs `pg_ctl` with `args` on the cluster scripts/test started (`TEST_PG_DIR`), as
+/// the postgres user when this process is root (as scripts/lib.sh's `pg_as` does);
+/// its server log goes on in the cluster's `server.log`. Fails the test unless it
+/// succeeds.
+pub async fn pg_ctl(args: &[&str]) {
+    let dir = std::env::var("TEST_PG_DIR").expect("TEST_PG_DIR (run with scripts/test)");
+    let bin = std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let pg_ctl = format!("{bin}/pg_ctl");
+    let (data, log) = (format!("{dir}/data"), format!("{dir}/server.log"));
+    let mut full = vec![pg_ctl.as_str(), "-D", &data, "-l", &log];
+    full.extend_from_slice(args);
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut command = if root {
+        let mut command = tokio::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).args(&full);
+        command
+    } else {
+        let mut command = tokio::process::Command::new(full[0]);
+        command.args(&full[1..]);
+        command
+    };
+    // pg_ctl's started server keeps no handle on our pipes (its output goes to the log)
+    let out = command.stdin(std::process::Stdio::null()).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -292,7 +292,8 @@ async fn a_rebuild_during_writes_matches_the_store_and_verify_finds_a_corrupted_
     // query-service has its statements prepared against the live tables before the swap
     let alice = token("alice", Customer);
     let read = |id: Uuid| bank.queries.api().get(&format!("/accounts/{id}")).token(&alice).send();
-    read(ids[0]).await.expect(200);
+    let first = bank.queries.api().get(&format!("/accounts/{}?min_version=1&wait_ms=20000", ids[0])).token(&alice);
+    first.send().await.expect(200);
     deposits_at_least(&pool, 30).await;
     let rebuilt = rebuild::rebuild(&pool, false).await.unwrap();
     // and goes on reading the swapped-in ones
@@ -399,7 +400,7 @@ async fn a_thousand_waiting_reads_hold_no_database_connection(options: PgPoolOpt
     let reads: Vec<_> = (0..1000)
         .map(|_| {
             let request =
-                queries.get(&format!("/accounts/{id}?min_version={}&wait_ms=10000", v + 1)).token(&alice).send();
+                queries.get(&format!("/accounts/{id}?min_version={}&wait_ms=25000", v + 1)).token(&alice).send();
             tokio::spawn(request)
         })
         .collect();
