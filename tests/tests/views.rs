@@ -407,7 +407,7 @@ async fn a_thousand_waiting_reads_hold_no_database_connection(options: PgPoolOpt
     // all of them waiting, and the service's pool (16 connections at most) idle but for
     // the one LISTEN connection
     let (waiters, query_pool) = (bank.query_state.waiters.clone(), bank.query_state.kit.pool.clone());
-    tests::wait_for(Duration::from_secs(20), "a thousand reads waiting on an idle pool", || {
+    tests::wait_for(Duration::from_secs(60), "a thousand reads waiting on an idle pool", || {
         let (waiting, busy) = (waiters.waiters(), query_pool.size() as usize - query_pool.num_idle());
         async move { (waiting == 1000 && busy <= 1).then_some(()) }
     })
