@@ -217,8 +217,8 @@ async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Req
         headers.insert(REQUEST_ID, id);
     }
     let path_and_query = if query.is_empty() { path } else { format!("{path}?{query}") };
-    // a waiting read must end upstream first: the upstream caps its own wait below
-    // its timeout; ours is the same plus a margin
+    // a waiting read ends upstream first: the upstream caps its own wait a margin below
+    // its request timeout, and this forward allows the whole timeout
     let timeout = state.kit.request_timeout;
     let (status, returned, body) = proxy::forward(
         &state.client,

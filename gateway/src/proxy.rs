@@ -39,6 +39,16 @@ impl Upstream {
 /// The upstream of a request to `/api` + `path` (path without `/api`), or `None`.
 pub fn route(method: &Method, path: &str, query: &str) -> Option<Upstream> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // a dot segment (`..`, `%2e%2e`) would be resolved on the way out and reach another
+    // route of the upstream than the one routed (its /metrics, say): refused, as are
+    // empty segments
+    let dotted = |s: &str| {
+        let lower = s.to_ascii_lowercase();
+        s.is_empty() || lower.replace("%2e", ".").chars().all(|c| c == '.')
+    };
+    if segments.iter().any(|s| dotted(s)) {
+        return None;
+    }
     let temporal = query.split('&').any(|p| p.starts_with("as_of=") || p.starts_with("at_version="));
     match (method, segments.as_slice()) {
         (&Method::POST, ["accounts"]) => Some(Upstream::Accounts),
@@ -139,5 +149,11 @@ mod tests {
         assert_eq!(to(M::GET, "/nothing", ""), None);
         assert_eq!(to(M::DELETE, "/accounts/1", ""), None);
         assert_eq!(to(M::GET, "/accounts/1/deposits", ""), None);
+        // dot segments never reach an upstream's other routes
+        for sneaky in
+            ["/events/../metrics", "/events/%2e%2e/metrics", "/events/%2E./ready", "/accounts/./x", "/ops//rivers"]
+        {
+            assert_eq!(to(M::GET, sneaky, ""), None, "{sneaky}");
+        }
     }
 }

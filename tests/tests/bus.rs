@@ -234,6 +234,30 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
     })
     .await;
     assert!(tests::counter_sum(&bank.view_metrics.forged) >= 1, "the views river did not count the forged envelope");
+
+    // a copy of a genuine event (its id, stream, version and type) with other data is
+    // forged too: the rivers act on data
+    let genuine = tests::read_shards(&bank.rapids)
+        .await
+        .concat()
+        .into_iter()
+        .find(|e| e.stream_id == account && e.event_type == "account.deposited" && e.version == 3)
+        .expect("the genuine deposit is on the stream");
+    let mut tampered = genuine.clone();
+    tampered.data["amount"] = json!(1_000_000);
+    let before = tests::counter_sum(&bank.view_metrics.forged);
+    tests::put_envelope(&bank.rapids, &tampered).await;
+    let next = accounts
+        .post(&format!("/accounts/{account}/deposits"))
+        .token(&alice)
+        .json(json!({"amount": 1, "currency": "EUR"}))
+        .send()
+        .await;
+    let version = next.expect(200)["version"].as_i64().unwrap();
+    let view =
+        queries.get(&format!("/accounts/{account}?min_version={version}&wait_ms=10000")).token(&alice).send().await;
+    assert_eq!(view.expect(200)["balance"], 106);
+    assert!(tests::counter_sum(&bank.view_metrics.forged) > before, "a tampered copy of a genuine event passed");
 }
 
 /// A river a service runs with a handler of its own, following the registry.

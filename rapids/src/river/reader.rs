@@ -567,18 +567,23 @@ impl<H: Handler> ShardReader<H> {
         let streams: Vec<uuid::Uuid> = reserved.iter().map(|e| e.envelope.stream_id).collect();
         let versions: Vec<i32> = reserved.iter().map(|e| e.envelope.version).collect();
         let types: Vec<String> = reserved.iter().map(|e| e.envelope.event_type.clone()).collect();
+        let data: Vec<serde_json::Value> = reserved.iter().map(|e| e.envelope.data.clone()).collect();
         let mut backoff = self.shared.config.retry_backoff;
-        let genuine: std::collections::HashSet<uuid::Uuid> = loop {
-            let found = sqlx::query_scalar::<_, uuid::Uuid>(
-                "select e.event_id
-                 from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[]) as c(event_id, stream_id, version, type)
+        // each candidate on its own (a forged copy of a genuine event's id in the same
+        // page must not pass with it), its data included (the handlers act on it)
+        let genuine: std::collections::HashSet<i64> = loop {
+            let found = sqlx::query_scalar::<_, i64>(
+                "select c.idx
+                 from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[])
+                      with ordinality as c(event_id, stream_id, version, type, data, idx)
                  join es.events e on e.event_id = c.event_id
-                 where e.stream_id = c.stream_id and e.version = c.version and e.type = c.type",
+                 where e.stream_id = c.stream_id and e.version = c.version and e.type = c.type and e.data = c.data",
             )
             .bind(&ids)
             .bind(&streams)
             .bind(&versions)
             .bind(&types)
+            .bind(&data)
             .fetch_all(&self.shared.pool)
             .await;
             match found {
@@ -589,11 +594,14 @@ impl<H: Handler> ShardReader<H> {
                 }
             }
         };
+        let mut candidate = 0_i64;
         for item in decoded.iter_mut() {
-            if let Decoded::Event(e) = item
-                && super::is_reserved(&e.envelope.event_type)
-                && !genuine.contains(&e.envelope.event_id)
-            {
+            let Decoded::Event(e) = item else { continue };
+            if !super::is_reserved(&e.envelope.event_type) {
+                continue;
+            }
+            candidate += 1;
+            if !genuine.contains(&candidate) {
                 self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
                 tracing::warn!(
                     river = %self.label[0], shard = %self.shard, event_type = %e.envelope.event_type,
