@@ -27,10 +27,11 @@ pub fn document_json() -> Value {
         });
     }
     if let Some(data) = generated.pointer_mut("/components/schemas/PostEvent/properties/data") {
+        // any object; a NUL in one of its strings is refused (400) as everywhere, which
+        // the fuzzer is told (scripts/schemathesis.toml) since a schema of "any JSON
+        // without NUL" must recurse, and the fuzzer's generator cannot
         *data = serde_json::json!({
             "type": "object",
-            "propertyNames": {"pattern": no_nul},
-            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
             "description": "the payload: a JSON object (no string may hold a NUL character)"
         });
     }
@@ -39,21 +40,6 @@ pub fn document_json() -> Value {
     }
     if let Some(description) = generated.pointer_mut("/components/schemas/Advertise/properties/description") {
         description["pattern"] = serde_json::json!(no_nul);
-    }
-    if let Some(schemas) = generated.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
-        schemas.insert(
-            "JsonValue".into(),
-            serde_json::json!({
-                "description": "any JSON value whose strings hold no NUL character",
-                "anyOf": [
-                    {"type": "string", "pattern": no_nul},
-                    {"type": ["number", "boolean", "null"]},
-                    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
-                    {"type": "object", "propertyNames": {"pattern": no_nul},
-                     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
-                ]
-            }),
-        );
     }
     for path in ["/rivers/{river}/subscriptions/{topic}"] {
         for method in ["put", "delete"] {
