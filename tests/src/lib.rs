@@ -263,19 +263,18 @@ impl Api {
     /// The typed client (`bank-client`, as loadgen and bankctl use it) for this
     /// service, on behalf of `token`.
     pub fn client(&self, token: &str) -> bank_client::BankClient {
-        let urls = bank_client::Urls {
-            accounts: self.base.clone(),
-            transfers: self.base.clone(),
-            queries: self.base.clone(),
-        };
+        let urls =
+            bank_client::Urls { accounts: self.base.clone(), transfers: self.base.clone(), queries: self.base.clone() };
         bank_client::BankClient::new(urls, token).with_http(self.client.clone())
     }
 
     /// Opens an account for the token's subject (through the typed client) and
     /// returns its id.
     pub async fn open_account(&self, token: &str, currency: &str, initial_deposit: i64) -> Uuid {
-        let request =
-            bank_api::accounts::OpenRequest { currency: currency.into(), initial_deposit: Some(initial_deposit.into()) };
+        let request = bank_api::accounts::OpenRequest {
+            currency: currency.into(),
+            initial_deposit: Some(initial_deposit.into()),
+        };
         let opened = self.client(token).open_account(&request).await.unwrap_or_else(|e| panic!("open_account: {e}"));
         opened.id
     }
