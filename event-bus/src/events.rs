@@ -167,9 +167,6 @@ pub async fn post(
 ) -> Result<(PostedEvent, bool), ApiError> {
     post.check()?;
     let event_id = post.event_id.unwrap_or_else(Uuid::now_v7);
-    if let Some(stored) = find(pool, event_id).await? {
-        return repeat(&post, event_id, &stored).map(|a| (a, true));
-    }
     let stream_id = Uuid::now_v7();
     let partition_key = post.partition_key.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
     let tags = post.tags.clone().unwrap_or_default();
@@ -197,9 +194,10 @@ pub async fn post(
         snapshot: None,
         idempotency: None,
     };
+    // no look-up first: a repeated id (posted again, or concurrently) fails the append
+    // on the events' unique event id, and only then is the first answer read
     match store.append(&append).await {
         Ok(_) => {}
-        // the same id posted concurrently: the other one was stored
         Err(e) => {
             return match find(pool, event_id).await? {
                 Some(stored) => repeat(&post, event_id, &stored).map(|a| (a, true)),

@@ -117,7 +117,7 @@ pub async fn tailer(pool: &PgPool) -> Result<TailerStates, ApiError> {
 }
 
 /// A parked event.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub river: String,
@@ -150,16 +150,24 @@ pub struct DeadLetters {
 }
 
 pub async fn dead_letters(pool: &PgPool, river: Option<&str>) -> Result<DeadLetters, ApiError> {
-    let items = sqlx::query_as(
-        "select id, river, shard_id, sequence_number, stream_id, event_type, version, error, attempts, status, parked_at
-         from rapids.river_dead_letters
-         where status <> 'resolved' and ($1::text is null or river = $1)
-         order by id limit 1000",
-    )
-    .bind(river)
-    .fetch_all(pool)
-    .await
-    .map_err(fault)?;
+    // the rivers' own listing (bankctl dead-letters uses it too), as the API's type
+    let parked = rapids::river::dead_letter::list(pool, river).await.map_err(fault)?;
+    let items = parked
+        .into_iter()
+        .map(|d| DeadLetter {
+            id: d.id,
+            river: d.river,
+            shard_id: d.shard_id,
+            sequence_number: d.sequence_number,
+            stream_id: d.stream_id,
+            event_type: d.event_type,
+            version: d.version,
+            error: d.error,
+            attempts: d.attempts,
+            status: d.status,
+            parked_at: d.parked_at,
+        })
+        .collect();
     Ok(DeadLetters { items })
 }
 

@@ -497,14 +497,22 @@ impl<H: Handler> River<H> {
         let mut readers: HashMap<String, Reading> = HashMap::new();
         let mut stopping: Vec<(String, JoinHandle<()>)> = Vec::new();
         let mut last_sync: Option<tokio::time::Instant> = None;
+        let mut registered = false;
         tracing::info!(river = %name, worker = %shared.leases.worker(), "river started");
         let listener = tokio::spawn(listen_for_publishes(shared.clone(), shutdown.clone()));
         loop {
             if let Err(e) = pace(&shared).await {
                 tracing::warn!(river = %name, error = %e, "cannot count the rivers for the GetRecords budget");
             }
-            if let Err(e) = sync_subscriptions(&shared).await {
-                tracing::warn!(river = %name, error = %e, "cannot read the river's subscriptions; retrying");
+            // a managed river registers its topics once; a registry river follows its
+            // subscriptions every round
+            if !(registered && shared.config.subscriptions == Subscriptions::Managed) {
+                match sync_subscriptions(&shared).await {
+                    Ok(()) => registered = true,
+                    Err(e) => {
+                        tracing::warn!(river = %name, error = %e, "cannot sync the river's subscriptions; retrying")
+                    }
+                }
             }
             if last_sync.is_none_or(|at| at.elapsed() >= shared.config.shard_sync_every) {
                 match sync_shards(&shared).await {
