@@ -358,6 +358,8 @@ pub struct RiverMetrics {
     pub delivery_seconds: HistogramVec,
     /// Envelopes of a reserved type that the event store does not hold: ignored.
     pub forged: IntCounterVec,
+    /// Looks repeated for an envelope's event id not yet visible in the store.
+    pub unseen: IntCounterVec,
 }
 
 impl RiverMetrics {
@@ -407,8 +409,16 @@ impl RiverMetrics {
             ),
             &["river"],
         )?;
+        let unseen = IntCounterVec::new(
+            Opts::new(
+                "river_events_unseen_total",
+                "Looks repeated for an envelope's event id not (yet) visible in the event store",
+            ),
+            &["river"],
+        )?;
         for m in [
             Box::new(forged.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(unseen.clone()),
             Box::new(handled.clone()),
             Box::new(parked.clone()),
             Box::new(failures.clone()),
@@ -432,6 +442,7 @@ impl RiverMetrics {
             read_seconds,
             delivery_seconds,
             forged,
+            unseen,
         })
     }
 }

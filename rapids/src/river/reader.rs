@@ -14,6 +14,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// How long a river looks for an envelope's event id in the store before it calls the
+/// envelope forged (a genuine commit is visible well within it; see `screen_forged`).
+const UNSEEN_GRACE: Duration = Duration::from_secs(5);
+
 /// Why a reader stops.
 #[derive(Debug)]
 enum Stop {
@@ -552,8 +556,14 @@ impl<H: Handler> ShardReader<H> {
     }
 
     /// Turns every event of a reserved type (`account.*`, `transfer.*`) that the event
-    /// store does not hold — same id, stream, version and type — into a skipped record:
-    /// an envelope put on the stream by anyone but the tailer never moves money.
+    /// store does not hold — same id, stream, version, type and data — into a skipped
+    /// record: an envelope put on the stream by anyone but the tailer never moves money.
+    ///
+    /// An id the store holds with other fields is forged at once. An id it does not
+    /// hold is looked for again until [`UNSEEN_GRACE`] has passed: logical decoding
+    /// hands the tailer a transaction as soon as its commit record is flushed, a moment
+    /// before the commit becomes visible to other sessions, so a river may read a
+    /// genuine event before it can see it in the store.
     async fn screen_forged(&self, decoded: &mut [Decoded]) -> Result<(), Stop> {
         let reserved: Vec<&RiverEvent> = decoded
             .iter()
@@ -569,15 +579,17 @@ impl<H: Handler> ShardReader<H> {
         let types: Vec<String> = reserved.iter().map(|e| e.envelope.event_type.clone()).collect();
         let data: Vec<serde_json::Value> = reserved.iter().map(|e| e.envelope.data.clone()).collect();
         let mut backoff = self.shared.config.retry_backoff;
+        let started = std::time::Instant::now();
         // each candidate on its own (a forged copy of a genuine event's id in the same
-        // page must not pass with it), its data included (the handlers act on it)
-        let genuine: std::collections::HashSet<i64> = loop {
-            let found = sqlx::query_scalar::<_, i64>(
-                "select c.idx
+        // page must not pass with it), its data included (the handlers act on it):
+        // candidate → whether the stored event with its id is the same
+        let stored: std::collections::HashMap<i64, bool> = loop {
+            let found = sqlx::query_as::<_, (i64, bool)>(
+                "select c.idx, e.stream_id = c.stream_id and e.version = c.version and e.type = c.type
+                                and e.data = c.data
                  from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[])
                       with ordinality as c(event_id, stream_id, version, type, data, idx)
-                 join es.events e on e.event_id = c.event_id
-                 where e.stream_id = c.stream_id and e.version = c.version and e.type = c.type and e.data = c.data",
+                 join es.events e on e.event_id = c.event_id",
             )
             .bind(&ids)
             .bind(&streams)
@@ -587,7 +599,14 @@ impl<H: Handler> ShardReader<H> {
             .fetch_all(&self.shared.pool)
             .await;
             match found {
-                Ok(found) => break found.into_iter().collect(),
+                Ok(found) if found.len() == reserved.len() || started.elapsed() >= UNSEEN_GRACE => {
+                    break found.into_iter().collect();
+                }
+                // an id not (yet) in the store: look again
+                Ok(_) => {
+                    self.shared.metrics.unseen.with_label_values(&self.label[..1]).inc();
+                    self.pause(&mut backoff).await?;
+                }
                 Err(e) => {
                     self.failed("database", &e.to_string());
                     self.pause(&mut backoff).await?;
@@ -601,15 +620,18 @@ impl<H: Handler> ShardReader<H> {
                 continue;
             }
             candidate += 1;
-            if !genuine.contains(&candidate) {
-                self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
-                tracing::warn!(
-                    river = %self.label[0], shard = %self.shard, event_type = %e.envelope.event_type,
-                    stream_id = %e.envelope.stream_id, event_id = %e.envelope.event_id,
-                    "an envelope of a reserved type that the event store does not hold: ignored"
-                );
-                *item = Decoded::Skipped;
-            }
+            let why = match stored.get(&candidate) {
+                Some(true) => continue,
+                Some(false) => "the event store holds this id with other fields",
+                None => "the event store does not hold this id",
+            };
+            self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
+            tracing::warn!(
+                river = %self.label[0], shard = %self.shard, event_type = %e.envelope.event_type,
+                stream_id = %e.envelope.stream_id, event_id = %e.envelope.event_id, why,
+                "a forged envelope of a reserved type: ignored"
+            );
+            *item = Decoded::Skipped;
         }
         Ok(())
     }
