@@ -34,6 +34,7 @@
 mod client;
 mod load;
 mod pgbench;
+mod procs;
 mod prom;
 mod report;
 mod scenarios;
@@ -121,6 +122,8 @@ mod tests {
             "10",
             "--long-poll-url",
             "http://x",
+            "--process",
+            "tailer=42",
             "--json",
             "/tmp/out.json",
         ])?;
@@ -128,6 +131,7 @@ mod tests {
         let Bench::Transfers(args) = cli.command else { anyhow::bail!("not transfers") };
         assert_eq!(args.river_metrics, ["http://a", "http://x"]);
         assert_eq!((args.accounts, args.rate, args.warmup, args.poll_ms), (200, 200, 10, 25));
+        assert_eq!(args.processes, [procs::Watched { name: "tailer".into(), pid: 42 }]);
         // --json may come before the subcommand too
         let cli = Cli::try_parse_from(["loadgen", "--json", "f", "long-stream", "--jwt-secret", "s", "--events", "5"])?;
         assert_eq!(cli.json, Some(PathBuf::from("f")));

@@ -7,6 +7,7 @@
 
 use crate::client::{self, Target, TransferSource, histograms, tailer_histogram};
 use crate::load::slots;
+use crate::procs::{CpuSample, Watched, rss_figures};
 use crate::prom::{Histogram, since};
 use crate::report::{bound_ms, bound_text, percentile};
 use bank_client::{BankClient, Urls};
@@ -55,6 +56,10 @@ pub struct Args {
     /// delivery latency and GetRecords durations over the run.
     #[arg(long = "river-metrics")]
     pub river_metrics: Vec<String>,
+    /// A process of the system under load, `NAME=PID` (repeatable): its CPU seconds per
+    /// transfer over the measured run and its peak resident memory are printed.
+    #[arg(long = "process", value_name = "NAME=PID")]
+    pub processes: Vec<Watched>,
 }
 
 /// Figures: `follow`, `transfers_created`, `transfers_created_per_s`,
@@ -64,8 +69,11 @@ pub struct Args {
 /// `publish_lag_p50_ms` / `_p99_ms` (bucket upper bounds; null beyond the last),
 /// `put_records` [{`labels`, `calls`, `mean_ms`}], `rivers` [{`metrics_url`, `labels`,
 /// `delivery_p50_ms`, `delivery_p99_ms`, `get_records_calls`, `get_records_mean_ms`}],
-/// and with a warm-up `warmup` {`seconds`, `transfers_created`,
-/// `transfer_completion_p50_ms` / `_p99_ms`, `publish_lag_p99_ms`}.
+/// with a warm-up `warmup` {`seconds`, `transfers_created`,
+/// `transfer_completion_p50_ms` / `_p99_ms`, `publish_lag_p99_ms`}, and with `--process`
+/// `cpu_s_per_transfer` (the whole machine's busy CPU over the measured run, load
+/// generator included, per transfer created), `cpu_s_per_transfer_by_process` {name: s},
+/// `rss_mb` {name: peak MiB} and `rss_mb_max`.
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let Args {
         target,
@@ -79,6 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         poll_ms,
         long_poll_url,
         river_metrics,
+        processes,
     } = args;
     // a transfer needs two distinct accounts
     anyhow::ensure!(accounts >= 2, "--accounts must be at least 2");
@@ -99,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let mut warmup_figures = None;
     if warmup > 0 {
         let lag_before = tailer_histogram(&tailer).await?;
-        let outcome = transfers(&ids, connections, rate, warmup, &poll).await?;
+        let outcome = transfers(&ids, connections, rate, warmup, &poll, &[]).await?;
         let lag = tailer_histogram(&tailer).await?.minus(&lag_before);
         let lag_p99 = lag.quantile_bound(0.99);
         println!(
@@ -127,7 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             histograms(url, "river_get_records_seconds").await?,
         ));
     }
-    let outcome = transfers(&ids, connections, rate, seconds, &poll).await?;
+    let outcome = transfers(&ids, connections, rate, seconds, &poll, &processes).await?;
     let lag = tailer_histogram(&tailer).await?.minus(&before);
     let (lag_p50, lag_p99) = (lag.quantile_bound(0.50), lag.quantile_bound(0.99));
     let how = match &long_poll_url {
@@ -197,6 +206,25 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     if let Some(warmup) = warmup_figures {
         figures["warmup"] = warmup;
     }
+    if let Some((cpu_machine, cpu_each)) = &outcome.cpu {
+        // over the seconds of creating transfers, the system in its steady state at
+        // this rate (the tail of settling the last ones is left out)
+        let per = |cpu: f64| cpu / outcome.created.max(1) as f64;
+        println!(
+            "  CPU per transfer          {:>10.2} ms  (the machine, load generator included)",
+            per(*cpu_machine) * 1000.0
+        );
+        let mut by_process = serde_json::Map::new();
+        for (w, cpu) in processes.iter().zip(cpu_each) {
+            println!("  CPU per transfer          {:>10.2} ms  {}", per(*cpu) * 1000.0, w.name);
+            by_process.insert(w.name.clone(), json!(per(*cpu)));
+        }
+        figures["cpu_s_per_transfer"] = json!(per(*cpu_machine));
+        figures["cpu_s_per_transfer_by_process"] = by_process.into();
+        let rss = rss_figures(&processes)?;
+        figures["rss_mb"] = rss["rss_mb"].clone();
+        figures["rss_mb_max"] = rss["rss_mb_max"].clone();
+    }
     Ok(figures)
 }
 
@@ -211,6 +239,9 @@ struct TransferOutcome {
     create_p99: f64,
     settle_p50: f64,
     settle_p99: f64,
+    /// CPU seconds while transfers were being created: the machine's, each watched
+    /// process's (when processes are watched).
+    cpu: Option<(f64, Vec<f64>)>,
 }
 
 /// How one transfer ended, as its client saw it.
@@ -249,14 +280,17 @@ async fn open_funded_accounts(
 }
 
 /// Creates transfers among `ids` at `rate` a second for `seconds` from `connections`
-/// clients, and follows each one until it settled.
+/// clients, and follows each one until it settled; with `watched` processes, measures
+/// CPU time over the seconds of creating.
 async fn transfers(
     ids: &Arc<Vec<(Uuid, BankClient)>>,
     connections: usize,
     rate: u64,
     seconds: u64,
     poll: &Poll,
+    watched: &[Watched],
 ) -> anyhow::Result<TransferOutcome> {
+    let cpu_before = if watched.is_empty() { None } else { Some(CpuSample::take(watched)?) };
     // a ticker hands out R slots a second; C clients take them
     let (ticker, taken) = slots(rate, seconds, connections);
     let errors = Arc::new(AtomicU64::new(0));
@@ -290,6 +324,10 @@ async fn transfers(
         })
         .collect();
     ticker.await?;
+    let cpu = match cpu_before {
+        Some(before) => Some(CpuSample::take(watched)?.since(&before)),
+        None => None,
+    };
     let mut create_ms = Vec::new();
     let mut settle_ms = Vec::new();
     let (mut completed, mut failed, mut stuck) = (0, 0, 0);
@@ -321,6 +359,7 @@ async fn transfers(
         create_p99: percentile(&create_ms, 0.99),
         settle_p50: percentile(&settle_ms, 0.50),
         settle_p99: percentile(&settle_ms, 0.99),
+        cpu,
     })
 }
 
