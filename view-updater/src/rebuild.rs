@@ -13,16 +13,21 @@
 //! * [`rebuild_account`]: one account's view and transactions, from its stream, in one
 //!   transaction.
 
-use crate::projection::{self, AccountView, TransactionRow, TransferView, ViewEvent};
+use crate::projection::{self, AccountView, At, TransactionRow, TransferView};
 use crate::store::{self, ApplyError, LIVE, REBUILD};
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const TABLES: [&str; 3] = ["accounts", "account_transactions", "transfers"];
+/// Events read per query.
 const CHUNK: i64 = 20_000;
+/// Chunks read ahead of the fold; batches of transaction rows waiting for the COPY.
+const AHEAD: usize = 2;
 
 /// What a rebuild did.
 #[derive(Debug, Default)]
@@ -143,50 +148,41 @@ pub async fn rebuild_account(pool: &PgPool, account: Uuid) -> Result<Option<i32>
 }
 
 /// Builds `views_rebuild` from the store up to about now; returns what it did.
+///
+/// Three steps run at once, each on its own connection, so that the two server
+/// processes and the fold overlap: [`read_events`] reads the store chunk by chunk,
+/// [`Fold`] folds each chunk in memory (filling gaps from the store on a third
+/// connection), [`write_transactions`] COPYs the chunk's transaction rows. Bounded
+/// channels between them keep at most a few chunks in memory.
 async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
     let started = Instant::now();
     let mut conn = pool.acquire().await?;
     create_schema(&mut conn).await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from es.events").fetch_one(&mut *conn).await?;
+    // only the progress bar needs it; a full count costs a scan of the store
+    let total: i64 =
+        if progress { sqlx::query_scalar("select count(*) from es.events").fetch_one(&mut *conn).await? } else { 0 };
     let mut progress = Progress::new(progress, total);
 
-    let mut accounts: HashMap<Uuid, AccountView> = HashMap::new();
-    let mut transfers: HashMap<Uuid, TransferView> = HashMap::new();
-    let mut last = 0i64;
-    let mut done = 0u64;
-    loop {
-        type Row =
-            (i64, Uuid, String, i32, String, i16, sqlx::types::Json<serde_json::Value>, chrono::DateTime<chrono::Utc>);
-        let rows: Vec<Row> = sqlx::query_as(
-            "select position, stream_id, stream_type, version, type, schema_version, data, recorded_at from es.events
-             where position > $1 order by position limit $2",
-        )
-        .bind(last)
-        .bind(CHUNK)
-        .fetch_all(&mut *conn)
-        .await?;
-        let Some(end) = rows.last().map(|r| r.0) else { break };
-        let mut changes: Vec<TransactionRow> = Vec::new();
-        for (_, stream_id, stream_type, version, event_type, schema_version, data, recorded_at) in rows {
-            let event =
-                ViewEvent { stream_id, stream_type, version, event_type, schema_version, data: data.0, recorded_at };
-            fold_one(&mut conn, &mut accounts, &mut transfers, &mut changes, event).await?;
-            done += 1;
-        }
-        store::insert_transactions(&mut conn, REBUILD, &changes).await?;
-        last = end;
-        progress.show(done, false);
-    }
-    progress.total = done as i64;
-    progress.show(done, true);
+    let mut reader = pool.acquire().await?;
+    let (chunks, chunks_in) = mpsc::channel(AHEAD);
+    let (batches, batches_in) = mpsc::channel(AHEAD);
+    let mut fold = Fold::default();
+    tokio::try_join!(
+        read_events(&mut reader, chunks),
+        fold.run(pool, chunks_in, batches, &mut progress),
+        write_transactions(&mut conn, batches_in),
+    )?;
+    drop(reader);
+    progress.total = fold.done as i64;
+    progress.show(fold.done, true);
 
     // keys and indexes after the bulk of rows (the transactions), before the upserts
     add_indexes(&mut conn).await?;
-    let accounts: Vec<AccountView> = accounts.into_values().collect();
+    let accounts: Vec<AccountView> = fold.accounts.into_values().collect();
     for chunk in accounts.chunks(CHUNK as usize) {
         store::upsert_accounts(&mut conn, REBUILD, chunk).await?;
     }
-    let transfers: Vec<TransferView> = transfers.into_values().collect();
+    let transfers: Vec<TransferView> = fold.transfers.into_values().collect();
     for chunk in transfers.chunks(CHUNK as usize) {
         store::upsert_transfers(&mut conn, REBUILD, chunk).await?;
     }
@@ -194,43 +190,123 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let caught_up = catch_up(&mut tx).await?;
     tx.commit().await?;
-    Ok(Rebuilt { events: done, seconds: started.elapsed().as_secs_f64(), caught_up })
+    Ok(Rebuilt { events: fold.done, seconds: started.elapsed().as_secs_f64(), caught_up })
 }
 
-/// Folds one event (position order) into the in-memory views; a gap in a stream (an
-/// earlier version committed after a later position was read) is filled from the store.
-async fn fold_one(
-    conn: &mut PgConnection,
-    accounts: &mut HashMap<Uuid, AccountView>,
-    transfers: &mut HashMap<Uuid, TransferView>,
-    changes: &mut Vec<TransactionRow>,
-    event: ViewEvent,
-) -> Result<(), ApplyError> {
-    let current = match event.stream_type.as_str() {
-        "account" => accounts.get(&event.stream_id).map_or(0, |v| v.version),
-        "transfer" => transfers.get(&event.stream_id).map_or(0, |v| v.version),
-        _ => return Ok(()),
-    };
-    if event.version <= current {
-        return Ok(());
-    }
-    let mut events = Vec::new();
-    if event.version > current + 1 {
-        events = store::read_store(conn, event.stream_id, current, Some(event.version)).await?;
-        tracing::debug!(stream = %event.stream_id, missing = events.len(), "filled a gap from the store");
-    }
-    events.push(event);
-    for e in &events {
-        if e.stream_type == "account" {
-            let (view, row) = projection::apply_account(accounts.remove(&e.stream_id), e)?;
-            accounts.insert(e.stream_id, view);
-            changes.extend(row);
-        } else {
-            let view = projection::apply_transfer(transfers.remove(&e.stream_id), e)?;
-            transfers.insert(e.stream_id, view);
+/// Reads `es.events` in position order, a chunk per query (no snapshot held for the
+/// whole build), and hands the rows over as they are: the fold decodes only what it
+/// applies. Ends at the first empty chunk, or when the fold stopped.
+async fn read_events(conn: &mut PgConnection, chunks: mpsc::Sender<Vec<PgRow>>) -> Result<(), ApplyError> {
+    let mut last = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "select position, stream_id, stream_type, version, type, schema_version, data::text, recorded_at
+             from es.events where position > $1 order by position limit $2",
+        )
+        .bind(last)
+        .bind(CHUNK)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(end) = rows.last() else { return Ok(()) };
+        last = end.try_get(0)?;
+        if chunks.send(rows).await.is_err() {
+            return Ok(());
         }
     }
+}
+
+/// COPYs each batch of transaction rows into `views_rebuild`. Ends when the fold is done.
+async fn write_transactions(
+    conn: &mut PgConnection,
+    mut batches: mpsc::Receiver<Vec<TransactionRow>>,
+) -> Result<(), ApplyError> {
+    while let Some(rows) = batches.recv().await {
+        store::copy_transactions(conn, REBUILD, &rows).await?;
+    }
     Ok(())
+}
+
+/// The views folded in memory so far.
+#[derive(Default)]
+struct Fold {
+    accounts: HashMap<Uuid, AccountView>,
+    transfers: HashMap<Uuid, TransferView>,
+    done: u64,
+    /// Reused by every decode.
+    scratch: Vec<u8>,
+}
+
+impl Fold {
+    /// Folds every chunk read, and sends each chunk's transaction rows on.
+    async fn run(
+        &mut self,
+        pool: &PgPool,
+        mut chunks: mpsc::Receiver<Vec<PgRow>>,
+        batches: mpsc::Sender<Vec<TransactionRow>>,
+        progress: &mut Progress,
+    ) -> Result<(), ApplyError> {
+        while let Some(rows) = chunks.recv().await {
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                self.fold_row(pool, row, &mut changes).await?;
+                self.done += 1;
+            }
+            if batches.send(changes).await.is_err() {
+                return Ok(()); // the writer failed: its error is the one reported
+            }
+            progress.show(self.done, false);
+        }
+        Ok(())
+    }
+
+    /// Folds one event (position order); a gap in a stream (an earlier version
+    /// committed after a later position was read) is filled from the store.
+    async fn fold_row(
+        &mut self,
+        pool: &PgPool,
+        row: &PgRow,
+        changes: &mut Vec<TransactionRow>,
+    ) -> Result<(), ApplyError> {
+        let stream_id: Uuid = row.try_get(1)?;
+        let stream_type: &str = row.try_get(2)?;
+        let version: i32 = row.try_get(3)?;
+        let current = match stream_type {
+            "account" => self.accounts.get(&stream_id).map_or(0, |v| v.version),
+            "transfer" => self.transfers.get(&stream_id).map_or(0, |v| v.version),
+            _ => return Ok(()),
+        };
+        if version <= current {
+            return Ok(());
+        }
+        if version > current + 1 {
+            let mut conn = pool.acquire().await?;
+            let missing = store::read_store(&mut conn, stream_id, current, Some(version)).await?;
+            tracing::debug!(stream = %stream_id, missing = missing.len(), "filled a gap from the store");
+            for e in &missing {
+                if e.stream_type == "account" {
+                    let (view, row) = projection::apply_account(self.accounts.remove(&e.stream_id), e)?;
+                    self.accounts.insert(e.stream_id, view);
+                    changes.extend(row);
+                } else {
+                    let view = projection::apply_transfer(self.transfers.remove(&e.stream_id), e)?;
+                    self.transfers.insert(e.stream_id, view);
+                }
+            }
+        }
+        let at = At { stream_id, version, recorded_at: row.try_get(7)? };
+        let (event_type, schema_version, data): (&str, i16, &str) = (row.try_get(4)?, row.try_get(5)?, row.try_get(6)?);
+        if stream_type == "account" {
+            let event = projection::decode_text(stream_id, event_type, schema_version, data, &mut self.scratch)?;
+            let (view, row) = projection::project_account(self.accounts.remove(&stream_id), at, &event)?;
+            self.accounts.insert(stream_id, view);
+            changes.extend(row);
+        } else {
+            let event = projection::decode_text(stream_id, event_type, schema_version, data, &mut self.scratch)?;
+            let view = projection::project_transfer(self.transfers.remove(&stream_id), at, &event)?;
+            self.transfers.insert(stream_id, view);
+        }
+        Ok(())
+    }
 }
 
 /// Brings every stream of `views_rebuild` that is behind the store up to it. Returns

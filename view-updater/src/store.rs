@@ -289,6 +289,71 @@ pub async fn insert_transactions(tx: &mut PgConnection, schema: &str, rows: &[Tr
     Ok(())
 }
 
+/// Adds transaction rows with one `COPY` (binary format): the rebuild's bulk load,
+/// several times cheaper for the server than [`insert_transactions`]. No conflict
+/// handling: for a table without keys yet, whose rows are known to be new.
+pub async fn copy_transactions(conn: &mut PgConnection, schema: &str, rows: &[TransactionRow]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let data = copy_binary(rows)?;
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "copy {schema}.account_transactions
+                 (account_id, version, kind, amount, currency, balance_after, transfer_id, counterparty, recorded_at)
+             from stdin (format binary)"
+        ))
+        .await?;
+    copy.send(data).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// `rows` in `COPY`'s binary format: a header, then per row the field count and each
+/// field as its length (-1: null) and its value as Postgres sends it (big-endian).
+fn copy_binary(rows: &[TransactionRow]) -> sqlx::Result<Vec<u8>> {
+    const FIELDS: i16 = 9;
+    let mut out = Vec::with_capacity(19 + rows.len() * 130 + 2);
+    // signature, flags, header extension length
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| -> sqlx::Result<()> {
+        let len = i32::try_from(bytes.len()).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(bytes);
+        Ok(())
+    };
+    let uuid = |out: &mut Vec<u8>, id: Option<Uuid>| match id {
+        Some(id) => field(out, id.as_bytes()),
+        None => {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            Ok(())
+        }
+    };
+    for r in rows {
+        out.extend_from_slice(&FIELDS.to_be_bytes());
+        field(&mut out, r.account_id.as_bytes())?;
+        field(&mut out, &r.version.to_be_bytes())?;
+        field(&mut out, r.kind.as_bytes())?;
+        field(&mut out, &r.amount.to_be_bytes())?;
+        field(&mut out, r.currency.as_bytes())?;
+        field(&mut out, &r.balance_after.to_be_bytes())?;
+        uuid(&mut out, r.transfer_id)?;
+        uuid(&mut out, r.counterparty)?;
+        field(&mut out, &postgres_micros(r.recorded_at)?.to_be_bytes())?;
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(out)
+}
+
+/// A `timestamptz` as Postgres stores it: microseconds since 2000-01-01 UTC (as sqlx
+/// encodes it for a bound parameter).
+fn postgres_micros(at: chrono::DateTime<chrono::Utc>) -> sqlx::Result<i64> {
+    let epoch = chrono::DateTime::from_timestamp(946_684_800, 0).unwrap_or_default();
+    (at - epoch).num_microseconds().ok_or_else(|| sqlx::Error::Encode(format!("{at} is out of range").into()))
+}
+
 /// Tells query-service waiters which streams advanced (delivered at commit).
 pub async fn notify_advanced(tx: &mut PgConnection, advanced: &[String]) -> sqlx::Result<()> {
     if advanced.is_empty() {
