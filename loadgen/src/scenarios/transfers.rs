@@ -60,6 +60,11 @@ pub struct Args {
     /// transfer over the measured run and its peak resident memory are printed.
     #[arg(long = "process", value_name = "NAME=PID")]
     pub processes: Vec<Watched>,
+    /// A process whose CPU seconds per transfer are printed too, not a service of the
+    /// system (e.g. the Kinesis emulator), `NAME=PID` (repeatable). With any
+    /// `--process`, the load generator itself is counted this way.
+    #[arg(long = "cpu-of", value_name = "NAME=PID")]
+    pub others: Vec<Watched>,
 }
 
 /// Figures: `follow`, `transfers_created`, `transfers_created_per_s`,
@@ -71,9 +76,11 @@ pub struct Args {
 /// `delivery_p50_ms`, `delivery_p99_ms`, `get_records_calls`, `get_records_mean_ms`}],
 /// with a warm-up `warmup` {`seconds`, `transfers_created`,
 /// `transfer_completion_p50_ms` / `_p99_ms`, `publish_lag_p99_ms`}, and with `--process`
-/// `cpu_s_per_transfer` (the whole machine's busy CPU over the measured run, load
-/// generator included, per transfer created), `cpu_s_per_transfer_by_process` {name: s},
-/// `rss_mb` {name: peak MiB} and `rss_mb_max`.
+/// `cpu_s_per_transfer` (the whole machine's busy CPU while transfers were created, load
+/// generator included, per transfer created), `cpu_s_per_transfer_by_process` {name: s}
+/// (the services, `--cpu-of` processes, `loadgen`, and `rest`: the machine's CPU that none
+/// of them used, mostly Postgres's), and the services' `rss_mb`
+/// {name: peak MiB} and `rss_mb_max`.
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let Args {
         target,
@@ -88,6 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         long_poll_url,
         river_metrics,
         processes,
+        others,
     } = args;
     // a transfer needs two distinct accounts
     anyhow::ensure!(accounts >= 2, "--accounts must be at least 2");
@@ -136,7 +144,13 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             histograms(url, "river_get_records_seconds").await?,
         ));
     }
-    let outcome = transfers(&ids, connections, rate, seconds, &poll, &processes).await?;
+    // the services, then the other processes whose CPU is counted
+    let mut watched = processes.clone();
+    if !processes.is_empty() {
+        watched.extend(others);
+        watched.push(Watched { name: "loadgen".into(), pid: std::process::id() });
+    }
+    let outcome = transfers(&ids, connections, rate, seconds, &poll, &watched).await?;
     let lag = tailer_histogram(&tailer).await?.minus(&before);
     let (lag_p50, lag_p99) = (lag.quantile_bound(0.50), lag.quantile_bound(0.99));
     let how = match &long_poll_url {
@@ -215,10 +229,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             per(*cpu_machine) * 1000.0
         );
         let mut by_process = serde_json::Map::new();
-        for (w, cpu) in processes.iter().zip(cpu_each) {
+        for (w, cpu) in watched.iter().zip(cpu_each) {
             println!("  CPU per transfer          {:>10.2} ms  {}", per(*cpu) * 1000.0, w.name);
             by_process.insert(w.name.clone(), json!(per(*cpu)));
         }
+        // Postgres's processes, the kernel's work and anything else on the machine
+        let rest = cpu_machine - cpu_each.iter().sum::<f64>();
+        println!("  CPU per transfer          {:>10.2} ms  the rest (Postgres, the kernel, others)", per(rest) * 1000.0);
+        by_process.insert("rest".into(), json!(per(rest)));
         figures["cpu_s_per_transfer"] = json!(per(*cpu_machine));
         figures["cpu_s_per_transfer_by_process"] = by_process.into();
         let rss = rss_figures(&processes)?;
