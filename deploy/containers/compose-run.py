@@ -5,11 +5,31 @@ podman-compose cannot honour `depends_on: condition: service_healthy` with podma
 older than 4.6 (it ignores the condition), and without systemd podman schedules no
 health checks at all. This runner covers the subset of the Compose specification
 that compose.yaml uses: image, command, environment (map), ports, named volumes,
-healthcheck (test, interval, timeout, retries, start_period), restart and depends_on
-with service_started / service_healthy / service_completed_successfully. It
-interpolates ${VAR}, ${VAR:-default} and ${VAR-default} from the environment. Health
-is checked by running `podman healthcheck run` until it passes, so `podman ps` shows
-the containers healthy.
+healthcheck (test, interval, timeout, retries, start_period), restart, dns, dns_opt,
+dns_search and depends_on with service_started / service_healthy /
+service_completed_successfully. It interpolates ${VAR}, ${VAR:-default} and
+${VAR-default} from the environment. Health is checked by running `podman healthcheck
+run` until it passes, so `podman ps` shows the containers healthy.
+
+Two workarounds for podman 4.3's network stack (Debian bookworm: netavark and
+aardvark-dns 1.4), figures in docs/decisions/0027-container-network-and-teardown.md:
+
+* The network bridge's MAC address is pinned once the first container is on it
+  (`pin_bridge_mac`). Left alone it follows the lowest MAC of its ports, and every
+  container started before a change kept sending to the old one: its lookups (to
+  aardvark-dns on the gateway address) went nowhere for 15-45 s.
+* A service without `dns` gets the network's aardvark-dns as its only nameserver
+  (`--dns <network gateway>`). podman lists the host's nameservers after it, which can
+  only answer NXDOMAIN for a service name. aardvark-dns 1.4 drops or refuses the
+  queries that arrive while it reloads, at every container start and stop on the
+  network; a refused query then went to the host's server and the lookup failed.
+  compose.yaml's `dns_opt` (timeout:1) keeps a dropped query to a one-second retry.
+
+`down` stops the containers in reverse dependency order, a level at a time (the
+gateway, then the services, then Postgres and Kinesis), as `docker compose down`
+does: a service stopped together with its database and stream finishes its shutdown
+(leases, checkpoints, in-flight calls) against containers that are going away, and
+once hung in lookups of `kinesis` until podman killed it after 10 s.
 
   compose-run.py up FILE PROJECT      start everything in dependency order
   compose-run.py health FILE PROJECT  every long-running container healthy now? (exit 1 if not)
@@ -119,11 +139,58 @@ def wait_completed(project, name):
         sys.exit(f"compose-run: {name} exited with {code}")
 
 
+def levels(services):
+    """Each service's depth: 0 without dependencies, else one more than its deepest."""
+    depth = {}
+    for name in order(services):
+        depth[name] = 1 + max((depth[dep] for dep in deps_of(services[name])), default=-1)
+    return depth
+
+
+def as_list(value):
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def pin_bridge_mac(network):
+    """Fixes the network bridge's MAC address at its current value (see the note at the top).
+
+    A Linux bridge without an address of its own takes the lowest MAC of its ports, so
+    it changes whenever a container with a lower one joins; containers that resolved the
+    gateway's address before keep sending to the old MAC, the host drops those frames
+    (not addressed to it), and each such container cannot reach aardvark-dns or anything
+    beyond the gateway until its ARP entry expires (15-45 s). netavark 1.4 leaves the
+    bridge's address unset. Rootless podman has no bridge here: nothing to do.
+    """
+    bridge = podman("network", "inspect", "--format", "{{.NetworkInterface}}", network,
+                    capture=True, check=False).stdout.strip()
+    base = f"/sys/class/net/{bridge}"
+    try:
+        with open(f"{base}/addr_assign_type") as f:
+            if f.read().strip() == "3":  # NET_ADDR_SET: someone chose it, it stays
+                return
+        with open(f"{base}/address") as f:
+            mac = f.read().strip()
+    except OSError:
+        return
+    try:
+        result = subprocess.run(["ip", "link", "set", "dev", bridge, "address", mac],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        problem = result.stderr.strip() if result.returncode != 0 else None
+    except OSError as e:  # no iproute2
+        problem = str(e)
+    if problem:
+        print(f"compose-run: could not pin {bridge}'s MAC ({problem}); "
+              "lookups may stall while containers start", file=sys.stderr)
+
+
 def up(compose, project):
     services = compose["services"]
     network = f"{project}_default"
     if podman("network", "exists", network, check=False).returncode != 0:
         podman("network", "create", "--label", f"{LABEL}={project}", network)
+    # aardvark-dns listens on the network's gateway address (see the note at the top)
+    resolver = podman("network", "inspect", "--format", "{{range .Subnets}}{{.Gateway}} {{end}}",
+                      network, capture=True).stdout.split()
     for volume in (compose.get("volumes") or {}):
         full = f"{project}_{volume}"
         if podman("volume", "exists", full, check=False).returncode != 0:
@@ -146,6 +213,12 @@ def up(compose, project):
             if not source.startswith(("/", ".")):
                 source = f"{project}_{source}"
             args += ["--volume", f"{source}:{target}"]
+        for server in as_list(service.get("dns")) or resolver[:1]:
+            args += ["--dns", str(server)]
+        for option in as_list(service.get("dns_opt")):
+            args += ["--dns-option", str(option)]
+        for domain in as_list(service.get("dns_search")):
+            args += ["--dns-search", str(domain)]
         restart = service.get("restart", "no")
         if restart not in ("no", None):
             args += ["--restart", restart]
@@ -167,6 +240,7 @@ def up(compose, project):
         result = podman(*args, check=False, capture=True)
         if result.returncode != 0:
             sys.exit(f"compose-run: {name} did not start: {result.stderr.strip()}")
+        pin_bridge_mac(network)  # the bridge exists once the first container is on it
     for name, service in services.items():
         if service.get("healthcheck"):
             wait_healthy(project, name, service)
@@ -178,8 +252,10 @@ def health(compose, project):
         container = cname(project, name)
         if service.get("healthcheck"):
             ok = podman("healthcheck", "run", container, check=False, capture=True).returncode == 0
-            status = podman("inspect", "--format", "{{.State.Health.Status}}", container, check=False, capture=True).stdout.strip()
-            print(f"  {name:18} {status}")
+            status, _, restarts = podman("inspect", "--format", "{{.State.Health.Status}} {{.RestartCount}}", container,
+                                         check=False, capture=True).stdout.strip().partition(" ")
+            # a restart means the process died once: healthy now, but its log tells why
+            print(f"  {name:18} {status}" + (f" (restarted {restarts}x)" if restarts not in ("", "0") else ""))
             if not ok or status != "healthy":
                 bad.append(name)
         else:
@@ -198,6 +274,15 @@ def logs(compose, project):
 
 
 def down(compose, project):
+    # dependents first, each level's containers together (see the note at the top)
+    services = compose["services"]
+    depth = levels(services)
+    for level in sorted(set(depth.values()), reverse=True):
+        names = [cname(project, name) for name, d in depth.items() if d == level]
+        running = [n for n in names
+                   if podman("container", "exists", n, check=False).returncode == 0]
+        if running:
+            podman("stop", "-t", "10", *running, check=False, capture=True)
     ids = podman("ps", "-aq", "--filter", f"label={LABEL}={project}", capture=True, check=False).stdout.split()
     if ids:
         # capture: without systemd podman complains it cannot remove health check timers
