@@ -285,6 +285,28 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
     })
     .await;
     assert!(tests::counter_sum(&bank.view_metrics.forged) >= 1, "the views river did not count the forged envelope");
+    // its id is not in the store: parked once the grace for an unseen commit passed;
+    // an operator's retry checks it against the store again and parks it again
+    let parked: Vec<(i64, String)> =
+        sqlx::query_as("select id, error from rapids.river_dead_letters where river = 'views' and status = 'parked'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(parked[0].1.contains("did not hold"), "{}", parked[0].1);
+    assert_eq!(rapids::river::dead_letter::request_retry(&pool, "views", Some(parked[0].0)).await.unwrap(), 1);
+    wait_for(Duration::from_secs(20), "the retried forged envelope to be parked again", || async {
+        let (status, error): (String, String) =
+            sqlx::query_as("select status, error from rapids.river_dead_letters where id = $1")
+                .bind(parked[0].0)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (status == "parked" && error.contains("does not hold")).then_some(())
+    })
+    .await;
+    let balance = queries.get(&format!("/accounts/{account}")).token(&alice).send().await;
+    assert_eq!(balance.expect(200)["balance"], 105, "a retry of the forged credit moved money");
 
     // a copy of a genuine event (its id, stream, version and type) with other data is
     // forged too: the rivers act on data

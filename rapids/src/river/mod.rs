@@ -356,7 +356,8 @@ pub struct RiverMetrics {
     pub read_seconds: HistogramVec,
     /// From a record's arrival on the stream to its event's checkpoint commit.
     pub delivery_seconds: HistogramVec,
-    /// Envelopes of a reserved type that the event store does not hold: ignored.
+    /// Envelopes of a reserved type that the event store does not hold as they are:
+    /// ignored, or parked when their id is not held at all.
     pub forged: IntCounterVec,
     /// Looks repeated for an envelope's event id not yet visible in the store.
     pub unseen: IntCounterVec,
@@ -405,7 +406,7 @@ impl RiverMetrics {
         let forged = IntCounterVec::new(
             Opts::new(
                 "river_events_forged_total",
-                "Envelopes of a reserved type (account.*, transfer.*) not in the event store: ignored",
+                "Envelopes of a reserved type (account.*, transfer.*) not in the event store as they are: ignored (the id held with other fields) or parked (the id not held within 5 s)",
             ),
             &["river"],
         )?;
@@ -747,10 +748,15 @@ async fn retry_dead_letters<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> 
                     envelope,
                 };
                 let span = river_span(river, &row.shard_id).in_scope(|| event.span());
-                let handled = reader::call(&shared.handler, &mut tx, std::slice::from_ref(&event))
-                    .instrument(span.clone())
-                    .await
-                    .map_err(|e| e.to_string());
+                // a parked envelope of a reserved type is handled only as the store holds it
+                let handled = if reader::held_by_store(&mut tx, &event.envelope).await? {
+                    reader::call(&shared.handler, &mut tx, std::slice::from_ref(&event))
+                        .instrument(span.clone())
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    Err("an envelope of a reserved type that the event store does not hold".to_owned())
+                };
                 (span, handled)
             }
             Err(e) => (river_span(river, &row.shard_id), Err(format!("the record is not an event envelope: {e}"))),

@@ -14,9 +14,30 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// How long a river looks for an envelope's event id in the store before it calls the
-/// envelope forged (a genuine commit is visible well within it; see `screen_forged`).
-const UNSEEN_GRACE: Duration = Duration::from_secs(5);
+/// How long a river looks for an envelope's event id in the store, from the first
+/// miss, before it parks the envelope (a genuine commit is visible well within it; see
+/// `screen_forged`).
+pub const UNSEEN_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether the event store holds `envelope`'s event as it is (id, stream, version,
+/// type and data); envelopes of other than reserved types always pass. The check of
+/// an operator's retry of a parked envelope.
+pub(crate) async fn held_by_store(conn: &mut PgConnection, envelope: &Envelope) -> sqlx::Result<bool> {
+    if !super::is_reserved(&envelope.event_type) {
+        return Ok(true);
+    }
+    sqlx::query_scalar(
+        "select exists (select 1 from es.events where event_id = $1 and stream_id = $2 and version = $3
+                          and type = $4 and data = $5)",
+    )
+    .bind(envelope.event_id)
+    .bind(envelope.stream_id)
+    .bind(envelope.version)
+    .bind(&envelope.event_type)
+    .bind(&envelope.data)
+    .fetch_one(conn)
+    .await
+}
 
 /// Why a reader stops.
 #[derive(Debug)]
@@ -389,7 +410,7 @@ impl<H: Handler> ShardReader<H> {
     /// that keep failing).
     async fn deliver(&self, records: &[Record]) -> Result<(), Stop> {
         let mut decoded: Vec<Decoded> = records.iter().map(|r| self.decode(r)).collect();
-        self.screen_forged(&mut decoded).await?;
+        self.screen_forged(records, &mut decoded).await?;
         let last = records.last().map(|r| r.sequence_number()).unwrap_or_default();
         let mut backoff = self.shared.config.retry_backoff;
         if decoded.iter().all(|d| !matches!(d, Decoded::Bad { .. })) {
@@ -555,16 +576,17 @@ impl<H: Handler> ShardReader<H> {
         }
     }
 
-    /// Turns every event of a reserved type (`account.*`, `transfer.*`) that the event
-    /// store does not hold — same id, stream, version, type and data — into a skipped
-    /// record: an envelope put on the stream by anyone but the tailer never moves money.
+    /// Screens every event of a reserved type (`account.*`, `transfer.*`) against the
+    /// event store — same id, stream, version, type and data: an envelope put on the
+    /// stream by anyone but the tailer never moves money.
     ///
-    /// An id the store holds with other fields is forged at once. An id it does not
-    /// hold is looked for again until [`UNSEEN_GRACE`] has passed: logical decoding
-    /// hands the tailer a transaction as soon as its commit record is flushed, a moment
-    /// before the commit becomes visible to other sessions, so a river may read a
-    /// genuine event before it can see it in the store.
-    async fn screen_forged(&self, decoded: &mut [Decoded]) -> Result<(), Stop> {
+    /// An id the store holds with other fields is forged: skipped at once. An id it
+    /// does not hold is looked for again until [`UNSEEN_GRACE`] has passed since the
+    /// first miss (logical decoding hands the tailer a transaction as soon as its
+    /// commit record is flushed, a moment before the commit becomes visible to other
+    /// sessions, so a river may read a genuine event before it can see it), then
+    /// parked: an operator's retry checks it again ([`held_by_store`]).
+    async fn screen_forged(&self, records: &[Record], decoded: &mut [Decoded]) -> Result<(), Stop> {
         let reserved: Vec<&RiverEvent> = decoded
             .iter()
             .filter_map(|d| if let Decoded::Event(e) = d { Some(e) } else { None })
@@ -579,7 +601,7 @@ impl<H: Handler> ShardReader<H> {
         let types: Vec<String> = reserved.iter().map(|e| e.envelope.event_type.clone()).collect();
         let data: Vec<serde_json::Value> = reserved.iter().map(|e| e.envelope.data.clone()).collect();
         let mut backoff = self.shared.config.retry_backoff;
-        let started = std::time::Instant::now();
+        let mut first_miss: Option<std::time::Instant> = None;
         // each candidate on its own (a forged copy of a genuine event's id in the same
         // page must not pass with it), its data included (the handlers act on it):
         // candidate → whether the stored event with its id is the same
@@ -599,7 +621,8 @@ impl<H: Handler> ShardReader<H> {
             .fetch_all(&self.shared.pool)
             .await;
             match found {
-                Ok(found) if found.len() == reserved.len() || started.elapsed() >= UNSEEN_GRACE => {
+                Ok(found) if found.len() == reserved.len() => break found.into_iter().collect(),
+                Ok(found) if first_miss.get_or_insert_with(std::time::Instant::now).elapsed() >= UNSEEN_GRACE => {
                     break found.into_iter().collect();
                 }
                 // an id not (yet) in the store: look again
@@ -614,24 +637,33 @@ impl<H: Handler> ShardReader<H> {
             }
         };
         let mut candidate = 0_i64;
-        for item in decoded.iter_mut() {
+        for (item, record) in decoded.iter_mut().zip(records) {
             let Decoded::Event(e) = item else { continue };
             if !super::is_reserved(&e.envelope.event_type) {
                 continue;
             }
             candidate += 1;
-            let why = match stored.get(&candidate) {
-                Some(true) => continue,
-                Some(false) => "the event store holds this id with other fields",
-                None => "the event store does not hold this id",
-            };
+            let held = stored.get(&candidate).copied();
+            if held == Some(true) {
+                continue;
+            }
             self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
-            tracing::warn!(
-                river = %self.label[0], shard = %self.shard, event_type = %e.envelope.event_type,
-                stream_id = %e.envelope.stream_id, event_id = %e.envelope.event_id, why,
-                "a forged envelope of a reserved type: ignored"
-            );
-            *item = Decoded::Skipped;
+            let (river, shard, event_type) = (&self.label[0], &self.shard, &e.envelope.event_type);
+            let (stream_id, event_id) = (e.envelope.stream_id, e.envelope.event_id);
+            if held == Some(false) {
+                tracing::warn!(%river, %shard, %event_type, %stream_id, %event_id,
+                    "a forged envelope of a reserved type (the event store holds its id with other fields): ignored");
+                *item = Decoded::Skipped;
+            } else {
+                tracing::warn!(%river, %shard, %event_type, %stream_id, %event_id,
+                    "an envelope of a reserved type whose id the event store does not hold: parked");
+                let error = format!(
+                    "an envelope of a reserved type whose event id the event store did not hold within {} s \
+                     (forged, or its commit not visible)",
+                    UNSEEN_GRACE.as_secs()
+                );
+                *item = Decoded::Bad { record: record.clone(), error };
+            }
         }
         Ok(())
     }
