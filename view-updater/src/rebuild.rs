@@ -163,16 +163,19 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
         if progress { sqlx::query_scalar("select count(*) from es.events").fetch_one(&mut *conn).await? } else { 0 };
     let mut progress = Progress::new(progress, total);
 
+    // three connections, taken now: a build that cannot have them fails at once, not
+    // at the first gap
     let mut reader = pool.acquire().await?;
+    let mut gaps = pool.acquire().await?;
     let (chunks, chunks_in) = mpsc::channel(AHEAD);
     let (batches, batches_in) = mpsc::channel(AHEAD);
     let mut fold = Fold::default();
     tokio::try_join!(
         read_events(&mut reader, chunks),
-        fold.run(pool, chunks_in, batches, &mut progress),
+        fold.run(&mut gaps, chunks_in, batches, &mut progress),
         write_transactions(&mut conn, batches_in),
     )?;
-    drop(reader);
+    drop((reader, gaps));
     progress.total = fold.done as i64;
     progress.show(fold.done, true);
 
@@ -240,7 +243,7 @@ impl Fold {
     /// Folds every chunk read, and sends each chunk's transaction rows on.
     async fn run(
         &mut self,
-        pool: &PgPool,
+        gaps: &mut PgConnection,
         mut chunks: mpsc::Receiver<Vec<PgRow>>,
         batches: mpsc::Sender<Vec<TransactionRow>>,
         progress: &mut Progress,
@@ -248,7 +251,7 @@ impl Fold {
         while let Some(rows) = chunks.recv().await {
             let mut changes = Vec::with_capacity(rows.len());
             for row in &rows {
-                self.fold_row(pool, row, &mut changes).await?;
+                self.fold_row(gaps, row, &mut changes).await?;
                 self.done += 1;
             }
             if batches.send(changes).await.is_err() {
@@ -263,7 +266,7 @@ impl Fold {
     /// committed after a later position was read) is filled from the store.
     async fn fold_row(
         &mut self,
-        pool: &PgPool,
+        gaps: &mut PgConnection,
         row: &PgRow,
         changes: &mut Vec<TransactionRow>,
     ) -> Result<(), ApplyError> {
@@ -279,8 +282,7 @@ impl Fold {
             return Ok(());
         }
         if version > current + 1 {
-            let mut conn = pool.acquire().await?;
-            let missing = store::read_store(&mut conn, stream_id, current, Some(version)).await?;
+            let missing = store::read_store(gaps, stream_id, current, Some(version)).await?;
             tracing::debug!(stream = %stream_id, missing = missing.len(), "filled a gap from the store");
             for e in &missing {
                 if e.stream_type == "account" {
