@@ -235,7 +235,10 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         }
         // Postgres's processes, the kernel's work and anything else on the machine
         let rest = cpu_machine - cpu_each.iter().sum::<f64>();
-        println!("  CPU per transfer          {:>10.2} ms  the rest (Postgres, the kernel, others)", per(rest) * 1000.0);
+        println!(
+            "  CPU per transfer          {:>10.2} ms  the rest (Postgres, the kernel, others)",
+            per(rest) * 1000.0
+        );
         by_process.insert("rest".into(), json!(per(rest)));
         figures["cpu_s_per_transfer"] = json!(per(*cpu_machine));
         figures["cpu_s_per_transfer_by_process"] = by_process.into();
