@@ -388,6 +388,48 @@ impl EventStore {
         Ok((version > 0).then_some(Loaded { state, version }))
     }
 
+    /// An aggregate folded from its stream's first event and, when the stream holds
+    /// one, its first event of `marker_type`: for checks that need only what the
+    /// first event fixed and whether one later change happened (an account's owner and
+    /// currency, and whether it is closed) without loading the whole stream. Two index
+    /// probes when `marker_type` is indexed by stream (`account.closed` is, migration
+    /// 0011). `None` when there is no such stream.
+    pub async fn load_first_and<A: Aggregate>(
+        &self,
+        stream_id: Uuid,
+        marker_type: &str,
+    ) -> Result<Option<A>, StoreError> {
+        type Row = (i32, String, i16, sqlx::types::Json<serde_json::Value>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "(select version, type, schema_version, data from es.events
+              where stream_id = $1 and version = 1 and stream_type = $2)
+             union all
+             (select version, type, schema_version, data from es.events
+              where stream_id = $1 and type = $3 and stream_type = $2 order by version limit 1)
+             order by 1",
+        )
+        .bind(stream_id)
+        .bind(A::STREAM_TYPE)
+        .bind(marker_type)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.first().is_none_or(|row| row.0 != 1) {
+            return Ok(None);
+        }
+        let mut state = A::default();
+        let mut applied = 0;
+        for (version, event_type, schema_version, data) in rows {
+            // the first event may be of the marker's type itself: once
+            if version == applied {
+                continue;
+            }
+            let event: A::Event = aggregate::decode_versioned(&event_type, schema_version, data.0)?;
+            state = state.apply(&event);
+            applied = version;
+        }
+        Ok(Some(state))
+    }
+
     /// Loads an aggregate by replaying every event, ignoring snapshots.
     pub async fn load_full_replay<A: Aggregate>(&self, stream_id: Uuid) -> Result<Option<Loaded<A>>, StoreError> {
         let events = self.read_stream(stream_id, 0, None).await?;

@@ -418,3 +418,42 @@ async fn an_optimistic_idempotency_key_catches_repeats_without_looking_first(poo
     assert!(matches!(refused, Err(eventstore::ExecuteError::Domain(_))), "{refused:?}");
     assert_eq!(tests::stream_events(&pool, empty).await.len(), 2);
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn an_accounts_first_event_and_its_closing_give_owner_currency_and_status_without_the_stream(pool: PgPool) {
+    let repo = repository(&pool, 100, 0);
+    let store = repo.store();
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    deposit(&repo, id, 5).await;
+    let open_now = store.load_first_and::<Account>(id, "account.closed").await.unwrap().unwrap();
+    assert_eq!(
+        (open_now.owner.as_str(), open_now.currency, open_now.status),
+        ("alice", Some(eur()), AccountStatus::Open)
+    );
+    // closed (its balance taken out first), then a saga step refused on it: an event
+    // after the closing
+    let withdraw = AccountCommand::Withdraw { amount: Money::new(5, eur(), i64::MAX).unwrap(), by: alice() };
+    repo.execute(id, withdraw, CommandContext::default(), |_, v| serde_json::json!({"version": v})).await.unwrap();
+    repo.execute(id, AccountCommand::Close { by: alice() }, CommandContext::default(), |_, v| serde_json::json!(v))
+        .await
+        .unwrap();
+    let debit = AccountCommand::Debit {
+        transfer_id: Uuid::now_v7(),
+        amount: Money::new(1, eur(), i64::MAX).unwrap(),
+        counterparty: Uuid::now_v7(),
+    };
+    repo.execute(id, debit, CommandContext::default(), |_, v| serde_json::json!(v)).await.unwrap();
+    let full = store.load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!(full.version, 5, "opened, deposited, withdrawn, closed, debit refused");
+    let facts = store.load_first_and::<Account>(id, "account.closed").await.unwrap().unwrap();
+    assert_eq!((facts.owner.as_str(), facts.currency, facts.status), ("alice", Some(eur()), AccountStatus::Closed));
+    assert_eq!((facts.owner, facts.currency, facts.status), (full.state.owner, full.state.currency, full.state.status));
+    // no such account, or a stream of another type
+    assert!(store.load_first_and::<Account>(Uuid::now_v7(), "account.closed").await.unwrap().is_none());
+    let other = Uuid::now_v7();
+    let mut transfer = append(other, 0, vec![deposited(1, 1)]);
+    transfer.stream_type = "transfer";
+    store.append(&transfer).await.unwrap();
+    assert!(store.load_first_and::<Account>(other, "account.closed").await.unwrap().is_none());
+}

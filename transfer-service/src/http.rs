@@ -8,9 +8,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bank_api::transfers::{CreateTransferRequest, TransferReply, WaitQuery};
-use bank_domain::account::{Account, AccountStatus};
+use bank_domain::account::{Account, AccountEvent, AccountStatus};
 use bank_domain::transfer::{Memo, MoneyTransfer, TransferCommand, TransferError};
-use bank_domain::{Aggregate, Money};
+use bank_domain::{Aggregate, DomainEvent, Money};
 use serde_json::{Value, json};
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiJson, ApiQuery, CommandMeta, PathId, Wait, parse_id};
@@ -96,11 +96,12 @@ pub(crate) async fn create_transfer(
         return Err(TransferError::SameAccount.into());
     }
     let store = state.transfers.store();
+    // owner and currency are fixed by the account's first event; closing is the one
+    // later change that matters here (the saga's debit checks the balance)
     let source = store
-        .load::<Account>(from)
+        .load_first_and::<Account>(from, AccountEvent::Closed {}.event_type())
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the source account does not exist"))?
-        .state;
+        .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the source account does not exist"))?;
     if source.owner != initiator {
         return Err(ApiError::new(ErrorCode::Forbidden, "the source account belongs to someone else"));
     }
