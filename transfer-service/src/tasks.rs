@@ -18,6 +18,7 @@ use eventstore::store::{Append, NewEvent};
 use rapids::river::{HandlerError, RiverEvent};
 use serde_json::{Value, json};
 use service_kit::ErrorCode;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The topics of the tasks addressed to this service.
@@ -29,6 +30,9 @@ pub const REJECTED: &str = "transfer.task_rejected";
 /// The stream type of the refusals.
 pub const REJECTION_STREAM_TYPE: &str = "task";
 const SERVICE: &str = "transfer-service";
+/// How long a task's id is looked for in the store before the attempt fails (the
+/// rivers wait as long for a reserved event's id).
+const UNSEEN_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether the river's event is a task for this service (posted to the bus).
 pub fn is_task(event: &RiverEvent) -> bool {
@@ -44,19 +48,31 @@ impl Tasks {
     /// Executes one task (idempotent: a redelivery changes nothing).
     pub async fn run(&self, event: &RiverEvent) -> Result<(), HandlerError> {
         let task_id = event.envelope.event_id;
-        let stored: Option<(String, String, sqlx::types::Json<Value>, sqlx::types::Json<EventMetadata>)> =
-            sqlx::query_as("select stream_type, type, data, metadata from es.events where event_id = $1")
-                .bind(task_id)
-                .fetch_optional(&self.state.kit.pool)
-                .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))?;
         // the tailer may publish a commit a moment before other sessions can see it
-        // (logical decoding hands it over once its commit record is flushed): the
-        // river tries again with its backoff, and parks what the store never holds
-        let Some((stream_type, task, data, metadata)) = stored else {
-            return Err(HandlerError::Permanent(
-                "a task the event store does not hold (forged, or its commit not visible yet)".into(),
-            ));
+        // (logical decoding hands it over once its commit record is flushed): an id
+        // not in the store is looked for again for a few seconds, then the river's
+        // attempts go on and park what the store never holds
+        let mut pause = Duration::from_millis(20);
+        let started = Instant::now();
+        let (stream_type, task, data, metadata) = loop {
+            let stored: Option<(String, String, sqlx::types::Json<Value>, sqlx::types::Json<EventMetadata>)> =
+                sqlx::query_as("select stream_type, type, data, metadata from es.events where event_id = $1")
+                    .bind(task_id)
+                    .fetch_optional(&self.state.kit.pool)
+                    .await
+                    .map_err(|e| HandlerError::Transient(e.to_string()))?;
+            match stored {
+                Some(stored) => break stored,
+                None if started.elapsed() < UNSEEN_GRACE => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                None => {
+                    return Err(HandlerError::Permanent(
+                        "a task the event store does not hold (forged, or its commit not visible)".into(),
+                    ));
+                }
+            }
         };
         if stream_type != "bus" || task != event.envelope.event_type {
             tracing::warn!(%task_id, "an envelope that does not match its stored task: ignored");

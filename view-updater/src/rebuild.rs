@@ -163,8 +163,8 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
         if progress { sqlx::query_scalar("select count(*) from es.events").fetch_one(&mut *conn).await? } else { 0 };
     let mut progress = Progress::new(progress, total);
 
-    // three connections, taken now: a build that cannot have them fails at once, not
-    // at the first gap
+    // three connections, taken now: a build that cannot have them fails before it
+    // reads (after the pool's acquire timeout), not at the first gap
     let mut reader = pool.acquire().await?;
     let mut gaps = pool.acquire().await?;
     let (chunks, chunks_in) = mpsc::channel(AHEAD);
