@@ -287,13 +287,18 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
     assert!(tests::counter_sum(&bank.view_metrics.forged) >= 1, "the views river did not count the forged envelope");
     // its id is not in the store: parked once the grace for an unseen commit passed;
     // an operator's retry checks it against the store again and parks it again
-    let parked: Vec<(i64, String)> =
-        sqlx::query_as("select id, error from rapids.river_dead_letters where river = 'views' and status = 'parked'")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    type Parked = (i64, String, Option<Uuid>, Option<String>, Option<i32>);
+    let parked: Vec<Parked> = sqlx::query_as(
+        "select id, error, stream_id, event_type, version from rapids.river_dead_letters
+         where river = 'views' and status = 'parked'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert!(parked[0].1.contains("did not hold"), "{}", parked[0].1);
+    // parked with the envelope's identity, for the operator's listing
+    assert_eq!((parked[0].2, parked[0].3.as_deref(), parked[0].4), (Some(account), Some("account.credited"), Some(3)));
     assert_eq!(rapids::river::dead_letter::request_retry(&pool, "views", Some(parked[0].0)).await.unwrap(), 1);
     wait_for(Duration::from_secs(20), "the retried forged envelope to be parked again", || async {
         let (status, error): (String, String) =

@@ -451,13 +451,13 @@ impl<H: Handler> ShardReader<H> {
             match item {
                 Decoded::Skipped => {}
                 Decoded::Event(event) => self.deliver_one(event).instrument(event.span()).await?,
-                Decoded::Bad { record, error } => {
+                Decoded::Bad { record, error, event } => {
                     let parked = dead_letter::Parked {
                         shard_id: &self.shard,
                         sequence_number: record.sequence_number(),
-                        stream_id: None,
-                        event_type: None,
-                        version: None,
+                        stream_id: event.as_ref().map(|e| e.envelope.stream_id),
+                        event_type: event.as_ref().map(|e| e.envelope.event_type.as_str()),
+                        version: event.as_ref().map(|e| e.envelope.version),
                         record: record.data().as_ref(),
                         error,
                         attempts: 1,
@@ -662,7 +662,8 @@ impl<H: Handler> ShardReader<H> {
                      (forged, or its commit not visible)",
                     UNSEEN_GRACE.as_secs()
                 );
-                *item = Decoded::Bad { record: record.clone(), error };
+                let event = Some(e.clone());
+                *item = Decoded::Bad { record: record.clone(), error, event };
             }
         }
         Ok(())
@@ -676,9 +677,11 @@ impl<H: Handler> ShardReader<H> {
                 envelope,
             }),
             Ok(_) => Decoded::Skipped,
-            Err(e) => {
-                Decoded::Bad { record: record.clone(), error: format!("the record is not an event envelope: {e}") }
-            }
+            Err(e) => Decoded::Bad {
+                record: record.clone(),
+                error: format!("the record is not an event envelope: {e}"),
+                event: None,
+            },
         }
     }
 
@@ -702,8 +705,11 @@ enum Decoded {
     Event(RiverEvent),
     /// Not for this river (the checkpoint moves past it).
     Skipped,
+    /// Parked as it is: not an envelope, or (with its envelope) an event the store
+    /// never showed.
     Bad {
         record: Record,
         error: String,
+        event: Option<RiverEvent>,
     },
 }
