@@ -17,7 +17,7 @@ pub mod proxy;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRef, Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -25,7 +25,7 @@ use proxy::Upstream;
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{Caller, JwtVerifier, Role};
 use service_kit::config::{AuthArgs, HttpArgs, LogArgs};
-use service_kit::extract::{ApiJson, REQUEST_ID};
+use service_kit::extract::ApiJson;
 use service_kit::http::Kit;
 use service_kit::{ApiError, ErrorCode};
 use std::net::SocketAddr;
@@ -212,25 +212,18 @@ async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Req
     let body: Bytes = axum::body::to_bytes(body, state.kit.body_limit)
         .await
         .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large"))?;
-    let mut headers: HeaderMap = parts.headers.clone();
-    if let Some(id) = parts.headers.get(REQUEST_ID).cloned() {
-        headers.insert(REQUEST_ID, id);
-    }
     let path_and_query = if query.is_empty() { path } else { format!("{path}?{query}") };
+    let outgoing = proxy::Outgoing {
+        method: parts.method.clone(),
+        path_and_query: &path_and_query,
+        headers: &parts.headers,
+        body,
+    };
     // a waiting read ends upstream first: the upstream caps its own wait a margin below
     // its request timeout, and this forward allows the whole timeout
     let timeout = state.kit.request_timeout;
-    let (status, returned, body) = proxy::forward(
-        &state.client,
-        upstream,
-        state.config.base(upstream),
-        parts.method.clone(),
-        &path_and_query,
-        &headers,
-        body,
-        timeout,
-    )
-    .await?;
+    let (status, returned, body) =
+        proxy::forward(&state.client, upstream, state.config.base(upstream), outgoing, timeout).await?;
     let mut response = (status, body).into_response();
     response.headers_mut().extend(returned);
     Ok(response)

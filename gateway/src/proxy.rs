@@ -71,18 +71,24 @@ const FORWARDED: [&str; 6] =
 /// The answer headers passed back.
 const RETURNED: [&str; 4] = ["content-type", "retry-after", "idempotent-replayed", "www-authenticate"];
 
-/// Forwards a request to `base` + `path_and_query`; an upstream that cannot be
+/// A request as it goes upstream: its path and query below the upstream's base.
+pub struct Outgoing<'a> {
+    pub method: Method,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+/// Forwards a request to `base` + its path and query; an upstream that cannot be
 /// reached is 503 `upstream_unavailable`, one that answers garbage 502 `bad_gateway`.
 pub async fn forward(
     client: &reqwest::Client,
     upstream: Upstream,
     base: &str,
-    method: Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: Bytes,
+    outgoing: Outgoing<'_>,
     timeout: Duration,
 ) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
+    let Outgoing { method, path_and_query, headers, body } = outgoing;
     let mut request =
         client.request(method, format!("{}{path_and_query}", base.trim_end_matches('/'))).timeout(timeout);
     for name in FORWARDED {

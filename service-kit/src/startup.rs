@@ -288,6 +288,35 @@ impl<A: eventstore::Aggregate> CommandParts<A> {
     }
 }
 
+/// Starts the cleanup job of expired HTTP Idempotency-Key records of `repository`'s
+/// store unless it is off (`IDEMPOTENCY_CLEANUP_SECS=0`); it runs until `shutdown`.
+/// The saga's step records stay.
+pub fn start_idempotency_cleanup<A: eventstore::Aggregate>(
+    repository: &eventstore::Repository<A>,
+    args: &crate::config::IdempotencyArgs,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let expiry = args.expiry_config()?;
+    let store = repository.store().clone();
+    let expired = repository.metrics().idempotency_expired.clone();
+    Some(tokio::spawn(eventstore::expiry::run(store, expiry, expired, shutdown)))
+}
+
+/// One handle for the tasks that run beside a service's HTTP server: it ends once
+/// every one of them has (a task that failed is logged).
+pub fn join_background(
+    tasks: impl IntoIterator<Item = Option<tokio::task::JoinHandle<()>>>,
+) -> tokio::task::JoinHandle<()> {
+    let tasks: Vec<_> = tasks.into_iter().flatten().collect();
+    tokio::spawn(async move {
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a background task failed");
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,33 +353,4 @@ mod tests {
         assert_eq!(url.password(), Some("s%3Acret"));
         std::fs::remove_dir_all(&dir).expect("removed");
     }
-}
-
-/// Starts the cleanup job of expired HTTP Idempotency-Key records of `repository`'s
-/// store unless it is off (`IDEMPOTENCY_CLEANUP_SECS=0`); it runs until `shutdown`.
-/// The saga's step records stay.
-pub fn start_idempotency_cleanup<A: eventstore::Aggregate>(
-    repository: &eventstore::Repository<A>,
-    args: &crate::config::IdempotencyArgs,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
-    let expiry = args.expiry_config()?;
-    let store = repository.store().clone();
-    let expired = repository.metrics().idempotency_expired.clone();
-    Some(tokio::spawn(eventstore::expiry::run(store, expiry, expired, shutdown)))
-}
-
-/// One handle for the tasks that run beside a service's HTTP server: it ends once
-/// every one of them has (a task that failed is logged).
-pub fn join_background(
-    tasks: impl IntoIterator<Item = Option<tokio::task::JoinHandle<()>>>,
-) -> tokio::task::JoinHandle<()> {
-    let tasks: Vec<_> = tasks.into_iter().flatten().collect();
-    tokio::spawn(async move {
-        for task in tasks {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "a background task failed");
-            }
-        }
-    })
 }

@@ -278,6 +278,33 @@ impl Api {
         let opened = self.client(token).open_account(&request).await.unwrap_or_else(|e| panic!("open_account: {e}"));
         opened.id
     }
+
+    /// `POST /transfers` of `amount` EUR minor units for the token's subject (with an
+    /// Idempotency-Key when given); asserts 201 and returns the transfer's id.
+    pub async fn create_transfer(&self, token: &str, key: Option<&str>, from: Uuid, to: Uuid, amount: i64) -> Uuid {
+        let mut request = self.post("/transfers").token(token);
+        if let Some(key) = key {
+            request = request.idempotency_key(key);
+        }
+        let body =
+            serde_json::json!({"from": from.to_string(), "to": to.to_string(), "amount": amount, "currency": "EUR"});
+        let reply = request.json(body).send().await;
+        reply.expect(201);
+        reply.id()
+    }
+
+    /// Waits until the transfer is `completed` or `failed` (read as `token`'s
+    /// subject); returns its JSON.
+    pub async fn settled_transfer(&self, token: &str, id: Uuid) -> Value {
+        wait_for(Duration::from_secs(30), &format!("transfer {id} to settle"), || {
+            let request = self.get(&format!("/transfers/{id}")).token(token).send();
+            async move {
+                let body = request.await.expect(200).clone();
+                matches!(body["state"].as_str(), Some("completed" | "failed")).then_some(body)
+            }
+        })
+        .await
+    }
 }
 
 /// `(version, type, data)` of every event of a stream, oldest first.
@@ -553,6 +580,41 @@ pub fn counter_sum(vec: &prometheus::IntCounterVec) -> u64 {
 
 /// Puts an envelope on the rapids (partition key: its stream id); returns the
 /// sequence number.
+/// Puts every `account.*` and `transfer.*` event of `streams` onto the rapids again
+/// and waits until the accounts river (it reads `transfer.*`) and the transfers river
+/// (`account.*`) have handled that many more events; returns how many of each kind,
+/// `(transfer.*, account.*)`.
+pub async fn redeliver_saga_events(bank: &Bank, streams: &[Uuid]) -> (u64, u64) {
+    let handled_before = (
+        counter_sum(&bank.account_state.river_metrics.handled),
+        counter_sum(&bank.transfer_state.river_metrics.handled),
+    );
+    let store = eventstore::EventStore::new(bank.account_state.kit.pool.clone());
+    let mut redelivered = (0, 0);
+    for stream in streams {
+        for event in store.read_stream(*stream, 0, None).await.unwrap() {
+            match event.event_type.split('.').next() {
+                Some("transfer") => redelivered.0 += 1,
+                Some("account") => redelivered.1 += 1,
+                _ => continue,
+            }
+            put_envelope(&bank.rapids, &event.into()).await;
+        }
+    }
+    wait_for(Duration::from_secs(30), "the rivers to handle the redelivered events", || {
+        let handled = (
+            counter_sum(&bank.account_state.river_metrics.handled),
+            counter_sum(&bank.transfer_state.river_metrics.handled),
+        );
+        async move {
+            (handled.0 >= handled_before.0 + redelivered.0 && handled.1 >= handled_before.1 + redelivered.1)
+                .then_some(())
+        }
+    })
+    .await;
+    redelivered
+}
+
 pub async fn put_envelope(rapids: &Rapids, envelope: &eventstore::envelope::Envelope) -> String {
     let data = serde_json::to_vec(envelope).unwrap();
     let out = rapids

@@ -3,6 +3,7 @@
 //! storing nothing), the paged query of stored events, forged envelopes on the
 //! stream, rivers whose subscriptions change while they run, generic rivers read like
 //! a queue, and tasks.
+#![allow(clippy::unwrap_used)]
 
 use eventstore::envelope::Envelope;
 use rapids::river::{Handler, HandlerError, River, RiverConfig, RiverEvent, RiverMetrics, Subscriptions, TopicFilter};

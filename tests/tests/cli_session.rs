@@ -1,6 +1,7 @@
 //! The reference session of the control plane, run verbatim through `bankctl shell`
 //! (the real binary) against a running system: the event bus with its generic
 //! rivers, the tailer and the rapids on a real Kinesis API server.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -1,6 +1,7 @@
 //! The crate graph follows the data flow: no service depends on another service (event
 //! types live in `bank-domain`), the domain is pure, and query-service, which never
 //! reads Kinesis, does not link the Kinesis SDK. Read from `cargo metadata`.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};

@@ -42,32 +42,13 @@ async fn deposit(bank: &Bank, owner: &str, key: &str, account: Uuid, amount: i64
 }
 
 async fn transfer(bank: &Bank, owner: &str, key: &str, from: Uuid, to: Uuid, amount: i64) -> Uuid {
-    let reply = bank
-        .transfers
-        .api()
-        .post("/transfers")
-        .token(&token(owner, Customer))
-        .idempotency_key(key)
-        .json(json!({"from": from.to_string(), "to": to.to_string(), "amount": amount, "currency": "EUR"}))
-        .send()
-        .await;
-    reply.expect(201);
-    reply.id()
+    bank.transfers.api().create_transfer(&token(owner, Customer), Some(key), from, to, amount).await
 }
 
 /// Waits until the transfer is `completed` or `failed`; returns its state.
 async fn settled(bank: &Bank, id: Uuid) -> String {
-    let api = bank.transfers.api();
-    let admin = token("ops", tests::Admin);
-    tests::wait_for(Duration::from_secs(30), &format!("transfer {id} to settle"), || {
-        let request = api.get(&format!("/transfers/{id}")).token(&admin).send();
-        async move {
-            let body = request.await.expect(200).clone();
-            let state = body["state"].as_str().unwrap_or_default().to_owned();
-            matches!(state.as_str(), "completed" | "failed").then_some(state)
-        }
-    })
-    .await
+    let body = bank.transfers.api().settled_transfer(&token("ops", tests::Admin), id).await;
+    body["state"].as_str().unwrap_or_default().to_owned()
 }
 
 /// `(actor, key)` of the idempotency records, HTTP keys (`false`) or the saga's (`true`).
@@ -158,11 +139,8 @@ async fn expired_http_keys_leave_every_saga_step_idempotent(options: PgPoolOptio
     let store = eventstore::EventStore::new(pool.clone());
     assert_eq!(store.expire_idempotency(Duration::ZERO, 100).await.unwrap(), 0, "nothing else is deleted");
 
-    // every saga event of the store goes onto the rapids again
-    let handled_before = (
-        tests::counter_sum(&bank.account_state.river_metrics.handled),
-        tests::counter_sum(&bank.transfer_state.river_metrics.handled),
-    );
+    // every saga event of the store goes onto the rapids again, and the accounts river
+    // (it reads transfer.*) and the transfers river (account.*) handle them
     let streams: Vec<Uuid> = sqlx::query_scalar(
         "select stream_id from es.events where stream_type in ('account', 'transfer')
          group by stream_id order by min(position)",
@@ -170,30 +148,8 @@ async fn expired_http_keys_leave_every_saga_step_idempotent(options: PgPoolOptio
     .fetch_all(&pool)
     .await
     .unwrap();
-    let mut redelivered = (0, 0);
-    for stream in streams {
-        for event in store.read_stream(stream, 0, None).await.unwrap() {
-            match event.event_type.split('.').next() {
-                Some("transfer") => redelivered.0 += 1,
-                Some("account") => redelivered.1 += 1,
-                _ => continue,
-            }
-            tests::put_envelope(&bank.rapids, &event.into()).await;
-        }
-    }
+    let redelivered = tests::redeliver_saga_events(&bank, &streams).await;
     assert!(redelivered.0 >= 12 && redelivered.1 >= 12, "{redelivered:?}");
-    // the accounts river reads transfer.*, the transfers river account.*
-    tests::wait_for(Duration::from_secs(30), "the rivers to handle every redelivered event", || {
-        let handled = (
-            tests::counter_sum(&bank.account_state.river_metrics.handled),
-            tests::counter_sum(&bank.transfer_state.river_metrics.handled),
-        );
-        async move {
-            (handled.0 >= handled_before.0 + redelivered.0 && handled.1 >= handled_before.1 + redelivered.1)
-                .then_some(())
-        }
-    })
-    .await;
     // a sentinel transfer after them still completes: the rivers are not stuck on them
     let sentinel = transfer(&bank, "alice", "sentinel", a, b, 1).await;
     assert_eq!(settled(&bank, sentinel).await, "completed");

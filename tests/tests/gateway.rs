@@ -1,6 +1,7 @@
 //! The API gateway, with the whole system behind it (real Postgres, a real Kinesis
 //! API server): the bank used through `/api` only; authentication at the edge (a bad
 //! token never reaches a service); the rate limit; a stopped upstream; the dev login.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 use sqlx::PgPool;

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::collections::BTreeMap;
-use std::time::Duration;
 use tests::{Admin, Api, Bank, Customer, Teller, start_accounts, token};
 use uuid::Uuid;
 
@@ -332,30 +331,13 @@ async fn history_pages_are_contiguous_complete_and_carry_the_recorded_metadata(
 }
 
 async fn transfer(bank: &Bank, owner: &str, from: Uuid, to: Uuid, amount: i64) -> Uuid {
-    let reply = bank
-        .transfers
-        .api()
-        .post("/transfers")
-        .token(&token(owner, Customer))
-        .json(json!({"from": from.to_string(), "to": to.to_string(), "amount": amount, "currency": "EUR"}))
-        .send()
-        .await;
-    reply.expect(201);
-    reply.id()
+    bank.transfers.api().create_transfer(&token(owner, Customer), None, from, to, amount).await
 }
 
 /// Waits until the transfer is `completed` or `failed`; returns its state.
 async fn settled(api: &Api, owner: &str, id: Uuid) -> String {
-    let token = token(owner, Customer);
-    tests::wait_for(Duration::from_secs(30), &format!("transfer {id} to settle"), || {
-        let request = api.get(&format!("/transfers/{id}")).token(&token).send();
-        async move {
-            let reply = request.await;
-            let body = reply.expect(200).clone();
-            body["state"].as_str().filter(|s| matches!(*s, "completed" | "failed")).map(str::to_owned)
-        }
-    })
-    .await
+    let body = api.settled_transfer(&token(owner, Customer), id).await;
+    body["state"].as_str().unwrap_or_default().to_owned()
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

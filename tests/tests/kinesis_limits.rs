@@ -2,6 +2,7 @@
 //! retention is set by ensure-stream's call, and with a GetRecords budget every river
 //! together stays within it on each shard while the saga runs, and every transfer
 //! settles.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -102,20 +103,22 @@ async fn a_lease_taken_again_fences_the_readers_of_the_earlier_take(pool: PgPool
     let b = Leases::new(pool.clone(), "fenced", "b", Duration::from_millis(200));
     a.add_shards(&[("s1".into(), None, None)]).await.unwrap();
     let free = Take { shard_id: "s1".into(), from: None };
+    let lease_expired = || {
+        tests::wait_until_true(
+            &pool,
+            Duration::from_secs(5),
+            "the lease to expire",
+            "select lease_expires_at <= now() from rapids.river_shards where river = 'fenced'",
+            &[],
+        )
+    };
     assert!(a.take(&free).await.unwrap());
     let (_, first) = a.checkpoint("s1").await.unwrap().expect("a holds s1");
     let mut tx = pool.begin().await.unwrap();
     assert!(a.advance(&mut tx, "s1", "100", first).await.unwrap());
     tx.commit().await.unwrap();
     // a pauses past its lease; b takes the shard (a conditional update on the expired lease)
-    tests::wait_until_true(
-        &pool,
-        Duration::from_secs(5),
-        "the lease to expire",
-        "select lease_expires_at <= now() from rapids.river_shards where river = 'fenced'",
-        &[],
-    )
-    .await;
+    lease_expired().await;
     assert!(b.take(&free).await.unwrap());
     assert!(!b.take(&free).await.unwrap(), "a live lease is taken twice");
     let (checkpoint, second) = b.checkpoint("s1").await.unwrap().expect("b holds s1");
@@ -124,14 +127,7 @@ async fn a_lease_taken_again_fences_the_readers_of_the_earlier_take(pool: PgPool
     assert!(!a.advance(&mut tx, "s1", "200", first).await.unwrap(), "a stale reader moved the checkpoint");
     tx.rollback().await.unwrap();
     // b's lease expires and a takes it back: a's reader of the first take is still fenced
-    tests::wait_until_true(
-        &pool,
-        Duration::from_secs(5),
-        "the lease to expire",
-        "select lease_expires_at <= now() from rapids.river_shards where river = 'fenced'",
-        &[],
-    )
-    .await;
+    lease_expired().await;
     assert!(a.take(&free).await.unwrap());
     let (_, third) = a.checkpoint("s1").await.unwrap().expect("a holds s1 again");
     let mut tx = pool.begin().await.unwrap();

@@ -23,30 +23,12 @@ async fn open(bank: &Bank, owner: &str, currency: &str, deposit: i64) -> Uuid {
 }
 
 async fn transfer(bank: &Bank, owner: &str, from: Uuid, to: Uuid, amount: i64) -> Uuid {
-    let reply = bank
-        .transfers
-        .api()
-        .post("/transfers")
-        .token(&token(owner, Customer))
-        .json(json!({"from": from.to_string(), "to": to.to_string(), "amount": amount, "currency": "EUR"}))
-        .send()
-        .await;
-    reply.expect(201);
-    reply.id()
+    bank.transfers.api().create_transfer(&token(owner, Customer), None, from, to, amount).await
 }
 
 /// Waits until the transfer is `completed` or `failed`; returns its JSON.
 async fn settled(api: &Api, owner: &str, id: Uuid) -> Value {
-    let token = token(owner, Customer);
-    tests::wait_for(Duration::from_secs(30), &format!("transfer {id} to settle"), || {
-        let request = api.get(&format!("/transfers/{id}")).token(&token).send();
-        async move {
-            let reply = request.await;
-            let body = reply.expect(200).clone();
-            matches!(body["state"].as_str(), Some("completed" | "failed")).then_some(body)
-        }
-    })
-    .await
+    api.settled_transfer(&token(owner, Customer), id).await
 }
 
 async fn balance(bank: &Bank, owner: &str, id: Uuid) -> i64 {
@@ -203,34 +185,10 @@ async fn saga_events_delivered_twice_move_money_once(options: PgPoolOptions, con
     settled(&bank.transfers.api(), "alice", id).await;
     let before = tests::total_events(&pool).await;
 
-    // every event of the saga goes onto the rapids a second time
-    let handled_before = (
-        tests::counter_sum(&bank.account_state.river_metrics.handled),
-        tests::counter_sum(&bank.transfer_state.river_metrics.handled),
-    );
-    let store = eventstore::EventStore::new(pool.clone());
-    let mut redelivered = (0, 0);
-    for stream in [id, a, b] {
-        for event in store.read_stream(stream, 0, None).await.unwrap() {
-            match event.event_type.split('.').next() {
-                Some("transfer") => redelivered.0 += 1,
-                _ => redelivered.1 += 1,
-            }
-            tests::put_envelope(&bank.rapids, &event.into()).await;
-        }
-    }
-    // each river handed them to its handler again (its own kind only)
-    tests::wait_for(Duration::from_secs(20), "the rivers to handle the redelivered events", || {
-        let handled = (
-            tests::counter_sum(&bank.account_state.river_metrics.handled),
-            tests::counter_sum(&bank.transfer_state.river_metrics.handled),
-        );
-        async move {
-            (handled.0 >= handled_before.0 + redelivered.0 && handled.1 >= handled_before.1 + redelivered.1)
-                .then_some(())
-        }
-    })
-    .await;
+    // every event of the saga goes onto the rapids a second time, and each river
+    // hands its own kind to its handler again
+    let redelivered = tests::redeliver_saga_events(&bank, &[id, a, b]).await;
+    assert_eq!(redelivered, (3, 5), "transfer.* and account.* events redelivered");
     assert_eq!(tests::total_events(&pool).await, before, "a redelivered step appends nothing");
     assert_eq!((balance(&bank, "alice", a).await, balance(&bank, "bob", b).await), (600, 400));
 }

@@ -87,7 +87,7 @@ async fn a_plain_connection_is_refused_by_the_server() {
     let plain = with_tls(&url, "disable", None);
     let mut args = DatabaseArgs::new(plain.clone());
     args.database_connect_timeout_secs = 0;
-    let error = service_kit::startup::connect(&args).await.err().expect("refused");
+    let error = service_kit::startup::connect(&args).await.expect_err("refused");
     assert!(error.to_string().contains("no encryption"), "{error}");
 
     let target = ReplicationTarget::new(&PgConnectOptions::from_str(&plain).unwrap());
@@ -104,7 +104,7 @@ async fn a_server_certificate_from_another_ca_is_refused_with_a_clear_error() {
     let other = other_ca();
     for mode in ["verify-full", "verify-ca"] {
         let wrong = with_tls(&url, mode, Some(&other));
-        let error = service_kit::startup::connect(&DatabaseArgs::new(wrong.clone())).await.err().expect("refused");
+        let error = service_kit::startup::connect(&DatabaseArgs::new(wrong.clone())).await.expect_err("refused");
         assert!(
             error.to_string().contains("the server's certificate is not signed by the CA in sslrootcert"),
             "pool, {mode}: {error}"

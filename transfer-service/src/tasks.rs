@@ -15,7 +15,7 @@ use bank_api::transfers::CreateTransferRequest;
 use eventstore::StoreError;
 use eventstore::envelope::EventMetadata;
 use eventstore::store::{Append, NewEvent};
-use rapids::river::{HandlerError, RiverEvent};
+use rapids::river::{HandlerError, RiverEvent, UNSEEN_GRACE};
 use serde_json::{Value, json};
 use service_kit::ErrorCode;
 use std::time::{Duration, Instant};
@@ -30,9 +30,6 @@ pub const REJECTED: &str = "transfer.task_rejected";
 /// The stream type of the refusals.
 pub const REJECTION_STREAM_TYPE: &str = "task";
 const SERVICE: &str = "transfer-service";
-/// How long a task's id is looked for in the store before the attempt fails (the
-/// rivers wait as long for a reserved event's id).
-const UNSEEN_GRACE: Duration = Duration::from_secs(5);
 
 /// Whether the river's event is a task for this service (posted to the bus).
 pub fn is_task(event: &RiverEvent) -> bool {
@@ -50,8 +47,8 @@ impl Tasks {
         let task_id = event.envelope.event_id;
         // the tailer may publish a commit a moment before other sessions can see it
         // (logical decoding hands it over once its commit record is flushed): an id
-        // not in the store is looked for again for a few seconds, then the river's
-        // attempts go on and park what the store never holds
+        // not in the store is looked for again as long as the rivers look for a
+        // reserved event's, then the river's attempts go on and park what it never holds
         let mut pause = Duration::from_millis(20);
         let started = Instant::now();
         let (stream_type, task, data, metadata) = loop {

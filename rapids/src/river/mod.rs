@@ -21,6 +21,8 @@ pub mod dead_letter;
 pub mod lease;
 mod reader;
 
+pub use reader::UNSEEN_GRACE;
+
 use crate::LATENCY_BUCKETS;
 use crate::kinesis::{Rapids, describe};
 use eventstore::envelope::Envelope;

@@ -19,24 +19,44 @@ use tracing::Instrument;
 /// `screen_forged`).
 pub const UNSEEN_GRACE: Duration = Duration::from_secs(5);
 
-/// Whether the event store holds `envelope`'s event as it is (id, stream, version,
-/// type and data); envelopes of other than reserved types always pass. The check of
-/// an operator's retry of a parked envelope.
+/// Compares envelopes with the event store, each on its own (a forged copy of a
+/// genuine event's id among them must not pass with it), data included (the handlers
+/// act on it): for each envelope the store holds an event of its id for (numbered from
+/// 1 in `envelopes`' order), whether that event is the same — stream, version, type
+/// and data. An id the store does not hold is missing from the answer.
+pub(crate) async fn compare_with_store(
+    conn: impl sqlx::PgExecutor<'_>,
+    envelopes: &[&Envelope],
+) -> sqlx::Result<std::collections::HashMap<i64, bool>> {
+    let ids: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.event_id).collect();
+    let streams: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.stream_id).collect();
+    let versions: Vec<i32> = envelopes.iter().map(|e| e.version).collect();
+    let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+    let data: Vec<&serde_json::Value> = envelopes.iter().map(|e| &e.data).collect();
+    let rows = sqlx::query_as::<_, (i64, bool)>(
+        "select c.idx, e.stream_id = c.stream_id and e.version = c.version and e.type = c.type
+                        and e.data = c.data
+         from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[])
+              with ordinality as c(event_id, stream_id, version, type, data, idx)
+         join es.events e on e.event_id = c.event_id",
+    )
+    .bind(&ids)
+    .bind(&streams)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&data)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Whether the event store holds `envelope`'s event as it is; envelopes of other than
+/// reserved types always pass. The check of an operator's retry of a parked envelope.
 pub(crate) async fn held_by_store(conn: &mut PgConnection, envelope: &Envelope) -> sqlx::Result<bool> {
     if !super::is_reserved(&envelope.event_type) {
         return Ok(true);
     }
-    sqlx::query_scalar(
-        "select exists (select 1 from es.events where event_id = $1 and stream_id = $2 and version = $3
-                          and type = $4 and data = $5)",
-    )
-    .bind(envelope.event_id)
-    .bind(envelope.stream_id)
-    .bind(envelope.version)
-    .bind(&envelope.event_type)
-    .bind(&envelope.data)
-    .fetch_one(conn)
-    .await
+    Ok(compare_with_store(conn, &[envelope]).await?.get(&1) == Some(&true))
 }
 
 /// Why a reader stops.
@@ -595,35 +615,16 @@ impl<H: Handler> ShardReader<H> {
         if reserved.is_empty() {
             return Ok(());
         }
-        let ids: Vec<uuid::Uuid> = reserved.iter().map(|e| e.envelope.event_id).collect();
-        let streams: Vec<uuid::Uuid> = reserved.iter().map(|e| e.envelope.stream_id).collect();
-        let versions: Vec<i32> = reserved.iter().map(|e| e.envelope.version).collect();
-        let types: Vec<String> = reserved.iter().map(|e| e.envelope.event_type.clone()).collect();
-        let data: Vec<serde_json::Value> = reserved.iter().map(|e| e.envelope.data.clone()).collect();
+        let envelopes: Vec<&Envelope> = reserved.iter().map(|e| &e.envelope).collect();
         let mut backoff = self.shared.config.retry_backoff;
         let mut first_miss: Option<std::time::Instant> = None;
-        // each candidate on its own (a forged copy of a genuine event's id in the same
-        // page must not pass with it), its data included (the handlers act on it):
         // candidate → whether the stored event with its id is the same
         let stored: std::collections::HashMap<i64, bool> = loop {
-            let found = sqlx::query_as::<_, (i64, bool)>(
-                "select c.idx, e.stream_id = c.stream_id and e.version = c.version and e.type = c.type
-                                and e.data = c.data
-                 from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[])
-                      with ordinality as c(event_id, stream_id, version, type, data, idx)
-                 join es.events e on e.event_id = c.event_id",
-            )
-            .bind(&ids)
-            .bind(&streams)
-            .bind(&versions)
-            .bind(&types)
-            .bind(&data)
-            .fetch_all(&self.shared.pool)
-            .await;
+            let found = compare_with_store(&self.shared.pool, &envelopes).await;
             match found {
-                Ok(found) if found.len() == reserved.len() => break found.into_iter().collect(),
+                Ok(found) if found.len() == reserved.len() => break found,
                 Ok(found) if first_miss.get_or_insert_with(std::time::Instant::now).elapsed() >= UNSEEN_GRACE => {
-                    break found.into_iter().collect();
+                    break found;
                 }
                 // an id not (yet) in the store: look again
                 Ok(_) => {
