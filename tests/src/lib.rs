@@ -279,6 +279,18 @@ impl Api {
         opened.id
     }
 
+    /// `POST /accounts/{id}/deposits` of `amount` EUR minor units as the token's
+    /// subject; asserts 200 and returns the account's new version.
+    pub async fn deposit(&self, token: &str, id: Uuid, amount: i64) -> i64 {
+        let reply = self
+            .post(&format!("/accounts/{id}/deposits"))
+            .token(token)
+            .json(serde_json::json!({"amount": amount, "currency": "EUR"}))
+            .send()
+            .await;
+        reply.expect(200)["version"].as_i64().unwrap()
+    }
+
     /// `POST /transfers` of `amount` EUR minor units for the token's subject (with an
     /// Idempotency-Key when given); asserts 201 and returns the transfer's id.
     pub async fn create_transfer(&self, token: &str, key: Option<&str>, from: Uuid, to: Uuid, amount: i64) -> Uuid {

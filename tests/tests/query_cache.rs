@@ -15,28 +15,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 async fn open(bank: &Bank, owner: &str, deposit: i64) -> Uuid {
-    let reply = bank
-        .accounts
-        .api()
-        .post("/accounts")
-        .token(&token(owner, Customer))
-        .json(json!({"currency": "EUR", "initial_deposit": deposit}))
-        .send()
-        .await;
-    reply.expect(201);
-    reply.id()
+    bank.accounts.api().open_account(&token(owner, Customer), "EUR", deposit).await
 }
 
 async fn deposit(bank: &Bank, owner: &str, id: Uuid, amount: i64) -> i64 {
-    let reply = bank
-        .accounts
-        .api()
-        .post(&format!("/accounts/{id}/deposits"))
-        .token(&token(owner, Customer))
-        .json(json!({"amount": amount, "currency": "EUR"}))
-        .send()
-        .await;
-    reply.expect(200)["version"].as_i64().unwrap()
+    bank.accounts.api().deposit(&token(owner, Customer), id, amount).await
 }
 
 /// The highest version query-service was told of for a stream: its waiters' watch,

@@ -12,14 +12,7 @@ use tests::{Api, Bank, Customer, token};
 use uuid::Uuid;
 
 async fn open(bank: &Bank, owner: &str, currency: &str, deposit: i64) -> Uuid {
-    let api = bank.accounts.api();
-    let reply = api
-        .post("/accounts")
-        .token(&token(owner, Customer))
-        .json(json!({"currency": currency, "initial_deposit": deposit}))
-        .send()
-        .await;
-    reply.id()
+    bank.accounts.api().open_account(&token(owner, Customer), currency, deposit).await
 }
 
 async fn transfer(bank: &Bank, owner: &str, from: Uuid, to: Uuid, amount: i64) -> Uuid {

@@ -28,15 +28,7 @@ async fn open(bank: &Bank, owner: &str, deposit: i64) -> (Uuid, i64) {
 }
 
 async fn deposit(bank: &Bank, owner: &str, id: Uuid, amount: i64) -> i64 {
-    let reply = bank
-        .accounts
-        .api()
-        .post(&format!("/accounts/{id}/deposits"))
-        .token(&token(owner, Customer))
-        .json(json!({"amount": amount, "currency": "EUR"}))
-        .send()
-        .await;
-    reply.expect(200)["version"].as_i64().unwrap()
+    bank.accounts.api().deposit(&token(owner, Customer), id, amount).await
 }
 
 /// Every row of the views, in a stable order (to compare before and after).
