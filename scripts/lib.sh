@@ -22,19 +22,82 @@ apt_install() {
   as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# Every program the scripts run that a fresh machine of this kind may lack, with the
+# Debian package that brings it: a name is looked up on PATH, a path must be
+# executable. One table, so that what a script installs and what `preflight` checks
+# cannot drift apart. (podman's netavark drives the host firewall through iptables, a
+# package apt does not pull in with --no-install-recommends.)
+declare -A TOOL_PACKAGE=(
+  [curl]=curl [openssl]=openssl [jq]=jq [bc]=bc [objcopy]=binutils [ip]=iproute2
+  [runuser]=util-linux [useradd]=passwd [node]=nodejs [npm]=npm
+  [psql]=postgresql-client-15 [initdb]=postgresql-15 [pgbench]=postgresql-15
+  [chromium]=chromium
+  [podman]=podman [runc]=runc [debootstrap]=debootstrap [iptables]=iptables
+  [netavark]=netavark [aardvark-dns]=aardvark-dns
+)
+# where a tool lives when it is not on PATH
+declare -A TOOL_PATH=(
+  [initdb]="$PG_BIN/initdb" [pgbench]="$PG_BIN/pgbench"
+  [netavark]=/usr/lib/podman/netavark [aardvark-dns]=/usr/lib/podman/aardvark-dns
+)
+# The tools of each part of the work, for `preflight`.
+TOOLS_BASE=(curl openssl jq runuser useradd psql initdb node npm)
+TOOLS_BROWSER=(chromium)
+TOOLS_IMAGES=(podman runc netavark aardvark-dns iptables debootstrap bc objcopy ip)
+TOOLS_BENCH=(pgbench)
+
+tool_present() {
+  local path=${TOOL_PATH[$1]:-}
+  if [ -n "$path" ]; then [ -x "$path" ]; else command -v "$1" >/dev/null; fi
+}
+
+# missing_packages TOOL...: the packages that would bring the missing tools, once each.
+missing_packages() {
+  local tool pkgs=()
+  for tool in "$@"; do
+    [ -n "${TOOL_PACKAGE[$tool]:-}" ] || die "scripts/lib.sh: no package known for the tool $tool"
+    tool_present "$tool" || pkgs+=("${TOOL_PACKAGE[$tool]}")
+  done
+  [ ${#pkgs[@]} -eq 0 ] || printf '%s\n' "${pkgs[@]}" | sort -u
+}
+
+# ensure_cmds TOOL...: installs the packages of the missing tools, then checks each.
+ensure_cmds() {
+  local pkgs tool
+  mapfile -t pkgs < <(missing_packages "$@")
+  [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
+  for tool in "$@"; do tool_present "$tool" || die "$tool is still missing after installing ${TOOL_PACKAGE[$tool]}"; done
+}
+
+# preflight TOOL...: fast, before anything is built: says which of the tools a run will
+# need are missing and whether Debian offers their packages. Installs nothing (each
+# phase installs its own); fails at once, naming the tool, when a package has no
+# candidate, so a run does not fail twenty minutes in.
+preflight() {
+  local pkgs pkg tool bad=()
+  mapfile -t pkgs < <(missing_packages "$@")
+  [ ${#pkgs[@]} -eq 0 ] && { log "preflight: every tool this run needs is here"; return 0; }
+  log "preflight: missing, to be installed from Debian when needed: ${pkgs[*]}"
+  as_root apt-get update -qq >/dev/null 2>&1 || log "preflight: apt-get update failed; checking the lists apt has"
+  for pkg in "${pkgs[@]}"; do
+    if ! apt-cache policy "$pkg" 2>/dev/null | grep -qE '^ +Candidate: [^(]'; then
+      for tool in "$@"; do [ "${TOOL_PACKAGE[$tool]}" = "$pkg" ] && ! tool_present "$tool" && bad+=("$tool (package $pkg)"); done
+    fi
+  done
+  [ ${#bad[@]} -eq 0 ] || die "preflight: not installed and not installable from Debian: ${bad[*]}"
+}
+
 ensure_postgres() {
-  [ -x "$PG_BIN/initdb" ] || apt_install postgresql-15
-  [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 binaries not found in $PG_BIN"
+  ensure_cmds initdb psql
 }
 
 # Tools the scripts and tests call, whatever else is configured.
 ensure_tools() {
-  command -v curl >/dev/null || apt_install curl
-  command -v openssl >/dev/null || apt_install openssl  # the RS256 test makes its key pair
+  ensure_cmds curl openssl jq runuser # openssl: the RS256 test makes its key pair
 }
 
 ensure_kinesis_servers() {
-  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  ensure_cmds node npm
   local stamp="$KINESIS_TOOLS/node_modules/.installed-lock"
   if [ ! -f "$stamp" ] || ! cmp -s "$KINESIS_TOOLS/package-lock.json" "$stamp"; then
     log "installing the Kinesis API servers (npm ci, tools/kinesis)"
