@@ -9,7 +9,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bank_api::accounts::{AccountDetail, AccountReply, AmountRequest, OpenRequest, ReadQuery, RecentTransaction};
+use bank_api::accounts::{
+    AccountDetail, AccountReply, AmountRequest, OpenRequest, PaymentRequest, ReadQuery, RecentTransaction,
+};
 use bank_domain::account::{Account, AccountCommand, Actor, BALANCE_EVENTS};
 use bank_domain::{Currency, Money};
 use eventstore::envelope::RecordedEvent;
@@ -22,7 +24,16 @@ use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(open, read, deposit, withdraw, close, crate::history::history, crate::history::transfers))]
+#[openapi(paths(
+    open,
+    read,
+    deposit,
+    withdraw,
+    send_payment,
+    close,
+    crate::history::history,
+    crate::history::transfers
+))]
 pub struct Api;
 
 pub fn routes() -> Router<AppState> {
@@ -31,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}", get(read))
         .route("/accounts/{id}/deposits", post(deposit))
         .route("/accounts/{id}/withdrawals", post(withdraw))
+        .route("/accounts/{id}/payments", post(send_payment))
         .route("/accounts/{id}/close", post(close))
         .merge(crate::history::routes())
 }
@@ -58,6 +70,7 @@ pub const COMMAND_ERRORS: &[ErrorCode] = &[
 
 /// The errors of `POST /accounts`, beside the common ones.
 pub const OPEN_ERRORS: &[ErrorCode] = &[
+    ErrorCode::Forbidden,
     ErrorCode::MalformedJson,
     ErrorCode::InvalidBody,
     ErrorCode::InvalidAmount,
@@ -106,7 +119,8 @@ fn account_reply(id: Uuid, account: &Account, version: i32) -> AccountReply {
     }
 }
 
-/// Opens an account for the caller (201), optionally with a first deposit.
+/// Opens an account (201): a customer's own; staff open for anyone (`owner`) and may
+/// take cash in at once (`initial_deposit`, a posting `cash` → account).
 #[utoipa::path(post, path = "/accounts", tag = "accounts",
     params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the request answer the first answer")),
     request_body = OpenRequest,
@@ -122,8 +136,15 @@ async fn open(
         Some(n) => Some(Money::from_json(n, currency, state.max_amount)?),
         None => None,
     };
+    let owner = match &body.value.owner {
+        Some(owner) if owner.is_empty() || owner.chars().count() > 128 || owner.chars().any(char::is_control) => {
+            return Err(ApiError::new(ErrorCode::InvalidBody, "owner must be 1 to 128 characters, none a control"));
+        }
+        Some(owner) => owner.clone(),
+        None => meta.caller.subject.clone(),
+    };
     let id = Uuid::now_v7();
-    let command = AccountCommand::Open { owner: meta.caller.subject.clone(), currency, initial_deposit };
+    let command = AccountCommand::Open { owner, currency, initial_deposit, by: actor(&meta.caller) };
     let ctx = meta.context(&body.canonical, None);
     let reply =
         state.accounts.create(id, command, ctx, move |account, version| account_json(id, account, version)).await?;
@@ -134,7 +155,8 @@ fn actor(caller: &Caller) -> Actor {
     Actor { id: caller.subject.clone(), staff: caller.is_staff() }
 }
 
-/// Deposits into an account (its owner, or a teller or admin for anyone).
+/// Cash in at the desk (a posting `cash` → account): tellers and admins only; a
+/// customer, even the owner, is refused 403 and nothing is written.
 #[utoipa::path(post, path = "/accounts/{id}/deposits", tag = "accounts",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = AmountRequest,
@@ -148,7 +170,7 @@ async fn deposit(
     amount_command(state, meta, id, body, |amount, by| AccountCommand::Deposit { amount, by }).await
 }
 
-/// Withdraws from an account (its owner only; never below zero).
+/// Cash out (a posting account → `cash`): the owner, or a teller or admin; never below zero.
 #[utoipa::path(post, path = "/accounts/{id}/withdrawals", tag = "accounts",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
     request_body = AmountRequest,
@@ -177,6 +199,32 @@ async fn amount_command(
     Ok(command_response(StatusCode::OK, reply))
 }
 
+/// Sends a payment to another bank (a posting account → `outbound`): the owner only;
+/// never below zero (422 `insufficient_funds`).
+#[utoipa::path(post, path = "/accounts/{id}/payments", tag = "accounts",
+    params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
+    request_body = PaymentRequest,
+    responses((status = 200, description = "the account after the payment", body = AccountReply)))]
+async fn send_payment(
+    State(state): State<AppState>,
+    meta: CommandMeta,
+    PathId(id): PathId,
+    body: ApiJson<PaymentRequest>,
+) -> Result<Response, ApiError> {
+    let amount = Money::parse(&body.value.amount, &body.value.currency, state.max_amount)?;
+    let reference = match &body.value.reference {
+        Some(r) if !bank_domain::ledger::valid_reference(r) => {
+            return Err(ApiError::new(ErrorCode::InvalidBody, "reference must be 1 to 64 of A-Z a-z 0-9 . _ : / -"));
+        }
+        Some(r) => r.clone(),
+        None => Uuid::now_v7().to_string(),
+    };
+    let command = AccountCommand::SendPayment { reference, amount, by: actor(&meta.caller) };
+    let ctx = meta.context(&body.canonical, body.value.expected_version);
+    let reply = state.accounts.execute(id, command, ctx, move |a, v| account_json(id, a, v)).await?;
+    Ok(command_response(StatusCode::OK, reply))
+}
+
 /// Closes an account (its owner only; at a zero balance). Takes no body.
 #[utoipa::path(post, path = "/accounts/{id}/close", tag = "accounts",
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header)),
@@ -194,7 +242,7 @@ pub(crate) fn detail(id: Uuid, account: &Account, version: i32, recent: &[Record
         .iter()
         .map(|e| RecentTransaction {
             kind: match e.event_type.as_str() {
-                "account.deposited" | "account.credited" | "account.refunded" => "credit",
+                t if bank_domain::account::CREDIT_EVENTS.contains(&t) => "credit",
                 _ => "debit",
             }
             .to_owned(),

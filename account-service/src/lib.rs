@@ -7,6 +7,7 @@
 pub mod history;
 pub mod http;
 pub mod openapi;
+pub mod payments;
 pub mod saga;
 
 use axum::Router;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 /// account-service's configuration (environment variables, see `.env.example`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "account-service", about = "Accounts: open, deposit, withdraw, close")]
+#[command(name = "account-service", about = "Accounts: open, cash in and out, payments, close")]
 pub struct Config {
     /// Where to listen.
     #[arg(long, env = "ACCOUNT_SERVICE_ADDR", default_value_t = Config::DEFAULT_ADDR)]
@@ -119,7 +120,12 @@ pub fn start_river(
     rapids: Rapids,
     shutdown: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let steps = saga::SagaSteps::new(state.accounts.clone());
+    let payments = payments::Payments {
+        accounts: state.accounts.clone(),
+        pool: state.kit.pool.clone(),
+        max_amount: state.max_amount,
+    };
+    let steps = saga::SagaSteps::new(state.accounts.clone(), payments);
     config.river.spawn(saga::RIVER, saga::TOPICS, steps, &state.kit.pool, rapids, state.river_metrics.clone(), shutdown)
 }
 

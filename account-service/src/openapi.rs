@@ -19,6 +19,7 @@ pub fn document_json() -> Value {
             RouteErrors { method: "get", path: "/accounts/{id}", codes: READ_ERRORS },
             RouteErrors { method: "post", path: "/accounts/{id}/deposits", codes: COMMAND_ERRORS },
             RouteErrors { method: "post", path: "/accounts/{id}/withdrawals", codes: COMMAND_ERRORS },
+            RouteErrors { method: "post", path: "/accounts/{id}/payments", codes: COMMAND_ERRORS },
             RouteErrors { method: "post", path: "/accounts/{id}/close", codes: CLOSE_ERRORS },
             RouteErrors { method: "get", path: "/accounts/{id}/history", codes: HISTORY_ERRORS },
             RouteErrors { method: "get", path: "/accounts/{id}/transfers", codes: HISTORY_ERRORS },

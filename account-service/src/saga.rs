@@ -2,7 +2,10 @@
 //!
 //! * `transfer.created` → debit the source (`account.debited` or `account.debit_rejected`);
 //! * `transfer.debited` → credit the target (`account.credited` or `account.credit_rejected`);
-//! * `transfer.refund_requested` → refund the source (`account.refunded`).
+//! * `transfer.refund_requested` → refund the source (`account.refunded`, or
+//!   `account.refund_diverted` to `suspense` when the source was closed meanwhile).
+//!
+//! The same river reads the tasks addressed to the service (see [`crate::payments`]).
 //!
 //! Each step runs as a command with an idempotency record keyed by the transfer and
 //! the step, written in the same statement as the step's event: a redelivered event
@@ -23,8 +26,8 @@ use uuid::Uuid;
 
 /// The river's name: its leases, checkpoints and dead letters are kept under it.
 pub const RIVER: &str = "accounts";
-/// The event types the river reads.
-pub const TOPICS: &[&str] = &["transfer.*"];
+/// The event types the river reads: the saga's, and the tasks addressed to the service.
+pub const TOPICS: &[&str] = &["transfer.*", crate::payments::TOPICS];
 /// The idempotency records' actor.
 const ACTOR: &str = "saga:accounts";
 /// Transfers handled at once within one page of records.
@@ -43,11 +46,12 @@ struct Movement {
 /// The handler: runs each step against the accounts.
 pub struct SagaSteps {
     accounts: Repository<Account>,
+    payments: crate::payments::Payments,
 }
 
 impl SagaSteps {
-    pub fn new(accounts: Repository<Account>) -> Self {
-        SagaSteps { accounts }
+    pub fn new(accounts: Repository<Account>, payments: crate::payments::Payments) -> Self {
+        SagaSteps { accounts, payments }
     }
 
     async fn step(&self, event: &RiverEvent) -> Result<(), HandlerError> {
@@ -105,7 +109,9 @@ impl Handler for SagaSteps {
         // only the transfer aggregate's own events (a task's refusal is `transfer.*` too)
         let transfers: Vec<RiverEvent> =
             events.iter().filter(|e| e.from_aggregate(MoneyTransfer::STREAM_TYPE)).cloned().collect();
-        by_stream(&transfers, CONCURRENCY, |event| self.step(event)).await
+        by_stream(&transfers, CONCURRENCY, |event| self.step(event)).await?;
+        let tasks: Vec<RiverEvent> = events.iter().filter(|e| crate::payments::is_task(e)).cloned().collect();
+        by_stream(&tasks, CONCURRENCY, |event| self.payments.run(event)).await
     }
 
     /// The steps are commands, idempotent on their own; nothing is written through `tx`.

@@ -18,6 +18,12 @@ pub struct OpenRequest {
     #[serde(default)]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000)]
     pub initial_deposit: Option<serde_json::Number>,
+    /// Who owns the account (staff open accounts for customers; a customer may name
+    /// only themselves). Absent: the caller. A non-zero `initial_deposit` is cash taken
+    /// in: staff only.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
+    pub owner: Option<String>,
 }
 
 /// `POST /accounts/{id}/deposits` and `/withdrawals`.
@@ -33,6 +39,41 @@ pub struct AmountRequest {
     #[serde(default, deserialize_with = "crate::optional_version")]
     #[schema(minimum = 0, maximum = 2147483647)]
     pub expected_version: Option<i32>,
+}
+
+/// `POST /accounts/{id}/payments`: a payment to another bank (account → `outbound`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    /// In minor units, at most `MAX_AMOUNT_MINOR` (default 1,000,000,000).
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
+    pub amount: serde_json::Number,
+    #[schema(schema_with = crate::currency_schema)]
+    pub currency: String,
+    /// The payment's reference for the receiving bank (absent: one is made).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:/-]+$")]
+    pub reference: Option<String>,
+    /// Optional optimistic check: refuse with 409 unless the account is at this version.
+    #[serde(default, deserialize_with = "crate::optional_version")]
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub expected_version: Option<i32>,
+}
+
+/// The data of the task `accounts.payment.receive` that a payment rail (role
+/// `service`) posts to the event bus: a payment from another bank, posted `inbound` →
+/// account exactly once per the rail's reference.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceivePaymentTask {
+    /// The rail's payment reference: the same reference twice is one payment.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:/-]+$")]
+    pub reference: String,
+    pub account: Uuid,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
+    pub amount: serde_json::Number,
+    #[schema(schema_with = crate::currency_schema)]
+    pub currency: String,
 }
 
 /// An account after a command.

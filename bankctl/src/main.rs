@@ -68,6 +68,17 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Check the books once (the reconciliation, incremental from where the last check
+    /// stopped) and print the report as JSON; exit 1 on any difference: a currency whose
+    /// balances do not sum to zero, in_transit not equal to what the open transfers hold,
+    /// a finding (naming the account or transfer).
+    Reconcile {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Forget what the ledger read and check the whole event store again.
+        #[arg(long)]
+        full: bool,
+    },
     /// List the events the rivers parked (not yet resolved).
     DeadLetters {
         #[command(flatten)]
@@ -164,6 +175,17 @@ async fn main() -> anyhow::Result<()> {
             let pool = service_kit::startup::connect(&database).await?;
             service_kit::startup::migrate(&pool).await?;
             println!("migrations applied");
+        }
+        Command::Reconcile { database, full } => {
+            let pool = service_kit::startup::connect(&database).await?;
+            if full {
+                ledger::reset(&pool).await?;
+            }
+            let report = ledger::check_now(&pool).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.balanced() {
+                std::process::exit(1);
+            }
         }
         Command::DeadLetters { database, river } => {
             let pool = service_kit::startup::connect(&database).await?;

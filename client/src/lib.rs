@@ -7,7 +7,7 @@
 //! # async fn demo() -> Result<(), bank_client::ClientError> {
 //! use bank_client::{BankClient, Urls, api::accounts::OpenRequest};
 //! let bank = BankClient::new(Urls::dev(), "a bearer token");
-//! let account = bank.open_account(&OpenRequest { currency: "EUR".into(), initial_deposit: None }).await?;
+//! let account = bank.open_account(&OpenRequest { currency: "EUR".into(), initial_deposit: None, owner: None }).await?;
 //! let view = bank.view_account(account.id, &bank_client::api::views::WaitQuery {
 //!     min_version: Some(account.version.into()),
 //!     wait_ms: Some(5000),

@@ -2,7 +2,11 @@
 //!
 //! Rules: amounts are positive and in the account's currency; no overdraft; a closed
 //! account takes nothing; an account closes only at a zero balance. Who may act is a
-//! rule of the account too: the owner for everything, a teller also for deposits.
+//! rule of the account too: cash comes in only through staff (tellers and admins: a
+//! deposit, or an initial deposit on opening); the owner or staff take cash out; the
+//! owner sends payments out and closes; payments come in from a payment rail (the
+//! service checks the rail's role). Every event that moves money is one balanced
+//! posting against one of the bank's own accounts: see [`crate::ledger`].
 //!
 //! The transfer saga's steps (debit, credit, refund) come from the saga, not from a
 //! person: they are checked against the account's state only, and a step the account
@@ -25,6 +29,13 @@ pub enum AccountEvent {
     Withdrawn { amount: i64, currency: Currency, balance_after: i64 },
     #[serde(rename = "account.closed")]
     Closed {},
+    /// A payment from another bank, posted by a payment rail (`inbound` → account),
+    /// once per the rail's reference.
+    #[serde(rename = "account.payment_received")]
+    PaymentReceived { reference: String, amount: i64, currency: Currency, balance_after: i64 },
+    /// A payment to another bank, sent by the owner (account → `outbound`).
+    #[serde(rename = "account.payment_sent")]
+    PaymentSent { reference: String, amount: i64, currency: Currency, balance_after: i64 },
     /// The source side of a transfer.
     #[serde(rename = "account.debited")]
     Debited { transfer_id: Uuid, amount: i64, currency: Currency, balance_after: i64, counterparty: Uuid },
@@ -38,6 +49,10 @@ pub enum AccountEvent {
     /// A debited amount given back after the credit was rejected.
     #[serde(rename = "account.refunded")]
     Refunded { transfer_id: Uuid, amount: i64, currency: Currency, balance_after: i64 },
+    /// A refund for an account closed meanwhile: the money goes from `in_transit` to
+    /// `suspense` for an operator to place; the closed account's balance stays as it was.
+    #[serde(rename = "account.refund_diverted")]
+    RefundDiverted { transfer_id: Uuid, amount: i64, currency: Currency },
 }
 
 /// Why an account did not take its step of a transfer.
@@ -68,24 +83,38 @@ impl DomainEvent for AccountEvent {
             AccountEvent::Deposited { .. } => "account.deposited",
             AccountEvent::Withdrawn { .. } => "account.withdrawn",
             AccountEvent::Closed {} => "account.closed",
+            AccountEvent::PaymentReceived { .. } => "account.payment_received",
+            AccountEvent::PaymentSent { .. } => "account.payment_sent",
             AccountEvent::Debited { .. } => "account.debited",
             AccountEvent::DebitRejected { .. } => "account.debit_rejected",
             AccountEvent::Credited { .. } => "account.credited",
             AccountEvent::CreditRejected { .. } => "account.credit_rejected",
             AccountEvent::Refunded { .. } => "account.refunded",
+            AccountEvent::RefundDiverted { .. } => "account.refund_diverted",
         }
     }
 }
 
 /// The event types that change a balance (the account's transactions).
-pub const BALANCE_EVENTS: &[&str] =
-    &["account.deposited", "account.withdrawn", "account.debited", "account.credited", "account.refunded"];
+pub const BALANCE_EVENTS: &[&str] = &[
+    "account.deposited",
+    "account.withdrawn",
+    "account.payment_received",
+    "account.payment_sent",
+    "account.debited",
+    "account.credited",
+    "account.refunded",
+];
+
+/// The event types that credit their account (the others of [`BALANCE_EVENTS`] debit it).
+pub const CREDIT_EVENTS: &[&str] =
+    &["account.deposited", "account.payment_received", "account.credited", "account.refunded"];
 
 /// Who asks for a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub id: String,
-    /// Tellers and admins may deposit to any account.
+    /// Tellers and admins: they take cash in and out for any account.
     pub staff: bool,
 }
 
@@ -94,13 +123,29 @@ pub enum AccountCommand {
     Open {
         owner: String,
         currency: Currency,
+        /// Cash taken in at opening: staff only.
         initial_deposit: Option<Money>,
+        by: Actor,
     },
+    /// Cash in at the desk (`cash` → account): staff only.
     Deposit {
         amount: Money,
         by: Actor,
     },
+    /// Cash out (account → `cash`): the owner or staff, never overdrawing.
     Withdraw {
+        amount: Money,
+        by: Actor,
+    },
+    /// A payment from another bank (`inbound` → account). Posted by a payment rail;
+    /// exactly once per reference is the caller's idempotency record.
+    ReceivePayment {
+        reference: String,
+        amount: Money,
+    },
+    /// A payment to another bank (account → `outbound`): the owner only, never overdrawing.
+    SendPayment {
+        reference: String,
         amount: Money,
         by: Actor,
     },
@@ -134,6 +179,8 @@ pub enum AccountError {
     NotFound,
     #[error("this account belongs to someone else")]
     NotOwner,
+    #[error("only tellers and admins take cash in")]
+    StaffOnly,
     #[error("the account is closed")]
     Closed,
     #[error("the account holds {account}, not {given}")]
@@ -181,13 +228,23 @@ impl Account {
     }
 
     fn open_for(&self, by: &Actor, staff_allowed: bool, amount: Option<&Money>) -> Result<Currency, AccountError> {
-        let currency = match (self.status, self.currency) {
-            (AccountStatus::Unopened, _) | (_, None) => return Err(AccountError::NotFound),
-            (_, Some(currency)) => currency,
-        };
+        let currency = self.existing()?;
         if self.owner != by.id && !(staff_allowed && by.staff) {
             return Err(AccountError::NotOwner);
         }
+        self.takes(currency, amount)
+    }
+
+    /// The currency of an account that exists (opened, maybe closed since).
+    fn existing(&self) -> Result<Currency, AccountError> {
+        match (self.status, self.currency) {
+            (AccountStatus::Unopened, _) | (_, None) => Err(AccountError::NotFound),
+            (_, Some(currency)) => Ok(currency),
+        }
+    }
+
+    /// Whether the account, open, takes `amount` (in its currency).
+    fn takes(&self, currency: Currency, amount: Option<&Money>) -> Result<Currency, AccountError> {
         if self.status == AccountStatus::Closed {
             return Err(AccountError::Closed);
         }
@@ -201,6 +258,19 @@ impl Account {
 }
 
 impl Account {
+    /// The balance after taking `amount` in (refused past the largest balance).
+    fn credited(&self, amount: &Money) -> Result<i64, AccountError> {
+        checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)
+    }
+
+    /// The balance after paying `amount` out (never below zero).
+    fn debited(&self, amount: &Money) -> Result<i64, AccountError> {
+        if amount.minor() > self.balance {
+            return Err(AccountError::InsufficientFunds { balance: self.balance, requested: amount.minor() });
+        }
+        Ok(self.balance - amount.minor())
+    }
+
     /// Whether a saga step may move `amount` here: the account's currency, or why not
     /// (a reason to record, or an error when there is no such account).
     fn saga_step(&self, amount: &Money) -> Result<Currency, Result<RejectReason, AccountError>> {
@@ -226,12 +296,18 @@ impl Aggregate for Account {
 
     fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
-            AccountCommand::Open { owner, currency, initial_deposit } => {
+            AccountCommand::Open { owner, currency, initial_deposit, by } => {
                 if self.status != AccountStatus::Unopened {
                     return Err(AccountError::AlreadyOpened);
                 }
+                if *owner != by.id && !by.staff {
+                    return Err(AccountError::NotOwner);
+                }
                 let mut events = vec![AccountEvent::Opened { owner: owner.clone(), currency: *currency }];
                 if let Some(deposit) = initial_deposit {
+                    if !by.staff {
+                        return Err(AccountError::StaffOnly);
+                    }
                     if deposit.currency() != *currency {
                         return Err(AccountError::CurrencyMismatch { account: *currency, given: deposit.currency() });
                     }
@@ -244,21 +320,37 @@ impl Aggregate for Account {
                 Ok(events)
             }
             AccountCommand::Deposit { amount, by } => {
+                if !by.staff {
+                    return Err(AccountError::StaffOnly);
+                }
                 let currency = self.open_for(by, true, Some(amount))?;
-                let balance_after =
-                    checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)?;
+                let balance_after = self.credited(amount)?;
                 Ok(vec![AccountEvent::Deposited { amount: amount.minor(), currency, balance_after }])
             }
-            AccountCommand::Withdraw { amount, by } => {
-                let currency = self.open_for(by, false, Some(amount))?;
-                if amount.minor() > self.balance {
-                    return Err(AccountError::InsufficientFunds { balance: self.balance, requested: amount.minor() });
-                }
-                Ok(vec![AccountEvent::Withdrawn {
+            AccountCommand::ReceivePayment { reference, amount } => {
+                let currency = self.takes(self.existing()?, Some(amount))?;
+                let balance_after = self.credited(amount)?;
+                Ok(vec![AccountEvent::PaymentReceived {
+                    reference: reference.clone(),
                     amount: amount.minor(),
                     currency,
-                    balance_after: self.balance - amount.minor(),
+                    balance_after,
                 }])
+            }
+            AccountCommand::SendPayment { reference, amount, by } => {
+                let currency = self.open_for(by, false, Some(amount))?;
+                let balance_after = self.debited(amount)?;
+                Ok(vec![AccountEvent::PaymentSent {
+                    reference: reference.clone(),
+                    amount: amount.minor(),
+                    currency,
+                    balance_after,
+                }])
+            }
+            AccountCommand::Withdraw { amount, by } => {
+                let currency = self.open_for(by, true, Some(amount))?;
+                let balance_after = self.debited(amount)?;
+                Ok(vec![AccountEvent::Withdrawn { amount: amount.minor(), currency, balance_after }])
             }
             AccountCommand::Close { by } => {
                 self.open_for(by, false, None)?;
@@ -304,15 +396,21 @@ impl Aggregate for Account {
                 }])
             }
             AccountCommand::Refund { transfer_id, amount } => {
-                // the money left this account; it comes back even if the owner closed the
-                // account meanwhile (money is never dropped; a closed account holding a
-                // refund is paid out by an operator), so only a broken invariant stops it
+                // the money left this account and comes back; if the owner closed the
+                // account meanwhile it goes to `suspense` for an operator to place
+                // (money is never dropped), so only a broken invariant stops it
                 let currency = self.currency.ok_or(AccountError::NotFound)?;
                 if amount.currency() != currency {
                     return Err(AccountError::CurrencyMismatch { account: currency, given: amount.currency() });
                 }
-                let balance_after =
-                    checked_credit(self.balance, amount.minor()).map_err(|_| AccountError::BalanceLimit)?;
+                if self.status == AccountStatus::Closed {
+                    return Ok(vec![AccountEvent::RefundDiverted {
+                        transfer_id: *transfer_id,
+                        amount: amount.minor(),
+                        currency,
+                    }]);
+                }
+                let balance_after = self.credited(amount)?;
                 Ok(vec![AccountEvent::Refunded {
                     transfer_id: *transfer_id,
                     amount: amount.minor(),
@@ -332,13 +430,17 @@ impl Aggregate for Account {
             }
             AccountEvent::Deposited { balance_after, .. }
             | AccountEvent::Withdrawn { balance_after, .. }
+            | AccountEvent::PaymentReceived { balance_after, .. }
+            | AccountEvent::PaymentSent { balance_after, .. }
             | AccountEvent::Debited { balance_after, .. }
             | AccountEvent::Credited { balance_after, .. }
             | AccountEvent::Refunded { balance_after, .. } => {
                 self.balance = *balance_after;
             }
             AccountEvent::Closed {} => self.status = AccountStatus::Closed,
-            AccountEvent::DebitRejected { .. } | AccountEvent::CreditRejected { .. } => {}
+            AccountEvent::DebitRejected { .. }
+            | AccountEvent::CreditRejected { .. }
+            | AccountEvent::RefundDiverted { .. } => {}
         }
         self
     }
@@ -377,7 +479,7 @@ mod tests {
     #[test]
     fn opening_records_the_owner_and_currency() {
         given::<Account>(&[])
-            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None })
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None, by: alice() })
             .then_events(&[opened()]);
     }
 
@@ -388,6 +490,7 @@ mod tests {
                 owner: "alice".into(),
                 currency: eur(),
                 initial_deposit: Some(money(1000, eur())),
+                by: teller(),
             })
             .then_events(&[opened(), deposited(1000, 1000)]);
         assert_eq!((state.balance, state.status), (1000, AccountStatus::Open));
@@ -396,7 +499,7 @@ mod tests {
     #[test]
     fn opening_twice_is_refused() {
         given::<Account>(&[opened()])
-            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None })
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None, by: alice() })
             .then_error(&AccountError::AlreadyOpened);
     }
 
@@ -407,6 +510,7 @@ mod tests {
                 owner: "alice".into(),
                 currency: eur(),
                 initial_deposit: Some(money(5, usd())),
+                by: teller(),
             })
             .then_error(&AccountError::CurrencyMismatch { account: eur(), given: usd() });
     }
@@ -414,32 +518,87 @@ mod tests {
     #[test]
     fn deposits_add_to_the_balance() {
         let state = given::<Account>(&[opened(), deposited(100, 100)])
-            .when(&AccountCommand::Deposit { amount: money(50, eur()), by: alice() })
+            .when(&AccountCommand::Deposit { amount: money(50, eur()), by: teller() })
             .then_events(&[deposited(50, 150)]);
         assert_eq!(state.balance, 150);
     }
 
     #[test]
-    fn a_teller_may_deposit_to_anyones_account_but_a_stranger_may_not() {
+    fn only_staff_take_cash_in_not_even_the_owner() {
         given::<Account>(&[opened()])
             .when(&AccountCommand::Deposit { amount: money(50, eur()), by: teller() })
             .then_events(&[deposited(50, 50)]);
-        given::<Account>(&[opened()])
-            .when(&AccountCommand::Deposit { amount: money(50, eur()), by: bob() })
+        for by in [alice(), bob()] {
+            given::<Account>(&[opened()])
+                .when(&AccountCommand::Deposit { amount: money(50, eur()), by })
+                .then_error(&AccountError::StaffOnly);
+        }
+    }
+
+    #[test]
+    fn an_initial_deposit_is_staffs_and_a_customer_opens_only_for_themselves() {
+        given::<Account>(&[])
+            .when(&AccountCommand::Open {
+                owner: "alice".into(),
+                currency: eur(),
+                initial_deposit: Some(money(1000, eur())),
+                by: alice(),
+            })
+            .then_error(&AccountError::StaffOnly);
+        given::<Account>(&[])
+            .when(&AccountCommand::Open { owner: "alice".into(), currency: eur(), initial_deposit: None, by: bob() })
             .then_error(&AccountError::NotOwner);
+    }
+
+    #[test]
+    fn payments_come_in_once_posted_and_go_out_never_overdrawing() {
+        let received = AccountEvent::PaymentReceived {
+            reference: "rail-1".into(),
+            amount: 70,
+            currency: eur(),
+            balance_after: 70,
+        };
+        given::<Account>(&[opened()])
+            .when(&AccountCommand::ReceivePayment { reference: "rail-1".into(), amount: money(70, eur()) })
+            .then_events(&[received.clone()]);
+        given::<Account>(&[opened(), received.clone()])
+            .when(&AccountCommand::SendPayment { reference: "out-1".into(), amount: money(71, eur()), by: alice() })
+            .then_error(&AccountError::InsufficientFunds { balance: 70, requested: 71 });
+        given::<Account>(&[opened(), received.clone()])
+            .when(&AccountCommand::SendPayment { reference: "out-1".into(), amount: money(70, eur()), by: teller() })
+            .then_error(&AccountError::NotOwner);
+        given::<Account>(&[opened(), received])
+            .when(&AccountCommand::SendPayment { reference: "out-1".into(), amount: money(70, eur()), by: alice() })
+            .then_events(&[AccountEvent::PaymentSent {
+                reference: "out-1".into(),
+                amount: 70,
+                currency: eur(),
+                balance_after: 0,
+            }]);
+        given::<Account>(&[opened(), AccountEvent::Closed {}])
+            .when(&AccountCommand::ReceivePayment { reference: "rail-2".into(), amount: money(1, eur()) })
+            .then_error(&AccountError::Closed);
+    }
+
+    #[test]
+    fn a_refund_to_a_closed_account_goes_to_suspense() {
+        let t = Uuid::now_v7();
+        given::<Account>(&[opened(), AccountEvent::Closed {}])
+            .when(&AccountCommand::Refund { transfer_id: t, amount: money(5, eur()) })
+            .then_events(&[AccountEvent::RefundDiverted { transfer_id: t, amount: 5, currency: eur() }]);
     }
 
     #[test]
     fn deposits_in_another_currency_are_refused() {
         given::<Account>(&[opened()])
-            .when(&AccountCommand::Deposit { amount: money(50, usd()), by: alice() })
+            .when(&AccountCommand::Deposit { amount: money(50, usd()), by: teller() })
             .then_error(&AccountError::CurrencyMismatch { account: eur(), given: usd() });
     }
 
     #[test]
     fn a_deposit_that_overflows_the_balance_is_refused() {
         given::<Account>(&[opened(), deposited(i64::MAX, i64::MAX)])
-            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })
+            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: teller() })
             .then_error(&AccountError::BalanceLimit);
     }
 
@@ -455,16 +614,19 @@ mod tests {
     }
 
     #[test]
-    fn only_the_owner_withdraws_not_even_a_teller() {
+    fn the_owner_or_a_teller_withdraws_a_stranger_does_not() {
         given::<Account>(&[opened(), deposited(100, 100)])
             .when(&AccountCommand::Withdraw { amount: money(1, eur()), by: teller() })
+            .then_events(&[AccountEvent::Withdrawn { amount: 1, currency: eur(), balance_after: 99 }]);
+        given::<Account>(&[opened(), deposited(100, 100)])
+            .when(&AccountCommand::Withdraw { amount: money(1, eur()), by: bob() })
             .then_error(&AccountError::NotOwner);
     }
 
     #[test]
     fn commands_on_an_unopened_account_find_nothing() {
         given::<Account>(&[])
-            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })
+            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: teller() })
             .then_error(&AccountError::NotFound);
         given::<Account>(&[]).when(&AccountCommand::Close { by: alice() }).then_error(&AccountError::NotFound);
     }
@@ -479,7 +641,7 @@ mod tests {
             .then_events(&[AccountEvent::Closed {}]);
         assert_eq!(closed.status, AccountStatus::Closed);
         given::<Account>(&[opened(), AccountEvent::Closed {}])
-            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: alice() })
+            .when(&AccountCommand::Deposit { amount: money(1, eur()), by: teller() })
             .then_error(&AccountError::Closed);
         given::<Account>(&[opened(), AccountEvent::Closed {}])
             .when(&AccountCommand::Close { by: alice() })

@@ -5,6 +5,8 @@
 //! * [`money`]: `Money` and `Currency`, built only through parsing constructors.
 //! * [`account`]: the `Account` aggregate: its commands, events and rules.
 //! * [`transfer`]: the `MoneyTransfer` aggregate: the saga's state machine.
+//! * [`ledger`]: the double-entry ledger: the bank's own accounts and the posting each
+//!   balance event records.
 //!
 //! Every service and view-updater depends on this crate, never on each other: an
 //! event type is defined once, here.
@@ -12,6 +14,7 @@
 
 pub mod account;
 pub mod aggregate;
+pub mod ledger;
 pub mod money;
 pub mod transfer;
 

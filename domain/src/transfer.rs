@@ -115,6 +115,8 @@ pub enum TransferCommand {
         reason: String,
     },
     SourceRefunded,
+    /// The source was closed meanwhile: its refund went to the bank's `suspense` account.
+    SourceRefundDiverted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -249,6 +251,10 @@ impl Aggregate for MoneyTransfer {
             TransferCommand::SourceRefunded => self.step(TransferState::Refunding, || TransferEvent::Failed {
                 reason: self.failure_reason.clone().unwrap_or_default(),
                 refunded: true,
+            }),
+            TransferCommand::SourceRefundDiverted => self.step(TransferState::Refunding, || TransferEvent::Failed {
+                reason: self.failure_reason.clone().unwrap_or_default(),
+                refunded: false,
             }),
         }
     }

@@ -26,9 +26,11 @@ pub struct Target {
 }
 
 impl Target {
-    /// A customer's token for `subject`, valid for two hours (longer than any run).
+    /// A teller's token for `subject`, valid for two hours (longer than any run).
     pub fn token(&self, subject: &str) -> anyhow::Result<String> {
-        Ok(issue_hs256(&self.jwt_secret, subject, Role::Customer, 7200)?)
+        // cash comes in only through staff: the load's identities are tellers, who own
+        // the accounts they open (so they may also transfer from them)
+        Ok(issue_hs256(&self.jwt_secret, subject, Role::Teller, 7200)?)
     }
 
     /// The services' base URLs: account-service at `--url`, the others at their dev
@@ -48,7 +50,7 @@ fn refused(what: &str, error: ClientError) -> anyhow::Error {
 
 /// Opens an empty EUR account; its id.
 pub async fn open(bank: &BankClient) -> anyhow::Result<Uuid> {
-    let request = OpenRequest { currency: "EUR".into(), initial_deposit: None };
+    let request = OpenRequest { currency: "EUR".into(), initial_deposit: None, owner: None };
     match bank.open_account(&request).await {
         Ok(account) => Ok(account.id),
         Err(e @ ClientError::Transport(_)) => Err(anyhow::Error::new(e).context("account-service unreachable")),
@@ -58,7 +60,7 @@ pub async fn open(bank: &BankClient) -> anyhow::Result<Uuid> {
 
 /// Opens a EUR account with `initial_deposit` (minor units); its id.
 pub async fn open_funded(bank: &BankClient, initial_deposit: i64) -> anyhow::Result<Uuid> {
-    let request = OpenRequest { currency: "EUR".into(), initial_deposit: Some(initial_deposit.into()) };
+    let request = OpenRequest { currency: "EUR".into(), initial_deposit: Some(initial_deposit.into()), owner: None };
     Ok(bank.open_account(&request).await.context("opening an account failed")?.id)
 }
 

@@ -213,6 +213,9 @@ async fn account(
 ) -> Result<Json<AccountDetail>, ApiError> {
     let wait = Wait::new(query.min_version, query.wait_ms, state.max_wait)?;
     let pool = &state.kit.pool;
+    if let Some((kind, currency)) = bank_domain::ledger::BankAccount::from_id(id) {
+        return bank_account(pool, &caller, id, kind.as_str(), currency.as_str()).await.map(Json);
+    }
     let allowed = owned_by(&caller);
     let wanted = wait.min_version.unwrap_or(0);
     let load = || state.cache().get_or_load(id, wanted, || load_account_with_recent(pool, id));
@@ -221,6 +224,42 @@ async fn account(
         .await?
         .ok_or_else(account_not_found)?;
     Ok(Json(Arc::unwrap_or_clone(detail)))
+}
+
+/// One of the bank's own accounts (staff only): the sum of the views' rows of it (one per
+/// shard of the river `views`). Its owner is `bank:<kind>`, its version the number of
+/// postings against it; it has no transactions of its own (they are the customers').
+async fn bank_account(
+    pool: &sqlx::PgPool,
+    caller: &Caller,
+    id: Uuid,
+    kind: &str,
+    currency: &str,
+) -> Result<AccountDetail, ApiError> {
+    if !caller.is_staff() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "the bank's own accounts are staff's to read"));
+    }
+    let (balance, postings): (i64, i64) = sqlx::query_as(
+        "select coalesce(sum(balance), 0)::int8, coalesce(sum(postings), 0)::int8
+         from views.bank_balances where account_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .map_err(fault)?;
+    Ok(AccountDetail {
+        account: AccountRow {
+            id,
+            owner: format!("bank:{kind}"),
+            currency: currency.to_owned(),
+            status: "open".into(),
+            balance,
+            version: i32::try_from(postings).unwrap_or(i32::MAX),
+            opened_at: DateTime::<Utc>::UNIX_EPOCH,
+            updated_at: Utc::now(),
+        },
+        recent_transactions: Vec::new(),
+    })
 }
 
 /// An account's transactions, newest first, cursor-paged.

@@ -4,6 +4,8 @@
 //! * [`kinesis`]: the client ([`Rapids`]): construction, stream set-up, puts and reads.
 //! * [`river`]: durable subscriptions: per-shard leases in Postgres, checkpoints in the
 //!   handler's transaction, parents before children after a reshard, dead letters.
+//! * [`tasks`]: what a service needs to run a task posted to the bus: read it back from
+//!   the store, record a refusal.
 //! * [`config`]: the command-line/environment arguments of the stream and of a river.
 //!
 //! The tailer (crate `tailer`) depends on this crate, never the other way round: the
@@ -13,6 +15,7 @@
 pub mod config;
 pub mod kinesis;
 pub mod river;
+pub mod tasks;
 
 pub use kinesis::{Rapids, RapidsConfig, describe};
 

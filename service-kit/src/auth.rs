@@ -16,10 +16,13 @@ use std::sync::Arc;
 pub enum Role {
     /// Acts on their own accounts only.
     Customer,
-    /// Reads every account and deposits to any.
+    /// Reads every account; takes cash in and out for any.
     Teller,
     /// Reads everything; operates the system.
     Admin,
+    /// A machine identity, such as a payment rail: posts the tasks it is entitled to
+    /// (`accounts.payment.receive`); reads no account.
+    Service,
 }
 
 impl Role {
@@ -29,6 +32,7 @@ impl Role {
             Role::Customer => "customer",
             Role::Teller => "teller",
             Role::Admin => "admin",
+            Role::Service => "service",
         }
     }
 }

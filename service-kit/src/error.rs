@@ -244,7 +244,7 @@ impl From<AccountError> for ApiError {
         let message = e.to_string();
         match e {
             AccountError::NotFound => ApiError::new(ErrorCode::AccountNotFound, message),
-            AccountError::NotOwner => ApiError::new(ErrorCode::Forbidden, message),
+            AccountError::NotOwner | AccountError::StaffOnly => ApiError::new(ErrorCode::Forbidden, message),
             AccountError::AlreadyOpened => ApiError::new(ErrorCode::AlreadyExists, message),
             AccountError::Closed => ApiError::new(ErrorCode::AccountClosed, message),
             AccountError::CurrencyMismatch { account, .. } => {

@@ -32,6 +32,11 @@ pub fn token(sub: &str, role: Role) -> String {
     issue_hs256(&secret(), sub, role, 600).unwrap()
 }
 
+/// The token of the tests' teller, who takes cash in (`POST /accounts/{id}/deposits`).
+pub fn teller_token() -> String {
+    token("teller-tess", Role::Teller)
+}
+
 /// A token that expired an hour ago.
 pub fn expired_token(sub: &str) -> String {
     issue_hs256(&secret(), sub, Role::Customer, -3600).unwrap()
@@ -268,23 +273,29 @@ impl Api {
         bank_client::BankClient::new(urls, token).with_http(self.client.clone())
     }
 
-    /// Opens an account for the token's subject (through the typed client) and
-    /// returns its id.
+    /// Opens an account for the token's subject (through the typed client) and, when
+    /// `initial_deposit` is not 0, a teller takes that much cash in for it (customers
+    /// bring no money of their own): returns its id.
     pub async fn open_account(&self, token: &str, currency: &str, initial_deposit: i64) -> Uuid {
-        let request = bank_api::accounts::OpenRequest {
-            currency: currency.into(),
-            initial_deposit: Some(initial_deposit.into()),
-        };
+        let request = bank_api::accounts::OpenRequest { currency: currency.into(), initial_deposit: None, owner: None };
         let opened = self.client(token).open_account(&request).await.unwrap_or_else(|e| panic!("open_account: {e}"));
+        if initial_deposit != 0 {
+            self.post(&format!("/accounts/{}/deposits", opened.id))
+                .token(&teller_token())
+                .json(serde_json::json!({"amount": initial_deposit, "currency": currency}))
+                .send()
+                .await
+                .expect(200);
+        }
         opened.id
     }
 
-    /// `POST /accounts/{id}/deposits` of `amount` EUR minor units as the token's
-    /// subject; asserts 200 and returns the account's new version.
-    pub async fn deposit(&self, token: &str, id: Uuid, amount: i64) -> i64 {
+    /// A teller takes `amount` EUR minor units of cash in for the account (`POST
+    /// /accounts/{id}/deposits`); asserts 200 and returns the account's new version.
+    pub async fn deposit(&self, id: Uuid, amount: i64) -> i64 {
         let reply = self
             .post(&format!("/accounts/{id}/deposits"))
-            .token(token)
+            .token(&teller_token())
             .json(serde_json::json!({"amount": amount, "currency": "EUR"}))
             .send()
             .await;

@@ -6,7 +6,7 @@
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tests::{Customer, Teller, expired_token, start_accounts, stream_events, token};
+use tests::{Customer, Teller, expired_token, start_accounts, stream_events, teller_token, token};
 use uuid::Uuid;
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -15,9 +15,14 @@ async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: P
     let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
+    let tess = teller_token();
 
-    let opened =
-        api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": 1000})).send().await;
+    let opened = api
+        .post("/accounts")
+        .token(&tess)
+        .json(json!({"currency": "EUR", "initial_deposit": 1000, "owner": "alice"}))
+        .send()
+        .await;
     let body = opened.expect(201);
     assert_eq!((body["version"].as_i64(), body["balance"].as_i64()), (Some(2), Some(1000)));
     assert_eq!(
@@ -28,7 +33,7 @@ async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: P
 
     let deposit = api
         .post(&format!("/accounts/{id}/deposits"))
-        .token(&alice)
+        .token(&tess)
         .json(json!({"amount": 500, "currency": "EUR"}))
         .send()
         .await;
@@ -81,7 +86,9 @@ async fn open_deposit_withdraw_close_and_read(options: PgPoolOptions, connect: P
     .into_iter()
     .map(|m| m.0)
     .collect();
-    assert!(metadata.iter().all(|m| m["actor"] == "alice" && m["request_id"].as_str().is_some_and(|r| !r.is_empty())));
+    let actors: Vec<_> = metadata.iter().map(|m| m["actor"].as_str().unwrap_or_default()).collect();
+    assert_eq!(actors, ["teller-tess", "teller-tess", "teller-tess", "alice", "alice"]);
+    assert!(metadata.iter().all(|m| m["request_id"].as_str().is_some_and(|r| !r.is_empty())));
 }
 
 /// Every rejection by HTTP, each followed by a check that the stream did not change.
@@ -95,6 +102,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
     .await;
     let api = svc.api();
     let alice = token("alice", Customer);
+    let tess = teller_token();
     let bob = token("bob", Customer);
     let id = api.open_account(&alice, "EUR", 100).await;
     let deposits = format!("/accounts/{id}/deposits");
@@ -108,37 +116,37 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
     };
 
     let cases: Vec<(&str, tests::Request, u16, &str)> = vec![
-        ("malformed JSON", api.post(&deposits).token(&alice).raw("{\"amount\": 5,"), 400, "malformed_json"),
-        ("empty body", api.post(&deposits).token(&alice).raw(""), 400, "malformed_json"),
+        ("malformed JSON", api.post(&deposits).token(&tess).raw("{\"amount\": 5,"), 400, "malformed_json"),
+        ("empty body", api.post(&deposits).token(&tess).raw(""), 400, "malformed_json"),
         (
             "amount of the wrong type",
-            api.post(&deposits).token(&alice).json(json!({"amount": "5", "currency": "EUR"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": "5", "currency": "EUR"})),
             400,
             "invalid_body",
         ),
         (
             "currency of the wrong type",
-            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": 978})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 5, "currency": 978})),
             400,
             "invalid_body",
         ),
-        ("missing currency", api.post(&deposits).token(&alice).json(json!({"amount": 5})), 400, "invalid_body"),
+        ("missing currency", api.post(&deposits).token(&tess).json(json!({"amount": 5})), 400, "invalid_body"),
         (
             "unknown field",
-            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR", "amuont": 1})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 5, "currency": "EUR", "amuont": 1})),
             400,
             "invalid_body",
         ),
-        ("a JSON array", api.post(&deposits).token(&alice).json(json!([5, "EUR"])), 400, "invalid_body"),
+        ("a JSON array", api.post(&deposits).token(&tess).json(json!([5, "EUR"])), 400, "invalid_body"),
         (
             "amount 0",
-            api.post(&deposits).token(&alice).json(json!({"amount": 0, "currency": "EUR"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 0, "currency": "EUR"})),
             400,
             "invalid_amount",
         ),
         (
             "negative amount",
-            api.post(&deposits).token(&alice).json(json!({"amount": -5, "currency": "EUR"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": -5, "currency": "EUR"})),
             400,
             "invalid_amount",
         ),
@@ -150,37 +158,37 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         ),
         (
             "fractional amount",
-            api.post(&deposits).token(&alice).json(json!({"amount": 5.5, "currency": "EUR"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 5.5, "currency": "EUR"})),
             400,
             "invalid_amount",
         ),
         (
             "above the maximum",
-            api.post(&deposits).token(&alice).json(json!({"amount": 1_000_001, "currency": "EUR"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 1_000_001, "currency": "EUR"})),
             400,
             "amount_too_large",
         ),
         (
             "beyond 64 bits",
-            api.post(&deposits).token(&alice).raw("{\"amount\": 99999999999999999999999, \"currency\": \"EUR\"}"),
+            api.post(&deposits).token(&tess).raw("{\"amount\": 99999999999999999999999, \"currency\": \"EUR\"}"),
             400,
             "amount_too_large",
         ),
         (
             "1e30",
-            api.post(&deposits).token(&alice).raw("{\"amount\": 1e30, \"currency\": \"EUR\"}"),
+            api.post(&deposits).token(&tess).raw("{\"amount\": 1e30, \"currency\": \"EUR\"}"),
             400,
             "amount_too_large",
         ),
         (
             "unknown currency",
-            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "XYZ"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 5, "currency": "XYZ"})),
             400,
             "invalid_currency",
         ),
         (
             "another currency",
-            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "USD"})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 5, "currency": "USD"})),
             422,
             "currency_mismatch",
         ),
@@ -193,7 +201,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         ("close with money in it", api.post(&format!("/accounts/{id}/close")).token(&alice), 422, "balance_not_zero"),
         (
             "a stale expected version",
-            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR", "expected_version": 1})),
+            api.post(&deposits).token(&tess).json(json!({"amount": 5, "currency": "EUR", "expected_version": 1})),
             409,
             "version_conflict",
         ),
@@ -221,7 +229,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         (
             "an unknown account with a version",
             api.post(&format!("/accounts/{}/deposits", Uuid::now_v7()))
-                .token(&alice)
+                .token(&tess)
                 .json(json!({"amount": 5, "currency": "EUR", "expected_version": 0})),
             404,
             "account_not_found",
@@ -233,10 +241,26 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
             "invalid_id",
         ),
         (
-            "a teller withdrawing",
-            api.post(&withdrawals).token(&token("tom", Teller)).json(json!({"amount": 5, "currency": "EUR"})),
+            "a teller paying a payment out of a customer's account",
+            api.post(&format!("/accounts/{id}/payments"))
+                .token(&token("tom", Teller))
+                .json(json!({"amount": 5, "currency": "EUR"})),
             403,
             "forbidden",
+        ),
+        (
+            "a payment with a reference of odd characters",
+            api.post(&format!("/accounts/{id}/payments"))
+                .token(&alice)
+                .json(json!({"amount": 5, "currency": "EUR", "reference": "a b"})),
+            400,
+            "invalid_body",
+        ),
+        (
+            "a payment larger than the balance",
+            api.post(&format!("/accounts/{id}/payments")).token(&alice).json(json!({"amount": 101, "currency": "EUR"})),
+            422,
+            "insufficient_funds",
         ),
         ("no token", api.post(&deposits).json(json!({"amount": 5, "currency": "EUR"})), 401, "missing_token"),
         (
@@ -273,7 +297,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         (
             "unknown account",
             api.post(&format!("/accounts/{}/deposits", Uuid::now_v7()))
-                .token(&alice)
+                .token(&tess)
                 .json(json!({"amount": 5, "currency": "EUR"})),
             404,
             "account_not_found",
@@ -293,7 +317,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         (
             "a body over the limit",
             api.post(&deposits)
-                .token(&alice)
+                .token(&tess)
                 .raw(format!("{{\"amount\": 5, \"currency\": \"EUR\", \"pad\": \"{}\"}}", "x".repeat(2048))),
             413,
             "payload_too_large",
@@ -301,7 +325,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         (
             "not JSON",
             api.post(&deposits)
-                .token(&alice)
+                .token(&tess)
                 .header("content-type", "text/plain")
                 .json(json!({"amount": 5, "currency": "EUR"})),
             415,
@@ -310,7 +334,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
         (
             "a bad Idempotency-Key",
             api.post(&deposits)
-                .token(&alice)
+                .token(&tess)
                 .idempotency_key(&"k".repeat(300))
                 .json(json!({"amount": 5, "currency": "EUR"})),
             400,
@@ -331,6 +355,31 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
             "invalid_amount",
         ),
         ("open without a token", api.post("/accounts").json(json!({"currency": "EUR"})), 401, "missing_token"),
+        // money comes from somewhere: a customer takes no cash in, not even to their own account
+        (
+            "a customer's deposit to their own account",
+            api.post(&deposits).token(&alice).json(json!({"amount": 5, "currency": "EUR"})),
+            403,
+            "forbidden",
+        ),
+        (
+            "a customer's initial deposit",
+            api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": 5})),
+            403,
+            "forbidden",
+        ),
+        (
+            "a customer opening an account for someone else",
+            api.post("/accounts").token(&alice).json(json!({"currency": "EUR", "owner": "bob"})),
+            403,
+            "forbidden",
+        ),
+        (
+            "an empty owner",
+            api.post("/accounts").token(&tess).json(json!({"currency": "EUR", "owner": ""})),
+            400,
+            "invalid_body",
+        ),
     ];
     for (what, request, status, code) in cases {
         let reply = request.send().await;
@@ -347,7 +396,7 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
     api.post(&format!("/accounts/{empty}/close")).token(&alice).send().await.expect(200);
     let closed_before = stream_events(&pool, empty).await;
     api.post(&format!("/accounts/{empty}/deposits"))
-        .token(&alice)
+        .token(&tess)
         .json(json!({"amount": 5, "currency": "EUR"}))
         .send()
         .await
@@ -357,7 +406,10 @@ async fn every_bad_request_gets_its_code_and_changes_nothing(options: PgPoolOpti
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
-async fn tellers_deposit_to_and_read_any_account(options: PgPoolOptions, connect: PgConnectOptions) {
+async fn tellers_take_cash_in_and_out_of_any_account_and_owners_pay_out(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let pool = tests::pool(options, connect).await;
     let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
@@ -379,6 +431,24 @@ async fn tellers_deposit_to_and_read_any_account(options: PgPoolOptions, connect
             .await
             .unwrap();
     assert_eq!(actor, "tom");
+    // a teller pays cash out too (never below zero); the owner sends payments out
+    let out = api
+        .post(&format!("/accounts/{id}/withdrawals"))
+        .token(&tom)
+        .json(json!({"amount": 200, "currency": "EUR"}))
+        .send()
+        .await;
+    assert_eq!(out.expect(200)["balance"].as_i64(), Some(500));
+    let paid = api
+        .post(&format!("/accounts/{id}/payments"))
+        .token(&token("alice", Customer))
+        .json(json!({"amount": 150, "currency": "EUR", "reference": "invoice-42"}))
+        .send()
+        .await;
+    assert_eq!(paid.expect(200)["balance"].as_i64(), Some(350));
+    let events = stream_events(&pool, id).await;
+    let last = &events.last().unwrap();
+    assert_eq!((last.1.as_str(), last.2["reference"].as_str()), ("account.payment_sent", Some("invoice-42")));
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -390,13 +460,14 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
+    let tess = teller_token();
 
     // opening: the same key gives the same account, once
     let open = || {
         api.post("/accounts")
-            .token(&alice)
+            .token(&tess)
             .idempotency_key("open-1")
-            .json(json!({"currency": "EUR", "initial_deposit": 50}))
+            .json(json!({"currency": "EUR", "initial_deposit": 50, "owner": "alice"}))
     };
     let first = open().send().await;
     let again = open().send().await;
@@ -415,18 +486,13 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     let deposits = format!("/accounts/{id}/deposits");
     let d1 = api
         .post(&deposits)
-        .token(&alice)
+        .token(&tess)
         .idempotency_key("dep-1")
         .raw(r#"{"amount": 25, "currency": "EUR"}"#)
         .send()
         .await;
-    let d2 = api
-        .post(&deposits)
-        .token(&alice)
-        .idempotency_key("dep-1")
-        .raw(r#"{"currency":"EUR","amount":25}"#)
-        .send()
-        .await;
+    let d2 =
+        api.post(&deposits).token(&tess).idempotency_key("dep-1").raw(r#"{"currency":"EUR","amount":25}"#).send().await;
     assert_eq!((d1.status, d2.status), (200, 200));
     assert_eq!(d1.body, d2.body);
     assert_eq!(stream_events(&pool, id).await.len(), 3);
@@ -434,7 +500,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     // the same key with another body: 422 and nothing written
     let other = api
         .post(&deposits)
-        .token(&alice)
+        .token(&tess)
         .idempotency_key("dep-1")
         .json(json!({"amount": 26, "currency": "EUR"}))
         .send()
@@ -443,7 +509,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     // the same key on another route is another request too
     let elsewhere = api
         .post(&format!("/accounts/{id}/withdrawals"))
-        .token(&alice)
+        .token(&tess)
         .idempotency_key("dep-1")
         .json(json!({"amount": 25, "currency": "EUR"}))
         .send()
@@ -464,7 +530,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     // the same key sent ten times at once: one deposit, ten equal answers
     let racers = (0..10).map(|_| {
         api.post(&deposits)
-            .token(&alice)
+            .token(&tess)
             .idempotency_key("dep-race")
             .json(json!({"amount": 1, "currency": "EUR"}))
             .send()
@@ -500,11 +566,12 @@ async fn fifty_deposits_with_twenty_five_in_flight_all_succeed_exactly(
     let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
+    let tess = teller_token();
     let id = api.open_account(&alice, "EUR", 0).await;
     let deposits = format!("/accounts/{id}/deposits");
 
     let replies: Vec<tests::Reply> = futures::stream::iter(1..=50_i64)
-        .map(|i| api.post(&deposits).token(&alice).json(json!({"amount": i, "currency": "EUR"})).send())
+        .map(|i| api.post(&deposits).token(&tess).json(json!({"amount": i, "currency": "EUR"})).send())
         .buffer_unordered(25)
         .collect()
         .await;
@@ -558,13 +625,14 @@ async fn two_instances_on_one_account_retry_conflicts_instead_of_failing(
     let a = start_accounts(&pool, |c| c.commands.command_max_attempts = 50).await;
     let b = start_accounts(&pool, |c| c.commands.command_max_attempts = 50).await;
     let alice = token("alice", Customer);
+    let tess = teller_token();
     let id = a.api().open_account(&alice, "EUR", 0).await;
     let apis = [a.api(), b.api()];
     let replies: Vec<tests::Reply> = futures::stream::iter(0..40_usize)
         .map(|i| {
             apis[i % 2]
                 .post(&format!("/accounts/{id}/deposits"))
-                .token(&alice)
+                .token(&tess)
                 .json(json!({"amount": 10, "currency": "EUR"}))
                 .send()
         })

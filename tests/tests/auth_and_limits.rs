@@ -86,7 +86,7 @@ async fn a_timed_out_deposit_retried_with_its_key_happens_exactly_once(
     let id = api.open_account(&alice, "EUR", 100).await;
     let deposit = || {
         api.post(&format!("/accounts/{id}/deposits"))
-            .token(&alice)
+            .token(&tests::teller_token())
             .idempotency_key("slow-1")
             .json(json!({"amount": 7, "currency": "EUR"}))
     };

@@ -257,7 +257,7 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
     // river has read past the forged record
     let deposit = accounts
         .post(&format!("/accounts/{account}/deposits"))
-        .token(&alice)
+        .token(&tests::teller_token())
         .json(json!({"amount": 5, "currency": "EUR"}))
         .send()
         .await;
@@ -328,7 +328,7 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
     tests::put_envelope(&bank.rapids, &tampered).await;
     let next = accounts
         .post(&format!("/accounts/{account}/deposits"))
-        .token(&alice)
+        .token(&tests::teller_token())
         .json(json!({"amount": 1, "currency": "EUR"}))
         .send()
         .await;
@@ -426,7 +426,7 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
     })
     .await;
     let accounts = bus.get("/rivers/accounts/subscriptions").token(&admin).send().await;
-    assert_eq!(accounts.expect(200)["topics"], json!(["transfer.*"]));
+    assert_eq!(accounts.expect(200)["topics"], json!(["accounts.*", "transfer.*"]));
     let transfers = bus.get("/rivers/transfers/subscriptions").token(&admin).send().await;
     assert_eq!(transfers.expect(200)["topics"], json!(["account.*", "transfers.*"]));
     for (method, path) in [
@@ -437,7 +437,7 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
         bus.request(method, path).token(&admin).send().await.expect_error(409, "river_managed");
     }
     let accounts = bus.get("/rivers/accounts/subscriptions").token(&admin).send().await;
-    assert_eq!(accounts.expect(200)["topics"], json!(["transfer.*"]));
+    assert_eq!(accounts.expect(200)["topics"], json!(["accounts.*", "transfer.*"]));
     // the control plane is for staff; names are checked
     bus.request(reqwest::Method::PUT, "/rivers/r9/subscriptions/x")
         .token(&alice)

@@ -34,13 +34,13 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
     let acked: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let mut clients = Vec::new();
     for c in 0..8_i64 {
-        let (api, alice, acked) = (api.clone(), alice.clone(), acked.clone());
+        let (api, acked) = (api.clone(), acked.clone());
         clients.push(tokio::spawn(async move {
             for i in 0.. {
                 let amount = c + 8 * i + 1;
                 let req = api
                     .post(&format!("/accounts/{id}/deposits"))
-                    .token(&alice)
+                    .token(&tests::teller_token())
                     .json(json!({"amount": amount, "currency": "EUR"}));
                 let sent = tokio::time::timeout(Duration::from_secs(10), req.send_result()).await;
                 match sent {
@@ -94,7 +94,7 @@ async fn a_sigkill_during_deposits_loses_no_acknowledged_deposit(options: PgPool
     assert_eq!((read.expect(200)["balance"].as_i64(), read.version()), (Some(balance), stored.len() as i64));
     let next = api
         .post(&format!("/accounts/{id}/deposits"))
-        .token(&alice)
+        .token(&tests::teller_token())
         .json(json!({"amount": 1, "currency": "EUR"}))
         .send()
         .await;

@@ -145,7 +145,7 @@ fn start_load(
                     if rand::random_range(0..5) == 0 {
                         let reply = accounts
                             .post(&format!("/accounts/{}/deposits", ids[from]))
-                            .token(&alice)
+                            .token(&tests::teller_token())
                             .json(json!({"amount": amount, "currency": "EUR"}))
                             .send_result()
                             .await;

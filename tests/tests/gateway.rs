@@ -54,13 +54,20 @@ async fn the_bank_works_through_the_gateway_alone(pool: PgPool) {
     // sign in with the dev login
     let login = api.post("/api/dev/token").json(json!({"sub": "gina", "role": "customer"})).send().await;
     let alice = login.expect(200)["token"].as_str().unwrap().to_owned();
-    let opened =
-        api.post("/api/accounts").token(&alice).json(json!({"currency": "EUR", "initial_deposit": 1000})).send().await;
+    // cash comes in through a teller (signed in with the dev login too)
+    let login = api.post("/api/dev/token").json(json!({"sub": "tina", "role": "teller"})).send().await;
+    let tina = login.expect(200)["token"].as_str().unwrap().to_owned();
+    let opened = api
+        .post("/api/accounts")
+        .token(&tina)
+        .json(json!({"currency": "EUR", "initial_deposit": 1000, "owner": "gina"}))
+        .send()
+        .await;
     let from = opened.id();
     let to = api.post("/api/accounts").token(&alice).json(json!({"currency": "EUR"})).send().await.id();
     let deposit = api
         .post(&format!("/api/accounts/{from}/deposits"))
-        .token(&alice)
+        .token(&tina)
         .json(json!({"amount": 500, "currency": "EUR"}))
         .send()
         .await;

@@ -61,7 +61,7 @@ async fn the_account_as_of_each_time_and_at_each_version_is_the_fold_up_to_there
     expected.insert(2, (1000, "open"));
     let mut balance = 1000;
     let steps: [(&str, &str, i64); 6] = [
-        ("deposits", &alice, 500),
+        ("deposits", &teller, 500),
         ("withdrawals", &alice, 300),
         ("deposits", &teller, 2000),
         ("withdrawals", &alice, 1200),
@@ -184,11 +184,12 @@ async fn history_pages_are_contiguous_complete_and_carry_the_recorded_metadata(
     let svc = start_accounts(&pool, |_| {}).await;
     let api = svc.api();
     let alice = token("alice", Customer);
+    let teller = token("tina", Teller);
     let id = api.open_account(&alice, "EUR", 100).await;
     for n in 1..=8 {
-        let (kind, amount) = if n % 3 == 0 { ("withdrawals", 50) } else { ("deposits", 10 * n) };
+        let (kind, amount, by) = if n % 3 == 0 { ("withdrawals", 50, &alice) } else { ("deposits", 10 * n, &teller) };
         api.post(&format!("/accounts/{id}/{kind}"))
-            .token(&alice)
+            .token(by)
             .header("X-Request-Id", &format!("req-{n}"))
             .header("X-Correlation-Id", &format!("flow-{n}"))
             .json(json!({"amount": amount, "currency": "EUR"}))
@@ -248,7 +249,7 @@ async fn history_pages_are_contiguous_complete_and_carry_the_recorded_metadata(
     let third = &client.account_history(id, &HistoryQuery { after_version: Some(2), limit: Some(1) }).await.unwrap();
     assert_eq!(
         (third.items[0].request_id.as_deref(), third.items[0].correlation_id.as_deref(), third.items[0].actor.as_str()),
-        (Some("req-1"), Some("flow-1"), "alice")
+        (Some("req-1"), Some("flow-1"), "tina")
     );
     assert_eq!(third.items[0].causation_id.as_deref(), Some("req-1"));
     // the default page holds them all; past the end, an empty last page

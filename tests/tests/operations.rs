@@ -39,7 +39,7 @@ async fn metrics_count_requests_by_route_and_the_stores_appends(options: PgPoolO
     let id = api.open_account(&alice, "EUR", 0).await;
     for _ in 0..3 {
         api.post(&format!("/accounts/{id}/deposits"))
-            .token(&alice)
+            .token(&tests::teller_token())
             .json(json!({"amount": 1, "currency": "EUR"}))
             .send()
             .await
@@ -83,6 +83,7 @@ async fn the_openapi_document_describes_every_route(options: PgPoolOptions, conn
                 ("/accounts/{id}", "get"),
                 ("/accounts/{id}/deposits", "post"),
                 ("/accounts/{id}/withdrawals", "post"),
+                ("/accounts/{id}/payments", "post"),
                 ("/accounts/{id}/close", "post"),
                 ("/accounts/{id}/history", "get"),
                 ("/accounts/{id}/transfers", "get"),
@@ -138,7 +139,7 @@ async fn a_database_fault_is_an_opaque_error(options: PgPoolOptions, connect: Pg
     sqlx::query("alter table es.events rename to events_gone").execute(&pool).await.unwrap();
     let reply = api
         .post(&format!("/accounts/{id}/deposits"))
-        .token(&alice)
+        .token(&tests::teller_token())
         .json(json!({"amount": 1, "currency": "EUR"}))
         .send()
         .await;

@@ -56,8 +56,8 @@ async fn an_account_service_killed_during_transfers_loses_and_doubles_nothing(
     for _ in 0..10 {
         let reply = accounts
             .post("/accounts")
-            .token(&alice)
-            .json(json!({"currency": "EUR", "initial_deposit": 1000}))
+            .token(&tests::teller_token())
+            .json(json!({"currency": "EUR", "initial_deposit": 1000, "owner": "alice"}))
             .send()
             .await;
         ids.push(reply.id());

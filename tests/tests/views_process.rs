@@ -52,16 +52,16 @@ async fn a_view_updater_killed_during_a_load_ends_equal_to_a_replay(options: PgP
         ids.push(reply.id());
     }
     let load = tokio::spawn({
-        let (accounts, alice, ids) = (accounts.clone(), alice.clone(), ids.clone());
+        let (accounts, ids) = (accounts.clone(), ids.clone());
         async move {
             let clients = (0..8).map(|c| {
-                let (accounts, alice, ids) = (accounts.clone(), alice.clone(), ids.clone());
+                let (accounts, ids) = (accounts.clone(), ids.clone());
                 async move {
                     for n in 0..60 {
                         let path = format!("/accounts/{}/deposits", ids[(c + n) % ids.len()]);
                         accounts
                             .post(&path)
-                            .token(&alice)
+                            .token(&tests::teller_token())
                             .json(json!({"amount": 1, "currency": "EUR"}))
                             .send()
                             .await

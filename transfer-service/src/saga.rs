@@ -3,7 +3,8 @@
 //! * `account.debited` → `transfer.debited`; `account.debit_rejected` → `transfer.failed`;
 //! * `account.credited` → `transfer.completed`;
 //! * `account.credit_rejected` → `transfer.refund_requested`;
-//! * `account.refunded` → `transfer.failed` (refunded).
+//! * `account.refunded` → `transfer.failed` (refunded); `account.refund_diverted` →
+//!   `transfer.failed` (not refunded: the money is in the bank's `suspense`).
 //!
 //! The transfer's state says which steps were recorded: a step seen again decides
 //! nothing, so a redelivered event appends nothing. Other account events are ignored.
@@ -47,6 +48,7 @@ impl SagaSteps {
                 | "account.credited"
                 | "account.credit_rejected"
                 | "account.refunded"
+                | "account.refund_diverted"
         ) {
             return Ok(());
         }
@@ -66,6 +68,9 @@ impl SagaSteps {
                 (transfer_id, "refund_requested", TransferCommand::CreditRejected { reason: reason.as_str().into() })
             }
             AccountEvent::Refunded { transfer_id, .. } => (transfer_id, "refunded", TransferCommand::SourceRefunded),
+            AccountEvent::RefundDiverted { transfer_id, .. } => {
+                (transfer_id, "refund_diverted", TransferCommand::SourceRefundDiverted)
+            }
             _ => return Ok(()),
         };
         let ctx = event.causes(transfer_id, ACTOR);

@@ -38,6 +38,9 @@ pub struct Config {
     pub kinesis: KinesisArgs,
     #[command(flatten)]
     pub river: RiverArgs,
+    /// How often the reconciliation checks the books (crate `ledger`), in ms; 0: never.
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 2000)]
+    pub reconcile_interval_ms: u64,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -55,6 +58,7 @@ impl Config {
             service,
             kinesis: KinesisArgs::default(),
             river: RiverArgs::default(),
+            reconcile_interval_ms: 2000,
             command: None,
         }
     }
@@ -80,6 +84,7 @@ pub enum Command {
 pub struct AppState {
     pub kit: Kit,
     pub river_metrics: RiverMetrics,
+    pub ledger_metrics: ledger::Metrics,
 }
 
 impl AppState {
@@ -90,11 +95,12 @@ impl AppState {
         );
         let registry = prometheus::Registry::new();
         let river_metrics = RiverMetrics::register(&registry)?;
+        let ledger_metrics = ledger::Metrics::register(&registry)?;
         let mut kit = Kit::new("view-updater", pool, registry, openapi, &config.service.http)?;
         if let Some(rapids) = &rapids {
             kit = kit.with_check("kinesis", rapids.readiness());
         }
-        Ok(AppState { kit, river_metrics })
+        Ok(AppState { kit, river_metrics, ledger_metrics })
     }
 }
 
@@ -112,6 +118,28 @@ pub fn start_river(
     let topics = &["account.*", "transfer.*"];
     let metrics = state.river_metrics.clone();
     config.river.spawn(RIVER, topics, store::ViewsHandler, &state.kit.pool, rapids, metrics, shutdown)
+}
+
+/// Starts the reconciliation (every `RECONCILE_INTERVAL_MS`) unless it is off.
+pub fn start_reconciliation(
+    config: &Config,
+    state: &AppState,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let interval = std::time::Duration::from_millis(config.reconcile_interval_ms);
+    (!interval.is_zero())
+        .then(|| tokio::spawn(ledger::run(state.kit.pool.clone(), interval, state.ledger_metrics.clone(), shutdown)))
+}
+
+/// Starts what runs beside the HTTP server until `shutdown`: the river and the reconciliation.
+pub fn start_background(
+    config: &Config,
+    state: &AppState,
+    rapids: Rapids,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let tasks = [start_river(config, state, rapids, shutdown.clone()), start_reconciliation(config, state, shutdown)];
+    service_kit::startup::join_background(tasks)
 }
 
 pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {

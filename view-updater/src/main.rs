@@ -1,10 +1,11 @@
-//! view-updater binary: serves the river `views` (default), or `rebuild` the views.
+//! view-updater binary: serves the river `views` and the reconciliation (default), or
+//! `rebuild` the views.
 
 use clap::Parser;
 use service_kit::shutdown::on_signals;
 use service_kit::startup::{boot, serve_with};
 use view_updater::rebuild;
-use view_updater::{AppState, Command, Config, router, start_river};
+use view_updater::{AppState, Command, Config, router, start_background};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,8 +16,8 @@ async fn main() -> anyhow::Result<()> {
             let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
             let state = AppState::new(&config, pool, Some(rapids.clone()))?;
             let shutdown = on_signals();
-            let river = start_river(&config, &state, rapids, shutdown.clone());
-            serve_with("view-updater", config.addr, router(state), shutdown, river).await
+            let background = start_background(&config, &state, rapids, shutdown.clone());
+            serve_with("view-updater", config.addr, router(state), shutdown, Some(background)).await
         }
         Some(Command::Rebuild { account: Some(account), .. }) => {
             match rebuild::rebuild_account(&pool, account).await? {

@@ -87,7 +87,8 @@ pub struct AccountView {
 pub struct TransactionRow {
     pub account_id: Uuid,
     pub version: i32,
-    /// `deposit`, `withdrawal`, `transfer_debit`, `transfer_credit`, `refund`.
+    /// `deposit`, `withdrawal`, `payment_in`, `payment_out`, `transfer_debit`,
+    /// `transfer_credit`, `refund`.
     pub kind: String,
     /// Always positive; `kind` says which way it moved.
     pub amount: i64,
@@ -121,6 +122,11 @@ pub enum ProjectionError {
     Undecodable { stream_id: Uuid, event_type: String, message: String },
     #[error("{stream_id} has {event_type} at version {version} before it was created")]
     BeforeCreation { stream_id: Uuid, event_type: String, version: i32 },
+}
+
+/// The typed account event of `e`, upcast from its schema version.
+pub fn decode_event(e: &ViewEvent) -> Result<AccountEvent, ProjectionError> {
+    decode(e)
 }
 
 /// The typed event, upcast from its schema version.
@@ -173,6 +179,40 @@ pub fn apply_account(
     project_account(view, e.at(), &decode(e)?)
 }
 
+/// [`apply_account`], and the legs of the event's posting on the bank's own accounts.
+pub fn apply_account_with_legs(
+    view: Option<AccountView>,
+    e: &ViewEvent,
+    legs: &mut BankLegs,
+) -> Result<(AccountView, Option<TransactionRow>), ProjectionError> {
+    let event = decode(e)?;
+    legs.add(e.stream_id, &event, 1);
+    project_account(view, e.at(), &event)
+}
+
+/// What account events did to the bank's own accounts (which have no stream): per
+/// account, its currency, the change of its balance and the number of postings.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BankLegs(pub std::collections::BTreeMap<Uuid, (String, i64, i64)>);
+
+impl BankLegs {
+    /// Adds (`sign` 1) or takes back (-1) the bank's legs of `account`'s event.
+    pub fn add(&mut self, account: Uuid, event: &AccountEvent, sign: i64) {
+        let Some(p) = bank_domain::ledger::posting(account, event) else { return };
+        for (side, change) in [(p.from, -p.amount), (p.to, p.amount)] {
+            if bank_domain::ledger::BankAccount::from_id(side).is_some() {
+                let entry = self.0.entry(side).or_insert_with(|| (p.currency.as_str().to_owned(), 0, 0));
+                entry.1 += sign * change;
+                entry.2 += sign;
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// [`apply_account`] for an event already decoded.
 pub fn project_account(
     view: Option<AccountView>,
@@ -215,7 +255,10 @@ pub fn project_account(
         })
     };
     let row = match event {
-        AccountEvent::Opened { .. } | AccountEvent::DebitRejected { .. } | AccountEvent::CreditRejected { .. } => None,
+        AccountEvent::Opened { .. }
+        | AccountEvent::DebitRejected { .. }
+        | AccountEvent::CreditRejected { .. }
+        | AccountEvent::RefundDiverted { .. } => None,
         AccountEvent::Closed {} => {
             view.status = "closed".into();
             None
@@ -225,6 +268,12 @@ pub fn project_account(
         }
         AccountEvent::Withdrawn { amount, currency, balance_after } => {
             change("withdrawal", *amount, currency, *balance_after, None, None)
+        }
+        AccountEvent::PaymentReceived { amount, currency, balance_after, .. } => {
+            change("payment_in", *amount, currency, *balance_after, None, None)
+        }
+        AccountEvent::PaymentSent { amount, currency, balance_after, .. } => {
+            change("payment_out", *amount, currency, *balance_after, None, None)
         }
         AccountEvent::Debited { transfer_id, amount, currency, balance_after, counterparty } => {
             change("transfer_debit", *amount, currency, *balance_after, Some(*transfer_id), Some(*counterparty))

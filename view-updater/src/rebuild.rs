@@ -13,7 +13,7 @@
 //! * [`rebuild_account`]: one account's view and transactions, from its stream, in one
 //!   transaction.
 
-use crate::projection::{self, AccountView, At, TransactionRow, TransferView};
+use crate::projection::{self, AccountView, At, BankLegs, TransactionRow, TransferView};
 use crate::store::{self, ApplyError, LIVE, REBUILD};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-const TABLES: [&str; 3] = ["accounts", "account_transactions", "transfers"];
+const TABLES: [&str; 4] = ["accounts", "account_transactions", "transfers", "bank_balances"];
+/// The rebuild's rows of the bank's own accounts (the live river writes one per shard).
+const REBUILT_PART: &str = "rebuild";
 /// Events read per query.
 const CHUNK: i64 = 20_000;
 /// Chunks read ahead of the fold; batches of transaction rows waiting for the COPY.
@@ -126,10 +128,11 @@ pub async fn verify(pool: &PgPool, progress: bool) -> Result<Verified, ApplyErro
 pub async fn rebuild_account(pool: &PgPool, account: Uuid) -> Result<Option<i32>, ApplyError> {
     let mut tx = pool.begin().await?;
     // holds the live updater off this account until the commit
-    sqlx::query(&format!("select 1 from {LIVE}.accounts where id = $1 for update"))
-        .bind(account)
-        .execute(&mut *tx)
-        .await?;
+    let before: Option<i32> =
+        sqlx::query_scalar(&format!("select version from {LIVE}.accounts where id = $1 for update"))
+            .bind(account)
+            .fetch_optional(&mut *tx)
+            .await?;
     sqlx::query(&format!("delete from {LIVE}.account_transactions where account_id = $1"))
         .bind(account)
         .execute(&mut *tx)
@@ -139,7 +142,13 @@ pub async fn rebuild_account(pool: &PgPool, account: Uuid) -> Result<Option<i32>
     if events.iter().any(|e| e.stream_type != "account") {
         return Ok(None);
     }
-    let version = store::apply_stream(&mut tx, LIVE, account, "account", &events).await?;
+    let version = store::apply_stream(&mut tx, LIVE, REBUILT_PART, account, "account", &events).await?;
+    // the bank's legs of the events the view had already applied were counted then
+    let mut counted = BankLegs::default();
+    for e in events.iter().filter(|e| e.version <= before.unwrap_or(0)) {
+        counted.add(account, &projection::decode_event(e)?, -1);
+    }
+    store::add_bank_legs(&mut tx, LIVE, REBUILT_PART, &counted).await?;
     if let Some(version) = version {
         store::notify_advanced(&mut tx, &[format!("{account}:{version}")]).await?;
     }
@@ -189,6 +198,7 @@ async fn build(pool: &PgPool, progress: bool) -> Result<Rebuilt, ApplyError> {
     for chunk in transfers.chunks(CHUNK as usize) {
         store::upsert_transfers(&mut conn, REBUILD, chunk).await?;
     }
+    store::add_bank_legs(&mut conn, REBUILD, REBUILT_PART, &fold.legs).await?;
     // what committed while this ran (out of position order included)
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let caught_up = catch_up(&mut tx).await?;
@@ -234,6 +244,8 @@ async fn write_transactions(
 struct Fold {
     accounts: HashMap<Uuid, AccountView>,
     transfers: HashMap<Uuid, TransferView>,
+    /// The bank's own accounts' legs of every account event folded.
+    legs: BankLegs,
     done: u64,
     /// Reused by every decode.
     scratch: Vec<u8>,
@@ -286,7 +298,8 @@ impl Fold {
             tracing::debug!(stream = %stream_id, missing = missing.len(), "filled a gap from the store");
             for e in &missing {
                 if e.stream_type == "account" {
-                    let (view, row) = projection::apply_account(self.accounts.remove(&e.stream_id), e)?;
+                    let (view, row) =
+                        projection::apply_account_with_legs(self.accounts.remove(&e.stream_id), e, &mut self.legs)?;
                     self.accounts.insert(e.stream_id, view);
                     changes.extend(row);
                 } else {
@@ -299,6 +312,7 @@ impl Fold {
         let (event_type, schema_version, data): (&str, i16, &str) = (row.try_get(4)?, row.try_get(5)?, row.try_get(6)?);
         if stream_type == "account" {
             let event = projection::decode_text(stream_id, event_type, schema_version, data, &mut self.scratch)?;
+            self.legs.add(stream_id, &event, 1);
             let (view, row) = projection::project_account(self.accounts.remove(&stream_id), at, &event)?;
             self.accounts.insert(stream_id, view);
             changes.extend(row);
@@ -332,7 +346,7 @@ async fn catch_up(tx: &mut PgConnection) -> Result<usize, ApplyError> {
         .fetch_optional(&mut *tx)
         .await?;
         let events = store::read_store(tx, *stream_id, current.unwrap_or(0), None).await?;
-        store::apply_stream(tx, REBUILD, *stream_id, stream_type, &events).await?;
+        store::apply_stream(tx, REBUILD, REBUILT_PART, *stream_id, stream_type, &events).await?;
     }
     Ok(behind.len())
 }

@@ -4,7 +4,7 @@
 //! Every function takes the schema to write: `views` (live) or `views_rebuild` (a
 //! rebuild in progress). Schema names are constants of this module, never input.
 
-use crate::projection::{self, AccountView, ProjectionError, TransactionRow, TransferView, ViewEvent};
+use crate::projection::{self, AccountView, BankLegs, ProjectionError, TransactionRow, TransferView, ViewEvent};
 use rapids::river::{Handler, HandlerError, RiverEvent, is_transient};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -40,16 +40,18 @@ pub(crate) const TRANSFER_COLUMNS: &str = "id, from_account, to_account, amount,
                                            initiated_by, memo, version, created_at, updated_at";
 
 /// Applies `events` (one stream's, in version order; duplicates and gaps allowed) to
-/// the views in `schema`, in `tx`. Returns the stream's version when it advanced.
+/// the views in `schema`, in `tx`, the bank's legs under `part`. Returns the stream's
+/// version when it advanced.
 pub async fn apply_stream(
     tx: &mut PgConnection,
     schema: &str,
+    part: &str,
     stream_id: Uuid,
     stream_type: &str,
     events: &[ViewEvent],
 ) -> Result<Option<i32>, ApplyError> {
     let streams = [StreamEvents { stream_id, stream_type: stream_type.to_owned(), events: events.to_vec() }];
-    Ok(apply_streams(tx, schema, &streams).await?.first().map(|(_, version)| *version))
+    Ok(apply_streams(tx, schema, part, &streams).await?.first().map(|(_, version)| *version))
 }
 
 /// One stream's events of a page.
@@ -62,10 +64,13 @@ pub struct StreamEvents {
 
 /// Applies several streams' events with a handful of statements: their rows are read
 /// (and locked, in id order) at once, folded in memory, and written back at once.
+/// The legs on the bank's own accounts go to their rows of `part` (the river's shard:
+/// each shard's worker writes its own rows, so the bank's accounts are no hot rows).
 /// Returns each stream that advanced, with its new version.
 pub async fn apply_streams(
     tx: &mut PgConnection,
     schema: &str,
+    part: &str,
     streams: &[StreamEvents],
 ) -> Result<Vec<(Uuid, i32)>, ApplyError> {
     let ids = |kind: &str| streams.iter().filter(|s| s.stream_type == kind).map(|s| s.stream_id).collect::<Vec<_>>();
@@ -98,6 +103,7 @@ pub async fn apply_streams(
     };
     let mut advanced = Vec::new();
     let (mut changed_accounts, mut changed_transfers, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    let mut legs = BankLegs::default();
     for stream in streams {
         let id = stream.stream_id;
         match stream.stream_type.as_str() {
@@ -105,7 +111,7 @@ pub async fn apply_streams(
                 let mut view = accounts.remove(&id);
                 let start = view.as_ref().map_or(0, |v| v.version);
                 let version = fold(tx, id, start, &stream.events, |e| {
-                    let (next, row) = projection::apply_account(view.take(), e)?;
+                    let (next, row) = projection::apply_account_with_legs(view.take(), e, &mut legs)?;
                     view = Some(next);
                     rows.extend(row);
                     Ok(())
@@ -136,7 +142,31 @@ pub async fn apply_streams(
     upsert_accounts(tx, schema, &changed_accounts).await?;
     upsert_transfers(tx, schema, &changed_transfers).await?;
     insert_transactions(tx, schema, &rows).await?;
+    add_bank_legs(tx, schema, part, &legs).await?;
     Ok(advanced)
+}
+
+/// Adds the legs to the bank accounts' rows of `part`.
+pub async fn add_bank_legs(tx: &mut PgConnection, schema: &str, part: &str, legs: &BankLegs) -> sqlx::Result<()> {
+    if legs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "insert into {schema}.bank_balances (account_id, part, currency, balance, postings)
+         select id, $2, currency, balance, postings
+         from unnest($1::uuid[], $3::text[], $4::int8[], $5::int8[]) as l(id, currency, balance, postings)
+         on conflict (account_id, part) do update
+             set balance = {schema}.bank_balances.balance + excluded.balance,
+                 postings = {schema}.bank_balances.postings + excluded.postings"
+    ))
+    .bind(legs.0.keys().copied().collect::<Vec<_>>())
+    .bind(part)
+    .bind(legs.0.values().map(|v| v.0.as_str()).collect::<Vec<_>>())
+    .bind(legs.0.values().map(|v| v.1).collect::<Vec<_>>())
+    .bind(legs.0.values().map(|v| v.2).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Feeds `apply` the events after version `start`: each exactly once, in version
@@ -389,7 +419,8 @@ impl Handler for ViewsHandler {
             });
             streams[at].events.push(ViewEvent::from(e));
         }
-        let advanced = apply_streams(tx, LIVE, &streams).await?;
+        let part = events.first().map_or("", |e| &*e.shard_id);
+        let advanced = apply_streams(tx, LIVE, part, &streams).await?;
         let payloads: Vec<String> = advanced.iter().map(|(id, version)| format!("{id}:{version}")).collect();
         notify_advanced(tx, &payloads).await.map_err(ApplyError::from)?;
         Ok(())

@@ -82,7 +82,7 @@ async fn a_rebuild_builds_what_the_live_path_builds(pool: PgPool) {
     let mut tx = pool.begin().await.unwrap();
     for (id, stream_type) in [(a, "account"), (b, "account"), (t, "transfer"), (u, "transfer")] {
         let events = store::read_store(&mut tx, id, 0, None).await.unwrap();
-        store::apply_stream(&mut tx, LIVE, id, stream_type, &events).await.unwrap();
+        store::apply_stream(&mut tx, LIVE, "test", id, stream_type, &events).await.unwrap();
     }
     tx.commit().await.unwrap();
 
