@@ -36,7 +36,8 @@ use utoipa::ToSchema;
     ops_tailer,
     ops_dead_letters,
     ops_retry,
-    ops_unsettled
+    ops_unsettled,
+    ops_ledger
 ))]
 pub struct Api;
 
@@ -54,6 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/dead-letters", get(ops_dead_letters))
         .route("/ops/dead-letters/{id}/retry", post(ops_retry))
         .route("/ops/unsettled", get(ops_unsettled))
+        .route("/ops/ledger", get(ops_ledger))
 }
 
 fn staff(caller: &Caller) -> Result<(), ApiError> {
@@ -346,4 +348,20 @@ async fn ops_unsettled(
 ) -> Result<Json<UnsettledTransfers>, ApiError> {
     staff(&caller)?;
     Ok(Json(ops::unsettled(&state.kit.pool, query.older_than_s).await?))
+}
+
+/// The books as the reconciliation last checked them (view-updater checks every few
+/// seconds): each currency's sum of balances (0: balanced), `in_transit` beside the
+/// unsettled transfers, and every difference found. Staff only.
+#[utoipa::path(get, path = "/ops/ledger", tag = "operations",
+    responses((status = 200, description = "the reconciliation's report", body = ledger::Report)))]
+async fn ops_ledger(State(state): State<AppState>, caller: Caller) -> Result<Json<ledger::Report>, ApiError> {
+    staff(&caller)?;
+    let report = ledger::report(&state.kit.pool).await.map_err(|e| match e.0 {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ApiError::new(ErrorCode::Unavailable, "the database is busy or unreachable; retry")
+        }
+        other => ApiError::internal(other),
+    })?;
+    Ok(Json(report))
 }

@@ -71,6 +71,7 @@ pub fn document_json() -> Value {
             RouteErrors { method: "get", path: "/ops/dead-letters", codes: OPS_ERRORS },
             RouteErrors { method: "post", path: "/ops/dead-letters/{id}/retry", codes: RETRY_ERRORS },
             RouteErrors { method: "get", path: "/ops/unsettled", codes: OPS_ERRORS },
+            RouteErrors { method: "get", path: "/ops/ledger", codes: OPS_ERRORS },
         ],
     )
 }

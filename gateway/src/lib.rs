@@ -148,6 +148,8 @@ pub enum DevRole {
     Customer,
     Teller,
     Admin,
+    /// A payment rail (the web app's "Receive a payment" posts through one).
+    Service,
 }
 
 /// A dev token.
@@ -180,6 +182,7 @@ async fn dev_token(State(state): State<AppState>, body: ApiJson<DevLogin>) -> Re
         DevRole::Customer => Role::Customer,
         DevRole::Teller => Role::Teller,
         DevRole::Admin => Role::Admin,
+        DevRole::Service => Role::Service,
     };
     let ttl = 12 * 3600;
     let token = service_kit::auth::issue_hs256(secret.expose(), &sub, as_role, ttl).map_err(ApiError::internal)?;

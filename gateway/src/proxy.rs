@@ -57,7 +57,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Option<Upstream> {
         (&Method::GET, ["accounts", _]) => Some(Upstream::Queries),
         (&Method::GET, ["accounts", _, "transactions"]) => Some(Upstream::Queries),
         (&Method::GET, ["accounts", _, "history" | "transfers"]) => Some(Upstream::Accounts),
-        (&Method::POST, ["accounts", _, "deposits" | "withdrawals" | "close"]) => Some(Upstream::Accounts),
+        (&Method::POST, ["accounts", _, "deposits" | "withdrawals" | "payments" | "close"]) => Some(Upstream::Accounts),
         (&Method::POST, ["transfers"]) => Some(Upstream::Transfers),
         (&Method::GET, ["transfers", _]) => Some(Upstream::Queries),
         (_, ["events" | "topics" | "rivers" | "ops", ..]) => Some(Upstream::Bus),
@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(to(M::GET, "/accounts/1/transactions", ""), Some("query-service"));
         assert_eq!(to(M::GET, "/accounts/1/history", ""), Some("account-service"));
         assert_eq!(to(M::GET, "/accounts/1/transfers", ""), Some("account-service"));
-        for command in ["deposits", "withdrawals", "close"] {
+        for command in ["deposits", "withdrawals", "payments", "close"] {
             assert_eq!(to(M::POST, &format!("/accounts/1/{command}"), ""), Some("account-service"));
         }
         assert_eq!(to(M::POST, "/transfers", ""), Some("transfer-service"));

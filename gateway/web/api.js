@@ -35,12 +35,16 @@ export const onSignedOut = (f) => signedOutListeners.push(f);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** One request; resolves to the answer's JSON, or throws an ApiError. */
-export async function api(method, path, body, { signal } = {}) {
+/**
+ * One request (as the session, or as `token` when given); resolves to the answer's
+ * JSON, or throws an ApiError.
+ */
+export async function api(method, path, body, { signal, token } = {}) {
   for (let attempt = 1; ; attempt++) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (session) headers.Authorization = `Bearer ${session.token}`;
+    const bearer = token ?? session?.token;
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
     let response;
     try {
       response = await fetch(`/api${path}`, {
@@ -68,7 +72,7 @@ export async function api(method, path, body, { signal } = {}) {
       await sleep(retryAfter * 1000);
       continue;
     }
-    if (response.status === 401 && session) endSession();
+    if (response.status === 401 && session && !token) endSession();
     throw new ApiError(response.status, error.code ?? `http_${response.status}`, error.message ?? response.statusText, error);
   }
 }

@@ -1,7 +1,9 @@
-// The customer's page: my accounts and their balances, open an account, deposit,
-// withdraw, transfer (shown at once from the command's answer, then followed live
+// The customer's page: my accounts and their balances, open an account, withdraw
+// cash, send a payment to another bank, receive one (through the development payment
+// rail), transfer (shown at once from the command's answer, then followed live
 // through its states with waiting reads), the recent transactions, an account's
-// history and its balance as of a chosen time.
+// history and its balance as of a chosen time. Customers bring no cash of their own:
+// a teller takes it in (the operator's page).
 //
 // Every read after a command asks for the version the command answered
 // (min_version), so the page never shows data older than what the customer just did.
@@ -13,8 +15,10 @@ import { describe, localToRfc3339, money, nowLocal, parseAmount, reasonInWords, 
 const CURRENCIES = ["EUR", "USD", "GBP", "CHF", "SEK", "JPY"];
 const SETTLED = new Set(["completed", "failed"]);
 const KINDS = {
-  deposit: ["Deposit", +1],
-  withdrawal: ["Withdrawal", -1],
+  deposit: ["Cash in", +1],
+  withdrawal: ["Cash out", -1],
+  payment_in: ["Payment in", +1],
+  payment_out: ["Payment out", -1],
   transfer_debit: ["Transfer out", -1],
   transfer_credit: ["Transfer in", +1],
   refund: ["Refund", +1],
@@ -127,18 +131,15 @@ export function customerPage() {
       h("h2", {}, "Open an account"),
       h("div", { class: "row" },
         h("label", {}, "Currency", h("select", { name: "currency", "data-test": "open-currency" }, CURRENCIES.map((c) => h("option", { value: c }, c)))),
-        h("label", {}, "First deposit (optional)", h("input", { name: "deposit", inputmode: "decimal", placeholder: "0.00", "data-test": "open-deposit" })),
       ),
       button,
       status,
     );
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      const { currency, deposit } = fields(form);
+      const { currency } = fields(form);
       busy(button, status, describe, async () => {
-        const body = { currency };
-        if (deposit.trim()) body.initial_deposit = parseAmount(deposit, currency);
-        const opened = await api("POST", "/accounts", body, { signal });
+        const opened = await api("POST", "/accounts", { currency }, { signal });
         const account = await readAccount(opened.id, opened.version);
         select(account.id, account);
         form.reset();
@@ -252,28 +253,51 @@ export function customerPage() {
 
     function moneyForm() {
       const status = h("div", { "data-test": "money-status" });
-      const deposit = h("button", { class: "primary", type: "submit", value: "deposits", "data-test": "deposit-submit" }, "Deposit");
-      const withdraw = h("button", { type: "submit", value: "withdrawals", "data-test": "withdraw-submit" }, "Withdraw");
+      const withdraw = h("button", { class: "primary", type: "submit", value: "withdrawals", "data-test": "withdraw-submit" }, "Withdraw");
+      const pay = h("button", { type: "submit", value: "payments", "data-test": "payment-submit" }, "Send a payment");
+      const receive = h("button", { type: "submit", value: "receive", "data-test": "receive-submit" }, "Receive a payment");
       const form = h(
         "form",
         { class: "inline" },
         h("label", {}, "Amount", h("input", { name: "amount", inputmode: "decimal", placeholder: "0.00", required: true, "data-test": "amount" })),
-        h("div", { class: "buttons" }, deposit, withdraw),
+        h("div", { class: "buttons" }, withdraw, pay, receive),
         status,
       );
+      const done = { withdrawals: "Withdrew", payments: "Sent a payment of", receive: "Received a payment of" };
       form.addEventListener("submit", (event) => {
         event.preventDefault();
-        const route = event.submitter?.value ?? "deposits";
-        busy(event.submitter ?? deposit, status, describe, async () => {
+        const route = event.submitter?.value ?? "withdrawals";
+        busy(event.submitter ?? withdraw, status, describe, async () => {
           if (!current) throw new Error("The account is still loading");
           const amount = parseAmount(fields(form).amount, current.currency);
-          const answer = await api("POST", `/accounts/${id}/${route}`, { amount, currency: current.currency }, { signal });
-          await readAccount(id, answer.version);
+          if (route === "receive") {
+            await receivePayment(amount);
+          } else {
+            const answer = await api("POST", `/accounts/${id}/${route}`, { amount, currency: current.currency }, { signal });
+            await readAccount(id, answer.version);
+          }
           form.reset();
-          return `${route === "deposits" ? "Deposited" : "Withdrew"} ${money(amount, current.currency)}`;
+          return `${done[route]} ${money(amount, current.currency)}`;
         });
       });
       return form;
+    }
+
+    /**
+     * A payment from another bank, as a payment rail posts it: the development rail's
+     * token (the dev login, role service) posts the task accounts.payment.receive to
+     * the event bus; the account takes it a moment later, which the page waits for.
+     */
+    async function receivePayment(amount) {
+      const rail = await api("POST", "/dev/token", { sub: "dev-rail", role: "service" }, { signal });
+      const reference = `dev-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+      await api(
+        "POST",
+        "/events",
+        { type: "accounts.payment.receive", source: "rail", data: { reference, account: id, amount, currency: current.currency } },
+        { signal, token: rail.token },
+      );
+      await readAccount(id, current.version + 1);
     }
 
     function transferForm() {

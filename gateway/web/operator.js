@@ -1,11 +1,12 @@
-// The operator's page (tellers and admins): the rivers with their shards, leases,
-// checkpoints and lag; the tailer's lag; parked events with a retry; transfers not
-// settled after N seconds; a search of the events. It refreshes itself every few
-// seconds while it is open, and on the Refresh button.
+// The operator's page (tellers and admins): the cash desk (cash in and out of any
+// account); the books as the reconciliation last checked them; the rivers with their
+// shards, leases, checkpoints and lag; the tailer's lag; parked events with a retry;
+// transfers not settled after N seconds; a search of the events. It refreshes itself
+// every few seconds while it is open, and on the Refresh button.
 
 import { api } from "./api.js";
 import { busy, fields, fill, h, notice } from "./dom.js";
-import { describe, money, shortId, when } from "./format.js";
+import { describe, money, parseAmount, shortId, when } from "./format.js";
 
 const REFRESH_MS = 5000;
 
@@ -15,6 +16,7 @@ export function operatorPage() {
   const rivers = h("div", { "data-test": "rivers" });
   const tailer = h("div", { "data-test": "tailer" });
   const parked = h("div", { "data-test": "dead-letters" });
+  const books = h("div", { "data-test": "ledger" });
   const status = h("div");
   const refresh = h("button", { type: "button", "data-test": "ops-refresh", onclick: () => load() }, "Refresh");
   const updated = h("span", { class: "muted small" });
@@ -24,6 +26,10 @@ export function operatorPage() {
     { class: "ops", "data-test": "operator-page" },
     h("div", { class: "toolbar" }, h("h1", {}, "Operations"), updated, refresh),
     status,
+    h("div", { class: "layout even" },
+      cashDesk(),
+      h("section", { class: "card" }, h("h2", {}, "The books"), books),
+    ),
     h("section", { class: "card" }, h("h2", {}, "Rivers"), rivers),
     h("div", { class: "layout even" },
       h("section", { class: "card" }, h("h2", {}, "Tailer"), tailer),
@@ -37,11 +43,13 @@ export function operatorPage() {
   async function load() {
     refresh.disabled = true;
     try {
-      const [r, t, d] = await Promise.all([
+      const [r, t, d, l] = await Promise.all([
         api("GET", "/ops/rivers", undefined, { signal }),
         api("GET", "/ops/tailer", undefined, { signal }),
         api("GET", "/ops/dead-letters", undefined, { signal }),
+        api("GET", "/ops/ledger", undefined, { signal }),
       ]);
+      fill(books, ledger(l));
       fill(rivers, r.items.length ? r.items.map(riverBlock) : h("p", { class: "muted" }, "No rivers."));
       fill(tailer, tailerTable(t.items));
       fill(parked, deadLetters(d.items));
@@ -127,6 +135,70 @@ export function operatorPage() {
           h("div", { class: "right" }, retry, retryStatus),
         );
       }),
+    );
+  }
+
+  /** Cash taken in or paid out at the desk: a posting between the bank's cash and the account. */
+  function cashDesk() {
+    const result = h("div", { "data-test": "cash-status" });
+    const cashIn = h("button", { class: "primary", type: "submit", value: "deposits", "data-test": "cash-in" }, "Cash in");
+    const cashOut = h("button", { type: "submit", value: "withdrawals", "data-test": "cash-out" }, "Cash out");
+    const form = h(
+      "form",
+      { class: "inline", "data-test": "cash-desk" },
+      h("label", {}, "Account", h("input", { name: "account", class: "mono", required: true, placeholder: "account id", "data-test": "cash-account" })),
+      h("label", {}, "Amount", h("input", { name: "amount", inputmode: "decimal", placeholder: "0.00", required: true, "data-test": "cash-amount" })),
+      h("div", { class: "buttons" }, cashIn, cashOut),
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const route = event.submitter?.value ?? "deposits";
+      busy(event.submitter ?? cashIn, result, describe, async () => {
+        const { account, amount } = fields(form);
+        const id = account.trim();
+        const { currency } = await api("GET", `/accounts/${id}`, undefined, { signal });
+        const minor = parseAmount(amount, currency);
+        const answer = await api("POST", `/accounts/${id}/${route}`, { amount: minor, currency }, { signal });
+        form.querySelector("[name=amount]").value = "";
+        return `${route === "deposits" ? "Took in" : "Paid out"} ${money(minor, currency)}; the balance is ${money(answer.balance, currency)}`;
+      });
+    });
+    return h("section", { class: "card" }, h("h2", {}, "Cash desk"), form, result);
+  }
+
+  /** The reconciliation's report: each currency's sum of balances, in transit, differences. */
+  function ledger(l) {
+    const currencies = Object.keys(l.imbalance);
+    return h(
+      "div",
+      {},
+      h(
+        "p",
+        { "data-test": "ledger-status", "data-balanced": String(l.balanced), class: l.balanced ? "" : "error-text" },
+        l.balanced ? "The books balance." : "The books do not balance.",
+      ),
+      h("p", { class: "muted small" }, `${l.events} events checked${l.checked_at ? `, last ${when(l.checked_at)}` : ""}`),
+      table(
+        ["currency", "sum of balances", "in transit", "open transfers"],
+        currencies.map((c) => [
+          c,
+          money(l.imbalance[c], c),
+          money(l.in_transit[c]?.balance ?? 0, c),
+          String(l.in_transit[c]?.open_transfers ?? 0),
+        ]),
+        "No money has moved yet.",
+      ),
+      l.findings.length > 0 &&
+        table(
+          ["kind", "account", "transfer", "detail"],
+          l.findings.map((f) => [
+            f.kind,
+            f.account_id ? h("span", { class: "mono", title: f.account_id }, shortId(f.account_id)) : "",
+            f.transfer_id ? h("span", { class: "mono", title: f.transfer_id }, shortId(f.transfer_id)) : "",
+            f.detail,
+          ]),
+          "",
+        ),
     );
   }
 

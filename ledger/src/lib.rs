@@ -12,7 +12,7 @@
 //!   whose balance change is not its posting (written past the aggregate, say) moves
 //!   the sum off 0 and is recorded as a finding naming its account;
 //! * per transfer what the accounts moved into `in_transit` for it: a settled transfer
-//!   holds nothing, one debited or refunding holds exactly its amount;
+//!   holds nothing, an unsettled one its amount or nothing;
 //! * whether the views show each account as the store does (compared once the views
 //!   reach the version the ledger has read).
 //!
@@ -41,10 +41,10 @@ const BATCH: i64 = 5_000;
 /// What a check or a report failed on.
 #[derive(Debug, thiserror::Error)]
 #[error("reconciliation: {0}")]
-pub struct Error(#[from] sqlx::Error);
+pub struct Error(#[from] pub sqlx::Error);
 
 /// One thing found wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Finding {
     /// `unbalanced` (an event's balance change is not its posting), `undecodable`,
     /// `view_differs`, `in_transit` (a transfer holds the wrong amount in transit).
@@ -57,8 +57,10 @@ pub struct Finding {
 }
 
 /// Where the books stand.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
+    /// Whether nothing is wrong (see [`Report::balanced`]).
+    pub balanced: bool,
     /// Events read since the ledger began.
     pub events: i64,
     /// When the last complete check ended.
@@ -70,7 +72,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// A currency's `in_transit` account beside what its unsettled transfers hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InTransit {
     pub balance: i64,
     pub open_transfers: i64,
@@ -156,7 +159,8 @@ pub async fn report(pool: &PgPool) -> Result<Report, Error> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(Report {
+    let mut report = Report {
+        balanced: false,
         events,
         checked_at,
         imbalance: imbalance.into_iter().collect(),
@@ -167,7 +171,9 @@ pub async fn report(pool: &PgPool) -> Result<Report, Error> {
             })
             .collect(),
         findings,
-    })
+    };
+    report.balanced = report.balanced();
+    Ok(report)
 }
 
 /// The `in_transit` accounts of the currencies the ledger has seen.
@@ -182,7 +188,7 @@ async fn in_transit_ids(pool: &PgPool) -> Result<Vec<Uuid>, Error> {
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
-    xid: String,
+    xid_txt: String,
     position: i64,
     stream_id: Uuid,
     stream_type: String,
@@ -213,7 +219,8 @@ async fn round(tx: &mut PgConnection) -> Result<usize, Error> {
     let (xid, position): (String, i64) =
         sqlx::query_as("select xid::text, position from ledger.cursor").fetch_one(&mut *tx).await?;
     let rows: Vec<EventRow> = sqlx::query_as(
-        "select xid::text as xid, position, stream_id, stream_type, version, type as event_type, schema_version, data
+        // the alias differs from the column: `order by xid` must sort the xid8, not its text
+        "select xid::text as xid_txt, position, stream_id, stream_type, version, type as event_type, schema_version, data
          from es.events
          where (xid, position) > ($1::text::xid8, $2)
            and xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -227,7 +234,7 @@ async fn round(tx: &mut PgConnection) -> Result<usize, Error> {
     .fetch_all(&mut *tx)
     .await?;
     let Some(last) = rows.last() else { return Ok(0) };
-    let cursor = (last.xid.clone(), last.position);
+    let cursor = (last.xid_txt.clone(), last.position);
 
     // the rows this round touches, read at once
     let mut account_ids: Vec<Uuid> = Vec::new();
@@ -446,14 +453,14 @@ impl Fold<'_> {
     }
 }
 
-/// What is wrong with what a transfer holds in transit, if anything. The accounts'
-/// steps commit before the transfer's (the saga reacts to them), so a debited or
-/// refunding transfer holds its amount and a settled one nothing, at every commit.
+/// What is wrong with what a transfer holds in transit, if anything. Each step of the
+/// accounts commits before the transfer's step it causes, so an unsettled transfer
+/// holds its amount or nothing (debited and not yet credited, or credited and not yet
+/// completed), and a settled one nothing, at every commit.
 fn transit_finding(id: Uuid, t: &Transit) -> Option<Finding> {
     let expected: &[i64] = match t.state.as_str() {
-        "debited" | "refunding" => &[t.transfer_amount],
+        "initiated" | "debited" | "refunding" => &[0, t.transfer_amount],
         "completed" | "failed" => &[0],
-        "initiated" => &[0, t.transfer_amount],
         // an account step for a transfer whose creation the ledger has not read
         _ => return None,
     };
@@ -647,14 +654,19 @@ mod tests {
     }
 
     #[test]
-    fn a_transfer_holds_its_amount_while_open_and_nothing_once_settled() {
+    fn a_transfer_holds_its_amount_or_nothing_while_open_and_nothing_once_settled() {
         let id = Uuid::now_v7();
-        for (state, ok, wrong) in [("debited", 50, 0), ("refunding", 50, 10), ("completed", 0, 50), ("failed", 0, 50)] {
-            assert_eq!(transit_finding(id, &transit(state, ok)), None, "{state}");
-            assert!(transit_finding(id, &transit(state, wrong)).is_some(), "{state} holding {wrong}");
+        for state in ["initiated", "debited", "refunding"] {
+            for ok in [0, 50] {
+                assert_eq!(transit_finding(id, &transit(state, ok)), None, "{state} holding {ok}");
+            }
+            for wrong in [-50, 10, 100] {
+                assert!(transit_finding(id, &transit(state, wrong)).is_some(), "{state} holding {wrong}");
+            }
         }
-        assert_eq!(transit_finding(id, &transit("initiated", 0)), None);
-        assert_eq!(transit_finding(id, &transit("initiated", 50)), None);
-        assert!(transit_finding(id, &transit("initiated", -50)).is_some());
+        for state in ["completed", "failed"] {
+            assert_eq!(transit_finding(id, &transit(state, 0)), None, "{state}");
+            assert!(transit_finding(id, &transit(state, 50)).is_some(), "{state} holding 50");
+        }
     }
 }

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The web app in a real browser (Debian's Chromium, driven by Playwright for Python).
 
-A fresh customer signs in, opens two accounts, deposits, and transfers between them
-with a memo: the transfer shows as pending at once (from the command's answer, while
-every read of it is held back), then completed without a reload; both balances and
-the memo follow. A transfer beyond the balance fails in words. An admin then sees the
-rivers, and retries an event parked with SQL until it is gone from the list.
+A fresh customer signs in and opens two empty accounts (no first deposit, no Deposit
+button: customers bring no cash of their own), receives a payment through the dev
+payment rail; a teller takes cash in and pays some out at the cash desk; the customer
+transfers between the accounts with a memo: the transfer shows as pending at once
+(from the command's answer, while every read of it is held back), then completed
+without a reload; both balances and the memo follow. A transfer beyond the balance
+fails in words. An admin then sees the books balanced and the rivers, and retries an
+event parked with SQL until it is gone from the list.
 
 Run by scripts/browser, which starts the system. Environment: GATEWAY_URL,
 DATABASE_URL, PSQL (the psql binary), SCREENSHOT_DIR, DOCS_SCREENSHOT_DIR (optional:
@@ -108,7 +111,7 @@ def main():
     os.makedirs(SHOTS, exist_ok=True)
     run = Run()
     suffix = uuid.uuid4().hex[:8]
-    customer, admin = f"web-{suffix}", f"ops-{suffix}"
+    customer, admin, teller = f"web-{suffix}", f"ops-{suffix}", f"desk-{suffix}"
     memo = f"rent for May {suffix}"
     has_memo = api_has_memo()
     ids = {}
@@ -133,12 +136,14 @@ def main():
             run.step("a fresh customer signs in", sign_in_customer)
 
             def open_accounts():
+                # customers bring no cash of their own: no first deposit, no Deposit button
+                expect(page.locator("[data-test=open-deposit]")).to_have_count(0)
                 page.select_option("[data-test=open-currency]", "EUR")
-                page.fill("[data-test=open-deposit]", "100.00")
                 page.click("[data-test=open-submit]")
                 expect(page.locator("[data-test=account]")).to_have_count(1)
                 ids["a"] = selected_account(page)
-                expect(card(page, ids["a"]).locator("[data-test=account-balance]")).to_have_text("100.00 EUR")
+                expect(card(page, ids["a"]).locator("[data-test=account-balance]")).to_have_text("0.00 EUR")
+                expect(page.locator("[data-test=deposit-submit]")).to_have_count(0)
                 page.select_option("[data-test=open-currency]", "EUR")
                 page.click("[data-test=open-submit]")
                 expect(page.locator("[data-test=account]")).to_have_count(2)
@@ -146,18 +151,40 @@ def main():
                 ids["b"] = selected_account(page)
                 expect(card(page, ids["b"]).locator("[data-test=account-balance]")).to_have_text("0.00 EUR")
                 expect(page.locator("[data-test=detail-balance]")).to_have_text("0.00 EUR")
-            run.step("opens an account with 100.00 EUR and an empty one", open_accounts)
+            run.step("opens two empty accounts; there is no Deposit button for a customer", open_accounts)
 
-            def deposit():
+            def receive_a_payment():
                 card(page, ids["a"]).click()
                 expect(page.locator(f"[data-test=account-detail][data-account-id='{ids['a']}']")).to_be_visible()
-                page.fill("[data-test=amount]", "25.50")
-                page.click("[data-test=deposit-submit]")
-                expect(page.locator("[data-test=money-status]")).to_have_text("Deposited 25.50 EUR")
+                page.fill("[data-test=amount]", "100.00")
+                page.click("[data-test=receive-submit]")
+                expect(page.locator("[data-test=money-status]")).to_have_text("Received a payment of 100.00 EUR")
+                expect(page.locator("[data-test=detail-balance]")).to_have_text("100.00 EUR")
+                expect(page.locator("[data-test=transaction][data-kind=payment_in]")).to_have_count(1)
+            run.step("receives a payment of 100.00 EUR through the dev payment rail", receive_a_payment)
+
+            def cash_desk():
+                sign_in(page, teller, "teller")
+                expect(page.locator("[data-test=operator-page]")).to_be_visible()
+                page.fill("[data-test=cash-account]", ids["a"])
+                page.fill("[data-test=cash-amount]", "30.00")
+                page.click("[data-test=cash-in]")
+                expect(page.locator("[data-test=cash-status]")).to_have_text("Took in 30.00 EUR; the balance is 130.00 EUR")
+                page.fill("[data-test=cash-amount]", "4.50")
+                page.click("[data-test=cash-out]")
+                expect(page.locator("[data-test=cash-status]")).to_have_text("Paid out 4.50 EUR; the balance is 125.50 EUR")
+                page.fill("[data-test=cash-amount]", "1000.00")
+                page.click("[data-test=cash-out]")
+                expect(page.locator("[data-test=cash-status] [data-test=error]")).to_have_text("Insufficient funds")
+            run.step("a teller takes 30.00 EUR in and pays 4.50 out at the cash desk", cash_desk)
+
+            def customer_sees_the_cash():
+                sign_in(page, customer, "customer")
+                card(page, ids["a"]).click()
                 expect(page.locator("[data-test=detail-balance]")).to_have_text("125.50 EUR")
-                expect(card(page, ids["a"]).locator("[data-test=account-balance]")).to_have_text("125.50 EUR")
-                expect(page.locator("[data-test=transaction][data-kind=deposit]")).to_have_count(2)
-            run.step("deposits 25.50 EUR, and the balance shows it at once", deposit)
+                expect(page.locator("[data-test=transaction][data-kind=deposit]")).to_have_count(1)
+                expect(page.locator("[data-test=transaction][data-kind=withdrawal]")).to_have_count(1)
+            run.step("the customer sees the payment and the teller's cash in and out (125.50 EUR)", customer_sees_the_cash)
             shot(page, "customer.png")
             shot(page, "customer-phone.png", PHONE)
 
@@ -233,7 +260,15 @@ def main():
                     expect(page.locator(f"[data-test=river][data-river={river}]")).to_be_visible()
                 expect(page.locator("[data-test=tailer-behind]").first).to_be_visible()
                 expect(page.locator(f"[data-test=dead-letter][data-id='{ids['parked']}']")).to_be_visible()
-            run.step("an admin sees the rivers (accounts, transfers, views), the tailer and the parked event", operator)
+                # the reconciliation checks every few seconds: the books balance, in EUR too
+                books = page.locator("[data-test=ledger-status]")
+                deadline = time.monotonic() + WAIT_MS / 1000
+                while "EUR" not in page.locator("[data-test=ledger]").inner_text() and time.monotonic() < deadline:
+                    page.wait_for_timeout(500)
+                    page.click("[data-test=ops-refresh]")
+                expect(books).to_have_text("The books balance.")
+                expect(page.locator("[data-test=ledger]")).to_contain_text("EUR")
+            run.step("an admin sees the books balanced, the rivers (accounts, transfers, views), the tailer and the parked event", operator)
             shot(page, "operator.png")
             shot(page, "operator-phone.png", PHONE)
 

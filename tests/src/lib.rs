@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use service_kit::auth::Role::{Admin, Customer, Teller};
+pub use service_kit::auth::Role::{Admin, Customer, Service, Teller};
 
 pub mod load;
 
@@ -114,7 +114,8 @@ pub fn fast_river() -> RiverArgs {
     }
 }
 
-async fn spawn(router: axum::Router) -> Running {
+/// Serves `router` on a free port until the returned [`Running`] is dropped.
+pub async fn spawn(router: axum::Router) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
@@ -596,6 +597,11 @@ pub async fn start_bus(pool: &PgPool, rapids: Rapids, shutdown: CancellationToke
 }
 
 /// The sum of a counter of a metrics vector over all its label values.
+/// A sample's value in Prometheus text (`name` with its labels, as printed), if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn counter_sum(vec: &prometheus::IntCounterVec) -> u64 {
     use prometheus::core::Collector;
     vec.collect().iter().flat_map(|family| family.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()

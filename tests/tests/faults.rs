@@ -497,8 +497,7 @@ async fn views_caught_up(pool: &PgPool) {
 /// A metric's value from a process's `/metrics`.
 async fn metric(api: &Api, name: &str) -> Option<u64> {
     let reply = api.get("/metrics").send_result().await.ok()?;
-    let text = reply.body.as_str()?.to_owned();
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).map(|v| v as u64)
+    tests::metric(reply.body.as_str()?, name).map(|v| v as u64)
 }
 
 async fn tailer_retries(system: &System) -> u64 {

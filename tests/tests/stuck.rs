@@ -18,7 +18,7 @@ async fn open(bank: &Bank, owner: &str, deposit: i64) -> Uuid {
 /// The value of a gauge without labels in a service's `/metrics`.
 async fn gauge(api: &tests::Api, name: &str) -> Option<i64> {
     let text = api.get("/metrics").send().await.expect(200).as_str().unwrap_or_default().to_owned();
-    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    tests::metric(&text, name).map(|v| v as i64)
 }
 
 /// `bankctl stuck --older-than <secs>` against the bank's event bus: its JSON.

@@ -195,7 +195,6 @@ async fn duplicates_change_nothing_and_a_gap_is_filled_from_the_store(
     let pool = tests::pool(options, connect).await;
     // the command side only: the views are fed by hand here
     let accounts = tests::start_accounts(&pool, |_| {}).await;
-    let alice = token("alice", Customer);
     let opened = accounts
         .api()
         .post("/accounts")
