@@ -74,13 +74,15 @@ ensure_cmds() {
 # phase installs its own); fails at once, naming the tool, when a package has no
 # candidate, so a run does not fail twenty minutes in.
 preflight() {
-  local pkgs pkg tool bad=()
+  local pkgs pkg tool policy bad=()
   mapfile -t pkgs < <(missing_packages "$@")
   [ ${#pkgs[@]} -eq 0 ] && { log "preflight: every tool this run needs is here"; return 0; }
   log "preflight: missing, to be installed from Debian when needed: ${pkgs[*]}"
   as_root apt-get update -qq >/dev/null 2>&1 || log "preflight: apt-get update failed; checking the lists apt has"
   for pkg in "${pkgs[@]}"; do
-    if ! apt-cache policy "$pkg" 2>/dev/null | grep -qE '^ +Candidate: [^(]'; then
+    # the answer read whole first: grep -q closing the pipe early fails it under pipefail
+    policy="$(apt-cache policy "$pkg" 2>/dev/null || true)"
+    if ! grep -qE '^ +Candidate: [^(]' <<<"$policy"; then
       for tool in "$@"; do [ "${TOOL_PACKAGE[$tool]}" = "$pkg" ] && ! tool_present "$tool" && bad+=("$tool (package $pkg)"); done
     fi
   done

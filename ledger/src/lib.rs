@@ -584,6 +584,7 @@ pub struct Metrics {
     imbalance: prometheus::IntGaugeVec,
     age: prometheus::Gauge,
     findings: prometheus::IntGauge,
+    check_seconds: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -603,10 +604,18 @@ impl Metrics {
             "ledger_findings",
             "Differences the reconciliation has found (unbalanced events, views that differ, money stuck in transit)",
         )?;
+        let check_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "ledger_check_seconds",
+                "Time of one complete incremental check (the events committed since the last)",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
         registry.register(Box::new(imbalance.clone()))?;
         registry.register(Box::new(age.clone()))?;
         registry.register(Box::new(findings.clone()))?;
-        Ok(Metrics { imbalance, age, findings })
+        registry.register(Box::new(check_seconds.clone()))?;
+        Ok(Metrics { imbalance, age, findings, check_seconds })
     }
 
     async fn update(&self, pool: &PgPool) -> Result<(), Error> {
@@ -630,8 +639,12 @@ impl Metrics {
 /// Checks every `interval` until `shutdown`, keeping `metrics` up to date.
 pub async fn run(pool: PgPool, interval: Duration, metrics: Metrics, shutdown: CancellationToken) {
     loop {
+        let started = std::time::Instant::now();
         match check(&pool).await {
-            Ok(Some(read)) => tracing::debug!(read, "ledger checked"),
+            Ok(Some(read)) => {
+                metrics.check_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::debug!(read, "ledger checked");
+            }
             Ok(None) => tracing::debug!("another process is checking the ledger"),
             Err(e) => tracing::warn!(error = %e, "ledger check failed; trying again"),
         }
