@@ -560,7 +560,7 @@ mod tests {
         };
         given::<Account>(&[opened()])
             .when(&AccountCommand::ReceivePayment { reference: "rail-1".into(), amount: money(70, eur()) })
-            .then_events(&[received.clone()]);
+            .then_events(std::slice::from_ref(&received));
         given::<Account>(&[opened(), received.clone()])
             .when(&AccountCommand::SendPayment { reference: "out-1".into(), amount: money(71, eur()), by: alice() })
             .then_error(&AccountError::InsufficientFunds { balance: 70, requested: 71 });

@@ -500,7 +500,8 @@ async fn write_transits(tx: &mut PgConnection, rows: &HashMap<Uuid, Transit>, ch
     ids.sort_unstable();
     ids.dedup();
     let settled = |t: &Transit| matches!(t.state.as_str(), "completed" | "failed") && t.amount == 0;
-    let (done, open): (Vec<(Uuid, &Transit)>, Vec<(Uuid, &Transit)>) =
+    type Rows<'a> = Vec<(Uuid, &'a Transit)>;
+    let (done, open): (Rows, Rows) =
         ids.iter().filter_map(|id| rows.get(id).map(|t| (*id, t))).partition(|(_, t)| settled(t));
     sqlx::query("delete from ledger.in_transit where transfer_id = any($1)")
         .bind(done.iter().map(|r| r.0).collect::<Vec<_>>())
