@@ -137,8 +137,11 @@ async fn open(
         None => None,
     };
     let owner = match &body.value.owner {
-        Some(owner) if owner.is_empty() || owner.chars().count() > 128 || owner.chars().any(char::is_control) => {
-            return Err(ApiError::new(ErrorCode::InvalidBody, "owner must be 1 to 128 characters, none a control"));
+        Some(owner)
+            if !(1..=128).contains(&owner.len())
+                || !owner.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b)) =>
+        {
+            return Err(ApiError::new(ErrorCode::InvalidBody, "owner must be 1 to 128 of A-Z a-z 0-9 _ . @ -"));
         }
         Some(owner) => owner.clone(),
         None => meta.caller.subject.clone(),

@@ -22,7 +22,7 @@ pub struct OpenRequest {
     /// only themselves). Absent: the caller. A non-zero `initial_deposit` is cash taken
     /// in: staff only.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,128}$")]
     pub owner: Option<String>,
 }
 

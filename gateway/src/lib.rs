@@ -241,7 +241,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .route_service("/", tower_http::services::ServeFile::new(web.join("index.html")))
         .nest_service("/app", tower_http::services::ServeDir::new(web));
-    service_kit::http::app(routes, kit)
+    service_kit::http::app(with_browser_headers(routes), kit)
+}
+
+/// What every answer tells a browser: load nothing but this origin's own files (no
+/// inline script or style, no framing by another site), do not guess content types,
+/// send no referrer elsewhere.
+fn with_browser_headers(routes: Router) -> Router {
+    use http::header::{CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let set = |name, value| SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value));
+    routes
+        .layer(set(CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"))
+        .layer(set(X_FRAME_OPTIONS, "DENY"))
+        .layer(set(X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(set(REFERRER_POLICY, "no-referrer"))
 }
 
 /// Keeps the served OpenAPI document assembled from the upstreams' (retried until

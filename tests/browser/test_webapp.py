@@ -128,12 +128,18 @@ def main():
         page.on("pageerror", lambda e: errors.append(str(e)))
         try:
             def sign_in_customer():
-                page.goto(f"{GATEWAY}/")
+                response = page.goto(f"{GATEWAY}/")
+                # the page cannot be framed, nor load anything but its own files
+                headers = response.headers
+                assert "default-src 'self'" in headers.get("content-security-policy", ""), headers
+                assert "frame-ancestors 'none'" in headers.get("content-security-policy", ""), headers
+                assert headers.get("x-content-type-options") == "nosniff", headers
+                assert headers.get("referrer-policy") == "no-referrer", headers
                 expect(page.locator("[data-test=signin]")).to_be_visible()
                 sign_in(page, customer, "customer")
                 expect(page.locator("[data-test=customer-page]")).to_be_visible()
                 expect(page.locator("[data-test=account]")).to_have_count(0)
-            run.step("a fresh customer signs in", sign_in_customer)
+            run.step("a fresh customer signs in; the page sends its CSP, nosniff and referrer policy", sign_in_customer)
 
             def open_accounts():
                 # customers bring no cash of their own: no first deposit, no Deposit button
