@@ -40,9 +40,12 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "gateway", about = "The API gateway and the banking web app")]
 pub struct Config {
-    /// Where to listen.
+    /// Where to listen (the public address: the API and the web app).
     #[arg(long, env = "GATEWAY_ADDR", default_value_t = Config::DEFAULT_ADDR)]
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/ready` and `/health` are served, apart from the public address.
+    #[arg(long, env = "GATEWAY_ADMIN_ADDR", default_value_t = Config::DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -74,6 +77,8 @@ pub struct Config {
 impl Config {
     pub const DEFAULT_ADDR: SocketAddr =
         SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8080));
+    pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9080));
 
     fn base(&self, upstream: Upstream) -> &str {
         match upstream {
@@ -201,8 +206,15 @@ async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Req
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().strip_prefix("/api").unwrap_or("").to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
-    let upstream = proxy::route(&parts.method, &path, &query)
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such route"))?;
+    let (upstream, path) = match proxy::route(&parts.method, &path, &query) {
+        proxy::Routed::To(upstream, path) => (upstream, path),
+        proxy::Routed::NotAllowed(methods) => {
+            let allow = HeaderValue::from_str(&methods.join(", ")).map_err(ApiError::internal)?;
+            return Err(ApiError::new(ErrorCode::MethodNotAllowed, "this path does not take that method")
+                .with_header(http::header::ALLOW, allow));
+        }
+        proxy::Routed::NotFound => return Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+    };
     // authenticated at the edge: a bad token never reaches a service
     let caller = caller?;
     if let Err(not_until) = state.limiter.check_key(&caller.subject) {
@@ -241,7 +253,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .route_service("/", tower_http::services::ServeFile::new(web.join("index.html")))
         .nest_service("/app", tower_http::services::ServeDir::new(web));
-    service_kit::http::app(with_browser_headers(routes), kit)
+    service_kit::http::public_app(with_browser_headers(routes), kit)
+}
+
+/// The operational routes off the public address: `/metrics`, `/ready`, `/health`.
+pub fn admin_router(state: &AppState) -> Router {
+    service_kit::http::admin(state.kit.clone())
 }
 
 /// What every answer tells a browser: load nothing but this origin's own files (no
@@ -252,7 +269,10 @@ fn with_browser_headers(routes: Router) -> Router {
     use tower_http::set_header::SetResponseHeaderLayer;
     let set = |name, value| SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value));
     routes
-        .layer(set(CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"))
+        .layer(set(
+            CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ))
         .layer(set(X_FRAME_OPTIONS, "DENY"))
         .layer(set(X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(set(REFERRER_POLICY, "no-referrer"))
@@ -280,9 +300,18 @@ pub fn start_background(state: &AppState, shutdown: CancellationToken) -> tokio:
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Serves the public address on `listener` and the operational routes on `admin`
+/// until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    admin: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let background = start_background(&state, shutdown.clone());
+    let admin = tokio::spawn(service_kit::http::serve(admin, admin_router(&state), shutdown.clone()));
     let served = service_kit::http::serve(listener, router(state), shutdown).await;
     background.abort();
+    admin.await.map_err(std::io::Error::other)??;
     served
 }

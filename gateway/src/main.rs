@@ -7,12 +7,13 @@ use gateway::{AppState, Config};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     service_kit::telemetry::init(config.log.log_format);
-    let addr = config.addr;
+    let (addr, admin_addr) = (config.addr, config.admin_addr);
     let state = AppState::new(config)?;
     let shutdown = service_kit::shutdown::on_signals();
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    gateway::run(listener, state, shutdown).await?;
+    let admin = tokio::net::TcpListener::bind(admin_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
+    gateway::run(listener, admin, state, shutdown).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! Each upstream's schemas keep their names, prefixed by the service where two
 //! services use one name differently.
 
-use crate::proxy::{Upstream, route};
+use crate::proxy::{Routed, Upstream, route};
 use http::Method;
 use serde_json::{Map, Value};
 use service_kit::ErrorCode;
@@ -68,7 +68,9 @@ pub fn merge(doc: &mut Value, upstream: Upstream, mut theirs: Value) {
             let Ok(m) = method.to_uppercase().parse::<Method>() else { continue };
             // a temporal read (`as_of`, `at_version`) of an account goes to account-service
             let query = if upstream == Upstream::Accounts && path == "/accounts/{id}" { "at_version=1" } else { "" };
-            if route(&m, &path, query) != Some(upstream) {
+            // a template's parameters (`{id}`) stand for one canonical segment
+            let concrete: Vec<&str> = path.split('/').map(|s| if s.starts_with('{') { "x" } else { s }).collect();
+            if !matches!(route(&m, &concrete.join("/"), query), Routed::To(to, _) if to == upstream) {
                 continue;
             }
             let mut operation = operation;

@@ -36,21 +36,53 @@ impl Upstream {
     }
 }
 
-/// The upstream of a request to `/api` + `path` (path without `/api`), or `None`.
-pub fn route(method: &Method, path: &str, query: &str) -> Option<Upstream> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    // a dot segment (`..`, `%2e%2e`) would be resolved on the way out and reach another
-    // route of the upstream than the one routed (its /metrics, say): refused, as are
-    // empty segments
-    let dotted = |s: &str| {
-        let lower = s.to_ascii_lowercase();
-        s.is_empty() || lower.replace("%2e", ".").chars().all(|c| c == '.')
-    };
-    if segments.iter().any(|s| dotted(s)) {
-        return None;
-    }
+/// Where a request to `/api` + `path` goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// To this upstream, at this path (rebuilt from the checked segments).
+    To(Upstream, String),
+    /// The path is routed, for these methods only (405 with `Allow`).
+    NotAllowed(Vec<&'static str>),
+    /// No route (404), also for any path not in canonical form.
+    NotFound,
+}
+
+/// The methods the routing table knows; any other is refused before routing.
+const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DELETE];
+
+/// The route of a request to `/api` + `path` (path without `/api`).
+///
+/// Only a canonical path is routed: each segment is non-empty, not a dot segment, and
+/// made of `A-Z a-z 0-9 . _ ~ * -` alone (ids, names, topics), so no byte of it can be
+/// read as another separator on the way out: no `%` (no `%2f`, `%5c`, `%2e%2e`), no
+/// `\`, no `;`. The upstream path is built from these segments, never passed on as
+/// the client wrote it.
+pub fn route(method: &Method, path: &str, query: &str) -> Routed {
+    let Some(segments) = canonical_segments(path) else { return Routed::NotFound };
     let temporal = query.split('&').any(|p| p.starts_with("as_of=") || p.starts_with("at_version="));
-    match (method, segments.as_slice()) {
+    let canonical = format!("/{}", segments.join("/"));
+    if let Some(upstream) = METHODS.contains(method).then(|| table(method, &segments, temporal)).flatten() {
+        return Routed::To(upstream, canonical);
+    }
+    let allowed: Vec<&'static str> =
+        METHODS.iter().filter(|m| table(m, &segments, temporal).is_some()).map(Method::as_str).collect();
+    if allowed.is_empty() { Routed::NotFound } else { Routed::NotAllowed(allowed) }
+}
+
+/// The path's segments when every one is canonical (see [`route`]).
+fn canonical_segments(path: &str) -> Option<Vec<&str>> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    let plain = |s: &&str| {
+        !s.is_empty()
+            && !s.bytes().all(|b| b == b'.')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~*-".contains(&b))
+    };
+    segments.iter().all(plain).then_some(segments)
+}
+
+/// The routing table: which upstream owns a method on a path.
+fn table(method: &Method, segments: &[&str], temporal: bool) -> Option<Upstream> {
+    match (method, segments) {
         (&Method::POST, ["accounts"]) => Some(Upstream::Accounts),
         (&Method::GET, ["accounts"]) => Some(Upstream::Queries),
         (&Method::GET, ["accounts", _]) if temporal => Some(Upstream::Accounts),
@@ -60,6 +92,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Option<Upstream> {
         (&Method::POST, ["accounts", _, "deposits" | "withdrawals" | "payments" | "close"]) => Some(Upstream::Accounts),
         (&Method::POST, ["transfers"]) => Some(Upstream::Transfers),
         (&Method::GET, ["transfers", _]) => Some(Upstream::Queries),
+        // the bus answers its own 404 and 405 below these
         (_, ["events" | "topics" | "rivers" | "ops", ..]) => Some(Upstream::Bus),
         _ => None,
     }
@@ -89,8 +122,17 @@ pub async fn forward(
     timeout: Duration,
 ) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
     let Outgoing { method, path_and_query, headers, body } = outgoing;
-    let mut request =
-        client.request(method, format!("{}{path_and_query}", base.trim_end_matches('/'))).timeout(timeout);
+    let base = base.trim_end_matches('/');
+    let url = reqwest::Url::parse(&format!("{base}{path_and_query}"))
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "no such route"))?;
+    // the path sent is the path routed: nothing in it was resolved or rewritten
+    let routed = path_and_query.split('?').next().unwrap_or_default();
+    let base_path = reqwest::Url::parse(base).map(|b| b.path().trim_end_matches('/').to_owned()).unwrap_or_default();
+    if url.path() != format!("{base_path}{routed}") {
+        tracing::warn!(upstream = upstream.name(), "a path changed on its way out: refused");
+        return Err(ApiError::new(ErrorCode::NotFound, "no such route"));
+    }
+    let mut request = client.request(method, url).timeout(timeout);
     for name in FORWARDED {
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);
@@ -130,7 +172,13 @@ mod tests {
     use super::*;
 
     fn to(method: Method, path: &str, query: &str) -> Option<&'static str> {
-        route(&method, path, query).map(Upstream::name)
+        match route(&method, path, query) {
+            Routed::To(upstream, routed) => {
+                assert_eq!(routed, path, "a canonical path is sent as it came");
+                Some(upstream.name())
+            }
+            _ => None,
+        }
     }
 
     #[test]
@@ -155,11 +203,33 @@ mod tests {
         assert_eq!(to(M::GET, "/nothing", ""), None);
         assert_eq!(to(M::DELETE, "/accounts/1", ""), None);
         assert_eq!(to(M::GET, "/accounts/1/deposits", ""), None);
-        // dot segments never reach an upstream's other routes
-        for sneaky in
-            ["/events/../metrics", "/events/%2e%2e/metrics", "/events/%2E./ready", "/accounts/./x", "/ops//rivers"]
-        {
-            assert_eq!(to(M::GET, sneaky, ""), None, "{sneaky}");
+        // no non-canonical path reaches an upstream: dot and empty segments, encoded or
+        // raw separators, parameters, encodings of any kind
+        for sneaky in [
+            "/events/../metrics",
+            "/events/%2e%2e/metrics",
+            "/events/%2E./ready",
+            "/accounts/./x",
+            "/ops//rivers",
+            "/events/x\\..\\..\\metrics",
+            "/events/x%2f..%2fmetrics",
+            "/events/x%5c..%5cmetrics",
+            "/accounts/1;x=2",
+            "/accounts/%31",
+            "/accounts/1/",
+            "accounts",
+        ] {
+            assert_eq!(route(&M::GET, sneaky, ""), Routed::NotFound, "{sneaky}");
         }
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_405_with_the_methods_it_takes() {
+        let m = |name: &str| Method::from_bytes(name.as_bytes()).unwrap();
+        assert_eq!(route(&m("TRACE"), "/accounts", ""), Routed::NotAllowed(vec!["GET", "POST"]));
+        assert_eq!(route(&m("ZZ8"), "/accounts/1/deposits", ""), Routed::NotAllowed(vec!["POST"]));
+        assert_eq!(route(&Method::DELETE, "/transfers/1", ""), Routed::NotAllowed(vec!["GET"]));
+        assert_eq!(route(&m("ZZ8"), "/events", ""), Routed::NotAllowed(vec!["GET", "POST", "PUT", "DELETE"]));
+        assert_eq!(route(&m("TRACE"), "/nowhere", ""), Routed::NotFound);
     }
 }

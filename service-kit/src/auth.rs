@@ -126,7 +126,9 @@ impl JwtVerifier {
             ErrorKind::ExpiredSignature => ApiError::new(ErrorCode::TokenExpired, "the bearer token has expired"),
             _ => invalid(),
         })?;
-        if data.claims.sub.trim().is_empty() {
+        // a subject never holds `:`: names with it are the services' own (the saga's
+        // idempotency records are kept under `saga:accounts`), so no token can act as one
+        if data.claims.sub.trim().is_empty() || data.claims.sub.contains(':') {
             return Err(invalid());
         }
         Ok(Caller { subject: data.claims.sub, role: data.claims.role })

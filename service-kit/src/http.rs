@@ -105,11 +105,33 @@ pub fn app(routes: Router, kit: Kit) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .with_state(kit.clone());
+    layered(routes.merge(ops), kit)
+}
+
+/// [`app`] for a service on a public address (the gateway): `/health` and
+/// `/openapi.json` only; `/metrics` and `/ready` are served by [`admin`] on an address
+/// of their own.
+pub fn public_app(routes: Router, kit: Kit) -> Router {
+    let ops = Router::new().route("/health", get(health)).route("/openapi.json", get(openapi)).with_state(kit.clone());
+    layered(routes.merge(ops), kit)
+}
+
+/// The operational routes a public service keeps off its public address.
+pub fn admin(kit: Kit) -> Router {
+    let ops = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(kit.clone());
+    layered(ops, kit)
+}
+
+/// The layer stack around `routes`.
+fn layered(routes: Router, kit: Kit) -> Router {
     let timeout = kit.request_timeout;
     let timeouts = kit.http_metrics.timeouts.clone();
     let request_id = HeaderName::from_static(REQUEST_ID);
     routes
-        .merge(ops)
         .route_layer(mw::from_fn_with_state(kit.http_metrics.clone(), metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -254,6 +254,11 @@ impl Api {
         Api { client: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned() }
     }
 
+    /// The base URL (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn get(&self, path: &str) -> Request {
         Request { builder: self.client.get(format!("{}{path}", self.base)) }
     }
@@ -581,6 +586,36 @@ pub async fn start_bank_with(pool: &PgPool, river: RiverArgs) -> Bank {
         bus_shutdown,
         shutdown,
     }
+}
+
+/// A gateway in front of `bank` (its dev login on), its public address and its
+/// operational one; it stops when dropped.
+pub struct Gateway {
+    pub api: Api,
+    /// `/metrics`, `/ready`, `/health`, apart from the public address.
+    pub admin: Api,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Starts a gateway in front of `bank`, its configuration changed by `configure`.
+pub async fn start_gateway(bank: &Bank, configure: impl FnOnce(&mut gateway::Config)) -> Gateway {
+    use clap::Parser;
+    let mut config = gateway::Config::try_parse_from(["gateway"]).expect("the defaults parse");
+    config.auth.jwt_secret = Some(service_kit::config::Secret::new(secret()));
+    config.account_service_url = bank.accounts.base.clone();
+    config.transfer_service_url = bank.transfers.base.clone();
+    config.query_service_url = bank.queries.base.clone();
+    config.event_bus_url = bank.bus.base.clone();
+    config.dev_login = true;
+    configure(&mut config);
+    let state = gateway::AppState::new(config).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (base, admin_base) =
+        (format!("http://{}", listener.local_addr().unwrap()), format!("http://{}", admin.local_addr().unwrap()));
+    let stop = CancellationToken::new();
+    tokio::spawn(gateway::run(listener, admin, state, stop.clone()));
+    Gateway { api: Api::new(&base), admin: Api::new(&admin_base), _stop: stop.drop_guard() }
 }
 
 /// An event bus over `pool` and `rapids`, its generic rivers polled often; it stops

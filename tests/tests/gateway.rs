@@ -5,31 +5,9 @@
 
 use serde_json::json;
 use sqlx::PgPool;
-use tests::{Api, Bank, Customer, start_bank};
-use tokio_util::sync::CancellationToken;
+use tests::{Customer, start_bank};
 
-struct Gateway {
-    api: Api,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-async fn gateway(bank: &Bank, configure: impl FnOnce(&mut gateway::Config)) -> Gateway {
-    use clap::Parser;
-    let mut config = gateway::Config::try_parse_from(["gateway"]).expect("the defaults parse");
-    config.auth.jwt_secret = Some(service_kit::config::Secret::new(tests::secret()));
-    config.account_service_url = bank.accounts.base.clone();
-    config.transfer_service_url = bank.transfers.base.clone();
-    config.query_service_url = bank.queries.base.clone();
-    config.event_bus_url = bank.bus.base.clone();
-    config.dev_login = true;
-    configure(&mut config);
-    let state = gateway::AppState::new(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(gateway::run(listener, state, stop.clone()));
-    Gateway { api: Api::new(&base), _stop: stop.drop_guard() }
-}
+use tests::start_gateway as gateway;
 
 /// Requests a service answered on a route, from its own metrics.
 fn answered(registry: &prometheus::Registry, method: &str, route: &str) -> u64 {
