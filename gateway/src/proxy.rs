@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_known_path_with_another_method_is_405_with_the_methods_it_takes() {
-        let m = |name: &str| Method::from_bytes(name.as_bytes()).unwrap();
+        let m = |name: &str| Method::from_bytes(name.as_bytes()).expect("a method token");
         assert_eq!(route(&m("TRACE"), "/accounts", ""), Routed::NotAllowed(vec!["GET", "POST"]));
         assert_eq!(route(&m("ZZ8"), "/accounts/1/deposits", ""), Routed::NotAllowed(vec!["POST"]));
         assert_eq!(route(&Method::DELETE, "/transfers/1", ""), Routed::NotAllowed(vec!["GET"]));

@@ -35,7 +35,7 @@ async fn the_gateways_route_check_cannot_be_walked_around(pool: PgPool) {
     for target in [
         // a raw backslash: the URL library would turn it into `/` and resolve the dots
         "GET /api/events/x\\..\\..\\metrics".to_owned(),
-        format!("GET /api/accounts/x\\..\\..\\metrics?as_of=1"),
+        "GET /api/accounts/x\\..\\..\\metrics?as_of=1".to_owned(),
         // encoded separators and dots
         "GET /api/events/x%2f..%2f..%2fmetrics".to_owned(),
         "GET /api/events/x%5c..%5c..%5cmetrics".to_owned(),
