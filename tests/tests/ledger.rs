@@ -161,12 +161,13 @@ async fn an_unbalanced_event_written_into_the_store_is_reported_within_ten_secon
     .await
     .unwrap();
     let started = std::time::Instant::now();
-    tests::wait_for(Duration::from_secs(10), "the gauge to show the imbalance", || async {
-        (gauge(&metrics().await) == Some(995.0)).then_some(())
+    // the two gauges are set one after the other: both are awaited
+    tests::wait_for(Duration::from_secs(10), "the gauges to show the imbalance and the finding", || async {
+        let text = metrics().await;
+        (gauge(&text) == Some(995.0) && tests::metric(&text, "ledger_findings") == Some(1.0)).then_some(())
     })
     .await;
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(tests::metric(&metrics().await, "ledger_findings"), Some(1.0));
     let (balanced, report) = bankctl_reconcile(&pool).await;
     assert!(!balanced, "bankctl reconcile exits 1: {report}");
     assert_eq!(report["imbalance"]["EUR"], 995);
