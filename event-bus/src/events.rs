@@ -88,6 +88,9 @@ impl PostEvent {
         if !names::valid_source(&self.source) {
             return Err(ApiError::new(ErrorCode::InvalidSource, ErrorCode::InvalidSource.meaning()));
         }
+        if names::reserved_source(&self.source) {
+            return Err(ApiError::new(ErrorCode::ReservedSource, ErrorCode::ReservedSource.meaning()));
+        }
         if !self.data.is_object() {
             return Err(ApiError::new(ErrorCode::InvalidData, "data must be a JSON object"));
         }

@@ -66,6 +66,16 @@ fn staff(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// Who may own and read generic rivers: staff and machine identities (role
+/// `service`); each river is then its owner's (and an admin's).
+fn river_user(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_staff() || caller.role == service_kit::auth::Role::Service {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, "staff and services only: the rapids carry every customer's events"))
+    }
+}
+
 fn header(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 128).map(str::to_owned)
 }
@@ -216,8 +226,8 @@ async fn subscribe(
     caller: Caller,
     Names((river, topic)): Names<(String, String)>,
 ) -> Result<Json<RiverSubscriptions>, ApiError> {
-    staff(&caller)?;
-    Ok(Json(registry::subscribe(&state.kit.pool, &caller.subject, &river, &topic).await?))
+    river_user(&caller)?;
+    Ok(Json(registry::subscribe(&state.kit.pool, &caller, &river, &topic).await?))
 }
 
 /// Removes a subscription. Built-in rivers: 409.
@@ -231,8 +241,8 @@ async fn unsubscribe(
     caller: Caller,
     Names((river, topic)): Names<(String, String)>,
 ) -> Result<Json<RiverSubscriptions>, ApiError> {
-    staff(&caller)?;
-    Ok(Json(registry::unsubscribe(&state.kit.pool, &river, &topic).await?))
+    river_user(&caller)?;
+    Ok(Json(registry::unsubscribe(&state.kit.pool, &caller, &river, &topic).await?))
 }
 
 /// Receives messages of a generic river (long-polling up to `wait_ms`); they stay
@@ -247,8 +257,8 @@ async fn receive(
     Names(river): Names<String>,
     body: ApiJson<Receive>,
 ) -> Result<Json<Messages>, ApiError> {
-    staff(&caller)?;
-    Ok(Json(queue::receive(&state.kit.pool, &state.arrivals, &river, &body.value, state.max_wait).await?))
+    river_user(&caller)?;
+    Ok(Json(queue::receive(&state.kit.pool, &state.arrivals, &caller, &river, &body.value, state.max_wait).await?))
 }
 
 /// Acknowledges received messages by their receipts: they never come back.
@@ -262,8 +272,8 @@ async fn ack(
     Names(river): Names<String>,
     body: ApiJson<Ack>,
 ) -> Result<Json<Acked>, ApiError> {
-    staff(&caller)?;
-    Ok(Json(queue::ack(&state.kit.pool, &river, &body.value).await?))
+    river_user(&caller)?;
+    Ok(Json(queue::ack(&state.kit.pool, &caller, &river, &body.value).await?))
 }
 
 /// The names in a path; a rejection is 400 `invalid_river` in the JSON error shape

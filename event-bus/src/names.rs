@@ -61,6 +61,16 @@ pub fn valid_source(source: &str) -> bool {
         && source.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// The emitting domains of the bank's own events: no caller posts as one of them.
+pub const RESERVED_SOURCES: &[&str] = &["account", "transfer", "ledger", "bank"];
+
+/// Whether `source` names one of the bank's own domains (any case, any suffix after a
+/// dot or a dash: `Account`, `account.v2`, `transfer-service`).
+pub fn reserved_source(source: &str) -> bool {
+    let head = source.split(['.', '-', '_']).next().unwrap_or_default().to_ascii_lowercase();
+    RESERVED_SOURCES.contains(&head.as_str())
+}
+
 /// Whether `pattern` selects `event_type` (the rivers' rule).
 pub fn matches(pattern: &str, event_type: &str) -> bool {
     match pattern.strip_suffix('*') {

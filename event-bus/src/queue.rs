@@ -20,6 +20,7 @@ use crate::names;
 use rapids::river::{Handler, HandlerError, RiverEvent, TopicFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use service_kit::auth::Caller;
 use service_kit::{ApiError, ErrorCode};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
@@ -37,7 +38,8 @@ pub struct QueueHandler {
     pub river: String,
 }
 
-/// The message of an event, with the field names the CLI shows.
+/// The message of an event, with the field names the CLI shows, and who posted it
+/// (the token's subject and role the store recorded, as the tailer published them).
 pub fn message(event: &RiverEvent) -> Value {
     let e = &event.envelope;
     json!({
@@ -46,6 +48,7 @@ pub fn message(event: &RiverEvent) -> Value {
         "payload": e.data,
         "timestamp": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "eventId": e.event_id,
+        "poster": {"subject": e.actor, "role": e.role},
     })
 }
 
@@ -193,21 +196,23 @@ impl Arrivals {
     }
 }
 
-/// Whether `river` is a generic river (404 `river_not_found` otherwise; 409 for a managed one).
-pub async fn check_generic(pool: &PgPool, river: &str) -> Result<(), ApiError> {
+/// Whether `river` is a generic river that `caller` may read: 404 `river_not_found`
+/// for none, 409 for a managed one, 403 for someone else's (an admin reads any).
+pub async fn check_generic(pool: &PgPool, caller: &Caller, river: &str) -> Result<(), ApiError> {
     crate::registry::check_river(river)?;
-    let managed: Option<bool> = sqlx::query_scalar("select managed from rapids.rivers where name = $1")
-        .bind(river)
-        .fetch_optional(pool)
-        .await
-        .map_err(fault)?;
-    match managed {
+    let row: Option<(bool, Option<String>)> =
+        sqlx::query_as("select managed, owner from rapids.rivers where name = $1")
+            .bind(river)
+            .fetch_optional(pool)
+            .await
+            .map_err(fault)?;
+    match row {
         None => Err(ApiError::new(ErrorCode::RiverNotFound, format!("no generic river `{river}`"))),
-        Some(true) => Err(ApiError::new(
+        Some((true, _)) => Err(ApiError::new(
             ErrorCode::RiverManaged,
             format!("`{river}` is a built-in river, read by its service, not a queue"),
         )),
-        Some(false) => Ok(()),
+        Some((false, owner)) => crate::registry::may_use(caller, owner.as_deref()),
     }
 }
 
@@ -243,11 +248,12 @@ async fn claim(pool: &PgPool, river: &str, max: i64, visibility_ms: i64) -> Resu
 pub async fn receive(
     pool: &PgPool,
     arrivals: &Arrivals,
+    caller: &Caller,
     river: &str,
     request: &Receive,
     max_wait: Duration,
 ) -> Result<Messages, ApiError> {
-    check_generic(pool, river).await?;
+    check_generic(pool, caller, river).await?;
     let max = service_kit::extract::in_range("max_messages", request.max_messages, 100)?.unwrap_or(10).max(1);
     let wait = service_kit::extract::in_range("wait_ms", request.wait_ms, i64::MAX)?.unwrap_or(0);
     let visibility = request.visibility_ms.unwrap_or(30_000);
@@ -271,8 +277,8 @@ pub async fn receive(
 }
 
 /// Acknowledges received messages: they never come back.
-pub async fn ack(pool: &PgPool, river: &str, request: &Ack) -> Result<Acked, ApiError> {
-    check_generic(pool, river).await?;
+pub async fn ack(pool: &PgPool, caller: &Caller, river: &str, request: &Ack) -> Result<Acked, ApiError> {
+    check_generic(pool, caller, river).await?;
     if request.receipts.len() > 1000 {
         return Err(ApiError::new(ErrorCode::InvalidBody, "at most 1000 receipts per ack"));
     }

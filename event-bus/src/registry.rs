@@ -5,6 +5,7 @@
 
 use crate::names;
 use serde::{Deserialize, Serialize};
+use service_kit::auth::{Caller, Role};
 use service_kit::{ApiError, ErrorCode};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -20,6 +21,10 @@ pub const BANK_TOPICS: &[&str] = &[
     "account.credited",
     "account.credit_rejected",
     "account.refunded",
+    "account.payment_received",
+    "account.payment_sent",
+    "account.refund_diverted",
+    "account.task_rejected",
     "transfer.created",
     "transfer.debited",
     "transfer.completed",
@@ -117,20 +122,36 @@ pub struct RiverSubscriptions {
     pub managed: bool,
     /// The topic patterns, in the order they were subscribed.
     pub topics: Vec<String>,
+    /// Who created it (a generic river's first subscriber); none for a built-in river.
+    pub owner: Option<String>,
+}
+
+/// Whether `caller` may receive from, acknowledge on or change a river owned by
+/// `owner`: its owner, or an admin (403 otherwise).
+pub fn may_use(caller: &Caller, owner: Option<&str>) -> Result<(), ApiError> {
+    if caller.role == Role::Admin || owner == Some(caller.subject.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, "this river belongs to someone else"))
+    }
 }
 
 /// Every river the registry knows, with its subscriptions.
 pub async fn rivers(pool: &PgPool) -> Result<Vec<RiverSubscriptions>, ApiError> {
-    let rows: Vec<(String, bool, Vec<String>)> = sqlx::query_as(
+    let rows: Vec<(String, bool, Vec<String>, Option<String>)> = sqlx::query_as(
         "select r.name, r.managed,
-                coalesce(array_agg(s.pattern order by s.created_at, s.pattern) filter (where s.pattern is not null), '{}')
+                coalesce(array_agg(s.pattern order by s.created_at, s.pattern) filter (where s.pattern is not null), '{}'),
+                r.owner
          from rapids.rivers r left join rapids.river_subscriptions s on s.river = r.name
-         group by r.name, r.managed order by r.name",
+         group by r.name, r.managed, r.owner order by r.name",
     )
     .fetch_all(pool)
     .await
     .map_err(fault)?;
-    Ok(rows.into_iter().map(|(river, managed, topics)| RiverSubscriptions { river, managed, topics }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(river, managed, topics, owner)| RiverSubscriptions { river, managed, topics, owner })
+        .collect())
 }
 
 pub fn check_river(river: &str) -> Result<(), ApiError> {
@@ -144,11 +165,13 @@ pub fn check_river(river: &str) -> Result<(), ApiError> {
 /// A river's subscriptions (none for a river the registry does not know).
 pub async fn subscriptions(pool: &PgPool, river: &str) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
-    let managed: Option<bool> = sqlx::query_scalar("select managed from rapids.rivers where name = $1")
-        .bind(river)
-        .fetch_optional(pool)
-        .await
-        .map_err(fault)?;
+    let row: Option<(bool, Option<String>)> =
+        sqlx::query_as("select managed, owner from rapids.rivers where name = $1")
+            .bind(river)
+            .fetch_optional(pool)
+            .await
+            .map_err(fault)?;
+    let (managed, owner) = row.unwrap_or((false, None));
     let topics: Vec<String> = sqlx::query_scalar(
         "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
     )
@@ -156,7 +179,7 @@ pub async fn subscriptions(pool: &PgPool, river: &str) -> Result<RiverSubscripti
     .fetch_all(pool)
     .await
     .map_err(fault)?;
-    Ok(RiverSubscriptions { river: river.into(), managed: managed.unwrap_or(false), topics })
+    Ok(RiverSubscriptions { river: river.into(), managed, topics, owner })
 }
 
 fn managed(river: &str) -> ApiError {
@@ -166,35 +189,43 @@ fn managed(river: &str) -> ApiError {
     )
 }
 
-/// Subscribes `river` to `pattern`, creating the river (a generic one) at its first
-/// subscription. Locks the river's row, so a concurrent change of a managed river's
-/// registration cannot slip between the check and the write.
-pub async fn subscribe(pool: &PgPool, by: &str, river: &str, pattern: &str) -> Result<RiverSubscriptions, ApiError> {
+/// Subscribes `river` to `pattern`, creating the river (a generic one, owned by
+/// `caller`) at its first subscription. Locks the river's row, so a concurrent change
+/// of a managed river's registration cannot slip between the check and the write.
+pub async fn subscribe(
+    pool: &PgPool,
+    caller: &Caller,
+    river: &str,
+    pattern: &str,
+) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
     if !names::valid_pattern(pattern) {
         return Err(ApiError::new(ErrorCode::InvalidTopic, ErrorCode::InvalidTopic.meaning()));
     }
     let mut tx = pool.begin().await.map_err(fault)?;
-    sqlx::query("insert into rapids.rivers (name) values ($1) on conflict (name) do nothing")
+    sqlx::query("insert into rapids.rivers (name, owner) values ($1, $2) on conflict (name) do nothing")
         .bind(river)
+        .bind(&caller.subject)
         .execute(&mut *tx)
         .await
         .map_err(fault)?;
-    let is_managed: bool = sqlx::query_scalar("select managed from rapids.rivers where name = $1 for update")
-        .bind(river)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(fault)?;
+    let (is_managed, owner): (bool, Option<String>) =
+        sqlx::query_as("select managed, owner from rapids.rivers where name = $1 for update")
+            .bind(river)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fault)?;
     if is_managed {
         return Err(managed(river));
     }
+    may_use(caller, owner.as_deref())?;
     sqlx::query(
         "insert into rapids.river_subscriptions (river, pattern, created_by) values ($1, $2, $3)
          on conflict do nothing",
     )
     .bind(river)
     .bind(pattern)
-    .bind(by)
+    .bind(&caller.subject)
     .execute(&mut *tx)
     .await
     .map_err(fault)?;
@@ -202,20 +233,29 @@ pub async fn subscribe(pool: &PgPool, by: &str, river: &str, pattern: &str) -> R
     subscriptions(pool, river).await
 }
 
-/// Removes a subscription (removing one that is not there changes nothing).
-pub async fn unsubscribe(pool: &PgPool, river: &str, pattern: &str) -> Result<RiverSubscriptions, ApiError> {
+/// Removes a subscription (removing one that is not there changes nothing): the
+/// river's owner's, or an admin's.
+pub async fn unsubscribe(
+    pool: &PgPool,
+    caller: &Caller,
+    river: &str,
+    pattern: &str,
+) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
     if !names::valid_pattern(pattern) {
         return Err(ApiError::new(ErrorCode::InvalidTopic, ErrorCode::InvalidTopic.meaning()));
     }
     let mut tx = pool.begin().await.map_err(fault)?;
-    let is_managed: Option<bool> = sqlx::query_scalar("select managed from rapids.rivers where name = $1 for update")
-        .bind(river)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(fault)?;
-    if is_managed == Some(true) {
-        return Err(managed(river));
+    let row: Option<(bool, Option<String>)> =
+        sqlx::query_as("select managed, owner from rapids.rivers where name = $1 for update")
+            .bind(river)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(fault)?;
+    match row {
+        Some((true, _)) => return Err(managed(river)),
+        Some((false, owner)) => may_use(caller, owner.as_deref())?,
+        None => {}
     }
     sqlx::query("delete from rapids.river_subscriptions where river = $1 and pattern = $2")
         .bind(river)

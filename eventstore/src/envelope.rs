@@ -74,6 +74,9 @@ pub struct Envelope {
     pub causation_id: Option<String>,
     #[serde(default)]
     pub actor: String,
+    /// The actor's role (`customer`, `teller`, `admin`, `service`), when a token acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// `region` and `service`, plus the producer's own tags.
     #[serde(default)]
     pub tags: serde_json::Map<String, serde_json::Value>,
@@ -119,6 +122,7 @@ impl Envelope {
             correlation_id: m.correlation_id,
             causation_id: m.causation_id,
             actor: m.actor,
+            role: m.role,
             tags,
             data: e.data,
         }

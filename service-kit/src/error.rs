@@ -69,6 +69,7 @@ error_codes! {
     TokenExpired = ("token_expired", UNAUTHORIZED, "the token has expired"),
     Forbidden = ("forbidden", FORBIDDEN, "the caller may not act on or read this resource"),
     ReservedEventType = ("reserved_event_type", FORBIDDEN, "account.* and transfer.* events come only from the bank's aggregates"),
+    ReservedSource = ("reserved_source", FORBIDDEN, "the bank's own domains (account, transfer, ledger, bank) post no events to the bus"),
     NotFound = ("not_found", NOT_FOUND, "no such route"),
     AccountNotFound = ("account_not_found", NOT_FOUND, "no such account"),
     TransferNotFound = ("transfer_not_found", NOT_FOUND, "no such transfer"),

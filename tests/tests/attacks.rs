@@ -115,3 +115,62 @@ async fn the_web_app_cannot_be_framed_nor_load_another_origin(pool: PgPool) {
         assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"), "{path}");
     }
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_generic_river_is_its_owners_and_nobody_posts_as_the_bank(pool: PgPool) {
+    use tests::{Admin, Service, Teller};
+    let bank = start_bank(&pool).await;
+    let bus = tests::Api::new(&bank.bus.base);
+    let (tina, tom, admin) = (token("tina", Teller), token("tom", Teller), token("root", Admin));
+    let rail = token("rail-1", Service);
+    // tina's river
+    let created = bus.request(reqwest::Method::PUT, "/rivers/tinas/subscriptions/offer.made").token(&tina).send().await;
+    assert_eq!(created.expect(200)["owner"], "tina");
+    let alice = token("alice", Customer);
+    let posted = bus
+        .post("/events")
+        .token(&alice)
+        .json(json!({"type": "offer.made", "source": "shop", "data": {"n": 1}}))
+        .send()
+        .await;
+    posted.expect(201);
+    // another teller can neither drain it, nor acknowledge on it, nor change it
+    let receive = json!({"max_messages": 10, "wait_ms": 0});
+    bus.post("/rivers/tinas/receive").token(&tom).json(receive.clone()).send().await.expect_error(403, "forbidden");
+    let ack = json!({"receipts": [uuid::Uuid::now_v7()]});
+    bus.post("/rivers/tinas/ack").token(&tom).json(ack).send().await.expect_error(403, "forbidden");
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let change = bus.request(method.clone(), "/rivers/tinas/subscriptions/offer.taken").token(&tom).send().await;
+        change.expect_error(403, "forbidden");
+    }
+    bus.post("/rivers/tinas/receive").token(&rail).json(receive.clone()).send().await.expect_error(403, "forbidden");
+    // customers own no rivers
+    let mine = bus.request(reqwest::Method::PUT, "/rivers/alices/subscriptions/offer.made").token(&alice).send().await;
+    mine.expect_error(403, "forbidden");
+    // the owner reads it, and every message says who posted it; an admin may read any river
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while got.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "tina's message never came");
+        let reply = bus
+            .post("/rivers/tinas/receive")
+            .token(&tina)
+            .json(json!({"max_messages": 10, "wait_ms": 500}))
+            .send()
+            .await;
+        got = reply.expect(200)["messages"].as_array().cloned().unwrap_or_default();
+    }
+    assert_eq!(got[0]["message"]["poster"], json!({"subject": "alice", "role": "customer"}));
+    bus.post("/rivers/tinas/receive").token(&admin).json(receive).send().await.expect(200);
+
+    // the bank's own domains are reserved as sources, whoever posts
+    for source in ["account", "Transfer", "ledger", "bank", "account-service", "transfer.v2"] {
+        let reply = bus
+            .post("/events")
+            .token(&admin)
+            .json(json!({"type": "offer.made", "source": source, "data": {}}))
+            .send()
+            .await;
+        assert_eq!((reply.status, reply.code()), (403, "reserved_source"), "{source}: {}", reply.body);
+    }
+}

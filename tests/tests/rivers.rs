@@ -128,6 +128,7 @@ fn envelope(stream_id: Uuid, version: i32, data: serde_json::Value) -> Envelope 
         correlation_id: None,
         causation_id: None,
         actor: "test".into(),
+        role: None,
         tags: Default::default(),
         partition_key: stream_id.to_string(),
         source: "test".into(),
