@@ -146,9 +146,13 @@ pub struct Messages {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
-    #[schema(max_items = 1000)]
+    /// At most [`MAX_ACK`]: a whole ack fits the gateway's 16 KiB body limit.
+    #[schema(max_items = 250)]
     pub receipts: Vec<Uuid>,
 }
+
+/// The most receipts one ack takes (two receives of the most messages, and then some).
+pub const MAX_ACK: usize = 250;
 
 /// The answer of an ack.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -254,7 +258,10 @@ pub async fn receive(
     max_wait: Duration,
 ) -> Result<Messages, ApiError> {
     check_generic(pool, caller, river).await?;
-    let max = service_kit::extract::in_range("max_messages", request.max_messages, 100)?.unwrap_or(10).max(1);
+    let max = service_kit::extract::in_range("max_messages", request.max_messages, 100)?.unwrap_or(10);
+    if max < 1 {
+        return Err(ApiError::new(ErrorCode::InvalidBody, "max_messages must be from 1 to 100"));
+    }
     let wait = service_kit::extract::in_range("wait_ms", request.wait_ms, i64::MAX)?.unwrap_or(0);
     let visibility = request.visibility_ms.unwrap_or(30_000);
     if !(1..=43_200_000).contains(&visibility) {
@@ -279,8 +286,8 @@ pub async fn receive(
 /// Acknowledges received messages: they never come back.
 pub async fn ack(pool: &PgPool, caller: &Caller, river: &str, request: &Ack) -> Result<Acked, ApiError> {
     check_generic(pool, caller, river).await?;
-    if request.receipts.len() > 1000 {
-        return Err(ApiError::new(ErrorCode::InvalidBody, "at most 1000 receipts per ack"));
+    if request.receipts.len() > MAX_ACK {
+        return Err(ApiError::new(ErrorCode::InvalidBody, "at most 250 receipts per ack"));
     }
     let done = sqlx::query(
         "update rapids.river_messages set acked_at = now()

@@ -15,10 +15,11 @@ use utoipa::OpenApi;
 #[openapi(paths(crate::dev_token))]
 struct Own;
 
-/// The gateway's own routes (the dev login) and the operational ones.
+/// The gateway's own routes (the dev login) and the operational ones of its public
+/// address (`/health`, `/openapi.json`; `/metrics` and `/ready` are on the admin address).
 pub fn own_document() -> Value {
     let generated = serde_json::to_value(Own::openapi()).unwrap_or_default();
-    finish(
+    let mut doc = finish(
         generated,
         "bank API (gateway)",
         "One origin for the whole API: /api/... is routed to the service that owns each route. \
@@ -28,7 +29,12 @@ pub fn own_document() -> Value {
             path: "/api/dev/token",
             codes: &[ErrorCode::MalformedJson, ErrorCode::InvalidBody, ErrorCode::NotFound, ErrorCode::PayloadTooLarge],
         }],
-    )
+    );
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.remove("/metrics");
+        paths.remove("/ready");
+    }
+    doc
 }
 
 fn prefix(upstream: Upstream) -> &'static str {
@@ -61,7 +67,15 @@ fn rename_refs(value: &mut Value, prefix: &str) {
 pub fn merge(doc: &mut Value, upstream: Upstream, mut theirs: Value) {
     let prefix = prefix(upstream);
     rename_refs(&mut theirs, prefix);
-    let edge = error_responses(&[ErrorCode::RateLimited, ErrorCode::BadGateway, ErrorCode::UpstreamUnavailable]);
+    // the edge's own answers on every route: a path not in canonical form (404), a body
+    // over the gateway's limit (413), the rate limit, a dead or garbled upstream
+    let edge = error_responses(&[
+        ErrorCode::NotFound,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::BadGateway,
+        ErrorCode::UpstreamUnavailable,
+    ]);
     let paths = theirs["paths"].as_object().cloned().unwrap_or_default();
     for (path, item) in paths {
         for (method, operation) in item.as_object().cloned().unwrap_or_default() {

@@ -4,7 +4,8 @@
 //! ([`route`]): commands on accounts go to account-service, history and temporal reads
 //! of an account too (they fold the event store); other reads go to query-service
 //! (the views, with `min_version`); transfers are created on transfer-service and read
-//! from the views; `/api/events`, topics, rivers and operations go to the event bus.
+//! from the views; `/api/events`, topics, rivers and operations go to the event bus,
+//! each route with its own methods (any other is 405 with `Allow` at the gateway).
 //! A forwarded request keeps its method, path (less `/api`), query, body and the
 //! headers a service reads (authorization, content type, idempotency key, request and
 //! correlation ids); the answer comes back as it is.
@@ -58,7 +59,8 @@ const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::PUT, Method::DE
 /// `\`, no `;`. The upstream path is built from these segments, never passed on as
 /// the client wrote it.
 pub fn route(method: &Method, path: &str, query: &str) -> Routed {
-    let Some(segments) = canonical_segments(path) else { return Routed::NotFound };
+    let Some(owned) = canonical_segments(path) else { return Routed::NotFound };
+    let segments: Vec<&str> = owned.iter().map(String::as_str).collect();
     let temporal = query.split('&').any(|p| p.starts_with("as_of=") || p.starts_with("at_version="));
     let canonical = format!("/{}", segments.join("/"));
     if let Some(upstream) = METHODS.contains(method).then(|| table(method, &segments, temporal)).flatten() {
@@ -69,10 +71,12 @@ pub fn route(method: &Method, path: &str, query: &str) -> Routed {
     if allowed.is_empty() { Routed::NotFound } else { Routed::NotAllowed(allowed) }
 }
 
-/// The path's segments when every one is canonical (see [`route`]).
-fn canonical_segments(path: &str) -> Option<Vec<&str>> {
-    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-    let plain = |s: &&str| {
+/// The path's segments when every one is canonical (see [`route`]). `%2A` is read as
+/// `*` (clients encode it in topic patterns); no other encoding is.
+fn canonical_segments(path: &str) -> Option<Vec<String>> {
+    let segments: Vec<String> =
+        path.strip_prefix('/')?.split('/').map(|s| s.replace("%2A", "*").replace("%2a", "*")).collect();
+    let plain = |s: &String| {
         !s.is_empty()
             && !s.bytes().all(|b| b == b'.')
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~*-".contains(&b))
@@ -92,8 +96,12 @@ fn table(method: &Method, segments: &[&str], temporal: bool) -> Option<Upstream>
         (&Method::POST, ["accounts", _, "deposits" | "withdrawals" | "payments" | "close"]) => Some(Upstream::Accounts),
         (&Method::POST, ["transfers"]) => Some(Upstream::Transfers),
         (&Method::GET, ["transfers", _]) => Some(Upstream::Queries),
-        // the bus answers its own 404 and 405 below these
-        (_, ["events" | "topics" | "rivers" | "ops", ..]) => Some(Upstream::Bus),
+        (&Method::GET | &Method::POST, ["events" | "topics"]) => Some(Upstream::Bus),
+        (&Method::GET, ["rivers"] | ["rivers", _, "subscriptions"]) => Some(Upstream::Bus),
+        (&Method::PUT | &Method::DELETE, ["rivers", _, "subscriptions", _]) => Some(Upstream::Bus),
+        (&Method::POST, ["rivers", _, "receive" | "ack"]) => Some(Upstream::Bus),
+        (&Method::GET, ["ops", "rivers" | "tailer" | "dead-letters" | "unsettled" | "ledger"]) => Some(Upstream::Bus),
+        (&Method::POST, ["ops", "dead-letters", _, "retry"]) => Some(Upstream::Bus),
         _ => None,
     }
 }
@@ -102,7 +110,7 @@ fn table(method: &Method, segments: &[&str], temporal: bool) -> Option<Upstream>
 const FORWARDED: [&str; 6] =
     ["authorization", "content-type", "idempotency-key", "x-request-id", "x-correlation-id", "accept"];
 /// The answer headers passed back.
-const RETURNED: [&str; 4] = ["content-type", "retry-after", "idempotent-replayed", "www-authenticate"];
+const RETURNED: [&str; 5] = ["content-type", "retry-after", "idempotent-replayed", "www-authenticate", "allow"];
 
 /// A request as it goes upstream: its path and query below the upstream's base.
 pub struct Outgoing<'a> {
@@ -199,6 +207,10 @@ mod tests {
         assert_eq!(to(M::GET, "/transfers/1", "min_version=2&wait_ms=100"), Some("query-service"));
         assert_eq!(to(M::POST, "/events", ""), Some("event-bus"));
         assert_eq!(to(M::PUT, "/rivers/r1/subscriptions/x", ""), Some("event-bus"));
+        assert_eq!(
+            route(&M::PUT, "/rivers/r1/subscriptions/%2A", ""),
+            Routed::To(Upstream::Bus, "/rivers/r1/subscriptions/*".into())
+        );
         assert_eq!(to(M::GET, "/ops/rivers", ""), Some("event-bus"));
         assert_eq!(to(M::GET, "/nothing", ""), None);
         assert_eq!(to(M::DELETE, "/accounts/1", ""), None);
@@ -229,7 +241,9 @@ mod tests {
         assert_eq!(route(&m("TRACE"), "/accounts", ""), Routed::NotAllowed(vec!["GET", "POST"]));
         assert_eq!(route(&m("ZZ8"), "/accounts/1/deposits", ""), Routed::NotAllowed(vec!["POST"]));
         assert_eq!(route(&Method::DELETE, "/transfers/1", ""), Routed::NotAllowed(vec!["GET"]));
-        assert_eq!(route(&m("ZZ8"), "/events", ""), Routed::NotAllowed(vec!["GET", "POST", "PUT", "DELETE"]));
+        assert_eq!(route(&m("ZZ8"), "/events", ""), Routed::NotAllowed(vec!["GET", "POST"]));
+        assert_eq!(route(&Method::PUT, "/ops/ledger", ""), Routed::NotAllowed(vec!["GET"]));
+        assert_eq!(route(&Method::GET, "/rivers/r1/subscriptions/x", ""), Routed::NotAllowed(vec!["PUT", "DELETE"]));
         assert_eq!(route(&m("TRACE"), "/nowhere", ""), Routed::NotFound);
     }
 }
