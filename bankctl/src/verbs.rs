@@ -247,16 +247,15 @@ pub fn topic_names(topics: bus::Topics) -> Vec<String> {
 mod tests {
     use super::*;
     use service_kit::auth::JwtVerifier;
-    use service_kit::config::{AuthArgs, Secret};
+    use service_kit::config::AuthArgs;
 
     #[test]
     fn bank_token_wins_then_a_minted_admin_token_then_a_clear_error() -> anyhow::Result<()> {
-        let secret = "a-dev-secret-of-32-bytes-or-more!";
+        let secret = &format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         assert_eq!(select_token(Some("tok".into()), Some(secret.into()))?, "tok");
 
         let minted = select_token(None, Some(secret.into()))?;
-        let verifier =
-            JwtVerifier::from_args(&AuthArgs { jwt_secret: Some(Secret::new(secret)), jwt_public_key_file: None })?;
+        let verifier = JwtVerifier::from_args(&AuthArgs::hs256(secret.as_str()))?;
         let caller = verifier.verify(&minted).map_err(|e| anyhow!("{e:?}"))?;
         assert_eq!((caller.subject.as_str(), caller.role), (MINTED_SUBJECT, Role::Admin));
         // an empty BANK_TOKEN does not hide the secret

@@ -7,8 +7,8 @@ health checks at all. This runner covers the subset of the Compose specification
 that compose.yaml uses: image, command, environment (map), ports, named volumes,
 healthcheck (test, interval, timeout, retries, start_period), restart, dns, dns_opt,
 dns_search and depends_on with service_started / service_healthy /
-service_completed_successfully. It interpolates ${VAR}, ${VAR:-default} and
-${VAR-default} from the environment. Health is checked by running `podman healthcheck
+service_completed_successfully. It interpolates ${VAR}, ${VAR:-default},
+${VAR-default} and ${VAR:?message} (required) from the environment. Health is checked by running `podman healthcheck
 run` until it passes, so `podman ps` shows the containers healthy.
 
 Two workarounds for podman 4.3's network stack (Debian bookworm: netavark and
@@ -51,8 +51,10 @@ def interpolate(value):
                 return default
             if op == "-" and current is None:
                 return default
+            if op == ":?" and not current:
+                sys.exit(f"compose-run: {name}: {default or 'must be set'}")
             return current or ""
-        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}", sub, value)
+        return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-|:\?)([^}]*))?\}", sub, value)
     if isinstance(value, list):
         return [interpolate(v) for v in value]
     if isinstance(value, dict):

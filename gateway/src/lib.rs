@@ -60,7 +60,8 @@ pub struct Config {
     pub query_service_url: String,
     #[arg(long, env = "EVENT_BUS_URL", default_value = "http://127.0.0.1:8086")]
     pub event_bus_url: String,
-    /// `true` enables `POST /api/dev/token` (mint any token: development only).
+    /// `true` enables `POST /api/dev/token` (mint any token: development only; refused
+    /// unless the gateway listens on a loopback address).
     #[arg(long, env = "DEV_LOGIN", default_value_t = false, action = clap::ArgAction::Set)]
     pub dev_login: bool,
     /// Requests a second each subject may make (sustained).
@@ -110,6 +111,10 @@ impl FromRef<AppState> for Arc<JwtVerifier> {
 
 impl AppState {
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        // the dev login mints any token: only where nobody else can reach it
+        if config.dev_login && !config.addr.ip().is_loopback() {
+            anyhow::bail!("DEV_LOGIN=true works only while GATEWAY_ADDR is a loopback address, not {}", config.addr);
+        }
         let registry = prometheus::Registry::new();
         let limited = prometheus::IntCounter::new("gateway_rate_limited_total", "Requests refused by the rate limit")?;
         registry.register(Box::new(limited.clone()))?;

@@ -66,14 +66,56 @@ impl Default for DatabaseArgs {
 }
 
 /// How tokens are checked.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct AuthArgs {
-    /// HS256 secret shared with the token issuer.
+    /// HS256 secret shared with the token issuer, for tokens without a `kid`: at least
+    /// 32 bytes, and none written in this repository.
     #[arg(long, env = "JWT_SECRET")]
     pub jwt_secret: Option<Secret>,
-    /// PEM file with the RS256 public key of the token issuer.
+    /// More HS256 keys, chosen by the token's `kid`: `kid=secret,kid=secret` (two
+    /// while one rotates). Each is held to the same rules as `JWT_SECRET`.
+    #[arg(long, env = "JWT_KEYS")]
+    pub jwt_keys: Option<Secret>,
+    /// PEM file with the RS256 public key of the token issuer. With it, HS256 tokens
+    /// are refused unless `JWT_ALLOW_HS256=true`.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Accept HS256 tokens beside an RS256 public key.
+    #[arg(long, env = "JWT_ALLOW_HS256", default_value_t = false, action = clap::ArgAction::Set)]
+    pub jwt_allow_hs256: bool,
+    /// When set, a token's `iss` must be this.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must hold this.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// A token valid for longer than this from now (its `exp`) is refused, in seconds.
+    #[arg(long, env = "JWT_MAX_TTL_SECS", default_value_t = AuthArgs::DEFAULT_MAX_TTL_SECS)]
+    pub jwt_max_ttl_secs: i64,
+}
+
+impl AuthArgs {
+    /// A day: the longest a token may still be valid for.
+    pub const DEFAULT_MAX_TTL_SECS: i64 = 86_400;
+
+    /// Only an HS256 secret (tests and tools).
+    pub fn hs256(secret: impl Into<String>) -> Self {
+        AuthArgs { jwt_secret: Some(Secret::new(secret)), ..AuthArgs::default() }
+    }
+}
+
+impl Default for AuthArgs {
+    fn default() -> Self {
+        AuthArgs {
+            jwt_secret: None,
+            jwt_keys: None,
+            jwt_public_key_file: None,
+            jwt_allow_hs256: false,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_max_ttl_secs: Self::DEFAULT_MAX_TTL_SECS,
+        }
+    }
 }
 
 /// Limits of the HTTP layer.

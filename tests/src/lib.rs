@@ -10,7 +10,7 @@ use rapids::config::RiverArgs;
 use rapids::{Rapids, RapidsConfig};
 use serde_json::Value;
 use service_kit::auth::{Role, issue_hs256};
-use service_kit::config::{AuthArgs, DatabaseArgs, Secret, ServiceArgs};
+use service_kit::config::{AuthArgs, DatabaseArgs, ServiceArgs};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub mod load;
 
 /// The JWT secret the services under test check tokens with.
 pub fn secret() -> String {
-    std::env::var("JWT_SECRET").unwrap_or_else(|_| "test-secret-0123456789abcdef".into())
+    std::env::var("JWT_SECRET").expect("JWT_SECRET (scripts/test makes a random one per run)")
 }
 
 /// A valid token for `sub` with `role`.
@@ -84,7 +84,7 @@ impl Drop for Running {
 pub fn service_args(pool: &PgPool) -> ServiceArgs {
     ServiceArgs {
         database: DatabaseArgs::new(database_url(&pool.connect_options())),
-        auth: AuthArgs { jwt_secret: Some(Secret::new(secret())), jwt_public_key_file: None },
+        auth: AuthArgs::hs256(secret()),
         ..ServiceArgs::default()
     }
 }

@@ -174,3 +174,114 @@ async fn a_generic_river_is_its_owners_and_nobody_posts_as_the_bank(pool: PgPool
         assert_eq!((reply.status, reply.code()), (403, "reserved_source"), "{source}: {}", reply.body);
     }
 }
+
+/// A token signed with `secret` (HS256), its header's `kid` and claims as given.
+fn signed(secret: &str, kid: Option<&str>, claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+#[test]
+fn known_and_short_secrets_are_refused_and_keys_rotate_by_kid() {
+    use service_kit::auth::{AuthSetupError, JwtVerifier, KNOWN_SECRETS};
+    use service_kit::config::{AuthArgs, Secret};
+    for known in KNOWN_SECRETS {
+        let refused = JwtVerifier::from_args(&AuthArgs::hs256(*known));
+        assert!(matches!(refused, Err(AuthSetupError::KnownSecret(_))), "{known}: {refused:?}");
+    }
+    let short = JwtVerifier::from_args(&AuthArgs::hs256("x".repeat(31)));
+    assert!(matches!(short, Err(AuthSetupError::WeakSecret(_))), "{short:?}");
+    let bad_set = AuthArgs { jwt_keys: Some(Secret::new("no-equals-sign")), ..AuthArgs::hs256("y".repeat(40)) };
+    assert!(matches!(JwtVerifier::from_args(&bad_set), Err(AuthSetupError::KeySet)));
+
+    // two keys valid while one rotates: each token names its key
+    let (old, new) = ("o".repeat(40), "n".repeat(40));
+    let args = AuthArgs { jwt_keys: Some(Secret::new(format!("2026-11={old},2026-12={new}"))), ..AuthArgs::default() };
+    let verifier = JwtVerifier::from_args(&args).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": "alice", "role": "customer", "exp": now + 600});
+    assert!(verifier.verify(&signed(&old, Some("2026-11"), claims.clone())).is_ok());
+    assert!(verifier.verify(&signed(&new, Some("2026-12"), claims.clone())).is_ok());
+    for (secret, kid) in [(&old, Some("2026-12")), (&new, Some("2027-01")), (&new, None)] {
+        let refused = verifier.verify(&signed(secret, kid, claims.clone())).unwrap_err();
+        assert_eq!(refused.code.as_str(), "invalid_token", "{kid:?}");
+    }
+
+    // iss and aud when configured, nbf, and no token valid for more than the maximum
+    let secret = "s".repeat(40);
+    let args = AuthArgs {
+        jwt_issuer: Some("https://login.bank".into()),
+        jwt_audience: Some("bank-api".into()),
+        jwt_max_ttl_secs: 3600,
+        ..AuthArgs::hs256(secret.as_str())
+    };
+    let verifier = JwtVerifier::from_args(&args).unwrap();
+    let good =
+        json!({"sub": "alice", "role": "customer", "exp": now + 600, "iss": "https://login.bank", "aud": "bank-api"});
+    assert!(verifier.verify(&signed(&secret, None, good.clone())).is_ok());
+    let mut cases = Vec::new();
+    for (field, value) in [
+        ("iss", json!("https://evil.example")),
+        ("aud", json!("another-api")),
+        ("nbf", json!(now + 600)),
+        ("exp", json!(now + 7200)),
+    ] {
+        let mut claims = good.clone();
+        claims[field] = value;
+        cases.push((field, claims));
+    }
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("iss");
+    cases.push(("no iss", missing));
+    for (what, claims) in cases {
+        let refused = verifier.verify(&signed(&secret, None, claims)).unwrap_err();
+        assert_eq!(refused.code.as_str(), "invalid_token", "{what}");
+    }
+}
+
+#[test]
+fn every_secret_written_in_the_repository_is_one_the_services_refuse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut files = vec![root.join("compose.yaml"), root.join(".env.example"), root.join("Dockerfile")];
+    for dir in ["scripts", "deploy/containers"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+    }
+    let assignment = |line: &str| -> Option<String> {
+        let rest = line.trim_start().trim_start_matches("export ").strip_prefix("JWT_SECRET")?;
+        let value = rest.trim_start().strip_prefix(['=', ':'])?.trim();
+        let value = value.split_whitespace().next().unwrap_or_default().trim_matches('"');
+        let value = value.strip_prefix("${JWT_SECRET:-").map(|v| v.trim_end_matches('}')).unwrap_or(value);
+        // a value computed at run time, or read from elsewhere, is not written here
+        (!value.is_empty() && !value.starts_with('$') && !value.starts_with("${")).then(|| value.to_owned())
+    };
+    let mut seen = 0;
+    for file in files.iter().filter(|f| f.is_file()) {
+        for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+            if let Some(value) = assignment(line) {
+                seen += 1;
+                assert!(
+                    service_kit::auth::KNOWN_SECRETS.contains(&value.as_str()),
+                    "{} writes JWT_SECRET={value}: add it to KNOWN_SECRETS so that no service accepts it",
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(seen >= 1, "the scan found .env.example's example secret");
+}
+
+#[tokio::test]
+async fn the_dev_login_works_only_on_a_loopback_address() {
+    use clap::Parser;
+    let mut config = gateway::Config::try_parse_from(["gateway"]).unwrap();
+    config.auth = service_kit::config::AuthArgs::hs256("g".repeat(40));
+    config.dev_login = true;
+    config.addr = "0.0.0.0:8080".parse().unwrap();
+    let refused = gateway::AppState::new(config.clone()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("DEV_LOGIN"), "{refused}");
+    config.addr = "127.0.0.1:8080".parse().unwrap();
+    assert!(gateway::AppState::new(config).is_ok());
+}

@@ -30,8 +30,21 @@ async fn rs256_tokens_are_checked_with_the_configured_public_key(options: PgPool
     let opened = api.post("/accounts").token(&rs256).json(json!({"currency": "EUR"})).send().await;
     assert_eq!(opened.expect(201)["owner"], "rita");
 
-    // HS256 tokens still work beside it; an expired RS256 token does not
-    api.post("/accounts").token(&token("alice", Customer)).json(json!({"currency": "EUR"})).send().await.expect(201);
+    // beside the public key, HS256 tokens are refused unless asked for
+    let hs256 = token("alice", Customer);
+    api.post("/accounts")
+        .token(&hs256)
+        .json(json!({"currency": "EUR"}))
+        .send()
+        .await
+        .expect_error(401, "invalid_token");
+    let both = start_accounts(&pool, |c| {
+        c.service.auth.jwt_public_key_file = Some(public.clone());
+        c.service.auth.jwt_allow_hs256 = true;
+    })
+    .await;
+    both.api().post("/accounts").token(&hs256).json(json!({"currency": "EUR"})).send().await.expect(201);
+    // an expired RS256 token is refused
     let expired = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims(-3600), &key).unwrap();
     api.post("/accounts")
         .token(&expired)
