@@ -51,11 +51,19 @@ tool_present() {
   if [ -n "$path" ]; then [ -x "$path" ]; else command -v "$1" >/dev/null; fi
 }
 
-# missing_packages TOOL...: the packages that would bring the missing tools, once each.
+# known_tools TOOL...: fails (in the calling shell) on a tool the table lacks.
+known_tools() {
+  local tool
+  for tool in "$@"; do
+    [ -n "${TOOL_PACKAGE[$tool]:-}" ] || die "scripts/lib.sh: no package known for the tool $tool"
+  done
+}
+
+# missing_packages TOOL...: the packages that would bring the missing tools, once each
+# (the tools known: see known_tools).
 missing_packages() {
   local tool pkgs=()
   for tool in "$@"; do
-    [ -n "${TOOL_PACKAGE[$tool]:-}" ] || die "scripts/lib.sh: no package known for the tool $tool"
     tool_present "$tool" || pkgs+=("${TOOL_PACKAGE[$tool]}")
   done
   [ ${#pkgs[@]} -eq 0 ] || printf '%s\n' "${pkgs[@]}" | sort -u
@@ -64,6 +72,7 @@ missing_packages() {
 # ensure_cmds TOOL...: installs the packages of the missing tools, then checks each.
 ensure_cmds() {
   local pkgs tool
+  known_tools "$@"
   mapfile -t pkgs < <(missing_packages "$@")
   [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
   for tool in "$@"; do tool_present "$tool" || die "$tool is still missing after installing ${TOOL_PACKAGE[$tool]}"; done
@@ -75,6 +84,7 @@ ensure_cmds() {
 # candidate, so a run does not fail twenty minutes in.
 preflight() {
   local pkgs pkg tool policy bad=()
+  known_tools "$@"
   mapfile -t pkgs < <(missing_packages "$@")
   [ ${#pkgs[@]} -eq 0 ] && { log "preflight: every tool this run needs is here"; return 0; }
   log "preflight: missing, to be installed from Debian when needed: ${pkgs[*]}"

@@ -130,6 +130,7 @@ async fn open(
     meta: CommandMeta,
     body: ApiJson<OpenRequest>,
 ) -> Result<Response, ApiError> {
+    meta.caller.person()?;
     let currency = Currency::parse(&body.value.currency)?;
     let initial_deposit = match &body.value.initial_deposit {
         Some(n) if n.as_f64() == Some(0.0) => None,

@@ -61,7 +61,8 @@ impl Payments {
             metadata: task.causes(rail, task.metadata.role.clone()),
             idempotency: Some(IdempotencyRequest {
                 actor: ACTOR.into(),
-                key: format!("{rail}/{reference}"),
+                // a subject never holds `:`, so the key splits one way only
+                key: format!("{rail}:{reference}"),
                 request_hash,
                 optimistic: false,
             }),

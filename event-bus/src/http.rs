@@ -227,6 +227,11 @@ async fn subscribe(
     Names((river, topic)): Names<(String, String)>,
 ) -> Result<Json<RiverSubscriptions>, ApiError> {
     river_user(&caller)?;
+    // the bank's own events (every customer's balances) are staff's to read
+    let bank_wide = topic == "*" || rapids::river::is_reserved(topic.trim_end_matches('*'));
+    if bank_wide && !caller.is_staff() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "account.* and transfer.* events are staff's to read"));
+    }
     Ok(Json(registry::subscribe(&state.kit.pool, &caller, &river, &topic).await?))
 }
 

@@ -13,8 +13,8 @@
 //!   the sum off 0 and is recorded as a finding naming its account;
 //! * per transfer what the accounts moved into `in_transit` for it: a settled transfer
 //!   holds nothing, an unsettled one its amount or nothing;
-//! * whether the views show each account as the store does (compared once the views
-//!   reach the version the ledger has read).
+//! * whether the views show each customer's account as the store does (compared once
+//!   the views reach the version the ledger has read).
 //!
 //! Only one check runs at a time across processes (a transaction-scoped advisory
 //! lock); the others skip their turn. [`run`] checks every interval and exports
@@ -365,6 +365,25 @@ impl Fold<'_> {
         self.changed_accounts.push(account);
         let Some(posting) = ledger::posting(account, &event) else { return };
         let currency = posting.currency.as_str().to_owned();
+        if currency != own.currency {
+            // a posting in another currency than the account holds: counted nowhere
+            // (it balances nothing), recorded as a finding
+            self.findings.push(Finding {
+                kind: "unbalanced".into(),
+                account_id: Some(account),
+                transfer_id: ledger::in_transit_change(&event).map(|(t, _)| t),
+                position: Some(r.position),
+                detail: format!(
+                    "{} v{}: a posting in {currency} on an account that holds {}",
+                    r.event_type, r.version, own.currency
+                ),
+            });
+            // what the account gained or lost has no other side: the imbalance shows it
+            let after = ledger::balance_after(&event).unwrap_or(own.balance);
+            *self.totals.entry(own.currency.clone()).or_default() += after.saturating_sub(own.balance);
+            own.balance = after;
+            return;
+        }
         // what the account's own balance moved by: as its event says, and as its posting says
         let before = own.balance;
         let after = ledger::balance_after(&event).unwrap_or(before);
@@ -461,8 +480,9 @@ fn transit_finding(id: Uuid, t: &Transit) -> Option<Finding> {
     let expected: &[i64] = match t.state.as_str() {
         "initiated" | "debited" | "refunding" => &[0, t.transfer_amount],
         "completed" | "failed" => &[0],
-        // an account step for a transfer whose creation the ledger has not read
-        _ => return None,
+        // an account step for a transfer never created: it commits after the transfer's
+        // creation (the saga reacts to it), so the ledger has always read that first
+        _ => &[0],
     };
     (!expected.contains(&t.amount)).then(|| Finding {
         kind: "in_transit".into(),
@@ -544,19 +564,16 @@ async fn insert_findings(tx: &mut PgConnection, findings: &[Finding]) -> sqlx::R
     Ok(())
 }
 
-/// Compares the views with the ledger where they show the same version of an account
-/// (for the bank's accounts: the same number of postings), once per change.
+/// Compares the views with the ledger where they show the same version of a
+/// customer's account, once per change. The bank's own accounts are not compared: the
+/// views sum their postings shard by shard, the ledger in commit order, so an equal
+/// number of postings need not be the same postings (their views follow from the
+/// customers' events, each of which is compared here).
 async fn compare_views(tx: &mut PgConnection) -> Result<(), Error> {
     let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
         "select l.account_id, l.balance, v.balance
          from ledger.balances l join views.accounts v on v.id = l.account_id and v.version = l.version
-         where not l.view_checked and not l.bank
-         union all
-         select l.account_id, l.balance, b.balance
-         from ledger.balances l
-         join (select account_id, sum(balance)::int8 as balance, sum(postings)::int8 as postings
-               from views.bank_balances group by account_id) b on b.account_id = l.account_id
-         where not l.view_checked and l.bank and b.postings = l.version",
+         where not l.view_checked and not l.bank",
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -678,7 +695,7 @@ mod tests {
                 assert!(transit_finding(id, &transit(state, wrong)).is_some(), "{state} holding {wrong}");
             }
         }
-        for state in ["completed", "failed"] {
+        for state in ["completed", "failed", "unknown"] {
             assert_eq!(transit_finding(id, &transit(state, 0)), None, "{state}");
             assert!(transit_finding(id, &transit(state, 50)).is_some(), "{state} holding 50");
         }

@@ -58,6 +58,15 @@ impl Caller {
         matches!(self.role, Role::Teller | Role::Admin)
     }
 
+    /// Refuses a machine identity (role `service`) where a person acts: it holds no
+    /// accounts and moves no money of its own (a payment rail posts tasks instead).
+    pub fn person(&self) -> Result<(), ApiError> {
+        if self.role == Role::Service {
+            return Err(ApiError::new(ErrorCode::Forbidden, "a service identity holds no accounts"));
+        }
+        Ok(())
+    }
+
     /// May this caller read what `owner` owns?
     pub fn may_read(&self, owner: &str) -> bool {
         self.is_staff() || self.subject == owner

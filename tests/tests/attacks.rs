@@ -144,6 +144,29 @@ async fn a_generic_river_is_its_owners_and_nobody_posts_as_the_bank(pool: PgPool
         change.expect_error(403, "forbidden");
     }
     bus.post("/rivers/tinas/receive").token(&rail).json(receive.clone()).send().await.expect_error(403, "forbidden");
+    // a machine identity owns rivers of its own, but never of the bank's events
+    for topic in ["account.*", "transfer.*", "*", "account.deposited"] {
+        let wide = bus
+            .request(reqwest::Method::PUT, &format!("/rivers/rails/subscriptions/{topic}"))
+            .token(&rail)
+            .send()
+            .await;
+        assert_eq!((wide.status, wide.code()), (403, "forbidden"), "{topic}: {}", wide.body);
+    }
+    let own = bus.request(reqwest::Method::PUT, "/rivers/rails/subscriptions/offer.made").token(&rail).send().await;
+    assert_eq!(own.expect(200)["owner"], "rail-1");
+    // nor does it hold accounts or move money of its own
+    let accounts = tests::Api::new(&bank.accounts.base);
+    accounts
+        .post("/accounts")
+        .token(&rail)
+        .json(json!({"currency": "EUR"}))
+        .send()
+        .await
+        .expect_error(403, "forbidden");
+    let transfers = tests::Api::new(&bank.transfers.base);
+    let body = json!({"from": uuid::Uuid::now_v7(), "to": uuid::Uuid::now_v7(), "amount": 1, "currency": "EUR"});
+    transfers.post("/transfers").token(&rail).json(body).send().await.expect_error(403, "forbidden");
     // customers own no rivers
     let mine = bus.request(reqwest::Method::PUT, "/rivers/alices/subscriptions/offer.made").token(&alice).send().await;
     mine.expect_error(403, "forbidden");

@@ -129,6 +129,7 @@ async fn create(
     meta: CommandMeta,
     body: ApiJson<CreateTransferRequest>,
 ) -> Result<Response, ApiError> {
+    meta.caller.person()?;
     // a repeated request is answered as the first time, before anything is re-checked
     // (the source may have been closed since, and that must not turn a 201 into a 422)
     let ctx = meta.context(&body.canonical, None);
