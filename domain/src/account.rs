@@ -428,19 +428,13 @@ impl Aggregate for Account {
                 self.owner = owner.clone();
                 self.currency = Some(*currency);
             }
-            AccountEvent::Deposited { balance_after, .. }
-            | AccountEvent::Withdrawn { balance_after, .. }
-            | AccountEvent::PaymentReceived { balance_after, .. }
-            | AccountEvent::PaymentSent { balance_after, .. }
-            | AccountEvent::Debited { balance_after, .. }
-            | AccountEvent::Credited { balance_after, .. }
-            | AccountEvent::Refunded { balance_after, .. } => {
-                self.balance = *balance_after;
-            }
             AccountEvent::Closed {} => self.status = AccountStatus::Closed,
-            AccountEvent::DebitRejected { .. }
-            | AccountEvent::CreditRejected { .. }
-            | AccountEvent::RefundDiverted { .. } => {}
+            // every event that moves this account's money says its balance after
+            other => {
+                if let Some(balance_after) = crate::ledger::balance_after(other) {
+                    self.balance = balance_after;
+                }
+            }
         }
         self
     }
