@@ -110,10 +110,10 @@ impl ReplicationTarget {
     /// checks, tests).
     pub async fn probe(&self) -> Result<(), ReplicationError> {
         let attempt = async {
-            let io = connect(self).await?;
+            let (io, channel) = connect(self).await?;
             let (mut reader, mut writer) = tokio::io::split(io);
             let mut buf = BytesMut::new();
-            log_in(&mut reader, &mut writer, &mut buf, self).await?;
+            log_in(&mut reader, &mut writer, &mut buf, self, channel).await?;
             writer.write_all(&frame(b'X', |_| {})).await?;
             writer.shutdown().await?;
             Ok(())
@@ -215,10 +215,10 @@ impl ReplicationStream {
             }
         }
         let started = tokio::time::timeout(START_TIMEOUT, async {
-            let io = connect(target).await?;
+            let (io, channel) = connect(target).await?;
             let (mut reader, mut writer) = tokio::io::split(io);
             let mut buf = BytesMut::with_capacity(64 * 1024);
-            log_in(&mut reader, &mut writer, &mut buf, target).await?;
+            log_in(&mut reader, &mut writer, &mut buf, target, channel).await?;
             let command = format!(
                 "START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{publication}')"
             );
@@ -278,11 +278,19 @@ fn lost(reason: String) -> StoreError {
     StoreError::Unavailable(format!("replication stream lost: {reason}"))
 }
 
-async fn connect(target: &ReplicationTarget) -> Result<Box<dyn Io>, ReplicationError> {
+/// How the start-up packet travels: whether a password in clear text could be read on
+/// the way (plain TCP), or not (TLS, or a local Unix socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Private,
+    PlainTcp,
+}
+
+async fn connect(target: &ReplicationTarget) -> Result<(Box<dyn Io>, Channel), ReplicationError> {
     if let Some(path) = &target.socket {
         // like libpq: a Unix socket is local, never encrypted, whatever sslmode says
         #[cfg(unix)]
-        return Ok(Box::new(tokio::net::UnixStream::connect(path).await?));
+        return Ok((Box::new(tokio::net::UnixStream::connect(path).await?), Channel::Private));
         #[cfg(not(unix))]
         return Err(ReplicationError::new(format!("no Unix sockets here ({})", path.display())));
     }
@@ -296,6 +304,7 @@ async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     writer: &mut W,
     buf: &mut BytesMut,
     target: &ReplicationTarget,
+    channel: Channel,
 ) -> Result<(), ReplicationError> {
     let mut startup = BytesMut::new();
     startup.put_i32(196_608); // protocol 3.0
@@ -333,6 +342,14 @@ async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 match body.get_u32() {
                     0 => {}
                     3 => {
+                        // anyone on the path would read it: refused (MD5 and SCRAM send
+                        // no password, TLS and a local socket hide it)
+                        if channel == Channel::PlainTcp {
+                            return Err(ReplicationError::new(
+                                "the server asks for the password in clear text over an unencrypted \
+                                 connection: refused (use sslmode=verify-full, or md5/scram-sha-256)",
+                            ));
+                        }
                         let password = password()?;
                         let answer = frame(b'p', |b| put_cstr(b, password));
                         writer.write_all(&answer).await?;
@@ -406,7 +423,7 @@ async fn log_in<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// need `sslrootcert` (libpq would fall back to `~/.postgresql/root.crt`; this client
 /// says so instead).
 pub mod tls {
-    use super::{Io, ReplicationError, ReplicationTarget, RootCert};
+    use super::{Channel, Io, ReplicationError, ReplicationTarget, RootCert};
     use sqlx::postgres::PgSslMode;
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -428,10 +445,10 @@ pub mod tls {
     pub(super) async fn negotiate(
         mut stream: TcpStream,
         target: &ReplicationTarget,
-    ) -> Result<Box<dyn Io>, ReplicationError> {
+    ) -> Result<(Box<dyn Io>, Channel), ReplicationError> {
         let mode = target.ssl_mode;
         if matches!(mode, PgSslMode::Disable) {
-            return Ok(Box::new(stream));
+            return Ok((Box::new(stream), Channel::PlainTcp));
         }
         // the configuration first: a bad sslrootcert is an error before any byte is sent
         let config = client_config(target)?;
@@ -448,9 +465,9 @@ pub mod tls {
                     .connect(name, stream)
                     .await
                     .map_err(|e| handshake_error(&e, target))?;
-                Ok(Box::new(tls))
+                Ok((Box::new(tls), Channel::Private))
             }
-            b'N' if matches!(mode, PgSslMode::Allow | PgSslMode::Prefer) => Ok(Box::new(stream)),
+            b'N' if matches!(mode, PgSslMode::Allow | PgSslMode::Prefer) => Ok((Box::new(stream), Channel::PlainTcp)),
             b'N' => {
                 Err(ReplicationError::new(format!("the server does not accept SSL but sslmode={}", mode_name(mode))))
             }
@@ -830,6 +847,41 @@ mod tests {
         let plain: PgConnectOptions = "postgres://tailer@db/bank?sslmode=disable".parse().expect("a valid URL");
         let target = ReplicationTarget::new(&plain);
         assert!(target.root_cert.is_none() && matches!(target.ssl_mode, PgSslMode::Disable));
+    }
+
+    /// What the client writes to a fake server that asks for the password in clear
+    /// text, over a channel of the kind given: the start-up message, then (allowed)
+    /// the password message; and log_in's outcome.
+    async fn cleartext_asked(channel: Channel) -> (Result<(), ReplicationError>, Vec<u8>) {
+        let options: PgConnectOptions = "postgres://tailer:hunter2-secret@db/bank".parse().expect("a valid URL");
+        let target = ReplicationTarget::new(&options);
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let (mut from_client, mut to_client) = tokio::io::split(server);
+        let ask = frame(b'R', |b| b.put_u32(3));
+        to_client.write_all(&ask).await.expect("written");
+        let outcome = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            log_in(&mut reader, &mut writer, &mut BytesMut::new(), &target, channel),
+        )
+        .await
+        .unwrap_or(Ok(())); // allowed: it waits for the server's next message
+        writer.shutdown().await.expect("closed");
+        let mut written = Vec::new();
+        from_client.read_to_end(&mut written).await.expect("read");
+        (outcome, written)
+    }
+
+    #[tokio::test]
+    async fn a_cleartext_password_is_never_sent_over_plain_tcp() {
+        let (outcome, written) = cleartext_asked(Channel::PlainTcp).await;
+        let error = outcome.expect_err("refused");
+        assert!(error.message.contains("clear text"), "{}", error.message);
+        let leaked = written.windows(b"hunter2-secret".len()).any(|w| w == b"hunter2-secret");
+        assert!(!leaked, "the password went out over plain TCP");
+        // over TLS (or a local socket) the same request is answered
+        let (_, written) = cleartext_asked(Channel::Private).await;
+        assert!(written.windows(b"hunter2-secret".len()).any(|w| w == b"hunter2-secret"));
     }
 
     /// A server that answers the SSL request with `N`.
