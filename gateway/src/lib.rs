@@ -52,6 +52,8 @@ pub struct Config {
     pub http: HttpArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub app: service_kit::config::AppArgs,
     #[arg(long, env = "ACCOUNT_SERVICE_URL", default_value = "http://127.0.0.1:8081")]
     pub account_service_url: String,
     #[arg(long, env = "TRANSFER_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
@@ -114,6 +116,9 @@ impl AppState {
         // the dev login mints any token: only where nobody else can reach it
         if config.dev_login && !config.addr.ip().is_loopback() {
             anyhow::bail!("DEV_LOGIN=true works only while GATEWAY_ADDR is a loopback address, not {}", config.addr);
+        }
+        if config.dev_login && config.app.app_env == service_kit::config::AppEnv::Production {
+            anyhow::bail!("APP_ENV=production refuses DEV_LOGIN=true");
         }
         let registry = prometheus::Registry::new();
         let limited = prometheus::IntCounter::new("gateway_rate_limited_total", "Requests refused by the rate limit")?;

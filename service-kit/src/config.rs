@@ -154,9 +154,56 @@ pub struct LogArgs {
     pub log_format: crate::telemetry::LogFormat,
 }
 
+/// Where the process runs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AppEnv {
+    #[default]
+    Development,
+    /// Refuses to start with a connection anyone on the path could read.
+    Production,
+}
+
+/// `APP_ENV`: `production` refuses weak transport at start-up.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AppArgs {
+    /// `production` refuses to start unless `DATABASE_URL` says `sslmode=verify-full`
+    /// (or `verify-ca`) and the Kinesis endpoint is https (or AWS's own).
+    #[arg(long, env = "APP_ENV", value_enum, default_value_t = AppEnv::Development)]
+    pub app_env: AppEnv,
+}
+
+impl AppArgs {
+    /// In production: the database URL's `sslmode` checks the server's certificate, and
+    /// the Kinesis endpoint (when the process has one) is https or AWS's own (empty).
+    pub fn check(&self, database_url: Option<&str>, kinesis_endpoint: Option<&str>) -> Result<(), String> {
+        if self.app_env != AppEnv::Production {
+            return Ok(());
+        }
+        if let Some(url) = database_url {
+            let sslmode = url
+                .split_once('?')
+                .map(|(_, query)| query)
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("sslmode="));
+            if !matches!(sslmode, Some("verify-full" | "verify-ca")) {
+                return Err("APP_ENV=production needs sslmode=verify-full (or verify-ca) in DATABASE_URL".into());
+            }
+        }
+        if let Some(endpoint) = kinesis_endpoint
+            && !(endpoint.is_empty() || endpoint.starts_with("https://"))
+        {
+            return Err("APP_ENV=production needs an https KINESIS_ENDPOINT (or an empty one: AWS's own)".into());
+        }
+        Ok(())
+    }
+}
+
 /// What every command service reads.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServiceArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -279,5 +326,28 @@ mod tests {
         assert_eq!(IdempotencyArgs::default().expiry_config(), Some(expiry));
         let off = IdempotencyArgs { idempotency_cleanup_secs: 0, ..IdempotencyArgs::default() };
         assert_eq!(off.expiry_config(), None);
+    }
+}
+
+#[cfg(test)]
+mod app_env_tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_transport_anyone_on_the_path_could_read() {
+        let production = AppArgs { app_env: AppEnv::Production };
+        let db = |mode: &str| format!("postgres://u:p@db/bank?sslrootcert=/ca.pem&sslmode={mode}");
+        for weak in ["disable", "allow", "prefer", "require"] {
+            assert!(production.check(Some(&db(weak)), None).is_err(), "{weak}");
+        }
+        assert!(production.check(Some("postgres://u:p@db/bank"), None).is_err(), "no sslmode: prefer");
+        for strong in ["verify-full", "verify-ca"] {
+            assert!(production.check(Some(&db(strong)), None).is_ok(), "{strong}");
+        }
+        assert!(production.check(None, Some("http://127.0.0.1:4567")).is_err());
+        assert!(production.check(None, Some("https://kinesis.eu-west-1.amazonaws.com")).is_ok());
+        assert!(production.check(None, Some("")).is_ok(), "AWS's own endpoint");
+        // development accepts anything
+        assert!(AppArgs::default().check(Some(&db("disable")), Some("http://x")).is_ok());
     }
 }

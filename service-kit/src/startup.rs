@@ -230,6 +230,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
 /// database (waiting for it, then migrating).
 pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<PgPool> {
     crate::telemetry::init(args.log.log_format);
+    args.app.check(Some(args.database.database_url.expose()), None).map_err(anyhow::Error::msg)?;
     let pool = connect(&args.database).await?;
     migrate(&pool).await?;
     Ok(pool)

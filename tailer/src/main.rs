@@ -50,12 +50,16 @@ struct Config {
     http: HttpArgs,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    app: service_kit::config::AppArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     service_kit::telemetry::init(config.log.log_format);
+    let (database_url, endpoint) = (config.database.database_url.expose(), &config.kinesis.kinesis_endpoint);
+    config.app.check(Some(database_url), Some(endpoint)).map_err(anyhow::Error::msg)?;
     let pool = service_kit::startup::connect(&config.database).await?;
     service_kit::startup::migrate(&pool).await?;
     let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;

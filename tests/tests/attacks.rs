@@ -306,5 +306,9 @@ async fn the_dev_login_works_only_on_a_loopback_address() {
     let refused = gateway::AppState::new(config.clone()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("DEV_LOGIN"), "{refused}");
     config.addr = "127.0.0.1:8080".parse().unwrap();
-    assert!(gateway::AppState::new(config).is_ok());
+    assert!(gateway::AppState::new(config.clone()).is_ok());
+    // and never in production
+    config.app.app_env = service_kit::config::AppEnv::Production;
+    let refused = gateway::AppState::new(config).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(refused.contains("APP_ENV=production"), "{refused}");
 }

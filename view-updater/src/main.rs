@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = boot(&config.service).await?;
     match config.command {
         None => {
+            config.service.app.check(None, Some(&config.kinesis.kinesis_endpoint)).map_err(anyhow::Error::msg)?;
             let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
             let state = AppState::new(&config, pool, Some(rapids.clone()))?;
             let shutdown = on_signals();
