@@ -44,7 +44,7 @@ declare -A TOOL_PATH=(
 TOOLS_BASE=(curl openssl jq runuser useradd psql initdb node npm)
 TOOLS_BROWSER=(chromium)
 TOOLS_IMAGES=(podman runc netavark aardvark-dns iptables debootstrap bc objcopy ip)
-TOOLS_BENCH=(pgbench)
+TOOLS_BENCH=(pgbench bc)
 
 tool_present() {
   local path=${TOOL_PATH[$1]:-}

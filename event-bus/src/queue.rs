@@ -204,13 +204,7 @@ impl Arrivals {
 /// for none, 409 for a managed one, 403 for someone else's (an admin reads any).
 pub async fn check_generic(pool: &PgPool, caller: &Caller, river: &str) -> Result<(), ApiError> {
     crate::registry::check_river(river)?;
-    let row: Option<(bool, Option<String>)> =
-        sqlx::query_as("select managed, owner from rapids.rivers where name = $1")
-            .bind(river)
-            .fetch_optional(pool)
-            .await
-            .map_err(fault)?;
-    match row {
+    match crate::registry::river(pool, river).await? {
         None => Err(ApiError::new(ErrorCode::RiverNotFound, format!("no generic river `{river}`"))),
         Some((true, _)) => Err(ApiError::new(
             ErrorCode::RiverManaged,

@@ -162,16 +162,19 @@ pub fn check_river(river: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Whether the registry knows `river`: whether it is managed, and its owner.
+pub async fn river(pool: &PgPool, river: &str) -> Result<Option<(bool, Option<String>)>, ApiError> {
+    sqlx::query_as("select managed, owner from rapids.rivers where name = $1")
+        .bind(river)
+        .fetch_optional(pool)
+        .await
+        .map_err(fault)
+}
+
 /// A river's subscriptions (none for a river the registry does not know).
 pub async fn subscriptions(pool: &PgPool, river: &str) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
-    let row: Option<(bool, Option<String>)> =
-        sqlx::query_as("select managed, owner from rapids.rivers where name = $1")
-            .bind(river)
-            .fetch_optional(pool)
-            .await
-            .map_err(fault)?;
-    let (managed, owner) = row.unwrap_or((false, None));
+    let (managed, owner) = self::river(pool, river).await?.unwrap_or((false, None));
     let topics: Vec<String> = sqlx::query_scalar(
         "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
     )

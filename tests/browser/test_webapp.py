@@ -97,6 +97,15 @@ def sign_in(page, name, role):
     expect(page.locator("[data-test=signed-in-as]")).to_have_text(f"{name} · {role}")
 
 
+def refresh_until(page, done):
+    """Clicks the operator page's Refresh until `done()` holds, or WAIT_MS passed (the
+    caller's expectation then fails with its own message)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not done() and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        page.click("[data-test=ops-refresh]")
+
+
 def card(page, account_id):
     return page.locator(f"[data-test=account][data-account-id='{account_id}']")
 
@@ -268,10 +277,7 @@ def main():
                 expect(page.locator(f"[data-test=dead-letter][data-id='{ids['parked']}']")).to_be_visible()
                 # the reconciliation checks every few seconds: the books balance, in EUR too
                 books = page.locator("[data-test=ledger-status]")
-                deadline = time.monotonic() + WAIT_MS / 1000
-                while "EUR" not in page.locator("[data-test=ledger]").inner_text() and time.monotonic() < deadline:
-                    page.wait_for_timeout(500)
-                    page.click("[data-test=ops-refresh]")
+                refresh_until(page, lambda: "EUR" in page.locator("[data-test=ledger]").inner_text())
                 expect(books).to_have_text("The books balance.")
                 expect(page.locator("[data-test=ledger]")).to_contain_text("EUR")
             run.step("an admin sees the books balanced, the rivers (accounts, transfers, views), the tailer and the parked event", operator)
@@ -292,10 +298,7 @@ def main():
             def retry():
                 row = page.locator(f"[data-test=dead-letter][data-id='{ids['parked']}']")
                 row.locator("[data-test=retry]").click()
-                deadline = time.monotonic() + WAIT_MS / 1000
-                while row.count() and time.monotonic() < deadline:
-                    page.wait_for_timeout(500)
-                    page.click("[data-test=ops-refresh]")
+                refresh_until(page, lambda: row.count() == 0)
                 expect(row).to_have_count(0)
                 assert psql(f"select status from rapids.river_dead_letters where id = {ids['parked']}") == "resolved"
             run.step("Retry resolves the parked event and it leaves the list", retry)

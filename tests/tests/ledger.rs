@@ -118,6 +118,13 @@ async fn a_payment_rail_posts_a_payment_once_per_reference_and_nobody_else_can(
     let (balanced, report) = bankctl_reconcile(&pool).await;
     assert!(balanced, "{report}");
     assert_eq!(report["imbalance"]["EUR"], 0);
+    // the operator's page reads the same report; customers do not
+    let books = bus.get("/ops/ledger").token(&admin).send().await;
+    assert_eq!(
+        (books.expect(200)["balanced"].as_bool(), books.body["imbalance"]["EUR"].as_i64()),
+        (Some(true), Some(0))
+    );
+    bus.get("/ops/ledger").token(&alice).send().await.expect_error(403, "forbidden");
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
