@@ -21,7 +21,7 @@ use sqlx::PgPool;
 /// The topics of the tasks addressed to this service.
 pub const TOPICS: &str = "accounts.*";
 /// Receive a payment from another bank.
-pub const RECEIVE: &str = "accounts.payment.receive";
+pub const RECEIVE: &str = rapids::tasks::PAYMENT_RECEIVE;
 /// The actor of the payments' idempotency records: `saga:` records never expire.
 const ACTOR: &str = "saga:payments";
 const REFUSER: Refuser = Refuser { service: "account-service", domain: "account" };

@@ -98,7 +98,8 @@ enum Command {
         id: Option<i64>,
     },
     /// Print each service's /ready answer (status and body) as JSON; fail unless all
-    /// are ready.
+    /// are ready. `https://` URLs are verified against the system's roots and the CAs
+    /// in BANK_CA_FILE.
     Status {
         /// account-service base URL.
         #[arg(long, env = "ACCOUNT_SERVICE_URL", default_value = "http://127.0.0.1:8081")]
@@ -120,8 +121,8 @@ enum Command {
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Each service's `/ready`, asked at once; the report and whether all are ready.
-async fn status(urls: Urls) -> (Value, bool) {
-    let bank = BankClient::anonymous(urls.clone());
+async fn status(urls: Urls, http: reqwest::Client) -> (Value, bool) {
+    let bank = BankClient::anonymous(urls.clone()).with_http(http);
     let ask = |base: String| {
         let bank = bank.clone();
         async move {
@@ -216,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{marked} dead letter(s) of river {river} marked for retry");
         }
         Command::Status { accounts, transfers, queries } => {
-            let (report, all_ready) = status(Urls { accounts, transfers, queries }).await;
+            let (report, all_ready) = status(Urls { accounts, transfers, queries }, verbs::reqwest_client()?).await;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !all_ready {
                 anyhow::bail!("not every service is ready");

@@ -19,6 +19,8 @@ use uuid::Uuid;
 pub const BUS_URL_VAR: &str = "BANK_BUS_URL";
 /// A bearer token to call with.
 pub const TOKEN_VAR: &str = "BANK_TOKEN";
+/// A PEM file of CA certificates to trust for `https://` URLs, beside the system's roots.
+pub const CA_FILE_VAR: &str = "BANK_CA_FILE";
 /// Without a token, a secret to mint one with.
 pub const SECRET_VAR: &str = "JWT_SECRET";
 
@@ -160,8 +162,14 @@ pub fn client_from_env() -> anyhow::Result<BusClient> {
     Ok(BusClient::new(select_bus_url(var(BUS_URL_VAR)), token).with_http(http))
 }
 
-fn reqwest_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder().pool_max_idle_per_host(0).build().context("cannot set up the HTTP client")
+/// The HTTP client of every call: `https://` URLs verified against the system's roots
+/// and `BANK_CA_FILE`'s CAs; no idle connections.
+pub fn reqwest_client() -> anyhow::Result<reqwest::Client> {
+    let ca_file = std::env::var_os(CA_FILE_VAR).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    bank_client::http_builder(ca_file.as_deref())?
+        .pool_max_idle_per_host(0)
+        .build()
+        .context("cannot set up the HTTP client")
 }
 
 /// `data` as the event's payload: a JSON object, `{}` when absent.

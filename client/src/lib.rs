@@ -129,6 +129,22 @@ impl Readiness {
     }
 }
 
+/// An HTTP client builder that reaches `https://` services: rustls with the system's
+/// root certificates, plus every CA certificate in the PEM file `ca_file` when given
+/// (a private CA in front of the services). The file is read now: a missing or
+/// malformed one is an error naming it.
+pub fn http_builder(ca_file: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder, std::io::Error> {
+    let builder = reqwest::Client::builder().use_rustls_tls();
+    let Some(path) = ca_file else { return Ok(builder) };
+    let pem = std::fs::read(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read the CA file {}: {e}", path.display())))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| std::io::Error::other(format!("{} holds no PEM certificate", path.display())))?;
+    Ok(certificates.into_iter().fold(builder, reqwest::ClientBuilder::add_root_certificate))
+}
+
 /// The client: base URLs, a connection pool, and the caller's bearer token.
 #[derive(Debug, Clone)]
 pub struct BankClient {

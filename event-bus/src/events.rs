@@ -3,13 +3,13 @@
 //! them to the rapids like every other event. Also the paged query of every stored
 //! event by type, source and stream.
 
-use crate::names;
+use crate::{names, registry};
 use eventstore::envelope::EventMetadata;
 use eventstore::store::{Append, NewEvent};
 use eventstore::{EventStore, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use service_kit::auth::Caller;
+use service_kit::auth::{Caller, Role};
 use service_kit::{ApiError, ErrorCode};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
@@ -159,16 +159,39 @@ fn repeat(post: &PostEvent, event_id: Uuid, stored: &StoredRow) -> Result<Posted
     Ok(PostedEvent { event_id, ..stored.answer() })
 }
 
-/// Stores a checked event; `Ok((answer, replayed))`.
+/// What a customer's post must meet beyond every post's checks: an advertised topic
+/// (or a bank's task), and at most `max_bytes` of data and tags.
+async fn customer_may_post(pool: &PgPool, post: &PostEvent, max_bytes: usize) -> Result<(), ApiError> {
+    let data = serde_json::to_vec(&post.data).map_or(usize::MAX, |b| b.len());
+    let tags = post.tags.as_ref().map_or(Ok(0), |t| serde_json::to_vec(t).map(|b| b.len())).unwrap_or(usize::MAX);
+    let bytes = data.saturating_add(tags);
+    if bytes > max_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("a customer's event holds at most {max_bytes} bytes of data and tags"),
+        ));
+    }
+    if !registry::postable_by_customers(pool, &post.event_type).await? {
+        return Err(ApiError::new(ErrorCode::TopicNotAdvertised, ErrorCode::TopicNotAdvertised.meaning()));
+    }
+    Ok(())
+}
+
+/// Stores a checked event; `Ok((answer, replayed))`. A customer's event is held to
+/// advertised topics and `customer_max_bytes`.
 pub async fn post(
     store: &EventStore,
     pool: &PgPool,
     caller: &Caller,
+    customer_max_bytes: usize,
     request_id: Option<String>,
     correlation_id: Option<String>,
     post: PostEvent,
 ) -> Result<(PostedEvent, bool), ApiError> {
     post.check()?;
+    if caller.role == Role::Customer {
+        customer_may_post(pool, &post, customer_max_bytes).await?;
+    }
     let event_id = post.event_id.unwrap_or_else(Uuid::now_v7);
     let stream_id = Uuid::now_v7();
     let partition_key = post.partition_key.clone().unwrap_or_else(|| Uuid::new_v4().to_string());

@@ -92,7 +92,10 @@ pub const POST_ERRORS: &[ErrorCode] = &[
     ErrorCode::InvalidTags,
     ErrorCode::InvalidPartitionKey,
     ErrorCode::ReservedEventType,
+    ErrorCode::ReservedSource,
+    ErrorCode::TopicNotAdvertised,
     ErrorCode::EventIdReused,
+    ErrorCode::RateLimited,
 ];
 pub const QUERY_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery, ErrorCode::Forbidden];
 pub const TOPIC_ERRORS: &[ErrorCode] = &[
@@ -120,7 +123,9 @@ pub const QUEUE_ERRORS: &[ErrorCode] = &[
 ];
 
 /// Stores an event (201 after its commit); the tailer plays it to the rapids. Any
-/// authenticated caller may post; the token's subject and role are recorded with it.
+/// authenticated caller may post, at a rate per subject (429 `rate_limited`); a
+/// customer only advertised topics and the bank's tasks, with less data. The token's
+/// subject and role are recorded with it.
 #[utoipa::path(post, path = "/events", tag = "events",
     request_body = PostEvent,
     responses((status = 201, description = "stored; a repeat of its event_id answers the same", body = PostedEvent)))]
@@ -130,10 +135,12 @@ async fn post_event(
     headers: axum::http::HeaderMap,
     body: ApiJson<PostEvent>,
 ) -> Result<Response, ApiError> {
+    state.post_limit.check(&caller.subject)?;
     let (answer, replayed) = events::post(
         &state.store,
         &state.kit.pool,
         &caller,
+        state.customer_max_event_bytes,
         header(&headers, REQUEST_ID),
         header(&headers, CORRELATION_ID),
         body.value,

@@ -27,6 +27,7 @@ use rapids::config::{KinesisArgs, RiverArgs};
 use service_kit::auth::JwtVerifier;
 use service_kit::config::ServiceArgs;
 use service_kit::http::Kit;
+use service_kit::limit::SubjectLimit;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +51,15 @@ pub struct Config {
     /// Largest body of a posted event (413 `payload_too_large` above it).
     #[arg(long, env = "BUS_MAX_EVENT_BYTES", default_value_t = Config::new(ServiceArgs::default()).max_event_bytes)]
     pub max_event_bytes: usize,
+    /// Largest data and tags of a customer's event (413 `payload_too_large` above it).
+    #[arg(long, env = "BUS_CUSTOMER_MAX_EVENT_BYTES", default_value_t = Config::new(ServiceArgs::default()).customer_max_event_bytes)]
+    pub customer_max_event_bytes: usize,
+    /// Events a second each token subject may post (sustained; 429 `rate_limited` above it).
+    #[arg(long, env = "BUS_POSTS_PER_S", default_value_t = Config::new(ServiceArgs::default()).posts_per_s)]
+    pub posts_per_s: u32,
+    /// Events a subject may post at once above its rate.
+    #[arg(long, env = "BUS_POSTS_BURST", default_value_t = Config::new(ServiceArgs::default()).posts_burst)]
+    pub posts_burst: u32,
     /// Longest `wait_ms` of a receive.
     #[arg(long, env = "BUS_MAX_WAIT_MS", default_value_t = Config::new(ServiceArgs::default()).max_wait_ms)]
     pub max_wait_ms: u64,
@@ -71,6 +81,9 @@ impl Config {
             kinesis: KinesisArgs::default(),
             river: RiverArgs::default(),
             max_event_bytes: 256 * 1024,
+            customer_max_event_bytes: 16 * 1024,
+            posts_per_s: 50,
+            posts_burst: 100,
             max_wait_ms: 20_000,
             river_sync_ms: 1_000,
         }
@@ -86,6 +99,9 @@ pub struct AppState {
     pub arrivals: Arc<queue::Arrivals>,
     pub max_wait: Duration,
     pub river_metrics: rapids::river::RiverMetrics,
+    /// Each subject's rate of posts.
+    pub post_limit: Arc<SubjectLimit>,
+    pub customer_max_event_bytes: usize,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -101,6 +117,8 @@ impl AppState {
             service_kit::config::HttpArgs { body_limit_bytes: config.max_event_bytes, ..config.service.http.clone() };
         let registry = prometheus::Registry::new();
         let river_metrics = rapids::river::RiverMetrics::register(&registry)?;
+        let limited = prometheus::IntCounter::new("bus_posts_limited_total", "Posts refused by the rate limit")?;
+        registry.register(Box::new(limited.clone()))?;
         let mut kit = Kit::new("event-bus", pool.clone(), registry, openapi::document_json(), &http)?;
         if let Some(rapids) = &rapids {
             kit = kit.with_check("kinesis", rapids.readiness());
@@ -112,6 +130,8 @@ impl AppState {
             arrivals: Arc::new(queue::Arrivals::default()),
             max_wait: config.service.http.wait_budget(config.max_wait_ms),
             river_metrics,
+            post_limit: Arc::new(SubjectLimit::new(config.posts_per_s, config.posts_burst, limited)),
+            customer_max_event_bytes: config.customer_max_event_bytes,
         })
     }
 }
@@ -122,7 +142,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Starts what runs beside the routes until `shutdown`: the listener that wakes
-/// receives, and the generic rivers (unless rivers are disabled).
+/// receives, the rate limit's forgetting, and the generic rivers (unless rivers are
+/// disabled).
 pub fn start_background(
     config: &Config,
     state: &AppState,
@@ -130,6 +151,12 @@ pub fn start_background(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let listening = tokio::spawn(state.arrivals.clone().listen(state.kit.pool.clone(), shutdown.clone()));
+    let (limit, stop) = (state.post_limit.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        while tokio::time::timeout(Duration::from_secs(60), stop.cancelled()).await.is_err() {
+            limit.forget_idle();
+        }
+    });
     let rivers = config.river.river_enabled.then(|| {
         tokio::spawn(queue::run_generic_rivers(
             state.kit.pool.clone(),

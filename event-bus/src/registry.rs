@@ -60,7 +60,7 @@ pub struct Advertise {
     pub description: Option<String>,
 }
 
-/// Advertised topics first (by name), then the bank's own.
+/// Advertised topics first (by name), then the bank's own events and tasks.
 pub async fn topics(pool: &PgPool) -> Result<Vec<Topic>, ApiError> {
     let mut topics: Vec<Topic> = sqlx::query_as(
         "select name, description, advertised_by, advertised_at, false as builtin from rapids.topics order by name",
@@ -68,14 +68,28 @@ pub async fn topics(pool: &PgPool) -> Result<Vec<Topic>, ApiError> {
     .fetch_all(pool)
     .await
     .map_err(fault)?;
-    topics.extend(BANK_TOPICS.iter().map(|name| Topic {
-        name: (*name).into(),
-        description: "an event of the bank's aggregates".into(),
+    let builtin = |name: &str, description: &str| Topic {
+        name: name.into(),
+        description: description.into(),
         advertised_by: "bank".into(),
         advertised_at: None,
         builtin: true,
-    }));
+    };
+    topics.extend(BANK_TOPICS.iter().map(|name| builtin(name, "an event of the bank's aggregates")));
+    topics.extend(rapids::tasks::BANK_TASKS.iter().map(|name| builtin(name, "a task the bank's services take")));
     Ok(topics)
+}
+
+/// Whether a customer may post `event_type`: an advertised topic or a bank's task.
+pub async fn postable_by_customers(pool: &PgPool, event_type: &str) -> Result<bool, ApiError> {
+    if rapids::tasks::BANK_TASKS.contains(&event_type) {
+        return Ok(true);
+    }
+    sqlx::query_scalar("select exists (select 1 from rapids.topics where name = $1)")
+        .bind(event_type)
+        .fetch_one(pool)
+        .await
+        .map_err(fault)
 }
 
 /// Advertises a topic; `Ok((topic, created))` (advertising it again changes nothing).

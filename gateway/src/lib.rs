@@ -20,7 +20,7 @@ use axum::extract::{FromRef, Request, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use service_kit::limit::SubjectLimit;
 use proxy::Upstream;
 use serde::{Deserialize, Serialize};
 use service_kit::auth::{Caller, JwtVerifier, Role};
@@ -29,7 +29,6 @@ use service_kit::extract::ApiJson;
 use service_kit::http::Kit;
 use service_kit::{ApiError, ErrorCode};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +71,10 @@ pub struct Config {
     /// Requests a subject may make at once above its rate.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
+    /// A PEM file of CA certificates to trust for `https://` upstreams, beside the
+    /// system's roots.
+    #[arg(long, env = "UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// The web app's files.
     #[arg(long, env = "GATEWAY_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
     pub web_dir: PathBuf,
@@ -100,9 +103,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub verifier: Arc<JwtVerifier>,
     pub client: reqwest::Client,
-    pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
-    /// Requests refused by the rate limit.
-    pub limited: prometheus::IntCounter,
+    /// Each subject's rate of requests.
+    pub limiter: Arc<SubjectLimit>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -124,7 +126,9 @@ impl AppState {
         let limited = prometheus::IntCounter::new("gateway_rate_limited_total", "Requests refused by the rate limit")?;
         registry.register(Box::new(limited.clone()))?;
         let kit = Kit::without_database("gateway", registry, openapi::own_document(), &config.http)?;
-        let client = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
+        let client = bank_client::http_builder(config.upstream_ca_file.as_deref())?
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
         let mut kit = kit;
         for upstream in Upstream::ALL {
             let (client, url) = (client.clone(), format!("{}/health", config.base(upstream).trim_end_matches('/')));
@@ -133,15 +137,13 @@ impl AppState {
                 async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
             });
         }
-        let per_s = NonZeroU32::new(config.rate_limit_per_s.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.rate_limit_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limiter = SubjectLimit::new(config.rate_limit_per_s, config.rate_limit_burst, limited);
         Ok(AppState {
             kit,
             verifier: Arc::new(JwtVerifier::from_args(&config.auth)?),
             config: Arc::new(config),
             client,
-            limiter: Arc::new(RateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))),
-            limited,
+            limiter: Arc::new(limiter),
         })
     }
 }
@@ -227,13 +229,7 @@ async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Req
     };
     // authenticated at the edge: a bad token never reaches a service
     let caller = caller?;
-    if let Err(not_until) = state.limiter.check_key(&caller.subject) {
-        state.limited.inc();
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return Err(ApiError::new(ErrorCode::RateLimited, "too many requests; retry after Retry-After")
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1))));
-    }
+    state.limiter.check(&caller.subject)?;
     let body: Bytes = axum::body::to_bytes(body, state.kit.body_limit)
         .await
         .map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, "the body is too large"))?;
@@ -300,7 +296,7 @@ pub fn start_background(state: &AppState, shutdown: CancellationToken) -> tokio:
                 state.kit.set_openapi(document);
                 complete = all;
             }
-            state.limiter.retain_recent();
+            state.limiter.forget_idle();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(if complete { 60 } else { 2 })) => {}
@@ -309,7 +305,6 @@ pub fn start_background(state: &AppState, shutdown: CancellationToken) -> tokio:
     })
 }
 
-/// Serves until `shutdown` is cancelled.
 /// Serves the public address on `listener` and the operational routes on `admin`
 /// until `shutdown` is cancelled.
 pub async fn run(

@@ -17,6 +17,13 @@ use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// Create a transfer, as `POST /transfers` does (transfer-service).
+pub const TRANSFER_CREATE: &str = "transfers.transfer.create";
+/// Receive a payment from another bank (account-service; a rail's only).
+pub const PAYMENT_RECEIVE: &str = "accounts.payment.receive";
+/// The tasks the bank's services take: postable without advertising.
+pub const BANK_TASKS: &[&str] = &[TRANSFER_CREATE, PAYMENT_RECEIVE];
+
 /// The stream type of the refusals.
 pub const REJECTION_STREAM_TYPE: &str = "task";
 

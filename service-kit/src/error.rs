@@ -70,6 +70,7 @@ error_codes! {
     Forbidden = ("forbidden", FORBIDDEN, "the caller may not act on or read this resource"),
     ReservedEventType = ("reserved_event_type", FORBIDDEN, "account.* and transfer.* events come only from the bank's aggregates"),
     ReservedSource = ("reserved_source", FORBIDDEN, "the bank's own domains (account, transfer, ledger, bank) post no events to the bus"),
+    TopicNotAdvertised = ("topic_not_advertised", FORBIDDEN, "a customer posts only advertised topics and the bank's tasks (POST /topics advertises one)"),
     NotFound = ("not_found", NOT_FOUND, "no such route"),
     AccountNotFound = ("account_not_found", NOT_FOUND, "no such account"),
     TransferNotFound = ("transfer_not_found", NOT_FOUND, "no such transfer"),

@@ -10,6 +10,7 @@
 //!   command metadata (request id, Idempotency-Key, request hash).
 //! * [`metrics`]: Prometheus registry and per-route request metrics.
 //! * [`http`]: the layer stack, `/health`, `/ready`, `/metrics`, `/openapi.json`, `serve`.
+//! * [`limit`]: per-subject rate limits (429 with Retry-After).
 //! * [`shutdown`]: one cancellation token for SIGINT/SIGTERM.
 //! * [`startup`]: connect to Postgres (waiting for it) and run the migrations.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod shutdown;

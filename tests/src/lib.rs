@@ -98,6 +98,78 @@ pub fn read_mode() -> rapids::river::ReadMode {
     }
 }
 
+/// A server of [`spawn_https`]: its `https://localhost:PORT` base and the PEM file of
+/// the CA that signed its certificate.
+pub struct Https {
+    pub running: Running,
+    pub ca_file: std::path::PathBuf,
+}
+
+/// Serves `router` over HTTPS on a free port of 127.0.0.1, with a certificate for
+/// `localhost` and `127.0.0.1` signed by a CA made here (its PEM in a file of its own),
+/// until the returned [`Https`] is dropped.
+pub async fn spawn_https(router: axum::Router) -> Https {
+    use tokio_rustls::rustls::{self, pki_types};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "bank test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let ca_file = std::env::temp_dir().join(format!("bank-test-ca-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            pki_types::PrivateKeyDer::Pkcs8(pki_types::PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://localhost:{}", tcp.local_addr().unwrap().port());
+    let listener = TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)) };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await });
+    Https { running: Running { base, shutdown }, ca_file }
+}
+
+impl Drop for Https {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
+
+/// TCP connections that become TLS sessions; a failed handshake is dropped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// River settings for tests: leases that expire in seconds, shards polled often.
 pub fn fast_river() -> RiverArgs {
     RiverArgs {

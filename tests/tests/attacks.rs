@@ -2,7 +2,8 @@
 //! route check walked around with backslashes and encoded separators, its metrics
 //! grown with made-up methods, an undeclared method on a known path, a token subject
 //! that would share the saga's idempotency namespace, the web app framed by another
-//! site.
+//! site, the rapids flooded or written to as the bank, rivers drained by another
+//! caller, known secrets, a dev login on a public address.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
@@ -127,6 +128,7 @@ async fn a_generic_river_is_its_owners_and_nobody_posts_as_the_bank(pool: PgPool
     let created = bus.request(reqwest::Method::PUT, "/rivers/tinas/subscriptions/offer.made").token(&tina).send().await;
     assert_eq!(created.expect(200)["owner"], "tina");
     let alice = token("alice", Customer);
+    bus.post("/topics").token(&tina).json(json!({"name": "offer.made"})).send().await.expect(201);
     let posted = bus
         .post("/events")
         .token(&alice)
@@ -199,6 +201,45 @@ async fn a_generic_river_is_its_owners_and_nobody_posts_as_the_bank(pool: PgPool
 }
 
 /// A token signed with `secret` (HS256), its header's `kid` and claims as given.
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_customer_can_neither_flood_the_rapids_nor_post_what_nobody_advertised(pool: PgPool) {
+    // a bus whose posts are limited to 1 a second with a burst of 3, per subject
+    let config =
+        event_bus::Config { posts_per_s: 1, posts_burst: 3, ..event_bus::Config::new(tests::service_args(&pool)) };
+    let state = event_bus::AppState::new(&config, pool.clone(), None).unwrap();
+    let running = tests::spawn(event_bus::router(state)).await;
+    let bus = tests::Api::new(&running.base);
+    let (mallory, alice) = (token("mallory", Customer), token("alice", Customer));
+    let before = tests::total_events(&pool).await;
+    let post = |who: &str, kind: &str, data: serde_json::Value| {
+        bus.post("/events").token(who).json(json!({"type": kind, "source": "shop", "data": data})).send()
+    };
+    // an unadvertised topic, a bank's task, too much data: each refused or held to the rules
+    post(&mallory, "victim.spammed", json!({})).await.expect_error(403, "topic_not_advertised");
+    let teller = tests::teller_token();
+    bus.post("/topics").token(&teller).json(json!({"name": "offer.made"})).send().await.expect(201);
+    let big = json!({"blob": "x".repeat(17 * 1024)});
+    post(&mallory, "offer.made", big).await.expect_error(413, "payload_too_large");
+    assert_eq!(tests::total_events(&pool).await, before, "a refusal stored something");
+    // every attempt counts against the burst: within a few more posts, 429 with Retry-After
+    let mut stored: i64 = 0;
+    let limited = loop {
+        let reply = post(&mallory, "offer.made", json!({"n": stored})).await;
+        if reply.status != 201 {
+            break reply;
+        }
+        stored += 1;
+        assert!(stored <= 3, "a burst of 3 at 1/s let {stored} posts through after 2 attempts");
+    };
+    limited.expect_error(429, "rate_limited");
+    let retry: u64 = limited.headers.get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    assert!(retry >= 1, "429 without a Retry-After: {:?}", limited.headers);
+    assert_eq!(tests::total_events(&pool).await, before + stored, "a limited post was stored");
+    // another subject has its own budget; what mallory did costs alice nothing
+    post(&alice, "offer.made", json!({"n": 1})).await.expect(201);
+    assert_eq!(tests::total_events(&pool).await, before + stored + 1);
+}
+
 fn signed(secret: &str, kid: Option<&str>, claims: serde_json::Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = kid.map(str::to_owned);
@@ -311,4 +352,67 @@ async fn the_dev_login_works_only_on_a_loopback_address() {
     config.app.app_env = service_kit::config::AppEnv::Production;
     let refused = gateway::AppState::new(config).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(refused.contains("APP_ENV=production"), "{refused}");
+}
+
+/// An upstream that says which path it was asked, over HTTPS only.
+fn tls_upstream() -> axum::Router {
+    axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+        axum::Json(json!({"status": "ready", "served_over_tls": uri.path()}))
+    })
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn the_gateway_reaches_https_upstreams_and_verifies_them(pool: PgPool) {
+    let upstream = tests::spawn_https(tls_upstream()).await;
+    let bank = start_bank(&pool).await;
+    let alice = token("alice", Customer);
+    // trusting the upstream's CA: the request goes through, over TLS
+    let ca = upstream.ca_file.clone();
+    let base = upstream.running.base.clone();
+    let gateway = tests::start_gateway(&bank, |c| {
+        c.query_service_url = base.clone();
+        c.upstream_ca_file = Some(ca);
+    })
+    .await;
+    let reply = gateway.api.get("/api/accounts").token(&alice).send().await;
+    assert_eq!(reply.expect(200)["served_over_tls"], "/accounts");
+    // with the system's roots alone, the private CA's certificate is refused: no answer
+    let base = upstream.running.base.clone();
+    let untrusting = tests::start_gateway(&bank, |c| c.query_service_url = base).await;
+    untrusting.api.get("/api/accounts").token(&alice).send().await.expect_error(503, "upstream_unavailable");
+    // a CA file that holds no certificate stops the gateway at start-up, naming the file
+    let empty = std::env::temp_dir().join(format!("bank-empty-ca-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&empty, "not a certificate").unwrap();
+    let mut config = <gateway::Config as clap::Parser>::try_parse_from(["gateway"]).unwrap();
+    config.auth = service_kit::config::AuthArgs::hs256(tests::secret());
+    config.upstream_ca_file = Some(empty.clone());
+    let refused = gateway::AppState::new(config).err().map(|e| e.to_string()).unwrap_or_default();
+    std::fs::remove_file(&empty).unwrap();
+    assert!(refused.contains("holds no PEM certificate"), "{refused}");
+}
+
+#[tokio::test]
+async fn bankctl_reaches_https_services_and_verifies_them() {
+    let upstream = tests::spawn_https(tls_upstream()).await;
+    let base = upstream.running.base.clone();
+    let status = async |ca: Option<&std::path::Path>| {
+        let mut command = tokio::process::Command::new(tests::binary("bankctl"));
+        command.args(["status", "--accounts", &base, "--transfers", &base, "--queries", &base]);
+        command.env_remove("BANK_CA_FILE");
+        if let Some(ca) = ca {
+            command.env("BANK_CA_FILE", ca);
+        }
+        command.output().await.unwrap()
+    };
+    let trusted = status(Some(&upstream.ca_file)).await;
+    let report: serde_json::Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert!(trusted.status.success(), "{report}");
+    assert_eq!(report["query-service"]["status"], 200);
+    assert_eq!(report["query-service"]["body"]["served_over_tls"], "/ready");
+    // the system's roots alone do not know the private CA: not ready, with the reason
+    let untrusted = status(None).await;
+    assert!(!untrusted.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
+    let error = report["account-service"]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("certificate"), "{report}");
 }

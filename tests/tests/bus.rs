@@ -24,6 +24,14 @@ async fn post(bus: &Api, who: &str, body: Value) -> tests::Reply {
     bus.post("/events").token(who).json(body).send().await
 }
 
+/// A teller advertises `topics`, which customers may then post.
+async fn advertise(bus: &Api, topics: &[&str]) {
+    for topic in topics {
+        let reply = bus.post("/topics").token(&tests::teller_token()).json(json!({"name": topic})).send().await;
+        assert!(matches!(reply.status, 200 | 201), "{topic}: {}", reply.body);
+    }
+}
+
 /// Receives from a generic river until `want` messages arrived (each acked unless
 /// `ack` is false) or 20 s passed; returns them in order.
 async fn receive_all(bus: &Api, admin: &str, river: &str, want: usize, ack: bool) -> Vec<Value> {
@@ -58,6 +66,7 @@ async fn a_posted_event_is_stored_before_its_answer_and_a_repeat_of_its_id_store
     let bank = start_bank(&pool).await;
     let bus = Api::new(&bank.bus.base);
     let alice = token("alice", Customer);
+    advertise(&bus, &["page.viewed"]).await;
     let id = Uuid::now_v7();
     let body = json!({"type": "page.viewed", "source": "web", "data": {"page": "/"}, "event_id": id,
                       "partition_key": "user-7", "tags": {"app": "site"}});
@@ -126,9 +135,18 @@ async fn every_refusal_has_its_code_and_stores_nothing(pool: PgPool) {
     post(&bus, &alice, event("ViewPage", json!({"blob": big}))).await.expect_error(413, "payload_too_large");
     bus.post("/events").json(event("ViewPage", json!({}))).send().await.expect_error(401, "missing_token");
     bus.post("/events").token(&alice).raw("{not json").send().await.expect_error(400, "malformed_json");
+    // a customer posts only advertised topics, with at most 16 KiB of data and tags
+    post(&bus, &alice, event("ViewPage", json!({}))).await.expect_error(403, "topic_not_advertised");
+    advertise(&bus, &["ViewPage"]).await;
+    let over = json!({"blob": "z".repeat(16 * 1024)});
+    post(&bus, &alice, event("ViewPage", over.clone())).await.expect_error(413, "payload_too_large");
     assert_eq!(total_events(&pool).await, before, "a refusal stored something");
-    // a body of 200 KiB is within the limit
-    post(&bus, &alice, event("ViewPage", json!({"blob": "y".repeat(200 * 1024)}))).await.expect(201);
+    // ... which is within a machine identity's limit, as is a body of 200 KiB
+    let shop = token("shop", tests::Service);
+    post(&bus, &shop, event("ViewPage", over)).await.expect(201);
+    post(&bus, &shop, event("Unadvertised", json!({"blob": "y".repeat(200 * 1024)}))).await.expect(201);
+    post(&bus, &alice, event("ViewPage", json!({"blob": "y".repeat(15 * 1024)}))).await.expect(201);
+    assert_eq!(total_events(&pool).await, before + 3);
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
@@ -138,6 +156,7 @@ async fn stored_events_page_by_position_with_filters_for_staff_only(pool: PgPool
     let alice = token("alice", Customer);
     let accounts = Api::new(&bank.accounts.base);
     let account = accounts.open_account(&alice, "EUR", 100).await;
+    advertise(&bus, &["page.viewed", "cart.filled"]).await;
     for i in 0..5 {
         post(&bus, &alice, json!({"type": "page.viewed", "source": "web", "data": {"i": i}})).await.expect(201);
         post(&bus, &alice, json!({"type": "cart.filled", "source": "shop", "data": {"i": i}})).await.expect(201);
@@ -361,6 +380,8 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
     let bus = Api::new(&bank.bus.base);
     let admin = token("root", Admin);
     let alice = token("alice", Customer);
+    // a machine identity posts the topics (no advertising needed)
+    let shop = token("shop", tests::Service);
 
     // a service's river, running before it has any subscription
     let recorder = Recorder::default();
@@ -378,9 +399,9 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
     tokio::spawn(River::new(config, pool.clone(), bank.rapids.clone(), recorder.clone(), metrics).run(stop.clone()));
 
     let send = |kind: &'static str, n: &'static str| {
-        let (bus, alice) = (bus.clone(), alice.clone());
+        let (bus, shop) = (bus.clone(), shop.clone());
         async move {
-            post(&bus, &alice, json!({"type": kind, "source": "s", "data": {"n": n}, "partition_key": "one-shard"}))
+            post(&bus, &shop, json!({"type": kind, "source": "s", "data": {"n": n}, "partition_key": "one-shard"}))
                 .await
                 .expect(201);
         }
@@ -464,10 +485,10 @@ async fn a_generic_river_is_a_queue_that_loses_nothing(pool: PgPool) {
     let bus = Api::new(&bank.bus.base);
     let admin = token("root", Admin);
     let alice = token("alice", Customer);
-    // sent before the first subscription: never delivered
-    post(&bus, &alice, event("ViewPage", json!({"n": "before"}))).await.expect(201);
     bus.post("/topics").token(&admin).json(json!({"name": "ViewPage"})).send().await.expect(201);
     bus.post("/topics").token(&admin).json(json!({"name": "ViewPage"})).send().await.expect(200);
+    // sent before the first subscription: never delivered
+    post(&bus, &alice, event("ViewPage", json!({"n": "before"}))).await.expect(201);
     bus.request(reqwest::Method::PUT, "/rivers/q1/subscriptions/ViewPage").token(&admin).send().await.expect(200);
     let empty = bus.post("/rivers/q1/receive").token(&admin).json(json!({"wait_ms": 300})).send().await;
     assert_eq!(empty.expect(200)["messages"], json!([]));

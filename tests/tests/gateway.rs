@@ -103,7 +103,10 @@ async fn the_bank_works_through_the_gateway_alone(pool: PgPool) {
         .send()
         .await;
     assert_eq!(as_of.expect(200)["balance"], 1500);
-    // the event bus too
+    // the event bus too, once a teller advertised the topic
+    let teller = tests::teller_token();
+    let ad = api.post("/api/topics").token(&teller).json(json!({"name": "page.viewed"})).send().await;
+    ad.expect(201);
     let posted = api
         .post("/api/events")
         .token(&alice)

@@ -19,7 +19,7 @@ use service_kit::ErrorCode;
 /// The topics of the tasks addressed to this service.
 pub const TOPICS: &str = "transfers.*";
 /// Create a transfer, as `POST /transfers` does.
-pub const CREATE: &str = "transfers.transfer.create";
+pub const CREATE: &str = rapids::tasks::TRANSFER_CREATE;
 /// Says why a task was refused.
 pub const REJECTED: &str = "transfer.task_rejected";
 const REFUSER: Refuser = Refuser { service: "transfer-service", domain: "transfer" };
