@@ -99,6 +99,7 @@ pub(crate) async fn read_at(
     point: Point,
 ) -> Result<AccountDetail, ApiError> {
     let store = state.accounts.store();
+    let mut rows_read = 0;
     let then = match point {
         Point { version: Some(v), .. } if v > current.version => {
             return Err(ApiError::new(
@@ -111,12 +112,16 @@ pub(crate) async fn read_at(
         }
         // the current state is exact for its own version: no need to fold again
         Point { version: Some(v), time: None } if v == current.version => current,
-        Point { version, time } => store
-            .load_until::<Account>(id, version, time)
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the account was not opened yet at as_of"))?,
+        Point { version, time } => {
+            let past = store.load_at::<Account>(id, version, time).await?;
+            rows_read += past.rows_read;
+            past.loaded
+                .ok_or_else(|| ApiError::new(ErrorCode::AccountNotFound, "the account was not opened yet at as_of"))?
+        }
     };
     let recent = store.latest_of_types_until(id, BALANCE_EVENTS, then.version, 20).await?;
+    rows_read += recent.len();
+    state.past_read_rows.with_label_values(&["as_of"]).observe(rows_read as f64);
     let mut detail = crate::http::detail(id, &then.state, then.version, &recent);
     detail.as_of = point.time;
     detail.at_version = point.version;
@@ -178,7 +183,8 @@ pub(crate) async fn transfers(
 ) -> Result<Json<AccountTransfers>, ApiError> {
     let limit = limit(query.limit)?;
     readable(&state, &caller, id).await?;
-    let events = state.accounts.store().latest_per_data_key(id, "transfer_id", limit).await?;
+    let (events, rows_read) = state.accounts.store().latest_per_data_key(id, "transfer_id", limit).await?;
+    state.past_read_rows.with_label_values(&["transfers"]).observe(rows_read as f64);
     let items = events.into_iter().map(account_transfer).collect::<Result<_, _>>()?;
     Ok(Json(AccountTransfers { account_id: id, items }))
 }

@@ -69,6 +69,9 @@ pub struct AppState {
     pub max_amount: i64,
     pub kit: Kit,
     pub river_metrics: rapids::river::RiverMetrics,
+    /// Rows of the event store read per read of the past (`read`: `as_of` for
+    /// `?as_of=`/`?at_version=`, `transfers` for `/accounts/{id}/transfers`).
+    pub past_read_rows: prometheus::HistogramVec,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -91,12 +94,22 @@ impl AppState {
             parts.kit = parts.kit.with_check("kinesis", rapids.readiness());
         }
         let river_metrics = rapids::river::RiverMetrics::register(&parts.kit.registry)?;
+        let past_read_rows = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "account_past_read_rows",
+                "Rows of the event store read per read of the past (snapshot and events)",
+            )
+            .buckets(vec![1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10_000.0, 100_000.0]),
+            &["read"],
+        )?;
+        parts.kit.registry.register(Box::new(past_read_rows.clone()))?;
         Ok(AppState {
             accounts: parts.repository,
             verifier: parts.verifier,
             max_amount: config.commands.max_amount_minor,
             kit: parts.kit,
             river_metrics,
+            past_read_rows,
         })
     }
 }

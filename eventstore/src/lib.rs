@@ -23,4 +23,4 @@ pub mod watches;
 pub use bank_domain::aggregate::{self, Aggregate, DomainEvent};
 pub use envelope::EventMetadata;
 pub use repository::{CommandContext, CommandReply, ExecuteError, IdempotencyRequest, Repository, RepositoryConfig};
-pub use store::{EventStore, Loaded, StoreError};
+pub use store::{EventStore, Loaded, PastState, StoreError};

@@ -1,4 +1,5 @@
-//! The Postgres event store: `es.events`, `es.snapshots`, `es.idempotency`.
+//! The Postgres event store: `es.events`, `es.snapshots` (with `es.snapshot_history`),
+//! `es.idempotency`.
 //!
 //! An append is one SQL statement (events, the snapshot when due, and the
 //! idempotency record), so it is one round trip and atomic without an explicit
@@ -161,6 +162,13 @@ with appends as (
         set version = excluded.version, schema_version = excluded.schema_version,
             state = excluded.state, taken_at = now()
         where es.snapshots.version < excluded.version
+), snap_history as (
+    -- every snapshot, for reads of the past (load_at)
+    insert into es.snapshot_history (stream_id, stream_type, version, schema_version, state)
+    select r.stream_id, r.stream_type, s.version, s.schema_version, s.state
+    from unnest($11::int8[], $12::int[], $13::int2[], $14::jsonb[]) as s(idx, version, schema_version, state)
+    join ready r on r.idx = s.idx
+    on conflict (stream_id, version) do nothing
 ), idem as (
     insert into es.idempotency (actor, key, request_hash, body, stream_id)
     select i.actor, i.key, i.request_hash, i.body, r.stream_id
@@ -531,61 +539,105 @@ impl EventStore {
         Ok(deleted.rows_affected())
     }
 
-    /// A prefix of a stream of `stream_type`, oldest first: its events up to
-    /// `max_version` (when given) and before the first event recorded after
-    /// `recorded_by` (when given). Never a prefix with a gap, even where recording
-    /// times were out of version order.
-    pub async fn read_stream_until(
+    /// An aggregate as it was: the fold of its stream's events up to `max_version`
+    /// (when given) and before the first event recorded after `recorded_by` (when
+    /// given), each upcast like [`EventStore::load`]'s. It starts from the newest
+    /// snapshot of the code's schema version at or before that point
+    /// (`es.snapshot_history`) and reads only the events up to the next snapshot, so
+    /// the rows read are bounded by the snapshot interval however long the stream is.
+    /// `loaded` is `None` when the stream had no event by then.
+    ///
+    /// A stream's recording times follow its versions (an append starts after the
+    /// version it extends committed, and `recorded_at` is its statement's `now()`), so
+    /// a snapshot taken by `recorded_by` lies within the point's prefix.
+    #[tracing::instrument(skip_all, fields(stream_id = %stream_id), err(level = "debug"))]
+    pub async fn load_at<A: Aggregate>(
         &self,
         stream_id: Uuid,
-        stream_type: &str,
         max_version: Option<i32>,
         recorded_by: Option<DateTime<Utc>>,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "select position, stream_id, stream_type, version, event_id, type, schema_version,
-                    data, metadata, recorded_at
-             from es.events
-             where stream_id = $1 and stream_type = $2
-               and ($3::int4 is null or version <= $3)
-               and version::int8 < coalesce(
-                   (select min(version) from es.events where stream_id = $1 and recorded_at > $4),
-                   2147483648)
-             order by version",
-        )
-        .bind(stream_id)
-        .bind(stream_type)
-        .bind(max_version)
-        .bind(recorded_by)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(RecordedEvent::from).collect())
+    ) -> Result<PastState<A>, StoreError> {
+        match self.fold_at(stream_id, max_version, recorded_by, true).await? {
+            Some(past) => Ok(past),
+            // a snapshot the code cannot read is as good as none (as in `load`)
+            None => Ok(self
+                .fold_at(stream_id, max_version, recorded_by, false)
+                .await?
+                .unwrap_or(PastState { loaded: None, rows_read: 0 })),
+        }
     }
 
-    /// An aggregate as it was: the fold of [`EventStore::read_stream_until`]'s prefix,
-    /// each event upcast like [`EventStore::load`]'s. `None` when the stream had no
-    /// event by then. Replays from the first event: the latest snapshot may lie past
-    /// the point.
-    pub async fn load_until<A: Aggregate>(
+    /// [`EventStore::load_at`]'s fold, from a snapshot when `snapshots`; `None` when
+    /// the snapshot it found does not decode.
+    async fn fold_at<A: Aggregate>(
         &self,
         stream_id: Uuid,
         max_version: Option<i32>,
         recorded_by: Option<DateTime<Utc>>,
-    ) -> Result<Option<Loaded<A>>, StoreError> {
-        let events = self.read_stream_until(stream_id, A::STREAM_TYPE, max_version, recorded_by).await?;
-        let mut loaded = Loaded { state: A::default(), version: 0 };
-        for e in events {
-            if e.version != loaded.version + 1 {
-                let from = loaded.version;
-                return Err(StoreError::Corrupt(format!(
-                    "stream {stream_id} jumps from version {from} to {}",
-                    e.version
-                )));
+        snapshots: bool,
+    ) -> Result<Option<PastState<A>>, StoreError> {
+        type Row = (i16, i32, Option<String>, i16, sqlx::types::Json<serde_json::Value>, Option<DateTime<Utc>>);
+        // by a time, the snapshot index on taken_at finds the start; by a version, the key
+        let order = if recorded_by.is_some() { "taken_at desc, version desc" } else { "version desc" };
+        let sql = format!(
+            "with snapshot as (
+                 select version, state from es.snapshot_history
+                 where $6 and stream_id = $1 and stream_type = $2 and schema_version = $3
+                   and ($4::int4 is null or version <= $4)
+                   and ($5::timestamptz is null or taken_at <= $5)
+                 order by {order} limit 1
+             ), start as (
+                 select coalesce((select version from snapshot), 0) as version
+             ), stop as (
+                 -- the next snapshot lies past the point: no event after it is needed
+                 select coalesce(min(h.version), 2147483647) as version from es.snapshot_history h, start
+                 where $6 and h.stream_id = $1 and h.stream_type = $2 and h.schema_version = $3
+                   and h.version > start.version
+             )
+             select 0::int2, version, null::text, 0::int2, state, null::timestamptz from snapshot
+             union all
+             select 1::int2, e.version, e.type, e.schema_version, e.data, e.recorded_at
+             from es.events e, start, stop
+             where e.stream_id = $1 and e.stream_type = $2
+               and e.version > start.version and e.version <= stop.version
+               and ($4::int4 is null or e.version <= $4)
+             order by 1, 2"
+        );
+        let rows: Vec<Row> = sqlx::query_as(&sql)
+            .bind(stream_id)
+            .bind(A::STREAM_TYPE)
+            .bind(A::SNAPSHOT_SCHEMA_VERSION)
+            .bind(max_version)
+            .bind(recorded_by)
+            .bind(snapshots)
+            .fetch_all(&self.pool)
+            .await?;
+        let rows_read = rows.len();
+        let mut rows = rows.into_iter().peekable();
+        let (mut state, mut version) = match rows.next_if(|row| row.0 == 0) {
+            Some((_, version, _, _, state, _)) => match serde_json::from_value::<A>(state.0) {
+                Ok(state) => (state, version),
+                Err(error) => {
+                    tracing::warn!(%error, version, "ignoring unreadable snapshot");
+                    return Ok(None);
+                }
+            },
+            None => (A::default(), 0),
+        };
+        for (_, v, event_type, schema_version, data, recorded_at) in rows {
+            if recorded_by.is_some_and(|by| recorded_at.is_some_and(|at| at > by)) {
+                break;
             }
-            let event: A::Event = aggregate::decode_versioned(&e.event_type, e.schema_version, e.data)?;
-            loaded = Loaded { state: loaded.state.apply(&event), version: e.version };
+            if v != version + 1 {
+                return Err(StoreError::Corrupt(format!("stream {stream_id} jumps from version {version} to {v}")));
+            }
+            let event: A::Event =
+                aggregate::decode_versioned(event_type.as_deref().unwrap_or_default(), schema_version, data.0)?;
+            state = state.apply(&event);
+            version = v;
         }
-        Ok((loaded.version > 0).then_some(loaded))
+        let loaded = (version > 0).then_some(Loaded { state, version });
+        Ok(Some(PastState { loaded, rows_read }))
     }
 
     /// The stream's newest events of the given types at or below `max_version`, newest first.
@@ -613,30 +665,55 @@ impl EventStore {
 
     /// The stream's newest event for each distinct value of its data's `key` (events
     /// without it are left out), newest first, at most `limit`: e.g. an account's
-    /// latest step of each transfer (`transfer_id`).
+    /// latest step of each transfer (`transfer_id`). Read backwards by version a page
+    /// at a time, so the rows read are those since the `limit`-th value's newest
+    /// event, not the whole stream; also returns how many rows were read.
     pub async fn latest_per_data_key(
         &self,
         stream_id: Uuid,
         key: &str,
         limit: i64,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "select * from (
-                 select distinct on (data ->> $2)
-                        position, stream_id, stream_type, version, event_id, type, schema_version,
+    ) -> Result<(Vec<RecordedEvent>, usize), StoreError> {
+        let page = limit.saturating_mul(2).clamp(64, 2000);
+        let wanted = usize::try_from(limit).unwrap_or(0);
+        let (mut seen, mut latest, mut rows_read) = (std::collections::HashSet::new(), Vec::new(), 0);
+        let mut before = i32::MAX;
+        while latest.len() < wanted {
+            let rows: Vec<EventRow> = sqlx::query_as(
+                "select position, stream_id, stream_type, version, event_id, type, schema_version,
                         data, metadata, recorded_at
-                 from es.events where stream_id = $1 and data ->> $2 is not null
-                 order by data ->> $2, version desc
-             ) latest
-             order by version desc limit $3",
-        )
-        .bind(stream_id)
-        .bind(key)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(RecordedEvent::from).collect())
+                 from es.events where stream_id = $1 and version < $2 and data ? $3
+                 order by version desc limit $4",
+            )
+            .bind(stream_id)
+            .bind(before)
+            .bind(key)
+            .bind(page)
+            .fetch_all(&self.pool)
+            .await?;
+            rows_read += rows.len();
+            let last_page = (rows.len() as i64) < page;
+            for row in rows {
+                before = row.version;
+                let value = row.data.0.get(key).map(ToString::to_string).unwrap_or_default();
+                if latest.len() < wanted && seen.insert(value) {
+                    latest.push(RecordedEvent::from(row));
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
+        Ok((latest, rows_read))
     }
+}
+
+/// An aggregate as it was at a point ([`EventStore::load_at`]), and the rows read
+/// to fold it (the snapshot's and the events').
+#[derive(Debug)]
+pub struct PastState<A> {
+    pub loaded: Option<Loaded<A>>,
+    pub rows_read: usize,
 }
 
 /// A row of `es.events` as the readers select it.

@@ -3,7 +3,9 @@
 //! grown with made-up methods, an undeclared method on a known path, a token subject
 //! that would share the saga's idempotency namespace, the web app framed by another
 //! site, the rapids flooded or written to as the bank, rivers drained by another
-//! caller, known secrets, a dev login on a public address.
+//! caller, known secrets, a dev login on a public address, https upstreams unverified,
+//! a stream lengthened to make reads of the past expensive. (The Postgres container's
+//! logins without its password are refused in scripts/images.)
 #![allow(clippy::unwrap_used)]
 
 use serde_json::json;
@@ -415,4 +417,112 @@ async fn bankctl_reaches_https_services_and_verifies_them() {
     let report: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
     let error = report["account-service"]["error"].as_str().unwrap_or_default().to_owned();
     assert!(error.contains("certificate"), "{report}");
+}
+
+/// The rows account-service read for its reads of the past of kind `read`, so far.
+async fn past_rows(accounts: &tests::Api, read: &str) -> (f64, f64) {
+    let reply = accounts.get("/metrics").send().await;
+    let text = reply.expect(200).as_str().unwrap_or_default().to_owned();
+    let sum = tests::metric(&text, &format!("account_past_read_rows_sum{{read=\"{read}\"}}")).unwrap_or(0.0);
+    let count = tests::metric(&text, &format!("account_past_read_rows_count{{read=\"{read}\"}}")).unwrap_or(0.0);
+    (sum, count)
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_stream_lengthened_by_a_hundred_thousand_credits_costs_a_past_read_one_snapshot_interval(pool: PgPool) {
+    use bank_domain::account::{Account, AccountEvent};
+    use bank_domain::money::Currency;
+    use eventstore::Aggregate;
+    use eventstore::store::{Append, NewEvent, SnapshotWrite};
+    const EVENTS: i32 = 100_000;
+    const INTERVAL: i32 = 100;
+    // alice's account, then 100,000 one-cent credits from transfers of anyone, appended
+    // as the repository appends them: a snapshot with each crossing of 100 versions
+    let store = eventstore::EventStore::new(pool.clone());
+    let id = uuid::Uuid::now_v7();
+    let eur = Currency::parse("EUR").unwrap();
+    let mut state = Account::default();
+    let mut version = 0;
+    let mut last_transfer = uuid::Uuid::nil();
+    while version < EVENTS + 1 {
+        let mut events = Vec::new();
+        while events.len() < INTERVAL as usize && version + (events.len() as i32) < EVENTS + 1 {
+            let event = if version == 0 && events.is_empty() {
+                AccountEvent::Opened { owner: "alice".into(), currency: eur }
+            } else {
+                last_transfer = uuid::Uuid::now_v7();
+                let balance_after = state.balance + 1;
+                AccountEvent::Credited {
+                    transfer_id: last_transfer,
+                    amount: 1,
+                    currency: eur,
+                    balance_after,
+                    counterparty: uuid::Uuid::now_v7(),
+                }
+            };
+            state = state.apply(&event);
+            events.push(NewEvent::from_domain(&event).unwrap());
+        }
+        let expected_version = version;
+        version += events.len() as i32;
+        let snapshot = SnapshotWrite {
+            version,
+            schema_version: Account::SNAPSHOT_SCHEMA_VERSION,
+            state: serde_json::to_value(&state).unwrap(),
+        };
+        let append = Append {
+            stream_id: id,
+            stream_type: Account::STREAM_TYPE,
+            expected_version,
+            events,
+            metadata: Default::default(),
+            snapshot: Some(snapshot),
+            idempotency: None,
+        };
+        store.append(&append).await.unwrap();
+    }
+    assert_eq!(state.balance, i64::from(EVENTS));
+    let running = tests::start_accounts(&pool, |_| {}).await;
+    let accounts = running.api();
+    let alice = token("alice", Customer);
+
+    // the account at a version deep in its history: exact, from the snapshot before it
+    let (sum, count) = past_rows(&accounts, "as_of").await;
+    let then = accounts.get(&format!("/accounts/{id}?at_version=73456")).token(&alice).send().await;
+    assert_eq!((then.expect(200)["version"].as_i64(), then.body["balance"].as_i64()), (Some(73_456), Some(73_455)));
+    let (sum2, count2) = past_rows(&accounts, "as_of").await;
+    assert_eq!(count2 - count, 1.0);
+    let rows = sum2 - sum;
+    // a snapshot, at most one interval of events, the 20 newest transactions then
+    assert!(rows <= f64::from(1 + INTERVAL + 20), "at_version read {rows} rows of a stream of {EVENTS}");
+
+    // ... and at a time: the prefix recorded by then (whole appends share a time)
+    let (recorded,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("select recorded_at from es.events where stream_id = $1 and version = 50001")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let (last_then,): (i32,) =
+        sqlx::query_as("select max(version) from es.events where stream_id = $1 and recorded_at <= $2")
+            .bind(id)
+            .bind(recorded)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let at = recorded.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).replace('+', "%2B");
+    let then = accounts.get(&format!("/accounts/{id}?as_of={at}")).token(&alice).send().await;
+    let expected = (Some(i64::from(last_then)), Some(i64::from(last_then) - 1));
+    assert_eq!((then.expect(200)["version"].as_i64(), then.body["balance"].as_i64()), expected);
+    let (sum3, _) = past_rows(&accounts, "as_of").await;
+    assert!(sum3 - sum2 <= f64::from(1 + INTERVAL + 20), "as_of read {} rows", sum3 - sum2);
+
+    // the account's transfers: the newest first, from its newest events alone
+    let (sum, _) = past_rows(&accounts, "transfers").await;
+    let listed = accounts.get(&format!("/accounts/{id}/transfers?limit=10")).token(&alice).send().await;
+    let items = listed.expect(200)["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 10);
+    assert_eq!(items[0]["transfer_id"], json!(last_transfer));
+    let (sum2, _) = past_rows(&accounts, "transfers").await;
+    assert!(sum2 - sum <= 64.0, "the transfers read {} rows", sum2 - sum);
 }

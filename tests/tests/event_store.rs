@@ -226,7 +226,8 @@ async fn services_starting_together_apply_the_migrations_once(options: PgPoolOpt
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(tables, 3);
+    // events, snapshots (and their history), idempotency records
+    assert_eq!(tables, 4);
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

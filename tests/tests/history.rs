@@ -49,7 +49,8 @@ async fn the_account_as_of_each_time_and_at_each_version_is_the_fold_up_to_there
     connect: PgConnectOptions,
 ) {
     let pool = tests::pool(options, connect).await;
-    let svc = start_accounts(&pool, |_| {}).await;
+    // a snapshot every 3 versions: reads of the past start from one
+    let svc = start_accounts(&pool, |c| c.commands.snapshot_every = 3).await;
     let api = svc.api();
     let alice = token("alice", Customer);
     let teller = token("tina", Teller);
@@ -107,6 +108,13 @@ async fn the_account_as_of_each_time_and_at_each_version_is_the_fold_up_to_there
     then.as_object_mut().unwrap().remove("at_version");
     assert_eq!(now.expect(200), &then);
     assert!(now.body.get("at_version").is_none() && now.body.get("as_of").is_none());
+
+    let (snapshots,): (i64,) = sqlx::query_as("select count(*) from es.snapshot_history where stream_id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(snapshots >= 2, "{snapshots} snapshots kept");
 
     // as of every recorded time: the fold of the events recorded then or before (an
     // account opened with a deposit records both at one time)
