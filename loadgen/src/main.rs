@@ -25,6 +25,10 @@
 //! and the tailer's commit → Kinesis lag over the same time; `--warmup W` runs the
 //! same load for W seconds first and prints its figures apart.
 //!
+//! `loadgen hot-account` sends deposits to one account while transfers run among
+//! others, and reads the stream for the hot account's publish lag and order.
+//! `loadgen delay-proxy` puts a Kinesis API server at a region's distance.
+//!
 //! Every subcommand takes `--json FILE`: the figures it printed, also written to FILE
 //! as one JSON object under snake_case keys (`scripts/bench` merges them into its
 //! results file). The scenarios live in `scenarios/`, one module each; `client` makes
@@ -32,6 +36,7 @@
 //! `report` holds percentiles and output, `pgbench` the raw-insert baseline.
 
 mod client;
+mod delay;
 mod load;
 mod pgbench;
 mod procs;
@@ -40,7 +45,7 @@ mod report;
 mod scenarios;
 
 use clap::{Parser, Subcommand};
-use scenarios::{deposits, long_stream, publish_lag, queries, transfers, view_latency};
+use scenarios::{deposits, hot_account, long_stream, publish_lag, queries, transfers, view_latency};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -68,6 +73,11 @@ enum Bench {
     Queries(queries::Args),
     /// Deposit latency on an account with N events next to a fresh account's.
     LongStream(long_stream::Args),
+    /// One account taking deposits while transfers run among others: its publish lag
+    /// (read from the stream), its deposits/s next to spread ones, the others' p99.
+    HotAccount(hot_account::Args),
+    /// A TCP proxy adding a delay to every request (Kinesis at a region's distance).
+    DelayProxy(delay::Args),
 }
 
 #[tokio::main]
@@ -80,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::ViewLatency(args) => view_latency::run(args).await?,
         Bench::Queries(args) => queries::run(args).await?,
         Bench::LongStream(args) => long_stream::run(args).await?,
+        Bench::HotAccount(args) => hot_account::run(args).await?,
+        Bench::DelayProxy(args) => delay::run(args).await?,
     };
     if let Some(path) = &cli.json {
         report::write_json(path, &figures)?;

@@ -127,6 +127,10 @@ pub struct HttpArgs {
     /// Larger request bodies are refused with 413.
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = HttpArgs::default().body_limit_bytes)]
     pub body_limit_bytes: usize,
+    /// Requests running at once (waiting reads included); more are refused at once
+    /// with 503 `overloaded` and Retry-After.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = HttpArgs::default().max_in_flight)]
+    pub max_in_flight: usize,
 }
 
 impl HttpArgs {
@@ -142,7 +146,7 @@ impl HttpArgs {
 
 impl Default for HttpArgs {
     fn default() -> Self {
-        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024 }
+        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024, max_in_flight: 256 }
     }
 }
 

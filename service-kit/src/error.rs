@@ -98,6 +98,7 @@ error_codes! {
     UpstreamUnavailable = ("upstream_unavailable", SERVICE_UNAVAILABLE, "the service behind the gateway is not reachable; retry"),
     Unavailable = ("unavailable", SERVICE_UNAVAILABLE, "the database is busy or unreachable; retry"),
     NotReady = ("not_ready", SERVICE_UNAVAILABLE, "a dependency of the service is unavailable"),
+    Overloaded = ("overloaded", SERVICE_UNAVAILABLE, "the service is running MAX_IN_FLIGHT requests already; retry after Retry-After"),
     Timeout = ("timeout", SERVICE_UNAVAILABLE, "the request ran past REQUEST_TIMEOUT_MS; retry a command with the same Idempotency-Key"),
 }
 

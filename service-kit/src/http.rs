@@ -3,7 +3,8 @@
 //!
 //! Layers, outermost first: request id (set, then propagated to the response) →
 //! trace span (request id, method, path) → catch-panic (opaque JSON 500) → timeout
-//! (JSON 503 `timeout`) → body-size limit; per matched route, the metrics.
+//! (JSON 503 `timeout`) → body-size limit; per matched route, the metrics; around the
+//! service's own routes, the in-flight limit (JSON 503 `overloaded`, never queued).
 
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::REQUEST_ID;
@@ -41,6 +42,8 @@ pub struct Kit {
     pub openapi: Arc<std::sync::RwLock<Arc<Value>>>,
     pub request_timeout: Duration,
     pub body_limit: usize,
+    /// Requests of the service's routes running at once; more are shed (503).
+    pub max_in_flight: usize,
 }
 
 impl Kit {
@@ -62,6 +65,7 @@ impl Kit {
             openapi: Arc::new(std::sync::RwLock::new(Arc::new(openapi))),
             request_timeout: Duration::from_millis(http.request_timeout_ms),
             body_limit: http.body_limit_bytes,
+            max_in_flight: http.max_in_flight.max(1),
         })
     }
 }
@@ -105,7 +109,7 @@ pub fn app(routes: Router, kit: Kit) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .with_state(kit.clone());
-    layered(routes.merge(ops), kit)
+    layered(shed(routes, &kit).merge(ops), kit)
 }
 
 /// [`app`] for a service on a public address (the gateway): `/health` and
@@ -113,7 +117,28 @@ pub fn app(routes: Router, kit: Kit) -> Router {
 /// of their own.
 pub fn public_app(routes: Router, kit: Kit) -> Router {
     let ops = Router::new().route("/health", get(health)).route("/openapi.json", get(openapi)).with_state(kit.clone());
-    layered(routes.merge(ops), kit)
+    layered(shed(routes, &kit).merge(ops), kit)
+}
+
+/// At most `MAX_IN_FLIGHT` requests of the service's routes run at once (waiting reads
+/// included); one more is refused at once with 503 `overloaded` and `Retry-After`,
+/// never queued: under overload the service sheds instead of swelling, and recovers as
+/// soon as the load falls. The operational routes are never shed (tower's concurrency
+/// limit and load shedding).
+fn shed(routes: Router, kit: &Kit) -> Router {
+    let counter = kit.http_metrics.shed.clone();
+    routes.layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| {
+                let counter = counter.clone();
+                async move {
+                    counter.inc();
+                    ApiError::new(ErrorCode::Overloaded, ErrorCode::Overloaded.meaning())
+                }
+            }))
+            .layer(tower::load_shed::LoadShedLayer::new())
+            .layer(tower::limit::ConcurrencyLimitLayer::new(kit.max_in_flight)),
+    )
 }
 
 /// The operational routes a public service keeps off its public address.

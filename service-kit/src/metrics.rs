@@ -15,6 +15,8 @@ pub struct HttpMetrics {
     latency: HistogramVec,
     /// Requests answered 503 `timeout` (the route layer never sees them finish).
     pub timeouts: prometheus::IntCounter,
+    /// Requests refused 503 `overloaded` at once: `MAX_IN_FLIGHT` were running.
+    pub shed: prometheus::IntCounter,
 }
 
 impl HttpMetrics {
@@ -31,8 +33,13 @@ impl HttpMetrics {
         let timeouts = prometheus::IntCounter::new("http_request_timeouts_total", "Requests answered 503 timeout")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let shed = prometheus::IntCounter::new(
+            "http_requests_shed_total",
+            "Requests answered 503 overloaded because MAX_IN_FLIGHT were running",
+        )?;
         registry.register(Box::new(timeouts.clone()))?;
-        Ok(HttpMetrics { requests, latency, timeouts })
+        registry.register(Box::new(shed.clone()))?;
+        Ok(HttpMetrics { requests, latency, timeouts, shed })
     }
 }
 

@@ -24,6 +24,7 @@ pub const COMMON_ERRORS: &[ErrorCode] = &[
     ErrorCode::TokenExpired,
     ErrorCode::Timeout,
     ErrorCode::Unavailable,
+    ErrorCode::Overloaded,
 ];
 
 /// What every route with a JSON body can answer.

@@ -136,7 +136,7 @@ pub struct TailerConfig {
     /// Read again after this long even without a NOTIFY (a safety net, and for the
     /// poll source, whose events become readable when older transactions end).
     pub idle_poll: Duration,
-    /// PutRecords requests in flight at once (a stream never has two records in flight).
+    /// PutRecords requests in flight at once (a stream is in one of them at most).
     pub in_flight: usize,
 }
 

@@ -74,6 +74,16 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 /// on random ones from `connections` workers for `seconds`, each sending its next
 /// deposit when the last is answered.
 pub async fn drive(target: &Target, accounts: usize, connections: usize, seconds: u64) -> anyhow::Result<Outcome> {
+    let ids = open_accounts(target, accounts, connections).await?;
+    drive_on(ids, connections, seconds).await
+}
+
+/// Opens `accounts` accounts (a customer per 50); each with a client of its owner.
+pub async fn open_accounts(
+    target: &Target,
+    accounts: usize,
+    connections: usize,
+) -> anyhow::Result<Arc<Vec<(Uuid, BankClient)>>> {
     anyhow::ensure!(accounts > 0, "--accounts must be at least 1");
     let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
     let bank = BankClient::anonymous(target.urls()).with_http(http);
@@ -91,8 +101,12 @@ pub async fn drive(target: &Target, accounts: usize, connections: usize, seconds
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    let ids = Arc::new(ids);
+    Ok(Arc::new(ids))
+}
 
+/// Deposits on random accounts of `ids` from `connections` closed-loop workers for
+/// `seconds`.
+pub async fn drive_on(ids: Arc<Vec<(Uuid, BankClient)>>, connections: usize, seconds: u64) -> anyhow::Result<Outcome> {
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();

@@ -6,6 +6,7 @@
 //! `prom` for the services' histograms, `report` for percentiles and output.
 
 pub mod deposits;
+pub mod hot_account;
 pub mod long_stream;
 pub mod publish_lag;
 pub mod queries;

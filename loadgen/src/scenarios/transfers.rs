@@ -249,17 +249,17 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     Ok(figures)
 }
 
-struct TransferOutcome {
-    created: u64,
+pub struct TransferOutcome {
+    pub created: u64,
     errors: u64,
-    completed: u64,
-    failed: u64,
-    stuck: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub stuck: u64,
     elapsed: f64,
     create_p50: f64,
     create_p99: f64,
-    settle_p50: f64,
-    settle_p99: f64,
+    pub settle_p50: f64,
+    pub settle_p99: f64,
     /// CPU seconds while transfers were being created: the machine's, each watched
     /// process's (when processes are watched).
     cpu: Option<(f64, Vec<f64>)>,
@@ -274,7 +274,7 @@ enum Settled {
 
 /// Opens `accounts` accounts with enough money that transfers rarely fail (a customer
 /// per 50); returns each one's id and a client calling as its owner.
-async fn open_funded_accounts(
+pub async fn open_funded_accounts(
     bank: &BankClient,
     target: &Target,
     accounts: usize,
@@ -303,7 +303,7 @@ async fn open_funded_accounts(
 /// Creates transfers among `ids` at `rate` a second for `seconds` from `connections`
 /// clients, and follows each one until it settled; with `watched` processes, measures
 /// CPU time over the seconds of creating.
-async fn transfers(
+pub async fn transfers(
     ids: &Arc<Vec<(Uuid, BankClient)>>,
     connections: usize,
     rate: u64,
@@ -395,7 +395,7 @@ fn pick(n: u64, accounts: usize) -> (usize, usize, u64) {
 
 /// How a client follows a transfer.
 #[derive(Debug, Clone, Copy)]
-enum Poll {
+pub enum Poll {
     /// GET transfer-service's `/transfers/{id}` at this interval.
     Every(Duration),
     /// GET `/transfers/{id}?min_version=<next>&wait_ms=5000` of this service.
