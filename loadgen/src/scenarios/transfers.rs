@@ -65,6 +65,13 @@ pub struct Args {
     /// `--process`, the load generator itself is counted this way.
     #[arg(long = "cpu-of", value_name = "NAME=PID")]
     pub others: Vec<Watched>,
+    /// Right when creating at R ends (its transfers still settling), create at this
+    /// rate for `--then-seconds`: how the system recovers from R (`then`, with the
+    /// completion p99 of each second of it).
+    #[arg(long, requires = "then_seconds")]
+    pub then_rate: Option<u64>,
+    #[arg(long)]
+    pub then_seconds: Option<u64>,
 }
 
 /// Figures: `follow`, `transfers_created`, `transfers_created_per_s`,
@@ -96,6 +103,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         river_metrics,
         processes,
         others,
+        then_rate,
+        then_seconds,
     } = args;
     // a transfer needs two distinct accounts
     anyhow::ensure!(accounts >= 2, "--accounts must be at least 2");
@@ -150,7 +159,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         watched.extend(others);
         watched.push(Watched { name: "loadgen".into(), pid: std::process::id() });
     }
-    let outcome = transfers(&ids, connections, rate, seconds, &poll, &watched).await?;
+    let overload = seconds;
+    let then = async {
+        let (Some(rate), Some(seconds)) = (then_rate, then_seconds) else { return Ok(None) };
+        tokio::time::sleep(Duration::from_secs(overload)).await;
+        transfers(&ids, connections, rate, seconds, &poll, &[]).await.map(Some)
+    };
+    let (outcome, then) = tokio::join!(transfers(&ids, connections, rate, seconds, &poll, &watched), then);
+    let (outcome, then) = (outcome?, then?);
     let lag = tailer_histogram(&tailer).await?.minus(&before);
     let (lag_p50, lag_p99) = (lag.quantile_bound(0.50), lag.quantile_bound(0.99));
     let how = match &long_poll_url {
@@ -220,6 +236,22 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     if let Some(warmup) = warmup_figures {
         figures["warmup"] = warmup;
     }
+    if let (Some(then), Some(then_rate)) = (&then, then_rate) {
+        println!(
+            "then at {then_rate}/s right after: {} created, completion p99 {:.1} ms; p99 of each second: {}",
+            then.created,
+            then.settle_p99,
+            then.p99_by_second.iter().map(|(s, p)| format!("{s}:{p:.0}")).collect::<Vec<_>>().join(" ")
+        );
+        figures["then"] = json!({
+            "rate": then_rate,
+            "seconds": then_seconds,
+            "transfers_created": then.created,
+            "transfers_not_settled_within_60s": then.stuck,
+            "transfer_completion_p99_ms": then.settle_p99,
+            "completion_p99_ms_by_second": then.p99_by_second,
+        });
+    }
     if let Some((cpu_machine, cpu_each)) = &outcome.cpu {
         // over the seconds of creating transfers, the system in its steady state at
         // this rate (the tail of settling the last ones is left out)
@@ -260,6 +292,8 @@ pub struct TransferOutcome {
     create_p99: f64,
     pub settle_p50: f64,
     pub settle_p99: f64,
+    /// Completion p99 of the transfers created in each second of the run, from its start.
+    pub p99_by_second: Vec<(u64, f64)>,
     /// CPU seconds while transfers were being created: the machine's, each watched
     /// process's (when processes are watched).
     cpu: Option<(f64, Vec<f64>)>,
@@ -312,6 +346,7 @@ pub async fn transfers(
     watched: &[Watched],
 ) -> anyhow::Result<TransferOutcome> {
     let cpu_before = if watched.is_empty() { None } else { Some(CpuSample::take(watched)?) };
+    let start = Instant::now();
     // a ticker hands out R slots a second; C clients take them
     let (ticker, taken) = slots(rate, seconds, connections);
     let errors = Arc::new(AtomicU64::new(0));
@@ -334,11 +369,12 @@ pub async fn transfers(
                     };
                     created.push(t.elapsed().as_secs_f64() * 1000.0);
                     let customer = customer.clone();
-                    pollers.push(tokio::spawn(async move { settle(&customer, id, t, poll).await }));
+                    let second = t.duration_since(start).as_secs();
+                    pollers.push((second, tokio::spawn(async move { settle(&customer, id, t, poll).await })));
                 }
                 let mut settled = Vec::new();
-                for p in pollers {
-                    settled.push(p.await.unwrap_or(Settled::Stuck));
+                for (second, p) in pollers {
+                    settled.push((second, p.await.unwrap_or(Settled::Stuck)));
                 }
                 (created, settled)
             })
@@ -351,24 +387,33 @@ pub async fn transfers(
     };
     let mut create_ms = Vec::new();
     let mut settle_ms = Vec::new();
+    let mut by_second: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
     let (mut completed, mut failed, mut stuck) = (0, 0, 0);
     for c in clients {
         let (created, settled) = c.await?;
         create_ms.extend(created);
-        for s in settled {
-            match s {
+        for (second, s) in settled {
+            let ms = match s {
                 Settled::Completed(ms) => {
                     completed += 1;
-                    settle_ms.push(ms);
+                    ms
                 }
                 Settled::Failed(ms) => {
                     failed += 1;
-                    settle_ms.push(ms);
+                    ms
                 }
-                Settled::Stuck => stuck += 1,
+                Settled::Stuck => {
+                    stuck += 1;
+                    60_000.0
+                }
+            };
+            if !matches!(s, Settled::Stuck) {
+                settle_ms.push(ms);
             }
+            by_second.entry(second).or_default().push(ms);
         }
     }
+    let p99_by_second = by_second.iter().map(|(s, ms)| (*s, percentile(ms, 0.99))).collect();
     Ok(TransferOutcome {
         created: create_ms.len() as u64,
         errors: errors.load(Ordering::Relaxed),
@@ -380,6 +425,7 @@ pub async fn transfers(
         create_p99: percentile(&create_ms, 0.99),
         settle_p50: percentile(&settle_ms, 0.50),
         settle_p99: percentile(&settle_ms, 0.99),
+        p99_by_second,
         cpu,
     })
 }
