@@ -205,6 +205,7 @@ pub async fn post(
             event_type: post.event_type.clone(),
             schema_version: 1,
             data: post.data.clone(),
+            metadata: None,
         }],
         metadata: EventMetadata {
             correlation_id: correlation_id.or_else(|| request_id.clone()),
@@ -218,7 +219,7 @@ pub async fn post(
             tags,
         },
         snapshot: None,
-        idempotency: None,
+        idempotency: Vec::new(),
     };
     // no look-up first: a repeated id (posted again, or concurrently) fails the append
     // on the events' unique event id, and only then is the first answer read

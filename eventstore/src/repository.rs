@@ -101,7 +101,34 @@ pub enum ExecuteError<E> {
     Store(#[from] StoreError),
 }
 
-type Slot<A> = Arc<tokio::sync::Mutex<Option<Loaded<A>>>>;
+/// The answer a command's caller waits for.
+type Outcome<A> = Result<CommandReply, ExecuteError<<A as Aggregate>::Error>>;
+/// How a command's answer is built from the new state and version.
+type ReplyFn<A> = Box<dyn Fn(&A, i32) -> serde_json::Value + Send + Sync>;
+
+/// A command waiting for its stream's lock.
+struct Job<A: Aggregate> {
+    fresh: bool,
+    command: A::Command,
+    ctx: CommandContext,
+    reply: ReplyFn<A>,
+    answer: tokio::sync::oneshot::Sender<Outcome<A>>,
+}
+
+/// A stream's lock with its cached state, and the commands waiting for it: whoever
+/// takes the lock runs every command queued by then.
+struct StreamSlot<A: Aggregate> {
+    state: tokio::sync::Mutex<Option<Loaded<A>>>,
+    queue: Mutex<Vec<Job<A>>>,
+}
+
+impl<A: Aggregate> Default for StreamSlot<A> {
+    fn default() -> Self {
+        StreamSlot { state: tokio::sync::Mutex::new(None), queue: Mutex::new(Vec::new()) }
+    }
+}
+
+type Slot<A> = Arc<StreamSlot<A>>;
 /// The per-stream slots, in shards so that looking one up locks only its shard.
 type Slots<A> = Arc<[Mutex<HashMap<Uuid, Slot<A>>>]>;
 
@@ -130,6 +157,19 @@ impl<A: Aggregate> Clone for Repository<A> {
 }
 
 const SHARDS: usize = 64;
+/// Most commands of one stream that run together (and share one append).
+const MAX_TOGETHER: usize = 64;
+
+/// What came of running several commands of one stream together.
+enum Together {
+    /// One append carried them all: the new version, each command's answer.
+    Done(i32, Vec<serde_json::Value>),
+    /// They did not go together (a refusal, nothing to do, a conflict, a key taken):
+    /// each runs alone.
+    Alone,
+    /// A fault whose outcome is unknown: every command is answered with it.
+    Failed(StoreError),
+}
 
 impl<A: Aggregate> Repository<A> {
     /// A repository over `store`. With `append_writers > 0` it starts the group-commit
@@ -178,7 +218,7 @@ impl<A: Aggregate> Repository<A> {
         stream_id: Uuid,
         command: A::Command,
         ctx: CommandContext,
-        reply: impl Fn(&A, i32) -> serde_json::Value + Send + 'static,
+        reply: impl Fn(&A, i32) -> serde_json::Value + Send + Sync + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         self.run(stream_id, false, command, ctx, reply).await
     }
@@ -189,7 +229,7 @@ impl<A: Aggregate> Repository<A> {
         stream_id: Uuid,
         command: A::Command,
         ctx: CommandContext,
-        reply: impl Fn(&A, i32) -> serde_json::Value + Send + 'static,
+        reply: impl Fn(&A, i32) -> serde_json::Value + Send + Sync + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         self.run(stream_id, true, command, ctx, reply).await
     }
@@ -211,30 +251,215 @@ impl<A: Aggregate> Repository<A> {
         fresh: bool,
         command: A::Command,
         ctx: CommandContext,
-        reply: impl Fn(&A, i32) -> serde_json::Value + Send + 'static,
+        reply: impl Fn(&A, i32) -> serde_json::Value + Send + Sync + 'static,
     ) -> Result<CommandReply, ExecuteError<A::Error>> {
         let this = self.clone();
-        let task = tokio::spawn(async move { this.run_to_end(stream_id, fresh, &command, &ctx, reply).await });
+        let reply: ReplyFn<A> = Box::new(reply);
+        let task = tokio::spawn(async move { this.run_to_end(stream_id, fresh, command, ctx, reply).await });
         match task.await {
             Ok(result) => result,
             Err(failed) => Err(StoreError::Corrupt(format!("the command task failed: {failed}")).into()),
         }
     }
 
+    /// Queues the command on its stream, takes the stream's lock and runs every
+    /// command queued by then (its own, unless an earlier holder ran it already): one
+    /// alone, several of one stream together when they can share one append
+    /// ([`Repository::run_together`]).
     async fn run_to_end(
         &self,
         stream_id: Uuid,
         fresh: bool,
-        command: &A::Command,
-        ctx: &CommandContext,
-        reply: impl Fn(&A, i32) -> serde_json::Value,
-    ) -> Result<CommandReply, ExecuteError<A::Error>> {
+        command: A::Command,
+        ctx: CommandContext,
+        reply: ReplyFn<A>,
+    ) -> Outcome<A> {
         let slot = self.slot(stream_id);
-        let mut cached = slot.lock().await;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job = Job { fresh, command, ctx, reply, answer };
+        slot.queue.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+        let mut cached = slot.state.lock().await;
+        let jobs: Vec<Job<A>> = {
+            let mut queue = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let take = queue.len().min(MAX_TOGETHER);
+            queue.drain(..take).collect()
+        };
+        let mut announce = None;
+        if jobs.len() == 1 {
+            for job in jobs {
+                let (outcome, version) = self.run_one(stream_id, &mut cached, &job).await;
+                announce = version;
+                let _ = job.answer.send(outcome);
+            }
+        } else if !jobs.is_empty() {
+            announce = self.run_together(stream_id, &mut cached, jobs).await;
+        }
+        // unlocked first: a woken reader may take the state from the cache
+        drop(cached);
+        if let Some(version) = announce {
+            self.watches.announce(stream_id, i64::from(version));
+        }
+        answered.await.unwrap_or_else(|_| Err(StoreError::Corrupt("a command was dropped unanswered".into()).into()))
+    }
+
+    /// Runs commands of one stream queued together. Each Idempotency-Key is looked up
+    /// first (a repeat is answered as stored). When every other command decides events
+    /// on the state in turn, they go in one append (one commit; each event keeps its
+    /// command's metadata, each key its record); otherwise, or when that append
+    /// conflicts or meets a key taken meanwhile, each runs alone as if it had come
+    /// alone. Returns the version to announce.
+    async fn run_together(&self, stream_id: Uuid, cached: &mut Option<Loaded<A>>, jobs: Vec<Job<A>>) -> Option<i32> {
+        let mut pending = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let optimistic = job.ctx.idempotency.as_ref().is_none_or(|i| i.optimistic);
+            if !optimistic {
+                match self.stored_reply(&job.ctx).await {
+                    Ok(None) => {}
+                    Ok(Some(stored)) => {
+                        let _ = job.answer.send(Ok(stored));
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = job.answer.send(Err(e));
+                        continue;
+                    }
+                }
+            }
+            pending.push(job);
+        }
+        let together = pending.len() > 1 && pending.iter().all(|j| !j.fresh && j.ctx.expected_version.is_none());
+        if together {
+            match self.append_together(stream_id, cached, &pending).await {
+                Together::Done(version, bodies) => {
+                    for (job, body) in pending.into_iter().zip(bodies) {
+                        let _ = job.answer.send(Ok(CommandReply { body, replayed: false }));
+                    }
+                    return Some(version);
+                }
+                Together::Failed(error) => {
+                    for job in pending {
+                        let _ = job.answer.send(Err(error.shared().into()));
+                    }
+                    return None;
+                }
+                Together::Alone => {}
+            }
+        }
+        let mut announce = None;
+        for job in pending {
+            let (outcome, version) = self.run_one(stream_id, cached, &job).await;
+            announce = version.or(announce);
+            let _ = job.answer.send(outcome);
+        }
+        announce
+    }
+
+    /// The commands' events in one append, when each decides events in turn.
+    async fn append_together(&self, stream_id: Uuid, cached: &mut Option<Loaded<A>>, jobs: &[Job<A>]) -> Together {
+        let loaded = match cached.take() {
+            Some(loaded) => loaded,
+            None => match self.load(stream_id).await {
+                Ok(loaded) => loaded,
+                Err(e) => return Together::Failed(e),
+            },
+        };
+        let (mut state, mut version) = (loaded.state.clone(), loaded.version);
+        let (mut events, mut bodies, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        for job in jobs {
+            let decided = match state.decide(&job.command) {
+                Ok(decided) if !decided.is_empty() => decided,
+                // a refusal or nothing to do is decided alone, on the store's state
+                _ => {
+                    *cached = Some(loaded);
+                    return Together::Alone;
+                }
+            };
+            state = state.apply_all(&decided);
+            version += decided.len() as i32;
+            let body = (job.reply)(&state, version);
+            for event in &decided {
+                match NewEvent::from_domain(event) {
+                    Ok(new) => events.push(NewEvent { metadata: Some(job.ctx.metadata.clone()), ..new }),
+                    Err(e) => {
+                        *cached = Some(loaded);
+                        return Together::Failed(e.into());
+                    }
+                }
+            }
+            if let Some(i) = &job.ctx.idempotency {
+                keys.push(IdempotencyWrite {
+                    actor: i.actor.clone(),
+                    key: i.key.clone(),
+                    request_hash: i.request_hash.clone(),
+                    body: body.clone(),
+                });
+            }
+            bodies.push(body);
+        }
+        let count = events.len() as u64;
+        let append = match self.snapshot_due(loaded.version, version, &state) {
+            Ok(snapshot) => Append {
+                stream_id,
+                stream_type: A::STREAM_TYPE,
+                expected_version: loaded.version,
+                events,
+                metadata: jobs[0].ctx.metadata.clone(),
+                snapshot,
+                idempotency: keys,
+            },
+            Err(e) => {
+                *cached = Some(loaded);
+                return Together::Failed(e);
+            }
+        };
+        match self.append(append).await {
+            Ok(_) => {
+                self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
+                self.metrics.events.with_label_values(&[A::STREAM_TYPE]).inc_by(count);
+                *cached = self.keep(Loaded { state, version });
+                Together::Done(version, bodies)
+            }
+            // another process wrote the stream: each command runs alone (and reloads)
+            Err(StoreError::Conflict { .. }) => {
+                self.metrics.conflicts.with_label_values(&[A::STREAM_TYPE]).inc();
+                Together::Alone
+            }
+            // nothing was written; the command whose key was taken learns it alone
+            Err(StoreError::IdempotencyKeyTaken) => {
+                *cached = Some(loaded);
+                Together::Alone
+            }
+            // the outcome is unknown: the cache stays empty, the next command reloads
+            Err(e) => Together::Failed(e),
+        }
+    }
+
+    /// Runs one command under its stream's lock (`cached` is the stream's cached
+    /// state); returns its outcome and the version to announce.
+    async fn run_one(
+        &self,
+        stream_id: Uuid,
+        cached: &mut Option<Loaded<A>>,
+        job: &Job<A>,
+    ) -> (Outcome<A>, Option<i32>) {
+        match self.run_one_inner(stream_id, cached, job).await {
+            Ok((reply, version)) => (Ok(reply), version),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    async fn run_one_inner(
+        &self,
+        stream_id: Uuid,
+        cached: &mut Option<Loaded<A>>,
+        job: &Job<A>,
+    ) -> Result<(CommandReply, Option<i32>), ExecuteError<A::Error>> {
+        let Job { fresh, command, ctx, reply, .. } = job;
+        let fresh = *fresh;
         // under the stream's lock: an earlier request with this key on this stream has ended
         let optimistic = ctx.idempotency.as_ref().is_some_and(|i| i.optimistic);
         if !optimistic && let Some(stored) = self.stored_reply(ctx).await? {
-            return Ok(stored);
+            return Ok((stored, None));
         }
         let mut fresh = fresh;
         for attempt in 1..=self.config.max_attempts {
@@ -260,7 +485,7 @@ impl<A: Aggregate> Repository<A> {
                 // a refusal or nothing to do may be a repeat of a request that succeeded
                 if let Some(stored) = self.stored_reply(ctx).await? {
                     *cached = self.keep(loaded);
-                    return Ok(stored);
+                    return Ok((stored, None));
                 }
             }
             let events = match decided {
@@ -280,7 +505,7 @@ impl<A: Aggregate> Repository<A> {
                 // nothing happens (e.g. an idempotent saga step seen before)
                 let body = reply(&loaded.state, loaded.version);
                 *cached = self.keep(loaded);
-                return Ok(CommandReply { body, replayed: false });
+                return Ok((CommandReply { body, replayed: false }, None));
             }
 
             let new_version = loaded.version + events.len() as i32;
@@ -292,10 +517,7 @@ impl<A: Aggregate> Repository<A> {
                     self.metrics.appends.with_label_values(&[A::STREAM_TYPE]).inc();
                     self.metrics.events.with_label_values(&[A::STREAM_TYPE]).inc_by(events.len() as u64);
                     *cached = self.keep(Loaded { state: new_state, version: new_version });
-                    // unlocked first: a woken reader may take the state from the cache
-                    drop(cached);
-                    self.watches.announce(stream_id, i64::from(new_version));
-                    return Ok(CommandReply { body, replayed: false });
+                    return Ok((CommandReply { body, replayed: false }, Some(new_version)));
                 }
                 Err(StoreError::Conflict { .. }) => {
                     self.metrics.conflicts.with_label_values(&[A::STREAM_TYPE]).inc();
@@ -307,9 +529,8 @@ impl<A: Aggregate> Repository<A> {
                 }
                 Err(StoreError::IdempotencyKeyTaken) => {
                     // a concurrent request with the same key won; answer as it did
-                    drop(cached);
                     return match self.stored_reply(ctx).await? {
-                        Some(stored) => Ok(stored),
+                        Some(stored) => Ok((stored, None)),
                         None => Err(StoreError::Corrupt("idempotency record vanished".into()).into()),
                     };
                 }
@@ -335,13 +556,7 @@ impl<A: Aggregate> Repository<A> {
         body: &serde_json::Value,
     ) -> Result<Append, StoreError> {
         let new_version = expected_version + events.len() as i32;
-        let every = self.config.snapshot_every.max(1) as i32;
-        let snapshot = if self.config.snapshot_every > 0 && new_version / every != expected_version / every {
-            let state = serde_json::to_value(new_state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Some(SnapshotWrite { version: new_version, schema_version: A::SNAPSHOT_SCHEMA_VERSION, state })
-        } else {
-            None
-        };
+        let snapshot = self.snapshot_due(expected_version, new_version, new_state)?;
         Ok(Append {
             stream_id,
             stream_type: A::STREAM_TYPE,
@@ -349,13 +564,28 @@ impl<A: Aggregate> Repository<A> {
             events: events.iter().map(NewEvent::from_domain).collect::<Result<_, _>>()?,
             metadata: ctx.metadata.clone(),
             snapshot,
-            idempotency: ctx.idempotency.as_ref().map(|i| IdempotencyWrite {
-                actor: i.actor.clone(),
-                key: i.key.clone(),
-                request_hash: i.request_hash.clone(),
-                body: body.clone(),
-            }),
+            idempotency: ctx
+                .idempotency
+                .iter()
+                .map(|i| IdempotencyWrite {
+                    actor: i.actor.clone(),
+                    key: i.key.clone(),
+                    request_hash: i.request_hash.clone(),
+                    body: body.clone(),
+                })
+                .collect(),
         })
+    }
+
+    /// The snapshot to write when a stream goes from `from` to `to`: one whenever it
+    /// crosses a multiple of `snapshot_every`.
+    fn snapshot_due(&self, from: i32, to: i32, state: &A) -> Result<Option<SnapshotWrite>, StoreError> {
+        let every = self.config.snapshot_every.max(1) as i32;
+        if self.config.snapshot_every == 0 || to / every == from / every {
+            return Ok(None);
+        }
+        let state = serde_json::to_value(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some(SnapshotWrite { version: to, schema_version: A::SNAPSHOT_SCHEMA_VERSION, state }))
     }
 
     async fn stored_reply(&self, ctx: &CommandContext) -> Result<Option<CommandReply>, ExecuteError<A::Error>> {
@@ -381,7 +611,7 @@ impl<A: Aggregate> Repository<A> {
     pub fn cached(&self, stream_id: Uuid) -> Option<Loaded<A>> {
         let shard = &self.shards[(stream_id.as_u128() % SHARDS as u128) as usize];
         let slot = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&stream_id).cloned()?;
-        let cached = slot.try_lock().ok()?;
+        let cached = slot.state.try_lock().ok()?;
         cached.as_ref().map(|loaded| Loaded { state: loaded.state.clone(), version: loaded.version })
     }
 

@@ -70,13 +70,16 @@ pub struct NewEvent {
     pub event_type: String,
     pub schema_version: i16,
     pub data: serde_json::Value,
+    /// Its own metadata, when it is not the append's (one append carrying several
+    /// commands of one stream: each event keeps its request's ids and actor).
+    pub metadata: Option<EventMetadata>,
 }
 
 impl NewEvent {
     pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self, EventCodecError> {
         let (event_type, data) = aggregate::encode(event)?;
         let schema_version = E::schema_version(&event_type);
-        Ok(NewEvent { event_id: Uuid::now_v7(), event_type, schema_version, data })
+        Ok(NewEvent { event_id: Uuid::now_v7(), event_type, schema_version, data, metadata: None })
     }
 }
 
@@ -114,7 +117,9 @@ pub struct Append {
     pub events: Vec<NewEvent>,
     pub metadata: EventMetadata,
     pub snapshot: Option<SnapshotWrite>,
-    pub idempotency: Option<IdempotencyWrite>,
+    /// The idempotency records to write with it (one per command it carries that has
+    /// a key).
+    pub idempotency: Vec<IdempotencyWrite>,
 }
 
 /// Where the appended events landed.
@@ -133,7 +138,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency_pkey";
 
 /// One statement appends a batch: for each append whose expected version is its
 /// stream's last one (or 0 for a new stream), its events, its snapshot when one is
-/// due, and its idempotency record. An append whose expected version is not the
+/// due, and its idempotency records. An append whose expected version is not the
 /// stream's last writes nothing and is missing from the result. A unique violation
 /// (another writer took a version or the idempotency key) aborts the whole statement.
 const APPEND_SQL: &str = r#"
@@ -147,9 +152,10 @@ with appends as (
        or exists (select 1 from es.events x where x.stream_id = a.stream_id and x.version = a.expected)
 ), ev as (
     insert into es.events (stream_id, stream_type, version, event_id, type, schema_version, data, metadata)
-    select r.stream_id, r.stream_type, r.expected + e.n, e.event_id, e.type, e.schema_version, e.data, r.metadata
-    from unnest($5::int8[], $6::int[], $7::uuid[], $8::text[], $9::int2[], $10::jsonb[])
-        as e(idx, n, event_id, type, schema_version, data)
+    select r.stream_id, r.stream_type, r.expected + e.n, e.event_id, e.type, e.schema_version, e.data,
+           coalesce(e.metadata, r.metadata)
+    from unnest($5::int8[], $6::int[], $7::uuid[], $8::text[], $9::int2[], $10::jsonb[], $20::jsonb[])
+        as e(idx, n, event_id, type, schema_version, data, metadata)
     join ready r on r.idx = e.idx
     order by e.idx, e.n
     returning stream_id, position
@@ -194,6 +200,7 @@ struct BatchColumns {
     ev_types: Vec<String>,
     ev_schemas: Vec<i16>,
     ev_data: Vec<serde_json::Value>,
+    ev_metadata: Vec<Option<serde_json::Value>>,
     snap_idx: Vec<i64>,
     snap_versions: Vec<i32>,
     snap_schemas: Vec<i16>,
@@ -221,6 +228,8 @@ impl BatchColumns {
             self.ev_types.push(event.event_type.clone());
             self.ev_schemas.push(event.schema_version);
             self.ev_data.push(event.data.clone());
+            let own = event.metadata.as_ref().map(serde_json::to_value).transpose();
+            self.ev_metadata.push(own.map_err(|e| StoreError::Corrupt(e.to_string()))?);
         }
         if let Some(snapshot) = &append.snapshot {
             self.snap_idx.push(idx);
@@ -228,7 +237,7 @@ impl BatchColumns {
             self.snap_schemas.push(snapshot.schema_version);
             self.snap_states.push(snapshot.state.clone());
         }
-        if let Some(idem) = &append.idempotency {
+        for idem in &append.idempotency {
             self.idem_idx.push(idx);
             self.idem_actors.push(idem.actor.clone());
             self.idem_keys.push(idem.key.clone());
@@ -306,6 +315,7 @@ impl EventStore {
             .bind(&c.idem_keys)
             .bind(&c.idem_hashes)
             .bind(&c.idem_bodies)
+            .bind(&c.ev_metadata)
             .fetch_all(&self.pool)
             .await;
         let rows = match rows {

@@ -119,6 +119,7 @@ pub async fn reject(
             event_type: format!("{}.task_rejected", by.domain),
             schema_version: 1,
             data: json!({"task_id": task.id, "task": task.name, "code": code, "message": message, "actor": task.metadata.actor}),
+            metadata: None,
         }],
         metadata: EventMetadata {
             source: Some(by.domain.into()),
@@ -126,7 +127,7 @@ pub async fn reject(
             ..task.causes(by.service, None)
         },
         snapshot: None,
-        idempotency: None,
+        idempotency: Vec::new(),
     };
     match store.append(&append).await {
         Ok(_) => {

@@ -477,7 +477,7 @@ async fn a_stream_lengthened_by_a_hundred_thousand_credits_costs_a_past_read_one
             events,
             metadata: Default::default(),
             snapshot: Some(snapshot),
-            idempotency: None,
+            idempotency: Vec::new(),
         };
         store.append(&append).await.unwrap();
     }

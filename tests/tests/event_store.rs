@@ -27,7 +27,7 @@ fn append(stream_id: Uuid, expected_version: i32, events: Vec<NewEvent>) -> Appe
         events,
         metadata: EventMetadata { actor: "test".into(), ..Default::default() },
         snapshot: None,
-        idempotency: None,
+        idempotency: Vec::new(),
     }
 }
 
@@ -185,12 +185,12 @@ async fn an_idempotency_record_is_written_only_with_its_events(pool: PgPool) {
     let id = Uuid::now_v7();
     let opened = NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
     let mut first = append(id, 0, vec![opened.clone()]);
-    first.idempotency = Some(eventstore::store::IdempotencyWrite {
+    first.idempotency = vec![eventstore::store::IdempotencyWrite {
         actor: "alice".into(),
         key: "k1".into(),
         request_hash: "h".into(),
         body: serde_json::json!({"id": id}),
-    });
+    }];
     store.append(&first).await.unwrap();
     let stored = store.find_idempotent_response("alice", "k1").await.unwrap().unwrap();
     assert_eq!((stored.request_hash.as_str(), &stored.body), ("h", &serde_json::json!({"id": id})));
@@ -204,8 +204,7 @@ async fn an_idempotency_record_is_written_only_with_its_events(pool: PgPool) {
 
     // a conflicting append writes no record either
     let mut stale = append(id, 0, vec![deposited(1, 1)]);
-    stale.idempotency =
-        Some(eventstore::store::IdempotencyWrite { key: "k2".into(), ..first.idempotency.clone().unwrap() });
+    stale.idempotency = vec![eventstore::store::IdempotencyWrite { key: "k2".into(), ..first.idempotency[0].clone() }];
     assert!(matches!(store.append(&stale).await, Err(StoreError::Conflict { .. })));
     assert!(store.find_idempotent_response("alice", "k2").await.unwrap().is_none());
 }
@@ -290,12 +289,12 @@ async fn in_a_batch_a_taken_idempotency_key_fails_alone(pool: PgPool) {
     let opened = || NewEvent::from_domain(&AccountEvent::Opened { owner: "alice".into(), currency: eur() }).unwrap();
     let with_key = |stream, key: &str| {
         let mut a = append(stream, 0, vec![opened()]);
-        a.idempotency = Some(eventstore::store::IdempotencyWrite {
+        a.idempotency = vec![eventstore::store::IdempotencyWrite {
             actor: "alice".into(),
             key: key.into(),
             request_hash: "h".into(),
             body: serde_json::json!({}),
-        });
+        }];
         a
     };
     let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -462,4 +461,79 @@ async fn an_accounts_first_event_and_its_closing_give_owner_currency_and_status_
     transfer.stream_type = "transfer";
     store.append(&transfer).await.unwrap();
     assert!(store.load_first_and::<Account>(other, "account.closed").await.unwrap().is_none());
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn commands_queued_on_one_stream_share_appends_and_each_keeps_its_answer_key_and_metadata(pool: PgPool) {
+    let registry = prometheus::Registry::new();
+    let metrics = StoreMetrics::register(&registry).unwrap();
+    let repo = Repository::<Account>::new(EventStore::new(pool.clone()), RepositoryConfig::default(), metrics);
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    let before_appends = tests::counter_sum(&repo.metrics().appends);
+    // 200 at once on one account: deposits of 1..=100 by a teller, each with a key and
+    // a request id of its own; 100 withdrawals of 1,000 by alice (refused while the
+    // balance is short)
+    let key = |n: i64| eventstore::IdempotencyRequest {
+        actor: "tess".into(),
+        key: format!("dep-{n}"),
+        request_hash: format!("h{n}"),
+        optimistic: false,
+    };
+    let ctx = |n: i64| CommandContext {
+        metadata: EventMetadata { actor: "tess".into(), request_id: Some(format!("req-{n}")), ..Default::default() },
+        idempotency: Some(key(n)),
+        ..Default::default()
+    };
+    let reply = |a: &Account, v: i32| serde_json::json!({"version": v, "balance": a.balance});
+    let deposits = (1..=100).map(|n| {
+        let repo = repo.clone();
+        async move {
+            let command = AccountCommand::Deposit { amount: Money::new(n, eur(), i64::MAX).unwrap(), by: teller() };
+            (n, repo.execute(id, command, ctx(n), reply).await)
+        }
+    });
+    let withdrawals = (0..100).map(|_| {
+        let repo = repo.clone();
+        async move {
+            let command = AccountCommand::Withdraw { amount: Money::new(1000, eur(), i64::MAX).unwrap(), by: alice() };
+            repo.execute(id, command, CommandContext::default(), reply).await
+        }
+    });
+    let (deposited, withdrawn) =
+        tokio::join!(futures::future::join_all(deposits), futures::future::join_all(withdrawals));
+    // every deposit answered with its own version; withdrawals either took 1,000 or were refused
+    let mut versions: Vec<i64> =
+        deposited.iter().map(|(_, r)| r.as_ref().unwrap().body["version"].as_i64().unwrap()).collect();
+    let taken = withdrawn.iter().filter(|r| r.is_ok()).count() as i64;
+    let refused = withdrawn.iter().filter(|r| matches!(r, Err(eventstore::ExecuteError::Domain(_)))).count() as i64;
+    assert_eq!(taken + refused, 100);
+    versions.extend(withdrawn.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.body["version"].as_i64().unwrap()));
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=101 + taken).collect::<Vec<_>>(), "each accepted command has a version of its own");
+    let loaded = repo.store().load::<Account>(id).await.unwrap().unwrap();
+    assert_eq!((loaded.version as i64, loaded.state.balance), (101 + taken, 5050 - 1000 * taken));
+    // each deposit's event carries its own request id and amount; each key its answer
+    let rows: Vec<(serde_json::Value, serde_json::Value)> =
+        sqlx::query_as("select data, metadata from es.events where stream_id = $1 and type = 'account.deposited'")
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 100);
+    for (data, metadata) in &rows {
+        assert_eq!(metadata["request_id"], serde_json::json!(format!("req-{}", data["amount"])), "{metadata}");
+    }
+    for (n, answer) in &deposited {
+        let stored = repo.store().find_idempotent_response("tess", &format!("dep-{n}")).await.unwrap().unwrap();
+        assert_eq!(&stored.body, &answer.as_ref().unwrap().body);
+        // a repeat replays the answer and appends nothing
+        let command = AccountCommand::Deposit { amount: Money::new(*n, eur(), i64::MAX).unwrap(), by: teller() };
+        let again = repo.execute(id, command, ctx(*n), reply).await.unwrap();
+        assert_eq!((&again.body, again.replayed), (&answer.as_ref().unwrap().body, true));
+    }
+    assert_eq!(tests::total_events(&pool).await, 1 + 100 + taken);
+    // and they shared appends: fewer appends than accepted commands
+    let appends = tests::counter_sum(&repo.metrics().appends) - before_appends;
+    assert!((appends as i64) < 100 + taken, "{appends} appends for {} commands", 100 + taken);
 }

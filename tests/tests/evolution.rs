@@ -20,7 +20,7 @@ use view_updater::rebuild;
 
 /// An event as this code's predecessor stored it: `schema_version` 1.
 fn v1(event_type: &str, data: Value) -> NewEvent {
-    NewEvent { event_id: Uuid::now_v7(), event_type: event_type.into(), schema_version: 1, data }
+    NewEvent { event_id: Uuid::now_v7(), event_type: event_type.into(), schema_version: 1, data, metadata: None }
 }
 
 /// `transfer.created` at version 1: no memo.
@@ -44,7 +44,7 @@ async fn append_transfer(pool: &PgPool, id: Uuid, expected_version: i32, events:
             ..EventMetadata::default()
         },
         snapshot: None,
-        idempotency: None,
+        idempotency: Vec::new(),
     };
     EventStore::new(pool.clone()).append(&append).await.unwrap();
 }
