@@ -146,7 +146,7 @@ impl HttpArgs {
 
 impl Default for HttpArgs {
     fn default() -> Self {
-        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024, max_in_flight: 256 }
+        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024, max_in_flight: 2048 }
     }
 }
 
