@@ -198,6 +198,7 @@ fn account_transfer(e: RecordedEvent) -> Result<AccountTransfer, ApiError> {
         "account.debited" => "debit",
         "account.credited" => "credit",
         "account.refunded" => "refund",
+        "account.refund_diverted" => "refund_diverted",
         "account.debit_rejected" => "debit_rejected",
         "account.credit_rejected" => "credit_rejected",
         other => return Err(ApiError::internal(format!("event {} of type {other} has a transfer_id", e.event_id))),
@@ -213,4 +214,58 @@ fn account_transfer(e: RecordedEvent) -> Result<AccountTransfer, ApiError> {
         recorded_at: e.recorded_at,
         event_type: e.event_type,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bank_domain::account::AccountEvent;
+
+    /// Every event of an account that names a transfer is one of its steps.
+    #[test]
+    fn every_account_event_of_a_transfer_is_a_step_of_the_list() {
+        let (transfer_id, eur) = (Uuid::now_v7(), bank_domain::Currency::parse("EUR").unwrap());
+        let reason = bank_domain::account::RejectReason::AccountClosed;
+        let events = [
+            AccountEvent::Debited {
+                transfer_id,
+                amount: 5,
+                currency: eur,
+                balance_after: 0,
+                counterparty: transfer_id,
+            },
+            AccountEvent::DebitRejected { transfer_id, reason },
+            AccountEvent::Credited {
+                transfer_id,
+                amount: 5,
+                currency: eur,
+                balance_after: 5,
+                counterparty: transfer_id,
+            },
+            AccountEvent::CreditRejected { transfer_id, reason },
+            AccountEvent::Refunded { transfer_id, amount: 5, currency: eur, balance_after: 5 },
+            AccountEvent::RefundDiverted { transfer_id, amount: 5, currency: eur },
+        ];
+        let kinds: Vec<String> = events
+            .iter()
+            .map(|event| {
+                let (event_type, data) = eventstore::aggregate::encode(event).unwrap();
+                let recorded = RecordedEvent {
+                    position: 1,
+                    stream_id: Uuid::now_v7(),
+                    stream_type: "account".into(),
+                    version: 2,
+                    event_id: Uuid::now_v7(),
+                    event_type,
+                    schema_version: 1,
+                    data,
+                    metadata: Default::default(),
+                    recorded_at: chrono::Utc::now(),
+                };
+                account_transfer(recorded).unwrap().kind
+            })
+            .collect();
+        assert_eq!(kinds, ["debit", "debit_rejected", "credit", "credit_rejected", "refund", "refund_diverted"]);
+    }
 }

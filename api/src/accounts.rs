@@ -214,8 +214,10 @@ pub struct AccountTransfersQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AccountTransfer {
     pub transfer_id: Uuid,
-    /// The step: `debit`, `credit`, `refund`, `debit_rejected` or `credit_rejected`.
-    #[schema(value_type = String, pattern = "^(debit|credit|refund|debit_rejected|credit_rejected)$")]
+    /// The step: `debit`, `credit`, `refund`, `refund_diverted` (the account was closed
+    /// before the refund: the money went to the bank's suspense), `debit_rejected` or
+    /// `credit_rejected`.
+    #[schema(value_type = String, pattern = "^(debit|credit|refund|refund_diverted|debit_rejected|credit_rejected)$")]
     pub kind: String,
     /// The event type, e.g. `account.debited`.
     #[serde(rename = "type")]

@@ -275,10 +275,17 @@ impl<A: Aggregate> Repository<A> {
         reply: ReplyFn<A>,
     ) -> Outcome<A> {
         let slot = self.slot(stream_id);
-        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
         let job = Job { fresh, command, ctx, reply, answer };
         slot.queue.lock().unwrap_or_else(|p| p.into_inner()).push(job);
-        let mut cached = slot.state.lock().await;
+        let unanswered = || StoreError::Corrupt("a command was dropped unanswered".into()).into();
+        // answered by a holder that ran it already: done, without waiting for the lock
+        // (every command still queued has a caller waiting for the lock, who runs it)
+        let mut cached = tokio::select! {
+            biased;
+            outcome = &mut answered => return outcome.unwrap_or_else(|_| Err(unanswered())),
+            cached = slot.state.lock() => cached,
+        };
         let jobs: Vec<Job<A>> = {
             let mut queue = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
             let take = queue.len().min(MAX_TOGETHER);
@@ -299,7 +306,7 @@ impl<A: Aggregate> Repository<A> {
         if let Some(version) = announce {
             self.watches.announce(stream_id, i64::from(version));
         }
-        answered.await.unwrap_or_else(|_| Err(StoreError::Corrupt("a command was dropped unanswered".into()).into()))
+        answered.await.unwrap_or_else(|_| Err(unanswered()))
     }
 
     /// Runs commands of one stream queued together. Each Idempotency-Key is looked up

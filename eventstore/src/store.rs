@@ -677,7 +677,8 @@ impl EventStore {
     /// without it are left out), newest first, at most `limit`: e.g. an account's
     /// latest step of each transfer (`transfer_id`). Read backwards by version a page
     /// at a time, so the rows read are those since the `limit`-th value's newest
-    /// event, not the whole stream; also returns how many rows were read.
+    /// event, not the whole stream; also returns how many rows were read (all of them,
+    /// with the key or not).
     pub async fn latest_per_data_key(
         &self,
         stream_id: Uuid,
@@ -692,12 +693,11 @@ impl EventStore {
             let rows: Vec<EventRow> = sqlx::query_as(
                 "select position, stream_id, stream_type, version, event_id, type, schema_version,
                         data, metadata, recorded_at
-                 from es.events where stream_id = $1 and version < $2 and data ? $3
-                 order by version desc limit $4",
+                 from es.events where stream_id = $1 and version < $2
+                 order by version desc limit $3",
             )
             .bind(stream_id)
             .bind(before)
-            .bind(key)
             .bind(page)
             .fetch_all(&self.pool)
             .await?;
@@ -705,7 +705,7 @@ impl EventStore {
             let last_page = (rows.len() as i64) < page;
             for row in rows {
                 before = row.version;
-                let value = row.data.0.get(key).map(ToString::to_string).unwrap_or_default();
+                let Some(value) = row.data.0.get(key).map(ToString::to_string) else { continue };
                 if latest.len() < wanted && seen.insert(value) {
                     latest.push(RecordedEvent::from(row));
                 }

@@ -124,7 +124,8 @@ pub fn public_app(routes: Router, kit: Kit) -> Router {
 /// included); one more is refused at once with 503 `overloaded` and `Retry-After`,
 /// never queued: under overload the service sheds instead of swelling, and recovers as
 /// soon as the load falls. The operational routes are never shed (tower's concurrency
-/// limit and load shedding).
+/// limit and load shedding). One semaphore for all routes: axum builds the layer once
+/// per route, so the limit must be the global kind, not one per route.
 fn shed(routes: Router, kit: &Kit) -> Router {
     let counter = kit.http_metrics.shed.clone();
     routes.layer(
@@ -137,7 +138,7 @@ fn shed(routes: Router, kit: &Kit) -> Router {
                 }
             }))
             .layer(tower::load_shed::LoadShedLayer::new())
-            .layer(tower::limit::ConcurrencyLimitLayer::new(kit.max_in_flight)),
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(kit.max_in_flight)),
     )
 }
 

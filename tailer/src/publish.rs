@@ -11,7 +11,9 @@
 //! consumer that applies a stream's next version only (skipping what it has, filling
 //! or waiting for a gap) therefore applies every record once, in order; the
 //! `no_record_is_lost_nor_reordered` property test shows it under random partial
-//! failures. Records of different streams share requests (up to 500 records and
+//! failures. A partition key that several streams share (bus events posted with the
+//! producer's key) keeps the older rule, one record in flight, since its order is
+//! across streams. Records of different keys share requests (up to 500 records and
 //! 5 MB), and several requests may be in flight at once (the tailer's `in_flight`).
 //!
 //! [`Pipeline`] is that bookkeeping (pure logic): the records read and not yet
@@ -52,6 +54,10 @@ enum State {
 #[derive(Debug)]
 struct Slot {
     key: String,
+    /// Its key may carry other streams too (a bus event's producer key): then one
+    /// record of the key per request, as a resent record's later copy could not be
+    /// told from another stream's next event.
+    alone: bool,
     data: Vec<u8>,
     recorded_at: DateTime<Utc>,
     state: State,
@@ -133,11 +139,12 @@ impl<A> Pipeline<A> {
             // a stream's events share its partition key (aggregates: the stream id), so
             // one key never has two records in flight and keeps its order on its shard
             let key = envelope.partition_key.clone();
+            let alone = key != envelope.stream_id.to_string();
             let data = serde_json::to_vec(&envelope).map_err(|err| PublishError::Encode(err.to_string()))?;
             if data.len() + key.len() > MAX_RECORD_BYTES {
                 return Err(PublishError::TooLarge(event.event_id));
             }
-            slots.push(Slot { key, data, recorded_at: event.recorded_at, state: State::Pending });
+            slots.push(Slot { key, alone, data, recorded_at: event.recorded_at, state: State::Pending });
         }
         self.records.extend(slots);
         if let Some(ack) = ack {
@@ -149,7 +156,8 @@ impl<A> Pipeline<A> {
     /// The next request: the waiting records of each stream that has nothing in
     /// flight, in commit order, within the request limits (a stream whose record does
     /// not fit sends nothing after it this time, so none of its later records can
-    /// overtake it). `None` when nothing can be sent.
+    /// overtake it); of a key shared by several streams, one record. `None` when
+    /// nothing can be sent.
     pub fn next_request(&mut self) -> Option<Request> {
         // streams that may send no more in this request: one in flight, or one whose
         // record did not fit
@@ -160,15 +168,18 @@ impl<A> Pipeline<A> {
             }
         }
         let mut chosen = Vec::new();
+        let mut keys: HashSet<&str> = HashSet::new();
         let mut bytes = 0;
         for (i, slot) in self.records.iter().enumerate() {
             if slot.state != State::Pending || held.contains(slot.key.as_str()) {
                 continue;
             }
             let size = slot.data.len() + slot.key.len();
-            if chosen.len() < MAX_RECORDS && bytes + size <= MAX_BYTES {
+            let room = chosen.len() < MAX_RECORDS && bytes + size <= MAX_BYTES;
+            if room && !(slot.alone && keys.contains(slot.key.as_str())) {
                 bytes += size;
                 chosen.push(i);
+                keys.insert(slot.key.as_str());
             } else {
                 held.insert(slot.key.as_str());
             }
@@ -339,6 +350,26 @@ mod tests {
         assert_eq!(p.complete(&outcome(&again, &[true, true])).len(), 2);
         assert_eq!(p.settle(), vec!["all"]);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_key_shared_by_several_streams_has_one_record_in_flight() {
+        // bus events: streams of one event each, posted with one producer key
+        let shared: Vec<RecordedEvent> = (10..13u128)
+            .map(|s| {
+                let mut e = event(s, 1, 1);
+                e.stream_type = "bus".into();
+                e.metadata.partition_key = Some("user-7".into());
+                e
+            })
+            .collect();
+        let mut p = Pipeline::default();
+        p.push(&shared, Some(())).unwrap();
+        let first = p.next_request().unwrap();
+        assert_eq!(first.ids, vec![0]);
+        assert!(p.next_request().is_none(), "the key's next record waits for the first");
+        p.complete(&outcome(&first, &[true]));
+        assert_eq!(p.next_request().unwrap().ids, vec![1]);
     }
 
     #[test]

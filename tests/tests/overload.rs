@@ -37,6 +37,9 @@ async fn a_service_at_its_limit_refuses_at_once_and_recovers_at_once(pool: PgPoo
     reply.expect_error(503, "overloaded");
     assert!(reply.headers.contains_key("retry-after"), "{:?}", reply.headers);
     assert!(took < Duration::from_secs(1), "shedding took {took:?}");
+    // the limit is the service's, not the route's: another route is refused too
+    let other = api.get(&format!("/transfers/{}", uuid::Uuid::now_v7())).token(&alice).send().await;
+    other.expect_error(503, "overloaded");
     // the operational routes still answer, and count what was shed
     let metrics = api.get("/metrics").send().await;
     let text = metrics.expect(200).as_str().unwrap().to_owned();
