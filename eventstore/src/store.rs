@@ -395,12 +395,7 @@ impl EventStore {
             None => (A::default(), 0),
         };
         for (_, v, event_type, schema_version, data) in rows {
-            if v != version + 1 {
-                return Err(StoreError::Corrupt(format!("stream {stream_id} jumps from version {version} to {v}")));
-            }
-            let event: A::Event =
-                aggregate::decode_versioned(event_type.as_deref().unwrap_or_default(), schema_version, data.0)?;
-            state = state.apply(&event);
+            state = apply_next(stream_id, state, version, v, event_type.as_deref(), schema_version, data.0)?;
             version = v;
         }
         Ok((version > 0).then_some(Loaded { state, version }))
@@ -638,12 +633,7 @@ impl EventStore {
             if recorded_by.is_some_and(|by| recorded_at.is_some_and(|at| at > by)) {
                 break;
             }
-            if v != version + 1 {
-                return Err(StoreError::Corrupt(format!("stream {stream_id} jumps from version {version} to {v}")));
-            }
-            let event: A::Event =
-                aggregate::decode_versioned(event_type.as_deref().unwrap_or_default(), schema_version, data.0)?;
-            state = state.apply(&event);
+            state = apply_next(stream_id, state, version, v, event_type.as_deref(), schema_version, data.0)?;
             version = v;
         }
         let loaded = (version > 0).then_some(Loaded { state, version });
@@ -716,6 +706,24 @@ impl EventStore {
         }
         Ok((latest, rows_read))
     }
+}
+
+/// `state` (at `version`) with the stored event at version `v` applied, upcast from
+/// its schema version; only the next version may follow (a gap is corruption).
+fn apply_next<A: Aggregate>(
+    stream_id: Uuid,
+    state: A,
+    version: i32,
+    v: i32,
+    event_type: Option<&str>,
+    schema_version: i16,
+    data: serde_json::Value,
+) -> Result<A, StoreError> {
+    if v != version + 1 {
+        return Err(StoreError::Corrupt(format!("stream {stream_id} jumps from version {version} to {v}")));
+    }
+    let event: A::Event = aggregate::decode_versioned(event_type.unwrap_or_default(), schema_version, data)?;
+    Ok(state.apply(&event))
 }
 
 /// An aggregate as it was at a point ([`EventStore::load_at`]), and the rows read
