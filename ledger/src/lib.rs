@@ -368,16 +368,11 @@ impl Fold<'_> {
         if currency != own.currency {
             // a posting in another currency than the account holds: counted nowhere
             // (it balances nothing), recorded as a finding
-            self.findings.push(Finding {
-                kind: "unbalanced".into(),
-                account_id: Some(account),
-                transfer_id: ledger::in_transit_change(&event).map(|(t, _)| t),
-                position: Some(r.position),
-                detail: format!(
-                    "{} v{}: a posting in {currency} on an account that holds {}",
-                    r.event_type, r.version, own.currency
-                ),
-            });
+            let detail = format!(
+                "{} v{}: a posting in {currency} on an account that holds {}",
+                r.event_type, r.version, own.currency
+            );
+            self.findings.push(unbalanced(account, &event, r.position, detail));
             // what the account gained or lost has no other side: the imbalance shows it
             let after = ledger::balance_after(&event).unwrap_or(own.balance);
             *self.totals.entry(own.currency.clone()).or_default() += after.saturating_sub(own.balance);
@@ -397,16 +392,11 @@ impl Fold<'_> {
         own.balance = after;
         let mut moved = after.saturating_sub(before);
         if moved != posted {
-            self.findings.push(Finding {
-                kind: "unbalanced".into(),
-                account_id: Some(account),
-                transfer_id: ledger::in_transit_change(&event).map(|(t, _)| t),
-                position: Some(r.position),
-                detail: format!(
-                    "{} v{}: the balance moved by {moved}, its posting by {posted} {currency}",
-                    r.event_type, r.version
-                ),
-            });
+            let detail = format!(
+                "{} v{}: the balance moved by {moved}, its posting by {posted} {currency}",
+                r.event_type, r.version
+            );
+            self.findings.push(unbalanced(account, &event, r.position, detail));
         }
         // the bank's side (both sides, for a refund diverted to suspense)
         for (side, change) in [(posting.from, -posting.amount), (posting.to, posting.amount)] {
@@ -476,6 +466,17 @@ impl Fold<'_> {
 /// accounts commits before the transfer's step it causes, so an unsettled transfer
 /// holds its amount or nothing (debited and not yet credited, or credited and not yet
 /// completed), and a settled one nothing, at every commit.
+/// An account whose balance event and posting disagree (naming the transfer, if any).
+fn unbalanced(account: Uuid, event: &AccountEvent, position: i64, detail: String) -> Finding {
+    Finding {
+        kind: "unbalanced".into(),
+        account_id: Some(account),
+        transfer_id: ledger::in_transit_change(event).map(|(t, _)| t),
+        position: Some(position),
+        detail,
+    }
+}
+
 fn transit_finding(id: Uuid, t: &Transit) -> Option<Finding> {
     let expected: &[i64] = match t.state.as_str() {
         "initiated" | "debited" | "refunding" => &[0, t.transfer_amount],

@@ -537,3 +537,30 @@ async fn commands_queued_on_one_stream_share_appends_and_each_keeps_its_answer_k
     let appends = tests::counter_sum(&repo.metrics().appends) - before_appends;
     assert!((appends as i64) < 100 + taken, "{appends} appends for {} commands", 100 + taken);
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_read_of_the_past_over_an_unreadable_snapshot_folds_from_the_start(pool: PgPool) {
+    // a snapshot every 2 versions; deposits of 1, 2, 3, 4, 5 after the opening
+    let repo = repository(&pool, 2, 0);
+    let id = Uuid::now_v7();
+    open(&repo, id).await;
+    for minor in 1..=5 {
+        deposit(&repo, id, minor).await;
+    }
+    let store = EventStore::new(pool.clone());
+    let past = store.load_at::<Account>(id, Some(5), None).await.unwrap();
+    let loaded = past.loaded.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (5, 10));
+    assert!(past.rows_read <= 3, "from the snapshot at 4: {} rows", past.rows_read);
+    // every kept snapshot of the code's schema version made unreadable
+    let spoiled = sqlx::query("update es.snapshot_history set state = '\"not a state\"' where stream_id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(spoiled.rows_affected() >= 2);
+    let past = store.load_at::<Account>(id, Some(5), None).await.unwrap();
+    let loaded = past.loaded.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (5, 10), "the same state, folded from version 1");
+    assert_eq!(past.rows_read, 5);
+}
