@@ -120,6 +120,7 @@ pub const QUEUE_ERRORS: &[ErrorCode] = &[
     ErrorCode::Forbidden,
     ErrorCode::RiverNotFound,
     ErrorCode::RiverManaged,
+    ErrorCode::RiverServed,
 ];
 
 /// Stores an event (201 after its commit); the tailer plays it to the rapids. Any

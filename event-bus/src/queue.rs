@@ -201,16 +201,21 @@ impl Arrivals {
 }
 
 /// Whether `river` is a generic river that `caller` may read: 404 `river_not_found`
-/// for none, 409 for a managed one, 403 for someone else's (an admin reads any).
+/// for none, 409 for a managed or a served one, 403 for someone else's (an admin reads
+/// any).
 pub async fn check_generic(pool: &PgPool, caller: &Caller, river: &str) -> Result<(), ApiError> {
     crate::registry::check_river(river)?;
     match crate::registry::river(pool, river).await? {
         None => Err(ApiError::new(ErrorCode::RiverNotFound, format!("no generic river `{river}`"))),
-        Some((true, _)) => Err(ApiError::new(
+        Some(row) if row.managed => Err(ApiError::new(
             ErrorCode::RiverManaged,
             format!("`{river}` is a built-in river, read by its service, not a queue"),
         )),
-        Some((false, owner)) => crate::registry::may_use(caller, owner.as_deref()),
+        Some(row) if row.served => Err(ApiError::new(
+            ErrorCode::RiverServed,
+            format!("`{river}` is read by a service of its own, not a queue"),
+        )),
+        Some(row) => crate::registry::may_use(caller, row.owner.as_deref()),
     }
 }
 
@@ -296,7 +301,8 @@ pub async fn ack(pool: &PgPool, caller: &Caller, river: &str, request: &Ack) -> 
 }
 
 /// Runs every generic river (one with subscriptions and no service behind it) until
-/// `shutdown`, starting the new ones within `every`.
+/// `shutdown`, starting the new ones within `every` and stopping those that are no
+/// longer generic (a service now reads it: it marked itself served).
 pub async fn run_generic_rivers(
     pool: PgPool,
     rapids: rapids::Rapids,
@@ -305,18 +311,27 @@ pub async fn run_generic_rivers(
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut running: std::collections::HashMap<String, tokio::task::JoinHandle<()>> = Default::default();
+    let mut running: std::collections::HashMap<String, (tokio::task::JoinHandle<()>, CancellationToken)> =
+        Default::default();
     loop {
         let generic: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
             "select r.name from rapids.rivers r
-             where not r.managed and exists (select 1 from rapids.river_subscriptions s where s.river = r.name)",
+             where not r.managed and not r.served
+               and exists (select 1 from rapids.river_subscriptions s where s.river = r.name)",
         )
         .fetch_all(&pool)
         .await;
         match generic {
             Ok(names) => {
+                for (name, (_, stop)) in &running {
+                    if !names.contains(name) && !stop.is_cancelled() {
+                        tracing::info!(river = %name, "no longer a generic river: stopped");
+                        stop.cancel();
+                    }
+                }
+                running.retain(|_, (task, _)| !task.is_finished());
                 for name in names {
-                    if running.get(&name).is_some_and(|task| !task.is_finished()) {
+                    if running.contains_key(&name) {
                         continue;
                     }
                     // every event reaches the handler, which applies the subscriptions
@@ -331,7 +346,8 @@ pub async fn run_generic_rivers(
                         metrics.clone(),
                     );
                     tracing::info!(river = %name, "generic river started");
-                    running.insert(name, tokio::spawn(river.run(shutdown.child_token())));
+                    let stop = shutdown.child_token();
+                    running.insert(name, (tokio::spawn(river.run(stop.clone())), stop));
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot list the generic rivers; retrying"),
@@ -341,7 +357,7 @@ pub async fn run_generic_rivers(
             _ = tokio::time::sleep(every) => {}
         }
     }
-    for (_, task) in running {
+    for (_, (task, _)) in running {
         let _ = task.await;
     }
 }

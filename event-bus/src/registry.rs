@@ -176,9 +176,19 @@ pub fn check_river(river: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Whether the registry knows `river`: whether it is managed, and its owner.
-pub async fn river(pool: &PgPool, river: &str) -> Result<Option<(bool, Option<String>)>, ApiError> {
-    sqlx::query_as("select managed, owner from rapids.rivers where name = $1")
+/// A river the registry knows.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RiverRow {
+    /// A built-in river: its topics are its code's.
+    pub managed: bool,
+    /// Read by a service of its own: not a queue.
+    pub served: bool,
+    pub owner: Option<String>,
+}
+
+/// The registry's row of `river`, if it knows it.
+pub async fn river(pool: &PgPool, river: &str) -> Result<Option<RiverRow>, ApiError> {
+    sqlx::query_as("select managed, served, owner from rapids.rivers where name = $1")
         .bind(river)
         .fetch_optional(pool)
         .await
@@ -188,7 +198,7 @@ pub async fn river(pool: &PgPool, river: &str) -> Result<Option<(bool, Option<St
 /// A river's subscriptions (none for a river the registry does not know).
 pub async fn subscriptions(pool: &PgPool, river: &str) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
-    let (managed, owner) = self::river(pool, river).await?.unwrap_or((false, None));
+    let (managed, owner) = self::river(pool, river).await?.map_or((false, None), |row| (row.managed, row.owner));
     let topics: Vec<String> = sqlx::query_scalar(
         "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
     )

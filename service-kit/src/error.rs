@@ -82,6 +82,7 @@ error_codes! {
     VersionNotReached = ("version_not_reached", CONFLICT, "the transfer has not reached min_version within wait_ms; retry after Retry-After"),
     TransferNotReady = ("transfer_not_ready", CONFLICT, "a saga step arrived before the step it follows"),
     RiverManaged = ("river_managed", CONFLICT, "a built-in river (accounts, transfers, views): the saga depends on its topics, which only its code changes"),
+    RiverServed = ("river_served", CONFLICT, "a river read by a service of its own, not a queue: receive and ack are refused"),
     PayloadTooLarge = ("payload_too_large", PAYLOAD_TOO_LARGE, "the body is larger than BODY_LIMIT_BYTES"),
     UnsupportedMediaType = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "the body is not application/json"),
     InsufficientFunds = ("insufficient_funds", UNPROCESSABLE_ENTITY, "the balance does not cover the withdrawal"),

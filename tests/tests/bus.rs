@@ -395,8 +395,17 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
     let metrics = RiverMetrics::register(&prometheus::Registry::new()).unwrap();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
-    sqlx::query("insert into rapids.rivers (name) values ('svc1')").execute(&pool).await.unwrap();
     tokio::spawn(River::new(config, pool.clone(), bank.rapids.clone(), recorder.clone(), metrics).run(stop.clone()));
+    // it registers itself as served by its service: the bus runs no queue of that name
+    // (which would take its shards' leases and its events)
+    wait_for(Duration::from_secs(10), "the river to register as served", || async {
+        let served: Option<bool> = sqlx::query_scalar("select served from rapids.rivers where name = 'svc1'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        (served == Some(true)).then_some(())
+    })
+    .await;
 
     let send = |kind: &'static str, n: &'static str| {
         let (bus, shop) = (bus.clone(), shop.clone());
@@ -441,6 +450,19 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
     assert_eq!(*recorder.seen.lock().unwrap(), ["a1", "s1"]);
     let subs = bus.get("/rivers/svc1/subscriptions").token(&admin).send().await;
     assert_eq!(subs.expect(200)["topics"], json!(["sentinel.made"]));
+    // not a queue: the bus queued none of its events and refuses to serve it
+    let queued: i64 = sqlx::query_scalar("select count(*) from rapids.river_messages where river = 'svc1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0);
+    bus.post("/rivers/svc1/receive").token(&admin).json(json!({})).send().await.expect_error(409, "river_served");
+    bus.post("/rivers/svc1/ack")
+        .token(&admin)
+        .json(json!({"receipts": [Uuid::now_v7()]}))
+        .send()
+        .await
+        .expect_error(409, "river_served");
 
     // the built-in rivers list their topics and refuse changes
     wait_for(Duration::from_secs(10), "the built-in rivers to register", || async {

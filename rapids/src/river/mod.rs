@@ -267,7 +267,9 @@ pub enum Subscriptions {
     /// control plane refuses to change them.
     Managed,
     /// From the registry (`rapids.river_subscriptions`), followed while it runs: a
-    /// change made at runtime reaches the readers within `renew_every`.
+    /// change made at runtime reaches the readers within `renew_every`. The river
+    /// registers itself as served (`rapids.rivers.served`), so the event bus runs no
+    /// queue of the same name beside it.
     Registry,
 }
 
@@ -648,6 +650,13 @@ async fn sync_subscriptions<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> 
             tx.commit().await
         }
         Subscriptions::Registry => {
+            sqlx::query(
+                "insert into rapids.rivers (name, served) values ($1, true)
+                 on conflict (name) do update set served = true where not rapids.rivers.served",
+            )
+            .bind(&config.name)
+            .execute(&shared.pool)
+            .await?;
             let patterns: Vec<String> = sqlx::query_scalar(
                 "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
             )
