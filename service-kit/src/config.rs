@@ -46,6 +46,11 @@ pub struct DatabaseArgs {
     /// How long start-up waits for the database to accept connections.
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECS", default_value_t = DatabaseArgs::default().database_connect_timeout_secs)]
     pub database_connect_timeout_secs: u64,
+    /// Apply the migrations at start-up (the default). `false` for a deployment that
+    /// runs `bankctl migrate` as a step of its own: a start on a database lacking a
+    /// migration this build needs then fails.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
 }
 
 impl DatabaseArgs {
@@ -55,6 +60,7 @@ impl DatabaseArgs {
             database_url: Secret::new(database_url),
             database_max_connections: 16,
             database_connect_timeout_secs: 30,
+            migrate_on_start: true,
         }
     }
 }

@@ -18,6 +18,10 @@ pub enum StartupError {
     Unreachable(Duration, String),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database lacks migration(s) {0} this build needs; run `bankctl migrate` (MIGRATE_ON_START is false)")]
+    NotMigrated(String),
+    #[error("cannot read the applied migrations: {0}")]
+    Applied(sqlx::Error),
 }
 
 /// A pool to `DATABASE_URL`, retried until the database answers or the timeout passes.
@@ -220,10 +224,42 @@ pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
 }
 
 /// Applies every migration not yet applied. Safe when several services start at once:
-/// sqlx serializes runs with an advisory lock.
+/// sqlx serializes runs with an advisory lock. A migration applied that this build does
+/// not know is no error: a newer build ran it (the expand step of a rolling update,
+/// docs/decisions/0038), and this one keeps working until it is replaced.
 pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
-    migrations::MIGRATOR.run(pool).await?;
+    let migrator = sqlx::migrate::Migrator {
+        migrations: migrations::MIGRATOR.migrations.clone(),
+        ignore_missing: true,
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    migrator.run(pool).await?;
     Ok(())
+}
+
+/// With `MIGRATE_ON_START=false`: applies nothing, and refuses to start on a database
+/// that lacks a migration this build needs.
+pub async fn require_migrated(pool: &PgPool) -> Result<(), StartupError> {
+    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success")
+        .fetch_all(pool)
+        .await
+        .or_else(|e| match &e {
+            // no migration table: nothing was ever applied
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Ok(Vec::new()),
+            _ => Err(e),
+        })
+        .map_err(StartupError::Applied)?;
+    let missing: Vec<String> = migrations::MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| format!("{} ({})", m.version, m.description))
+        .collect();
+    if missing.is_empty() { Ok(()) } else { Err(StartupError::NotMigrated(missing.join(", "))) }
+}
+
+/// Migrates, or with `MIGRATE_ON_START=false` checks that it needs not.
+pub async fn migrate_or_check(pool: &PgPool, args: &DatabaseArgs) -> Result<(), StartupError> {
+    if args.migrate_on_start { migrate(pool).await } else { require_migrated(pool).await }
 }
 
 /// What a service's `main` does before building its state: logging, then the
@@ -232,7 +268,7 @@ pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<PgPool> {
     crate::telemetry::init(args.log.log_format);
     args.app.check(Some(args.database.database_url.expose()), None).map_err(anyhow::Error::msg)?;
     let pool = connect(&args.database).await?;
-    migrate(&pool).await?;
+    migrate_or_check(&pool, &args.database).await?;
     Ok(pool)
 }
 

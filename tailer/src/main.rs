@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let (database_url, endpoint) = (config.database.database_url.expose(), &config.kinesis.kinesis_endpoint);
     config.app.check(Some(database_url), Some(endpoint)).map_err(anyhow::Error::msg)?;
     let pool = service_kit::startup::connect(&config.database).await?;
-    service_kit::startup::migrate(&pool).await?;
+    service_kit::startup::migrate_or_check(&pool, &config.database).await?;
     let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
 
     let registry = prometheus::Registry::new();
