@@ -28,7 +28,7 @@ apt_install() {
 # cannot drift apart. (podman's netavark drives the host firewall through iptables, a
 # package apt does not pull in with --no-install-recommends.)
 declare -A TOOL_PACKAGE=(
-  [curl]=curl [openssl]=openssl [jq]=jq [bc]=bc [objcopy]=binutils [ip]=iproute2
+  [curl]=curl [openssl]=openssl [jq]=jq [bc]=bc [pgrep]=procps [getconf]=libc-bin [objcopy]=binutils [ip]=iproute2
   [runuser]=util-linux [useradd]=passwd [node]=nodejs [npm]=npm
   [psql]=postgresql-client-15 [initdb]=postgresql-15 [pgbench]=postgresql-15
   [chromium]=chromium
@@ -44,7 +44,7 @@ declare -A TOOL_PATH=(
 TOOLS_BASE=(curl openssl jq runuser useradd psql initdb node npm)
 TOOLS_BROWSER=(chromium)
 TOOLS_IMAGES=(podman runc netavark aardvark-dns iptables debootstrap bc objcopy ip)
-TOOLS_BENCH=(pgbench bc)
+TOOLS_BENCH=(pgbench bc pgrep getconf)
 
 tool_present() {
   local path=${TOOL_PATH[$1]:-}
