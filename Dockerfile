@@ -54,6 +54,17 @@ HEALTHCHECK --interval=2s --timeout=3s --retries=30 CMD kinesis-health
 ENTRYPOINT ["/usr/bin/tini", "--", "node", "/opt/kinesis/node_modules/kinesalite/cli.js"]
 CMD ["--port", "4567", "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0", "--shardLimit", "100000"]
 
+FROM runtime AS prometheus
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends prometheus \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+COPY deploy/prometheus/alerts.yml deploy/prometheus/compose.yml /etc/bank-prometheus/
+USER prometheus
+EXPOSE 9090
+HEALTHCHECK --interval=2s --timeout=3s --retries=30 CMD curl -fsS -o /dev/null http://127.0.0.1:9090/-/ready
+ENTRYPOINT ["/usr/bin/tini", "--", "prometheus", "--config.file=/etc/bank-prometheus/compose.yml", \
+            "--storage.tsdb.path=/var/lib/prometheus/metrics2", "--web.listen-address=0.0.0.0:9090"]
+
 FROM runtime AS bank
 ARG PROFILE=debug
 COPY target/${PROFILE}/account-service target/${PROFILE}/transfer-service target/${PROFILE}/query-service \

@@ -31,7 +31,7 @@ declare -A TOOL_PACKAGE=(
   [curl]=curl [openssl]=openssl [jq]=jq [bc]=bc [pgrep]=procps [getconf]=libc-bin [objcopy]=binutils [ip]=iproute2
   [runuser]=util-linux [useradd]=passwd [node]=nodejs [npm]=npm
   [psql]=postgresql-client-15 [initdb]=postgresql-15 [pgbench]=postgresql-15
-  [chromium]=chromium
+  [chromium]=chromium [prometheus]=prometheus [promtool]=prometheus
   [podman]=podman [runc]=runc [debootstrap]=debootstrap [iptables]=iptables
   [netavark]=netavark [aardvark-dns]=aardvark-dns
 )
@@ -41,7 +41,7 @@ declare -A TOOL_PATH=(
   [netavark]=/usr/lib/podman/netavark [aardvark-dns]=/usr/lib/podman/aardvark-dns
 )
 # The tools of each part of the work, for `preflight`.
-TOOLS_BASE=(curl openssl jq runuser useradd psql initdb node npm)
+TOOLS_BASE=(curl openssl jq runuser useradd psql initdb node npm prometheus promtool)
 TOOLS_BROWSER=(chromium)
 TOOLS_IMAGES=(podman runc netavark aardvark-dns iptables debootstrap bc objcopy ip)
 TOOLS_BENCH=(pgbench bc pgrep getconf)
@@ -106,6 +106,28 @@ ensure_postgres() {
 # Tools the scripts and tests call, whatever else is configured.
 ensure_tools() {
   ensure_cmds curl openssl jq runuser # openssl: the RS256 test makes its key pair
+}
+
+# ensure_prometheus: Prometheus and promtool (Debian's prometheus package).
+ensure_prometheus() {
+  ensure_cmds prometheus promtool
+}
+
+# prometheus_config FILE NAME=ADDR...: a configuration scraping each process's
+# /metrics every 5 s (job = NAME), with the bank's alerting rules.
+prometheus_config() {
+  local file=$1 target
+  shift
+  {
+    echo "# written by scripts/lib.sh (prometheus_config)"
+    echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
+    echo "rule_files: ['$ROOT/deploy/prometheus/alerts.yml']"
+    echo "scrape_configs:"
+    for target in "$@"; do
+      echo "  - job_name: '${target%%=*}'"
+      echo "    static_configs: [{targets: ['${target#*=}']}]"
+    done
+  } >"$file"
 }
 
 ensure_kinesis_servers() {
