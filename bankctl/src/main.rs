@@ -68,6 +68,15 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Print the event store's identity (in every envelope the tailer publishes); with
+    /// --renew, give it a new one first: a step of every restore, so that the rivers
+    /// skip the stream's events of the timeline the restore left at once.
+    StoreIdentity {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        renew: bool,
+    },
     /// Check the books once (the reconciliation, incremental from where the last check
     /// stopped) and print the report as JSON; exit 1 on any difference: a currency whose
     /// balances do not sum to zero, in_transit not equal to what the open transfers hold,
@@ -176,6 +185,15 @@ async fn main() -> anyhow::Result<()> {
             let pool = service_kit::startup::connect(&database).await?;
             service_kit::startup::migrate(&pool).await?;
             println!("migrations applied");
+        }
+        Command::StoreIdentity { database, renew } => {
+            let pool = service_kit::startup::connect(&database).await?;
+            let id = if renew {
+                eventstore::identity::renew(&pool).await?
+            } else {
+                eventstore::identity::identity(&pool).await?
+            };
+            println!("{id}");
         }
         Command::Reconcile { database, full } => {
             let pool = service_kit::startup::connect(&database).await?;

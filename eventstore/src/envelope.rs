@@ -90,6 +90,10 @@ pub struct Envelope {
     /// When the event was recorded, in epoch milliseconds.
     #[serde(default)]
     pub timestamp: i64,
+    /// The identity of the event store that recorded it (`es.store`), set by the
+    /// tailer: a river tells another store's events from its own by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<Uuid>,
     pub data: serde_json::Value,
 }
 
@@ -124,6 +128,7 @@ impl Envelope {
             actor: m.actor,
             role: m.role,
             tags,
+            store: None,
             data: e.data,
         }
     }

@@ -15,6 +15,7 @@
 pub mod envelope;
 pub mod expiry;
 pub mod group_commit;
+pub mod identity;
 pub mod metrics;
 pub mod repository;
 pub mod store;

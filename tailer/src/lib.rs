@@ -259,7 +259,10 @@ impl<S: EventSource> Tailer<S> {
         listener: &mut PgListener,
         puts: &mut FuturesUnordered<BoxFuture<'static, publish::PutOutcome>>,
     ) -> Result<(), TailerError> {
-        let mut pipeline = publish::Pipeline::in_region(self.publisher.region());
+        // the store's identity goes into every envelope (rivers tell another store's
+        // events by it)
+        let store = eventstore::identity::identity(&mut *lock).await?;
+        let mut pipeline = publish::Pipeline::new(self.publisher.region(), Some(store));
         let in_flight = self.config.in_flight.max(1);
         // something may have been committed: read
         let mut read_now = true;

@@ -93,6 +93,8 @@ impl PutOutcome {
 pub struct Pipeline<A> {
     /// The region the envelopes are tagged with.
     region: String,
+    /// The event store's identity, put in every envelope.
+    store: Option<uuid::Uuid>,
     records: VecDeque<Slot>,
     /// The id of `records[0]`; ids grow by one per record pushed.
     front: u64,
@@ -103,14 +105,14 @@ pub struct Pipeline<A> {
 
 impl<A> Default for Pipeline<A> {
     fn default() -> Self {
-        Pipeline { region: String::new(), records: VecDeque::new(), front: 0, acks: VecDeque::new() }
+        Pipeline { region: String::new(), store: None, records: VecDeque::new(), front: 0, acks: VecDeque::new() }
     }
 }
 
 impl<A> Pipeline<A> {
-    /// A pipeline whose envelopes carry the `region` tag.
-    pub fn in_region(region: &str) -> Self {
-        Pipeline { region: region.to_owned(), ..Pipeline::default() }
+    /// A pipeline whose envelopes carry the `region` tag and the store's identity.
+    pub fn new(region: &str, store: Option<uuid::Uuid>) -> Self {
+        Pipeline { region: region.to_owned(), store, ..Pipeline::default() }
     }
 }
 
@@ -135,7 +137,7 @@ impl<A> Pipeline<A> {
     pub fn push(&mut self, events: &[RecordedEvent], ack: Option<A>) -> Result<(), PublishError> {
         let mut slots = Vec::with_capacity(events.len());
         for event in events {
-            let envelope = Envelope::from_recorded(event.clone(), &self.region);
+            let envelope = Envelope { store: self.store, ..Envelope::from_recorded(event.clone(), &self.region) };
             // a stream's events share its partition key (aggregates: the stream id), so
             // one key never has two records in flight and keeps its order on its shard
             let key = envelope.partition_key.clone();

@@ -219,6 +219,7 @@ async fn a_genuine_event_read_before_its_commit_is_visible_is_delivered_not_call
         partition_key: account.to_string(),
         source: "account".into(),
         timestamp: 0,
+        store: None,
         data: json!({"amount": 7, "currency": "EUR", "balance_after": 107}),
     };
     // the event written and not committed yet (invisible), its envelope on the stream
@@ -271,6 +272,7 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
         partition_key: account.to_string(),
         source: "account".into(),
         timestamp: 0,
+        store: None,
         data: json!({"amount": 1_000_000, "currency": "EUR", "balance_after": 1_000_100, "transfer_id": Uuid::now_v7()}),
     };
     tests::put_envelope(&bank.rapids, &forged).await;

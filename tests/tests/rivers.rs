@@ -133,6 +133,7 @@ fn envelope(stream_id: Uuid, version: i32, data: serde_json::Value) -> Envelope 
         partition_key: stream_id.to_string(),
         source: "test".into(),
         timestamp: 0,
+        store: None,
         data,
     }
 }

@@ -365,6 +365,8 @@ pub struct RiverMetrics {
     pub forged: IntCounterVec,
     /// Looks repeated for an envelope's event id not yet visible in the store.
     pub unseen: IntCounterVec,
+    /// Envelopes of another event store whose event this store does not hold: skipped.
+    pub other_store: IntCounterVec,
 }
 
 impl RiverMetrics {
@@ -421,8 +423,16 @@ impl RiverMetrics {
             ),
             &["river"],
         )?;
+        let other_store = IntCounterVec::new(
+            Opts::new(
+                "river_events_other_store_total",
+                "Envelopes recorded by another event store (the stream outlived the database: a fresh one, a restore) whose event this store does not hold: skipped at once",
+            ),
+            &["river"],
+        )?;
         for m in [
             Box::new(forged.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(other_store.clone()),
             Box::new(unseen.clone()),
             Box::new(handled.clone()),
             Box::new(parked.clone()),
@@ -448,6 +458,7 @@ impl RiverMetrics {
             delivery_seconds,
             forged,
             unseen,
+            other_store,
         })
     }
 }
@@ -468,6 +479,8 @@ struct Shared<H> {
     read_interval_ms: std::sync::atomic::AtomicU64,
     /// The river's consumer ARN, once registered (enhanced fan-out).
     consumer: tokio::sync::OnceCell<String>,
+    /// The event store's identity (`es.store`), once read.
+    store: tokio::sync::OnceCell<uuid::Uuid>,
 }
 
 impl<H> Shared<H> {
@@ -501,6 +514,7 @@ impl<H: Handler> River<H> {
                 published: tokio::sync::watch::Sender::new(0),
                 read_interval_ms: std::sync::atomic::AtomicU64::new(0),
                 consumer: tokio::sync::OnceCell::new(),
+                store: tokio::sync::OnceCell::new(),
             }),
         }
     }

@@ -605,7 +605,10 @@ impl<H: Handler> ShardReader<H> {
     /// first miss (logical decoding hands the tailer a transaction as soon as its
     /// commit record is flushed, a moment before the commit becomes visible to other
     /// sessions, so a river may read a genuine event before it can see it), then
-    /// parked: an operator's retry checks it again ([`held_by_store`]).
+    /// parked: an operator's retry checks it again ([`held_by_store`]). An envelope of
+    /// another event store (its `store` is not this store's identity: the stream
+    /// outlived the database) whose id the store does not hold is not waited for: it is
+    /// counted and skipped at once.
     async fn screen_forged(&self, records: &[Record], decoded: &mut [Decoded]) -> Result<(), Stop> {
         let reserved: Vec<&RiverEvent> = decoded
             .iter()
@@ -616,13 +619,19 @@ impl<H: Handler> ShardReader<H> {
             return Ok(());
         }
         let envelopes: Vec<&Envelope> = reserved.iter().map(|e| &e.envelope).collect();
+        let ours = self.store_identity().await?;
+        let foreign = |e: &Envelope| e.store.is_some_and(|s| s != ours);
         let mut backoff = self.shared.config.retry_backoff;
         let mut first_miss: Option<std::time::Instant> = None;
         // candidate → whether the stored event with its id is the same
         let stored: std::collections::HashMap<i64, bool> = loop {
             let found = compare_with_store(&self.shared.pool, &envelopes).await;
+            // what is missing and of this store may not be visible yet: wait for it
+            let awaited = |found: &std::collections::HashMap<i64, bool>| {
+                (1..).zip(&envelopes).any(|(i, e)| !found.contains_key(&i) && !foreign(e))
+            };
             match found {
-                Ok(found) if found.len() == reserved.len() => break found,
+                Ok(found) if !awaited(&found) => break found,
                 Ok(found) if first_miss.get_or_insert_with(std::time::Instant::now).elapsed() >= UNSEEN_GRACE => {
                     break found;
                 }
@@ -638,6 +647,7 @@ impl<H: Handler> ShardReader<H> {
             }
         };
         let mut candidate = 0_i64;
+        let mut other_store = 0;
         for (item, record) in decoded.iter_mut().zip(records) {
             let Decoded::Event(e) = item else { continue };
             if !super::is_reserved(&e.envelope.event_type) {
@@ -648,9 +658,17 @@ impl<H: Handler> ShardReader<H> {
             if held == Some(true) {
                 continue;
             }
-            self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
             let (river, shard, event_type) = (&self.label[0], &self.shard, &e.envelope.event_type);
             let (stream_id, event_id) = (e.envelope.stream_id, e.envelope.event_id);
+            if held.is_none() && foreign(&e.envelope) {
+                self.shared.metrics.other_store.with_label_values(&self.label[..1]).inc();
+                tracing::debug!(%river, %shard, %event_type, %stream_id, %event_id, store = ?e.envelope.store,
+                    "an envelope of another event store, whose event this store does not hold: skipped");
+                *item = Decoded::Skipped;
+                other_store += 1;
+                continue;
+            }
+            self.shared.metrics.forged.with_label_values(&self.label[..1]).inc();
             if held == Some(false) {
                 tracing::warn!(%river, %shard, %event_type, %stream_id, %event_id,
                     "a forged envelope of a reserved type (the event store holds its id with other fields): ignored");
@@ -667,7 +685,26 @@ impl<H: Handler> ShardReader<H> {
                 *item = Decoded::Bad { record: record.clone(), error, event };
             }
         }
+        if other_store > 0 {
+            tracing::warn!(river = %self.label[0], shard = %self.shard, skipped = other_store,
+                "envelopes of another event store (the stream outlived this database) whose events it does not hold: skipped");
+        }
         Ok(())
+    }
+
+    /// This event store's identity, read once (retried until the database answers).
+    async fn store_identity(&self) -> Result<uuid::Uuid, Stop> {
+        let mut backoff = self.shared.config.retry_backoff;
+        loop {
+            let read = self.shared.store.get_or_try_init(|| eventstore::identity::identity(&self.shared.pool)).await;
+            match read {
+                Ok(id) => return Ok(*id),
+                Err(e) => {
+                    self.failed("database", &e.to_string());
+                    self.pause(&mut backoff).await?;
+                }
+            }
+        }
     }
 
     fn decode(&self, record: &Record) -> Decoded {
