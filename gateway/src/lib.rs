@@ -11,6 +11,7 @@
 //! * [`openapi`]: one document for the whole API, assembled from the upstreams'.
 #![forbid(unsafe_code)]
 
+pub mod instances;
 pub mod openapi;
 pub mod proxy;
 
@@ -61,6 +62,22 @@ pub struct Config {
     pub query_service_url: String,
     #[arg(long, env = "EVENT_BUS_URL", default_value = "http://127.0.0.1:8086")]
     pub event_bus_url: String,
+    /// Several instances of account-service (comma-separated; replaces
+    /// `ACCOUNT_SERVICE_URL`): requests go to the ready ones in turn.
+    #[arg(long, env = "ACCOUNT_SERVICE_URLS", value_delimiter = ',')]
+    pub account_service_urls: Vec<String>,
+    /// Several instances of transfer-service (replaces `TRANSFER_SERVICE_URL`).
+    #[arg(long, env = "TRANSFER_SERVICE_URLS", value_delimiter = ',')]
+    pub transfer_service_urls: Vec<String>,
+    /// Several instances of query-service (replaces `QUERY_SERVICE_URL`).
+    #[arg(long, env = "QUERY_SERVICE_URLS", value_delimiter = ',')]
+    pub query_service_urls: Vec<String>,
+    /// Several instances of the event bus (replaces `EVENT_BUS_URL`).
+    #[arg(long, env = "EVENT_BUS_URLS", value_delimiter = ',')]
+    pub event_bus_urls: Vec<String>,
+    /// How often each instance's `/ready` is asked.
+    #[arg(long, env = "UPSTREAM_CHECK_MS", default_value_t = 1000)]
+    pub upstream_check_ms: u64,
     /// `true` enables `POST /api/dev/token` (mint any token: development only; refused
     /// unless the gateway listens on a loopback address).
     #[arg(long, env = "DEV_LOGIN", default_value_t = false, action = clap::ArgAction::Set)]
@@ -86,13 +103,29 @@ impl Config {
     pub const DEFAULT_ADMIN_ADDR: SocketAddr =
         SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9080));
 
-    fn base(&self, upstream: Upstream) -> &str {
-        match upstream {
-            Upstream::Accounts => &self.account_service_url,
-            Upstream::Transfers => &self.transfer_service_url,
-            Upstream::Queries => &self.query_service_url,
-            Upstream::Bus => &self.event_bus_url,
-        }
+    /// The instances of an upstream: its `*_URLS`, else its `*_URL`.
+    fn urls(&self, upstream: Upstream) -> Vec<String> {
+        let (many, one) = match upstream {
+            Upstream::Accounts => (&self.account_service_urls, &self.account_service_url),
+            Upstream::Transfers => (&self.transfer_service_urls, &self.transfer_service_url),
+            Upstream::Queries => (&self.query_service_urls, &self.query_service_url),
+            Upstream::Bus => (&self.event_bus_urls, &self.event_bus_url),
+        };
+        let many: Vec<String> = many.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+        if many.is_empty() { vec![one.clone()] } else { many }
+    }
+}
+
+/// The instances of every upstream.
+pub struct Upstreams([instances::Instances; 4]);
+
+impl Upstreams {
+    fn new(config: &Config) -> Self {
+        Upstreams(Upstream::ALL.map(|u| instances::Instances::new(config.urls(u))))
+    }
+
+    pub fn of(&self, upstream: Upstream) -> &instances::Instances {
+        &self.0[Upstream::ALL.iter().position(|u| *u == upstream).unwrap_or(0)]
     }
 }
 
@@ -105,6 +138,8 @@ pub struct AppState {
     pub client: reqwest::Client,
     /// Each subject's rate of requests.
     pub limiter: Arc<SubjectLimit>,
+    /// Each upstream's instances and which are ready.
+    pub upstreams: Arc<Upstreams>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -130,11 +165,13 @@ impl AppState {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         let mut kit = kit;
+        let upstreams = Arc::new(Upstreams::new(&config));
+        // ready when each upstream has a ready instance (as last checked)
         for upstream in Upstream::ALL {
-            let (client, url) = (client.clone(), format!("{}/health", config.base(upstream).trim_end_matches('/')));
+            let upstreams = upstreams.clone();
             kit = kit.with_check(upstream.name(), move || {
-                let (client, url) = (client.clone(), url.clone());
-                async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+                let ready = upstreams.of(upstream).any_ready();
+                async move { ready }
             });
         }
         let limiter = SubjectLimit::new(config.rate_limit_per_s, config.rate_limit_burst, limited);
@@ -144,6 +181,7 @@ impl AppState {
             config: Arc::new(config),
             client,
             limiter: Arc::new(limiter),
+            upstreams,
         })
     }
 }
@@ -243,11 +281,36 @@ async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Req
     // a waiting read ends upstream first: the upstream caps its own wait a margin below
     // its request timeout, and this forward allows the whole timeout
     let timeout = state.kit.request_timeout;
-    let (status, returned, body) =
-        proxy::forward(&state.client, upstream, state.config.base(upstream), outgoing, timeout).await?;
-    let mut response = (status, body).into_response();
-    response.headers_mut().extend(returned);
-    Ok(response)
+    // another instance is tried when the request never reached this one (a refused
+    // connection), and for a request safe to repeat (a read, or a command with an
+    // Idempotency-Key) also when this one failed or answered 503
+    let repeatable = parts.method == http::Method::GET || parts.headers.contains_key("idempotency-key");
+    let instances = state.upstreams.of(upstream);
+    let order = instances.order();
+    let mut last = None;
+    for (n, i) in order.iter().copied().enumerate() {
+        let more = n + 1 < order.len();
+        match proxy::forward(&state.client, upstream, instances.url(i), outgoing.clone(), timeout).await {
+            Ok((status, _, _)) if status == http::StatusCode::SERVICE_UNAVAILABLE && repeatable && more => {
+                instances.set_ready(i, false);
+            }
+            Ok((status, returned, body)) => {
+                let mut response = (status, body).into_response();
+                response.headers_mut().extend(returned);
+                return Ok(response);
+            }
+            Err(failed) if (failed.not_sent || repeatable) && more => {
+                if failed.not_sent {
+                    instances.set_ready(i, false);
+                }
+                last = Some(failed.error);
+            }
+            Err(failed) => return Err(failed.error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ApiError::new(ErrorCode::UpstreamUnavailable, format!("{} is not reachable; retry", upstream.name()))
+    }))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -285,14 +348,31 @@ fn with_browser_headers(routes: Router) -> Router {
 }
 
 /// Keeps the served OpenAPI document assembled from the upstreams' (retried until
-/// each answered), and the rate limiter's memory bounded.
+/// each answered), the rate limiter's memory bounded, and each upstream instance's
+/// readiness checked.
 pub fn start_background(state: &AppState, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let checks = {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        let every = Duration::from_millis(state.config.upstream_check_ms.max(50));
+        tokio::spawn(async move {
+            loop {
+                let each = Upstream::ALL.map(|u| state.upstreams.of(u).check(&state.client));
+                futures::future::join_all(each).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    };
     let state = state.clone();
     tokio::spawn(async move {
+        let _checks = AbortOnDrop(checks);
         let mut complete = false;
         loop {
             if !complete {
-                let (document, all) = openapi::assemble(&state.client, |u| state.config.base(u).to_owned()).await;
+                // from the first instance of each upstream (they serve the same document)
+                let (document, all) = openapi::assemble(&state.client, |u| state.config.urls(u)[0].clone()).await;
                 state.kit.set_openapi(document);
                 complete = all;
             }
@@ -319,4 +399,13 @@ pub async fn run(
     background.abort();
     admin.await.map_err(std::io::Error::other)??;
     served
+}
+
+/// Aborts a task when dropped (the background's readiness checks end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -113,11 +113,26 @@ const FORWARDED: [&str; 6] =
 const RETURNED: [&str; 5] = ["content-type", "retry-after", "idempotent-replayed", "www-authenticate", "allow"];
 
 /// A request as it goes upstream: its path and query below the upstream's base.
+#[derive(Clone)]
 pub struct Outgoing<'a> {
     pub method: Method,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
     pub body: Bytes,
+}
+
+/// Why a forward failed: the answer to give, and whether the request never reached
+/// the instance (its connection was refused: safe to send to another).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ApiError,
+    pub not_sent: bool,
+}
+
+impl From<ApiError> for Failed {
+    fn from(error: ApiError) -> Self {
+        Failed { error, not_sent: false }
+    }
 }
 
 /// Forwards a request to `base` + its path and query; an upstream that cannot be
@@ -128,7 +143,7 @@ pub async fn forward(
     base: &str,
     outgoing: Outgoing<'_>,
     timeout: Duration,
-) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Bytes), Failed> {
     let Outgoing { method, path_and_query, headers, body } = outgoing;
     let base = base.trim_end_matches('/');
     let url = reqwest::Url::parse(&format!("{base}{path_and_query}"))
@@ -138,7 +153,7 @@ pub async fn forward(
     let base_path = reqwest::Url::parse(base).map(|b| b.path().trim_end_matches('/').to_owned()).unwrap_or_default();
     if url.path() != format!("{base_path}{routed}") {
         tracing::warn!(upstream = upstream.name(), "a path changed on its way out: refused");
-        return Err(ApiError::new(ErrorCode::NotFound, "no such route"));
+        return Err(ApiError::new(ErrorCode::NotFound, "no such route").into());
     }
     let mut request = client.request(method, url).timeout(timeout);
     for name in FORWARDED {
@@ -151,11 +166,13 @@ pub async fn forward(
         ApiError::new(ErrorCode::UpstreamUnavailable, format!("{} is not reachable; retry", upstream.name()))
     };
     let response = request.body(body).send().await.map_err(|e| {
-        if e.is_connect() || e.is_timeout() {
-            unreachable(e)
+        if e.is_connect() {
+            Failed { error: unreachable(e), not_sent: true }
+        } else if e.is_timeout() {
+            unreachable(e).into()
         } else {
             tracing::warn!(upstream = upstream.name(), error = %e, "upstream answered badly");
-            ApiError::new(ErrorCode::BadGateway, format!("{} gave no usable answer", upstream.name()))
+            ApiError::new(ErrorCode::BadGateway, format!("{} gave no usable answer", upstream.name())).into()
         }
     })?;
     let status = response.status();

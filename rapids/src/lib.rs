@@ -23,6 +23,10 @@ pub use kinesis::{Rapids, RapidsConfig, describe};
 /// batch; river readers sharing the database wake on it instead of waiting to poll.
 pub const PUBLISHED_CHANNEL: &str = "rapids_published";
 
+/// The channel an instance of a river NOTIFYs (payload: the river's name) when it gives
+/// its leases up on a clean stop: the other instances take the shards at once.
+pub const LEASES_RELEASED_CHANNEL: &str = "rapids_leases_released";
+
 /// Buckets (seconds) of the rapids' latency histograms: publish lag, GetRecords,
 /// delivery. Fine between 10 ms and 1 s, where the saga's steps fall.
 pub const LATENCY_BUCKETS: [f64; 25] = [

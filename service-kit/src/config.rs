@@ -137,6 +137,11 @@ pub struct HttpArgs {
     /// with 503 `overloaded` and Retry-After.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = HttpArgs::default().max_in_flight)]
     pub max_in_flight: usize,
+    /// On SIGTERM, `/ready` answers 503 for this long while the process still serves,
+    /// so that load balancers (the gateway checks every instance's `/ready`) stop
+    /// sending it requests before it stops listening.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = HttpArgs::default().shutdown_drain_ms)]
+    pub shutdown_drain_ms: u64,
 }
 
 impl HttpArgs {
@@ -152,7 +157,7 @@ impl HttpArgs {
 
 impl Default for HttpArgs {
     fn default() -> Self {
-        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024, max_in_flight: 2048 }
+        HttpArgs { request_timeout_ms: 10_000, body_limit_bytes: 16 * 1024, max_in_flight: 2048, shutdown_drain_ms: 0 }
     }
 }
 

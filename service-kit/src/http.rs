@@ -55,6 +55,7 @@ impl Kit {
         http: &crate::config::HttpArgs,
     ) -> prometheus::Result<Self> {
         let http_metrics = HttpMetrics::register(&registry)?;
+        crate::shutdown::set_drain(Duration::from_millis(http.shutdown_drain_ms));
         Ok(Kit {
             service,
             pool,
@@ -211,6 +212,13 @@ async fn ready(State(kit): State<Kit>) -> Response {
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let mut checks = json!({});
     let mut all = true;
+    if crate::shutdown::stopping() {
+        // stopping: no new work, whatever the dependencies say
+        let checks = json!({"shutdown": "stopping"});
+        return ApiError::new(ErrorCode::NotReady, "the process is stopping")
+            .with_detail("checks", checks)
+            .into_response();
+    }
     if kit.uses_database {
         let db = matches!(tokio::time::timeout(probe, sqlx::query("select 1").execute(&kit.pool)).await, Ok(Ok(_)));
         checks["database"] = json!(word(db));

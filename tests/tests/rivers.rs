@@ -241,6 +241,70 @@ async fn two_instances_share_the_shards_and_one_finishes_when_the_other_dies(
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn a_clean_stop_hands_the_shards_over_at_once_with_nothing_handled_twice(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = tests::pool(options, connect).await;
+    effects_table(&pool).await;
+    let rapids = tests::fresh_stream(4).await;
+    // leases that last a minute and are renewed every 20 s: only the stopping
+    // instance's notice can hand its shards over within seconds
+    let slow = |worker: &str| RiverConfig {
+        lease_duration: Duration::from_secs(60),
+        renew_every: Duration::from_secs(20),
+        ..config(worker)
+    };
+    let start = |worker: &str| {
+        let stop = CancellationToken::new();
+        let metrics = RiverMetrics::register(&prometheus::Registry::new()).unwrap();
+        let river = River::new(slow(worker), pool.clone(), rapids.clone(), Recorder::default(), metrics);
+        (tokio::spawn(river.run(stop.clone())), stop)
+    };
+    let (a, stop_a) = start("a");
+    tests::wait_for(Duration::from_secs(20), "a to hold every shard", || async {
+        let held = leases(&pool).await;
+        (held.len() == 4 && held.iter().all(|(_, owner)| owner.as_deref() == Some("a"))).then_some(())
+    })
+    .await;
+    let streams: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    put_streams(&rapids, &streams, 1..=5).await;
+    wait_for_effects(&pool, 200).await;
+    let (b, stop_b) = start("b");
+    // b steals one shard at its start (one a round), then waits for its next round
+    tests::wait_for(Duration::from_secs(15), "b to take a shard at its start", || async {
+        let held = leases(&pool).await;
+        let of = |w: &str| held.iter().filter(|(_, owner)| owner.as_deref() == Some(w)).count();
+        (of("a") == 3 && of("b") == 1).then_some(())
+    })
+    .await;
+
+    // a stops cleanly while events arrive: b holds all four shards within seconds
+    let load = tokio::spawn({
+        let (rapids, streams) = (rapids.clone(), streams.clone());
+        async move { put_streams(&rapids, &streams, 6..=10).await }
+    });
+    stop_a.cancel();
+    a.await.unwrap();
+    // within 15 s: before b's first renewal (20 s) and long before a's leases expire
+    tests::wait_for(Duration::from_secs(15), "b to take every shard", || async {
+        let held = leases(&pool).await;
+        (held.len() == 4 && held.iter().all(|(_, owner)| owner.as_deref() == Some("b"))).then_some(())
+    })
+    .await;
+    load.await.unwrap();
+    wait_for_effects(&pool, 400).await;
+    // a checkpointed every page it handled: b handled nothing a had (one effect per
+    // record, each record's once)
+    let records = tests::read_shards(&rapids).await.iter().map(Vec::len).sum::<usize>() as i64;
+    let (applied, events, applied_records) = effect_counts(&pool).await;
+    assert_eq!(events, 400);
+    assert_eq!((applied, applied_records), (records, records), "an effect applied twice");
+    stop_b.cancel();
+    b.await.unwrap();
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn a_reshard_during_a_load_loses_nothing_and_keeps_stream_order(
     options: PgPoolOptions,
     connect: PgConnectOptions,

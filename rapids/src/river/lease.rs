@@ -158,14 +158,22 @@ impl Leases {
 
     /// Gives up every lease of this instance (on shutdown: others take over at once).
     pub async fn release_all(&self) -> sqlx::Result<()> {
+        // the other instances hear of it at once (NOTIFY is sent at the commit) and
+        // take the shards then, not at their next renewal
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "update rapids.river_shards set owner = null, lease_expires_at = null where river = $1 and owner = $2",
         )
         .bind(&self.river)
         .bind(&self.worker)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(crate::LEASES_RELEASED_CHANNEL)
+            .bind(&self.river)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// The last handled sequence number of a shard this instance holds (`None` inside:

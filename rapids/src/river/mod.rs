@@ -472,6 +472,8 @@ struct Shared<H> {
     leases: Leases,
     metrics: RiverMetrics,
     shard_finished: tokio::sync::Notify,
+    /// Another instance gave its leases up (a clean stop): balance now.
+    leases_released: tokio::sync::Notify,
     /// Bumped when the tailer says it published (readers waiting on an idle shard wake).
     published: tokio::sync::watch::Sender<u64>,
     /// The least time between two reads of one shard now (ms): `read_interval`, or
@@ -511,6 +513,7 @@ impl<H: Handler> River<H> {
                 leases,
                 metrics,
                 shard_finished: Default::default(),
+                leases_released: Default::default(),
                 published: tokio::sync::watch::Sender::new(0),
                 read_interval_ms: std::sync::atomic::AtomicU64::new(0),
                 consumer: tokio::sync::OnceCell::new(),
@@ -593,6 +596,8 @@ impl<H: Handler> River<H> {
                 _ = tokio::time::sleep(shared.config.renew_every) => {}
                 // a finished shard frees its children: list and balance at once
                 _ = shared.shard_finished.notified() => last_sync = None,
+                // another instance stopped cleanly: take its shards at once
+                _ = shared.leases_released.notified() => {}
             }
         }
         for reading in readers.values() {
@@ -686,18 +691,32 @@ async fn sync_subscriptions<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> 
     }
 }
 
-/// Wakes the shard readers whenever the tailer NOTIFYs that it published. Without it
-/// (another database, the listener reconnecting) readers poll every `idle_poll`.
+/// Wakes the shard readers whenever the tailer NOTIFYs that it published, and the
+/// coordinator when another instance of this river gave its leases up (it balances at
+/// once). Without it (another database, the listener reconnecting) readers poll every
+/// `idle_poll` and released shards are taken at the next renewal.
 async fn listen_for_publishes<H: Handler>(shared: Arc<Shared<H>>, shutdown: CancellationToken) {
-    use crate::PUBLISHED_CHANNEL;
+    use crate::{LEASES_RELEASED_CHANNEL, PUBLISHED_CHANNEL};
     loop {
         let listening = async {
             let mut listener = sqlx::postgres::PgListener::connect_with(&shared.pool).await?;
-            listener.listen(PUBLISHED_CHANNEL).await?;
+            listener.listen_all([PUBLISHED_CHANNEL, LEASES_RELEASED_CHANNEL]).await?;
             loop {
-                listener.recv().await?;
-                while listener.next_buffered().is_some() {}
-                shared.published.send_modify(|n| *n = n.wrapping_add(1));
+                let mut note = Some(listener.recv().await?);
+                let mut published = false;
+                while let Some(n) = note {
+                    if n.channel() == LEASES_RELEASED_CHANNEL {
+                        if n.payload() == shared.config.name {
+                            shared.leases_released.notify_one();
+                        }
+                    } else {
+                        published = true;
+                    }
+                    note = listener.next_buffered();
+                }
+                if published {
+                    shared.published.send_modify(|n| *n = n.wrapping_add(1));
+                }
             }
         };
         tokio::select! {
