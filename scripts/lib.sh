@@ -30,18 +30,18 @@ apt_install() {
 declare -A TOOL_PACKAGE=(
   [curl]=curl [openssl]=openssl [jq]=jq [bc]=bc [pgrep]=procps [getconf]=libc-bin [objcopy]=binutils [ip]=iproute2
   [runuser]=util-linux [useradd]=passwd [node]=nodejs [npm]=npm
-  [psql]=postgresql-client-15 [initdb]=postgresql-15 [pgbench]=postgresql-15
+  [psql]=postgresql-client-15 [initdb]=postgresql-15 [pgbench]=postgresql-15 [pg_basebackup]=postgresql-client-15
   [chromium]=chromium [prometheus]=prometheus [promtool]=prometheus
   [podman]=podman [runc]=runc [debootstrap]=debootstrap [iptables]=iptables
   [netavark]=netavark [aardvark-dns]=aardvark-dns
 )
 # where a tool lives when it is not on PATH
 declare -A TOOL_PATH=(
-  [initdb]="$PG_BIN/initdb" [pgbench]="$PG_BIN/pgbench"
+  [initdb]="$PG_BIN/initdb" [pgbench]="$PG_BIN/pgbench" [pg_basebackup]="$PG_BIN/pg_basebackup"
   [netavark]=/usr/lib/podman/netavark [aardvark-dns]=/usr/lib/podman/aardvark-dns
 )
 # The tools of each part of the work, for `preflight`.
-TOOLS_BASE=(curl openssl jq runuser useradd psql initdb node npm prometheus promtool)
+TOOLS_BASE=(curl openssl jq runuser useradd psql initdb pg_basebackup node npm prometheus promtool)
 TOOLS_BROWSER=(chromium)
 TOOLS_IMAGES=(podman runc netavark aardvark-dns iptables debootstrap bc objcopy ip)
 TOOLS_BENCH=(pgbench bc pgrep getconf)

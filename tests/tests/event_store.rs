@@ -225,8 +225,8 @@ async fn services_starting_together_apply_the_migrations_once(options: PgPoolOpt
         .fetch_one(&pool)
         .await
         .unwrap();
-    // events, snapshots (and their history), idempotency records
-    assert_eq!(tables, 4);
+    // events, snapshots (and their history), idempotency records, the store's identity
+    assert_eq!(tables, 5);
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
