@@ -282,9 +282,12 @@ async fn forward(state: AppState, caller: Result<Caller, ApiError>, request: Req
     // its request timeout, and this forward allows the whole timeout
     let timeout = state.kit.request_timeout;
     // another instance is tried when the request never reached this one (a refused
-    // connection), and for a request safe to repeat (a read, or a command with an
-    // Idempotency-Key) also when this one failed or answered 503
-    let repeatable = parts.method == http::Method::GET || parts.headers.contains_key("idempotency-key");
+    // connection), and for a request safe to repeat also when this one failed or
+    // answered 503: a read, or a command of account- or transfer-service with an
+    // Idempotency-Key (they replay the first answer; the bus keys posts by event_id)
+    let keyed =
+        matches!(upstream, Upstream::Accounts | Upstream::Transfers) && parts.headers.contains_key("idempotency-key");
+    let repeatable = parts.method == http::Method::GET || keyed;
     let instances = state.upstreams.of(upstream);
     let order = instances.order();
     let mut last = None;

@@ -74,12 +74,24 @@ pub struct Rapids {
 }
 
 impl Rapids {
-    /// A readiness probe for a service's `/ready`: `true` while the stream answers.
+    /// A readiness probe for a service's `/ready`: `true` while the stream answers. An
+    /// answer is kept for 5 s: load balancers and the gateway ask often, and AWS limits
+    /// DescribeStreamSummary per account.
     pub fn readiness(&self) -> impl Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync + 'static {
         let rapids = self.clone();
+        let last: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, bool)>>> = Default::default();
         move || {
-            let rapids = rapids.clone();
-            Box::pin(async move { rapids.probe().await.is_ok() })
+            let (rapids, last) = (rapids.clone(), last.clone());
+            Box::pin(async move {
+                let kept = *last.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((at, ok)) = kept.filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(5)) {
+                    let _ = at;
+                    return ok;
+                }
+                let ok = rapids.probe().await.is_ok();
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), ok));
+                ok
+            })
         }
     }
 

@@ -151,7 +151,7 @@ impl Default for TailerConfig {
 pub use rapids::PUBLISHED_CHANNEL;
 
 /// The advisory lock key of the active tailer ("rapids-tailer").
-const LEADER_LOCK: i64 = 0x7261_7069_6473;
+const LEADER_LOCK: i64 = eventstore::identity::TAILER_LEADER_LOCK;
 
 /// The tailer: one source, one publisher.
 pub struct Tailer<S: EventSource> {

@@ -202,6 +202,9 @@ async fn a_genuine_event_read_before_its_commit_is_visible_is_delivered_not_call
     let alice = token("alice", Customer);
     let queries = Api::new(&bank.queries.base);
     let account = Api::new(&bank.accounts.base).open_account(&alice, "EUR", 100).await;
+    // stamped with this store's identity, as the tailer publishes it: waited for, not
+    // taken for another store's
+    let store = Some(eventstore::identity::identity(&pool).await.unwrap());
     let envelope = Envelope {
         event_id: Uuid::now_v7(),
         event_type: "account.deposited".into(),
@@ -219,7 +222,7 @@ async fn a_genuine_event_read_before_its_commit_is_visible_is_delivered_not_call
         partition_key: account.to_string(),
         source: "account".into(),
         timestamp: 0,
-        store: None,
+        store,
         data: json!({"amount": 7, "currency": "EUR", "balance_after": 107}),
     };
     // the event written and not committed yet (invisible), its envelope on the stream

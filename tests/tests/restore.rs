@@ -92,8 +92,15 @@ async fn the_events_of_another_store_on_the_stream_are_skipped_at_once_and_the_b
     assert!(own.len() >= 5, "{}", own.len());
     assert!(own.iter().all(|e| e.store == Some(ours)), "an envelope without this store's identity");
 
-    // a restore takes a new identity (what `bankctl store-identity --renew` runs)
-    let renewed = eventstore::identity::renew(&pool).await.unwrap();
+    // a restore takes a new identity (what `bankctl store-identity --renew` runs), with
+    // the tailers stopped: refused while one leads
+    assert!(matches!(eventstore::identity::renew(&pool).await, Err(eventstore::identity::RenewError::TailerRunning)));
+    assert_eq!(eventstore::identity::identity(&pool).await.unwrap(), ours);
+    drop(bank);
+    let renewed = wait_for(Duration::from_secs(20), "the tailer to let its lock go", || async {
+        eventstore::identity::renew(&pool).await.ok()
+    })
+    .await;
     assert_ne!(renewed, ours);
     assert_eq!(eventstore::identity::identity(&pool).await.unwrap(), renewed);
 }

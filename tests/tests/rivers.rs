@@ -248,11 +248,11 @@ async fn a_clean_stop_hands_the_shards_over_at_once_with_nothing_handled_twice(
     let pool = tests::pool(options, connect).await;
     effects_table(&pool).await;
     let rapids = tests::fresh_stream(4).await;
-    // leases that last a minute and are renewed every 20 s: only the stopping
+    // leases that last two minutes and are renewed every minute: only the stopping
     // instance's notice can hand its shards over within seconds
     let slow = |worker: &str| RiverConfig {
-        lease_duration: Duration::from_secs(60),
-        renew_every: Duration::from_secs(20),
+        lease_duration: Duration::from_secs(120),
+        renew_every: Duration::from_secs(60),
         ..config(worker)
     };
     let start = |worker: &str| {
@@ -286,7 +286,7 @@ async fn a_clean_stop_hands_the_shards_over_at_once_with_nothing_handled_twice(
     });
     stop_a.cancel();
     a.await.unwrap();
-    // within 15 s: before b's first renewal (20 s) and long before a's leases expire
+    // within 15 s: long before b's next renewal (60 s) and a's leases' expiry
     tests::wait_for(Duration::from_secs(15), "b to take every shard", || async {
         let held = leases(&pool).await;
         (held.len() == 4 && held.iter().all(|(_, owner)| owner.as_deref() == Some("b"))).then_some(())
