@@ -825,3 +825,61 @@ pub async fn pg_ctl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The envelope of an `account.*` or `transfer.*` event as the tailer would publish it
+/// (version `version` of `stream_id`, the actor alice as a customer, no store named):
+/// tests put it on the stream straight, changing what they need.
+pub fn aggregate_envelope(
+    event_type: &str,
+    stream_id: Uuid,
+    version: i32,
+    data: Value,
+) -> eventstore::envelope::Envelope {
+    let stream_type = event_type.split('.').next().unwrap_or_default().to_owned();
+    eventstore::envelope::Envelope {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        stream_id,
+        source: stream_type.clone(),
+        stream_type,
+        version,
+        position: 999_999,
+        schema_version: 1,
+        recorded_at: chrono::Utc::now(),
+        correlation_id: None,
+        causation_id: None,
+        actor: "alice".into(),
+        role: Some("customer".into()),
+        tags: Default::default(),
+        partition_key: stream_id.to_string(),
+        timestamp: 0,
+        store: None,
+        data,
+    }
+}
+
+/// view-updater's reconciliation checking the books every 200 ms, and its routes
+/// (`/metrics` with the ledger's gauges); both stop when the guard drops.
+pub async fn start_reconciliation(pool: &PgPool) -> (Running, tokio_util::sync::DropGuard) {
+    let config = view_updater::Config { reconcile_interval_ms: 200, ..view_updater::Config::new(service_args(pool)) };
+    let state = view_updater::AppState::new(&config, pool.clone(), None).unwrap();
+    let stop = CancellationToken::new();
+    view_updater::start_reconciliation(&config, &state, stop.clone()).unwrap();
+    (spawn(view_updater::router(state)).await, stop.drop_guard())
+}
+
+/// Writes, straight into the store past the aggregate, a deposit of 5 EUR at version 3
+/// of `account` that says the balance went to 1,100 (after an opening deposit of 100:
+/// the books are off by 995).
+pub async fn write_unbalanced_deposit(pool: &PgPool, account: Uuid) {
+    sqlx::query(
+        "insert into es.events (stream_id, stream_type, version, event_id, type, schema_version, data, metadata)
+         values ($1, 'account', 3, $2, 'account.deposited', 1,
+                 '{\"amount\": 5, \"currency\": \"EUR\", \"balance_after\": 1100}', '{\"actor\": \"mallory\"}')",
+    )
+    .bind(account)
+    .bind(Uuid::now_v7())
+    .execute(pool)
+    .await
+    .unwrap();
+}

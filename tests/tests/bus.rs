@@ -205,26 +205,8 @@ async fn a_genuine_event_read_before_its_commit_is_visible_is_delivered_not_call
     // stamped with this store's identity, as the tailer publishes it: waited for, not
     // taken for another store's
     let store = Some(eventstore::identity::identity(&pool).await.unwrap());
-    let envelope = Envelope {
-        event_id: Uuid::now_v7(),
-        event_type: "account.deposited".into(),
-        stream_id: account,
-        stream_type: "account".into(),
-        version: 3,
-        position: 999_999,
-        schema_version: 1,
-        recorded_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        actor: "alice".into(),
-        role: Some("customer".into()),
-        tags: Default::default(),
-        partition_key: account.to_string(),
-        source: "account".into(),
-        timestamp: 0,
-        store,
-        data: json!({"amount": 7, "currency": "EUR", "balance_after": 107}),
-    };
+    let data = json!({"amount": 7, "currency": "EUR", "balance_after": 107});
+    let envelope = Envelope { store, ..tests::aggregate_envelope("account.deposited", account, 3, data) };
     // the event written and not committed yet (invisible), its envelope on the stream
     let mut tx = pool.begin().await.unwrap();
     sqlx::query(
@@ -258,25 +240,12 @@ async fn a_forged_credit_put_straight_on_the_stream_moves_no_money(pool: PgPool)
     let queries = Api::new(&bank.queries.base);
     let account = accounts.open_account(&alice, "EUR", 100).await;
     // a credit that claims to be the account's next event, as the tailer would publish it
+    let data =
+        json!({"amount": 1_000_000, "currency": "EUR", "balance_after": 1_000_100, "transfer_id": Uuid::now_v7()});
     let forged = Envelope {
-        event_id: Uuid::now_v7(),
-        event_type: "account.credited".into(),
-        stream_id: account,
-        stream_type: "account".into(),
-        version: 3,
-        position: 999_999,
-        schema_version: 1,
-        recorded_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
         actor: "saga:accounts".into(),
         role: None,
-        tags: Default::default(),
-        partition_key: account.to_string(),
-        source: "account".into(),
-        timestamp: 0,
-        store: None,
-        data: json!({"amount": 1_000_000, "currency": "EUR", "balance_after": 1_000_100, "transfer_id": Uuid::now_v7()}),
+        ..tests::aggregate_envelope("account.credited", account, 3, data)
     };
     tests::put_envelope(&bank.rapids, &forged).await;
     // a genuine deposit after it, on the same shard: once the views show it, every

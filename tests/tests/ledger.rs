@@ -137,13 +137,7 @@ async fn an_unbalanced_event_written_into_the_store_is_reported_within_ten_secon
     let alice = token("alice", Customer);
     let id = api.api().open_account(&alice, "EUR", 100).await;
     // view-updater's reconciliation, checking every 200 ms, and its metrics
-    let config =
-        view_updater::Config { reconcile_interval_ms: 200, ..view_updater::Config::new(tests::service_args(&pool)) };
-    let state = view_updater::AppState::new(&config, pool.clone(), None).unwrap();
-    let stop = CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
-    view_updater::start_reconciliation(&config, &state, stop.clone()).unwrap();
-    let updater = tests::spawn(view_updater::router(state)).await;
+    let (updater, _reconciling) = tests::start_reconciliation(&pool).await;
     let gauge = |text: &str| tests::metric(text, r#"ledger_imbalance_minor{currency="EUR"}"#);
     let metrics = || async { updater.api().get("/metrics").send().await.body.as_str().unwrap_or_default().to_owned() };
     tests::wait_for(Duration::from_secs(10), "a first complete check", || async {
@@ -157,16 +151,7 @@ async fn an_unbalanced_event_written_into_the_store_is_reported_within_ten_secon
 
     // a deposit of 5 that says the balance went from 100 to 1,100: written straight
     // into the store, past the aggregate
-    sqlx::query(
-        "insert into es.events (stream_id, stream_type, version, event_id, type, schema_version, data, metadata)
-         values ($1, 'account', 3, $2, 'account.deposited', 1,
-                 '{\"amount\": 5, \"currency\": \"EUR\", \"balance_after\": 1100}', '{\"actor\": \"mallory\"}')",
-    )
-    .bind(id)
-    .bind(Uuid::now_v7())
-    .execute(&pool)
-    .await
-    .unwrap();
+    tests::write_unbalanced_deposit(&pool, id).await;
     let started = std::time::Instant::now();
     // the two gauges are set one after the other: both are awaited
     tests::wait_for(Duration::from_secs(10), "the gauges to show the imbalance and the finding", || async {

@@ -8,7 +8,6 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::time::Duration;
 use tests::{Customer, token, wait_for};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// A directory of its own, removed when the test ends.
@@ -53,13 +52,7 @@ async fn prometheus_scrapes_the_services_and_fires_the_ledger_alerts(
     let accounts = tests::start_accounts(&pool, |_| {}).await;
     let alice = token("alice", Customer);
     let id = accounts.api().open_account(&alice, "EUR", 100).await;
-    let config =
-        view_updater::Config { reconcile_interval_ms: 200, ..view_updater::Config::new(tests::service_args(&pool)) };
-    let state = view_updater::AppState::new(&config, pool.clone(), None).unwrap();
-    let stop = CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
-    view_updater::start_reconciliation(&config, &state, stop.clone()).unwrap();
-    let updater = tests::spawn(view_updater::router(state)).await;
+    let (updater, _reconciling) = tests::start_reconciliation(&pool).await;
 
     // Prometheus: both processes every second, the bank's rules evaluated every second
     let dir = TempDir(std::env::temp_dir().join(format!("bank-prometheus-{}", Uuid::now_v7().simple())));
@@ -130,16 +123,7 @@ async fn prometheus_scrapes_the_services_and_fires_the_ledger_alerts(
 
     // a deposit of 5 that says the balance went from 100 to 1,100, written straight
     // into the store: the reconciliation's gauges move, Prometheus fires both alerts
-    sqlx::query(
-        "insert into es.events (stream_id, stream_type, version, event_id, type, schema_version, data, metadata)
-         values ($1, 'account', 3, $2, 'account.deposited', 1,
-                 '{\"amount\": 5, \"currency\": \"EUR\", \"balance_after\": 1100}', '{\"actor\": \"mallory\"}')",
-    )
-    .bind(id)
-    .bind(Uuid::now_v7())
-    .execute(&pool)
-    .await
-    .unwrap();
+    tests::write_unbalanced_deposit(&pool, id).await;
     let fired = wait_for(Duration::from_secs(30), "LedgerImbalance and LedgerDifference to fire", || async {
         let mut fired = firing().await;
         fired.sort_by(|a, b| a.0.cmp(&b.0));

@@ -14,26 +14,11 @@ use uuid::Uuid;
 
 /// An event of the earlier store, as its tailer published it.
 fn earlier(store: Uuid, event_type: &str, n: i32) -> Envelope {
-    let stream_id = Uuid::now_v7();
+    let data = json!({"amount": 5, "currency": "EUR", "balance_after": 5});
     Envelope {
-        event_id: Uuid::now_v7(),
-        event_type: event_type.into(),
-        stream_id,
-        stream_type: event_type.split('.').next().unwrap().into(),
-        version: n,
         position: i64::from(n),
-        schema_version: 1,
-        recorded_at: chrono::Utc::now(),
-        correlation_id: None,
-        causation_id: None,
-        actor: "alice".into(),
-        role: Some("customer".into()),
-        tags: Default::default(),
-        partition_key: stream_id.to_string(),
-        source: "account".into(),
-        timestamp: 0,
         store: Some(store),
-        data: json!({"amount": 5, "currency": "EUR", "balance_after": 5}),
+        ..tests::aggregate_envelope(event_type, Uuid::now_v7(), n, data)
     }
 }
 
