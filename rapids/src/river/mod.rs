@@ -481,8 +481,9 @@ struct Shared<H> {
     read_interval_ms: std::sync::atomic::AtomicU64,
     /// The river's consumer ARN, once registered (enhanced fan-out).
     consumer: tokio::sync::OnceCell<String>,
-    /// The event store's identity (`es.store`), once read.
-    store: tokio::sync::OnceCell<uuid::Uuid>,
+    /// The event store's identity (`es.store`), once read (read again when an
+    /// envelope names another).
+    store: std::sync::Mutex<Option<uuid::Uuid>>,
 }
 
 impl<H> Shared<H> {
@@ -517,7 +518,7 @@ impl<H: Handler> River<H> {
                 published: tokio::sync::watch::Sender::new(0),
                 read_interval_ms: std::sync::atomic::AtomicU64::new(0),
                 consumer: tokio::sync::OnceCell::new(),
-                store: tokio::sync::OnceCell::new(),
+                store: Default::default(),
             }),
         }
     }

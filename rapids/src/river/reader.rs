@@ -619,7 +619,11 @@ impl<H: Handler> ShardReader<H> {
             return Ok(());
         }
         let envelopes: Vec<&Envelope> = reserved.iter().map(|e| &e.envelope).collect();
-        let ours = self.store_identity().await?;
+        let mut ours = self.store_identity(false).await?;
+        if envelopes.iter().any(|e| e.store.is_some_and(|s| s != ours)) {
+            // the identity may have been renewed since it was read: read it again
+            ours = self.store_identity(true).await?;
+        }
         let foreign = |e: &Envelope| e.store.is_some_and(|s| s != ours);
         let mut backoff = self.shared.config.retry_backoff;
         let mut first_miss: Option<std::time::Instant> = None;
@@ -692,13 +696,20 @@ impl<H: Handler> ShardReader<H> {
         Ok(())
     }
 
-    /// This event store's identity, read once (retried until the database answers).
-    async fn store_identity(&self) -> Result<uuid::Uuid, Stop> {
+    /// This event store's identity: the one read before, unless `again` (retried until
+    /// the database answers).
+    async fn store_identity(&self, again: bool) -> Result<uuid::Uuid, Stop> {
+        let kept = *self.shared.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(id), false) = (kept, again) {
+            return Ok(id);
+        }
         let mut backoff = self.shared.config.retry_backoff;
         loop {
-            let read = self.shared.store.get_or_try_init(|| eventstore::identity::identity(&self.shared.pool)).await;
-            match read {
-                Ok(id) => return Ok(*id),
+            match eventstore::identity::identity(&self.shared.pool).await {
+                Ok(id) => {
+                    *self.shared.store.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                    return Ok(id);
+                }
                 Err(e) => {
                     self.failed("database", &e.to_string());
                     self.pause(&mut backoff).await?;
