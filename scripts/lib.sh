@@ -140,6 +140,17 @@ ensure_kinesis_servers() {
   fi
 }
 
+# A pinned Python package in the project's venv (.dev/venv), installed on first use.
+ensure_pip_package() { # NAME VERSION
+  local venv="$ROOT/.dev/venv"
+  if ! "$venv/bin/pip" show "$1" 2>/dev/null | grep -q "^Version: $2$"; then
+    log "installing $1 $2 into .dev/venv"
+    mkdir -p "$ROOT/.dev"
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install -q --disable-pip-version-check "$1==$2" >/dev/null || die "pip could not install $1"
+  fi
+}
+
 ensure_rust() {
   command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
   ensure_tools

@@ -217,6 +217,7 @@ pub async fn post(
             service: Some("event-bus".into()),
             partition_key: Some(partition_key),
             tags,
+            traceparent: eventstore::trace::current(),
         },
         snapshot: None,
         idempotency: Vec::new(),

@@ -8,7 +8,7 @@ use service_kit::startup::{boot, serve_with};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let pool = boot(&config.service).await?;
+    let pool = boot("event-bus", &config.service).await?;
     config.service.app.check(None, Some(&config.kinesis.kinesis_endpoint)).map_err(anyhow::Error::msg)?;
     let rapids = rapids::Rapids::connect(&config.kinesis.rapids_config()).await;
     let state = AppState::new(&config, pool, Some(rapids.clone()))?;

@@ -36,6 +36,10 @@ pub struct EventMetadata {
     /// The producer's own tags.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub tags: serde_json::Map<String, serde_json::Value>,
+    /// The W3C `traceparent` of the span that recorded the event (a request's, a
+    /// delivery's), when it was traced ([`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// An event as stored, with its position and version.
@@ -94,6 +98,10 @@ pub struct Envelope {
     /// tailer: a river tells another store's events from its own by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<Uuid>,
+    /// The W3C `traceparent` a consumer continues: the tailer's span that published
+    /// the event, or the span that recorded it ([`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub data: serde_json::Value,
 }
 
@@ -129,6 +137,7 @@ impl Envelope {
             role: m.role,
             tags,
             store: None,
+            traceparent: m.traceparent,
             data: e.data,
         }
     }

@@ -10,6 +10,7 @@
 //! * [`group_commit`]: concurrent appends share one statement and one commit.
 //! * [`metrics`]: the store's Prometheus counters.
 //! * [`watches`]: waiting for a stream to reach a version, woken by announcements.
+//! * [`trace`]: the W3C trace context events carry from span to span.
 #![forbid(unsafe_code)]
 
 pub mod envelope;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod metrics;
 pub mod repository;
 pub mod store;
+pub mod trace;
 pub mod watches;
 
 pub use bank_domain::aggregate::{self, Aggregate, DomainEvent};

@@ -6,7 +6,7 @@ use gateway::{AppState, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    service_kit::telemetry::init(config.log.log_format);
+    service_kit::telemetry::init("gateway", config.log.log_format, config.log.otel_exporter_otlp_endpoint.as_deref());
     let (addr, admin_addr) = (config.addr, config.admin_addr);
     let state = AppState::new(config)?;
     let shutdown = service_kit::shutdown::on_signals();
@@ -15,5 +15,6 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
     gateway::run(listener, admin, state, shutdown).await?;
     tracing::info!("gateway stopped");
+    service_kit::telemetry::shutdown();
     Ok(())
 }

@@ -8,7 +8,8 @@
 //! each route with its own methods (any other is 405 with `Allow` at the gateway).
 //! A forwarded request keeps its method, path (less `/api`), query, body and the
 //! headers a service reads (authorization, content type, idempotency key, request and
-//! correlation ids); the answer comes back as it is.
+//! correlation ids) and the trace context (`traceparent`: the gateway's request span,
+//! itself a child of the caller's); the answer comes back as it is.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -160,6 +161,15 @@ pub async fn forward(
         if let Some(value) = headers.get(name) {
             request = request.header(name, value);
         }
+    }
+    // the trace goes on upstream: the gateway's request span, or, when the gateway
+    // traces nothing, the caller's own traceparent if it is well formed
+    let caller = || {
+        let raw = headers.get(eventstore::trace::TRACEPARENT)?.to_str().ok()?;
+        eventstore::trace::parse(raw).map(|_| raw.to_owned())
+    };
+    if let Some(traceparent) = eventstore::trace::current().or_else(caller) {
+        request = request.header(eventstore::trace::TRACEPARENT, traceparent);
     }
     let unreachable = |e: reqwest::Error| {
         tracing::warn!(upstream = upstream.name(), error = %e, "upstream unreachable");

@@ -8,7 +8,7 @@ use service_kit::startup::{boot, serve_with};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let pool = boot(&config.service).await?;
+    let pool = boot("query-service", &config.service).await?;
     let state = AppState::new(&config, pool)?;
     let shutdown = on_signals();
     let listening = state.listen(shutdown.clone());

@@ -53,6 +53,8 @@ impl StoredTask {
             request_id: None,
             actor: actor.into(),
             role,
+            // the delivery's span the task runs in
+            traceparent: eventstore::trace::current(),
             ..EventMetadata::default()
         }
     }

@@ -167,6 +167,10 @@ pub struct LogArgs {
     /// `text` for people, `json` for log shippers. The filter is `RUST_LOG`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
+    /// Where traces go (OTLP over HTTP, protobuf: `<endpoint>/v1/traces`), e.g.
+    /// `http://127.0.0.1:4318`; unset, nothing is traced.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
 }
 
 /// Where the process runs.

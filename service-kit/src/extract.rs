@@ -121,6 +121,8 @@ impl CommandMeta {
                 request_id: self.request_id.clone(),
                 actor: self.caller.subject.clone(),
                 role: Some(self.caller.role.as_str().to_owned()),
+                // the request's span (its parent the caller's traceparent)
+                traceparent: eventstore::trace::current(),
                 ..EventMetadata::default()
             },
             idempotency,

@@ -170,7 +170,18 @@ fn layered(routes: Router, kit: Kit) -> Router {
         }))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path(), actor = tracing::field::Empty)
+            let span = tracing::info_span!(
+                "request",
+                otel.kind = "server",
+                request_id = %id,
+                method = %req.method(),
+                path = %req.uri().path(),
+                actor = tracing::field::Empty
+            );
+            // the caller's trace continues (the gateway's, or a client's at the gateway)
+            let parent = req.headers().get(eventstore::trace::TRACEPARENT).and_then(|v| v.to_str().ok());
+            eventstore::trace::continue_from(&span, parent);
+            span
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

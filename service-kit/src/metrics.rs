@@ -63,6 +63,15 @@ pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    // the trace's name of the request's span (crate::http), started before routing
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let context = tracing::Span::current().context();
+        if context.span().span_context().is_valid() {
+            context.span().update_name(format!("{method} {route}"));
+        }
+    }
     let response = next.run(request).await;
     metrics.latency.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
     metrics.requests.with_label_values(&[&method, &route, response.status().as_str()]).inc();

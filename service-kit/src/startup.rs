@@ -262,10 +262,10 @@ pub async fn migrate_or_check(pool: &PgPool, args: &DatabaseArgs) -> Result<(), 
     if args.migrate_on_start { migrate(pool).await } else { require_migrated(pool).await }
 }
 
-/// What a service's `main` does before building its state: logging, then the
-/// database (waiting for it, then migrating).
-pub async fn boot(args: &crate::config::ServiceArgs) -> anyhow::Result<PgPool> {
-    crate::telemetry::init(args.log.log_format);
+/// What a service's `main` does before building its state: logging and tracing (as
+/// `service`), then the database (waiting for it, then migrating).
+pub async fn boot(service: &str, args: &crate::config::ServiceArgs) -> anyhow::Result<PgPool> {
+    crate::telemetry::init(service, args.log.log_format, args.log.otel_exporter_otlp_endpoint.as_deref());
     args.app.check(Some(args.database.database_url.expose()), None).map_err(anyhow::Error::msg)?;
     let pool = connect(&args.database).await?;
     migrate_or_check(&pool, &args.database).await?;
@@ -295,6 +295,7 @@ pub async fn serve_with(
     }
     served?;
     tracing::info!("{service} stopped");
+    crate::telemetry::shutdown();
     Ok(())
 }
 

@@ -57,7 +57,7 @@ struct Config {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    service_kit::telemetry::init(config.log.log_format);
+    service_kit::telemetry::init("tailer", config.log.log_format, config.log.otel_exporter_otlp_endpoint.as_deref());
     let (database_url, endpoint) = (config.database.database_url.expose(), &config.kinesis.kinesis_endpoint);
     config.app.check(Some(database_url), Some(endpoint)).map_err(anyhow::Error::msg)?;
     let pool = service_kit::startup::connect(&config.database).await?;
@@ -100,5 +100,6 @@ async fn main() -> anyhow::Result<()> {
     shutdown.cancel();
     http.await??;
     tracing::info!("tailer stopped");
+    service_kit::telemetry::shutdown();
     Ok(())
 }

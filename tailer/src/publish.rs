@@ -44,6 +44,22 @@ pub enum PublishError {
     TooLarge(uuid::Uuid),
 }
 
+/// The span an event is published in: from the tailer's read until Kinesis
+/// acknowledged it, a child of the span that recorded it (its `traceparent`).
+fn publish_span(envelope: &Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {}", envelope.event_type),
+        otel.kind = "producer",
+        event_type = %envelope.event_type,
+        stream_id = %envelope.stream_id,
+        version = envelope.version,
+        event_id = %envelope.event_id,
+    );
+    eventstore::trace::continue_from(&span, envelope.traceparent.as_deref());
+    span
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Pending,
@@ -61,6 +77,8 @@ struct Slot {
     data: Vec<u8>,
     recorded_at: DateTime<Utc>,
     state: State,
+    /// The publishing's span of a traced event, open until Kinesis acknowledged it.
+    span: Option<tracing::Span>,
 }
 
 /// One PutRecords request: which records (by pipeline id) and what they carry.
@@ -137,7 +155,12 @@ impl<A> Pipeline<A> {
     pub fn push(&mut self, events: &[RecordedEvent], ack: Option<A>) -> Result<(), PublishError> {
         let mut slots = Vec::with_capacity(events.len());
         for event in events {
-            let envelope = Envelope { store: self.store, ..Envelope::from_recorded(event.clone(), &self.region) };
+            let mut envelope = Envelope { store: self.store, ..Envelope::from_recorded(event.clone(), &self.region) };
+            // a traced event is published in a span of its own, which its consumers continue
+            let span = envelope.traceparent.is_some().then(|| publish_span(&envelope));
+            if let Some(traceparent) = span.as_ref().and_then(eventstore::trace::traceparent) {
+                envelope.traceparent = Some(traceparent);
+            }
             // a stream's events share its partition key (aggregates: the stream id), so
             // one key never has two records in flight and keeps its order on its shard
             let key = envelope.partition_key.clone();
@@ -146,7 +169,7 @@ impl<A> Pipeline<A> {
             if data.len() + key.len() > MAX_RECORD_BYTES {
                 return Err(PublishError::TooLarge(event.event_id));
             }
-            slots.push(Slot { key, alone, data, recorded_at: event.recorded_at, state: State::Pending });
+            slots.push(Slot { key, alone, data, recorded_at: event.recorded_at, state: State::Pending, span });
         }
         self.records.extend(slots);
         if let Some(ack) = ack {
@@ -214,6 +237,7 @@ impl<A> Pipeline<A> {
             }
             if acknowledged && !failed.contains(&slot.key) {
                 slot.state = State::Acknowledged;
+                slot.span = None;
                 recorded.push(slot.recorded_at);
             } else {
                 slot.state = State::Pending;

@@ -854,6 +854,7 @@ pub fn aggregate_envelope(
         partition_key: stream_id.to_string(),
         timestamp: 0,
         store: None,
+        traceparent: None,
         data,
     }
 }

@@ -76,7 +76,7 @@ async fn project(pool: &PgPool, events: &[RiverEvent]) {
 }
 
 fn river_event(envelope: Envelope) -> RiverEvent {
-    RiverEvent { shard_id: "test".into(), sequence_number: "0".into(), envelope }
+    RiverEvent::new("test".into(), "0".into(), envelope)
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

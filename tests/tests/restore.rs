@@ -18,6 +18,7 @@ fn earlier(store: Uuid, event_type: &str, n: i32) -> Envelope {
     Envelope {
         position: i64::from(n),
         store: Some(store),
+        traceparent: None,
         ..tests::aggregate_envelope(event_type, Uuid::now_v7(), n, data)
     }
 }

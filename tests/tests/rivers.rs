@@ -134,6 +134,7 @@ fn envelope(stream_id: Uuid, version: i32, data: serde_json::Value) -> Envelope 
         source: "test".into(),
         timestamp: 0,
         store: None,
+        traceparent: None,
         data,
     }
 }

@@ -175,10 +175,7 @@ async fn customers_read_only_their_own(options: PgPoolOptions, connect: PgConnec
 async fn envelopes(pool: &PgPool, stream: Uuid) -> Vec<RiverEvent> {
     let store = eventstore::EventStore::new(pool.clone());
     let events = store.read_stream(stream, 0, None).await.unwrap();
-    events
-        .into_iter()
-        .map(|e| RiverEvent { shard_id: "test".into(), sequence_number: "0".into(), envelope: Envelope::from(e) })
-        .collect()
+    events.into_iter().map(|e| RiverEvent::new("test".into(), "0".into(), Envelope::from(e))).collect()
 }
 
 async fn handle(pool: &PgPool, events: &[RiverEvent]) {

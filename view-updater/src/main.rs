@@ -10,7 +10,7 @@ use view_updater::{AppState, Command, Config, router, start_background};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let pool = boot(&config.service).await?;
+    let pool = boot("view-updater", &config.service).await?;
     match config.command {
         None => {
             config.service.app.check(None, Some(&config.kinesis.kinesis_endpoint)).map_err(anyhow::Error::msg)?;

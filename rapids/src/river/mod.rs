@@ -42,9 +42,33 @@ pub struct RiverEvent {
     pub shard_id: Arc<str>,
     pub sequence_number: String,
     pub envelope: Envelope,
+    /// The delivery's span ([`RiverEvent::span`]), open until the last copy of the
+    /// event is dropped (its handling and checkpoint done).
+    span: tracing::Span,
 }
 
 impl RiverEvent {
+    /// An event read from `shard_id` at `sequence_number`, with its delivery's span
+    /// (a child of the caller's span; in the trace, of the envelope's `traceparent`).
+    pub fn new(shard_id: Arc<str>, sequence_number: String, envelope: Envelope) -> Self {
+        let span = {
+            let e = &envelope;
+            tracing::info_span!(
+                "delivery",
+                otel.name = format!("deliver {}", e.event_type),
+                otel.kind = "consumer",
+                event_type = %e.event_type,
+                stream_id = %e.stream_id,
+                version = e.version,
+                event_id = %e.event_id,
+                correlation_id = e.correlation_id.as_deref(),
+                causation_id = e.causation_id.as_deref(),
+            )
+        };
+        eventstore::trace::continue_from(&span, envelope.traceparent.as_deref());
+        RiverEvent { shard_id, sequence_number, envelope, span }
+    }
+
     /// Whether the event comes from an aggregate of this stream type: consumers of the
     /// bank's events act only on those (a task's refusal, say, is `transfer.*` too but
     /// comes from a stream of its own).
@@ -63,6 +87,7 @@ impl RiverEvent {
                 causation_id: Some(self.envelope.event_id.to_string()),
                 request_id: None,
                 actor: actor.into(),
+                traceparent: eventstore::trace::traceparent(&self.span),
                 ..eventstore::EventMetadata::default()
             },
             idempotency: None,
@@ -73,18 +98,10 @@ impl RiverEvent {
     /// The span a delivery of this event runs in (the handler's work on it, its
     /// retries, its parking, the `delivered` line): the envelope's ids, so that one
     /// grep of JSON logs follows a flow across services. It sits inside the reader's
-    /// [`river_span`] (river and shard).
+    /// [`river_span`] (river and shard); exported as a trace's span, it continues the
+    /// envelope's `traceparent`.
     pub fn span(&self) -> tracing::Span {
-        let e = &self.envelope;
-        tracing::info_span!(
-            "delivery",
-            event_type = %e.event_type,
-            stream_id = %e.stream_id,
-            version = e.version,
-            event_id = %e.event_id,
-            correlation_id = e.correlation_id.as_deref(),
-            causation_id = e.causation_id.as_deref(),
-        )
+        self.span.clone()
     }
 }
 
@@ -787,12 +804,9 @@ async fn retry_dead_letters<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> 
         let Some(row) = dead_letter::next_retry(&mut tx, river).await? else { return Ok(()) };
         let (span, outcome) = match serde_json::from_slice::<Envelope>(&row.record) {
             Ok(envelope) => {
-                let event = RiverEvent {
-                    shard_id: row.shard_id.as_str().into(),
-                    sequence_number: row.sequence_number.clone(),
-                    envelope,
-                };
-                let span = river_span(river, &row.shard_id).in_scope(|| event.span());
+                let event = river_span(river, &row.shard_id)
+                    .in_scope(|| RiverEvent::new(row.shard_id.as_str().into(), row.sequence_number.clone(), envelope));
+                let span = event.span();
                 // a parked envelope of a reserved type is handled only as the store holds it
                 let handled = if reader::held_by_store(&mut tx, &event.envelope).await? {
                     reader::call(&shared.handler, &mut tx, std::slice::from_ref(&event))

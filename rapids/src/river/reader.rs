@@ -720,11 +720,9 @@ impl<H: Handler> ShardReader<H> {
 
     fn decode(&self, record: &Record) -> Decoded {
         match serde_json::from_slice::<Envelope>(record.data().as_ref()) {
-            Ok(envelope) if self.shared.config.topics.matches(&envelope.event_type) => Decoded::Event(RiverEvent {
-                shard_id: self.shard.clone(),
-                sequence_number: record.sequence_number().to_string(),
-                envelope,
-            }),
+            Ok(envelope) if self.shared.config.topics.matches(&envelope.event_type) => {
+                Decoded::Event(RiverEvent::new(self.shard.clone(), record.sequence_number().to_string(), envelope))
+            }
             Ok(_) => Decoded::Skipped,
             Err(e) => Decoded::Bad {
                 record: record.clone(),
