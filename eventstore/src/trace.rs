@@ -40,6 +40,14 @@ pub fn parse(traceparent: &str) -> Option<opentelemetry::Context> {
     context.span().span_context().is_valid().then_some(context)
 }
 
+/// `traceparent` as this crate writes it (version 00, lower-case hex), when it is well
+/// formed; what is passed on of a caller's, never its raw text.
+pub fn canonical(traceparent: &str) -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&parse(traceparent)?, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
 /// Makes the span `traceparent` names the parent of `span`, which must not have been
 /// entered yet. An absent or malformed one leaves `span` where it is (a trace of its
 /// own, or its `tracing` parent's).
@@ -67,6 +75,17 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn what_is_passed_on_is_rewritten_not_copied() {
+        let raw = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-'; drop table es.events; --";
+        assert_eq!(canonical(raw).as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert_eq!(
+            canonical("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+        );
+        assert_eq!(canonical("nonsense"), None);
     }
 
     #[test]

@@ -13,8 +13,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let admin = tokio::net::TcpListener::bind(admin_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, "gateway listening");
-    gateway::run(listener, admin, state, shutdown).await?;
+    let ran = gateway::run(listener, admin, state, shutdown).await;
+    service_kit::telemetry::shutdown().await;
+    ran?;
     tracing::info!("gateway stopped");
-    service_kit::telemetry::shutdown();
     Ok(())
 }

@@ -163,11 +163,8 @@ pub async fn forward(
         }
     }
     // the trace goes on upstream: the gateway's request span, or, when the gateway
-    // traces nothing, the caller's own traceparent if it is well formed
-    let caller = || {
-        let raw = headers.get(eventstore::trace::TRACEPARENT)?.to_str().ok()?;
-        eventstore::trace::parse(raw).map(|_| raw.to_owned())
-    };
+    // traces nothing, the caller's own traceparent if it is well formed (rewritten)
+    let caller = || eventstore::trace::canonical(headers.get(eventstore::trace::TRACEPARENT)?.to_str().ok()?);
     if let Some(traceparent) = eventstore::trace::current().or_else(caller) {
         request = request.header(eventstore::trace::TRACEPARENT, traceparent);
     }

@@ -170,6 +170,10 @@ fn layered(routes: Router, kit: Kit) -> Router {
         }))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if OPERATIONAL.contains(&req.uri().path()) {
+                // probes and scrapes: logged like any request, never a trace of their own
+                return tracing::info_span!("probe", request_id = %id, method = %req.method(), path = %req.uri().path());
+            }
             let span = tracing::info_span!(
                 "request",
                 otel.kind = "server",
@@ -186,6 +190,9 @@ fn layered(routes: Router, kit: Kit) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
+
+/// The operational routes: their requests are not traced.
+const OPERATIONAL: [&str; 4] = ["/health", "/ready", "/metrics", "/openapi.json"];
 
 /// Serves until `shutdown` is cancelled, then finishes the requests in flight.
 pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {

@@ -290,12 +290,14 @@ pub async fn serve_with(
     tracing::info!(addr = %listener.local_addr()?, "{service} listening");
     let served = crate::http::serve(listener, app, shutdown.clone()).await;
     shutdown.cancel();
-    if let Some(task) = background {
-        task.await?;
-    }
+    let background = match background {
+        Some(task) => task.await,
+        None => Ok(()),
+    };
+    crate::telemetry::shutdown().await;
+    background?;
     served?;
     tracing::info!("{service} stopped");
-    crate::telemetry::shutdown();
     Ok(())
 }
 

@@ -7,8 +7,8 @@
 //! `traceparent`) and the tailer's publishing of one (its parent the event's). The
 //! `RUST_LOG` filter decides the log lines only: the traced spans are exported whatever
 //! it says. The SDK's own variables apply (`OTEL_TRACES_SAMPLER` and its argument,
-//! `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-//! `OTEL_EXPORTER_OTLP_HEADERS`).
+//! `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_HEADERS`); the endpoint is
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`'s alone.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
@@ -80,11 +80,11 @@ pub fn init(service: &str, format: LogFormat, otlp_endpoint: Option<&str>) {
 }
 
 /// Exports what the tracer provider still holds and stops it (a process's last act).
-pub fn shutdown() {
+pub async fn shutdown() {
     if let Some(provider) = PROVIDER.get() {
-        // the exporter sends on the runtime: never block a runtime thread waiting for it
+        // the exporter sends on the runtime: wait for it off the runtime's threads
         let provider = provider.clone();
-        let _ = std::thread::spawn(move || provider.shutdown()).join();
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
 }
 

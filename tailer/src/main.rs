@@ -84,22 +84,24 @@ async fn main() -> anyhow::Result<()> {
         in_flight: usize::from(config.in_flight),
     };
     let publisher = Publisher::new(rapids);
-    match config.source {
+    let ran = match config.source {
         Source::Wal => {
             // the pool's own server, credentials, sslmode and sslrootcert (parsed once,
             // from DATABASE_URL, by service_kit::startup)
             let source = WalSource::new(pool.clone(), &config.slot);
             tracing::info!(target = ?source.target(), "wal source: the replication connection");
-            Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
+            Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await
         }
         Source::Poll => {
             let source = PollSource::new(pool.clone(), &config.slot);
-            Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await?;
+            Tailer { pool, source, publisher, metrics, config: tailer_config }.run(shutdown.clone()).await
         }
-    }
+    };
     shutdown.cancel();
+    // what was traced is exported even when the tailer stops on an error
+    service_kit::telemetry::shutdown().await;
+    ran?;
     http.await??;
     tracing::info!("tailer stopped");
-    service_kit::telemetry::shutdown();
     Ok(())
 }
