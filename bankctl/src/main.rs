@@ -291,15 +291,29 @@ mod tests {
     fn the_control_plane_verbs_parse() -> anyhow::Result<()> {
         use verbs::Verb;
         let send = verb(&["send", "ViewPage", "TheSource", r#"{"name":"Sally"}"#])?;
-        let Verb::Send { event, source, data, partition_key, event_id } = send else { anyhow::bail!("{send:?}") };
+        let Verb::Send { event, source, data, partition_key, event_id, tags } = send else { anyhow::bail!("{send:?}") };
         assert_eq!((event.as_str(), source.as_str()), ("ViewPage", "TheSource"));
         assert_eq!((data.as_deref(), partition_key, event_id), (Some(r#"{"name":"Sally"}"#), None, None));
+        assert!(tags.is_empty());
+        let tagged = verb(&["send", "ViewPage", "TheSource", "{}", "--tag", "vip", "--tag", "segment=rw"])?;
+        let Verb::Send { tags, .. } = tagged else { anyhow::bail!("{tagged:?}") };
+        assert_eq!(tags, ["vip", "segment=rw"]);
         let Verb::Send { data: None, .. } = verb(&["send", "ViewPage", "TheSource"])? else { anyhow::bail!("data") };
 
         let river = || "r1".to_owned();
         let topic = || "ViewPage".to_owned();
-        assert_eq!(verb(&["subscribe", "r1", "ViewPage"])?, Verb::Subscribe { river: river(), topic: topic() });
-        assert_eq!(verb(&["unsubscribe", "r1", "ViewPage"])?, Verb::Unsubscribe { river: river(), topic: topic() });
+        assert_eq!(
+            verb(&["subscribe", "r1", "ViewPage"])?,
+            Verb::Subscribe { river: river(), topic: topic(), tags: vec![] }
+        );
+        assert_eq!(
+            verb(&["subscribe", "r1", "ViewPage", "--tag", "vip"])?,
+            Verb::Subscribe { river: river(), topic: topic(), tags: vec!["vip".into()] }
+        );
+        assert_eq!(
+            verb(&["unsubscribe", "r1", "ViewPage"])?,
+            Verb::Unsubscribe { river: river(), topic: topic(), tags: vec![] }
+        );
         assert_eq!(verb(&["listsubs", "r1"])?, Verb::Listsubs { river: river() });
         assert_eq!(verb(&["topics"])?, Verb::Topics);
         assert_eq!(verb(&["advertise", "ViewPage"])?, Verb::Advertise { topic: topic(), description: None });

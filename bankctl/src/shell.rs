@@ -186,6 +186,7 @@ mod tests {
                 data: Some(data.into()),
                 partition_key: None,
                 event_id: None,
+                tags: vec![],
             }))
         };
         assert_eq!(parse_line(r#"send ViewPage TheSource '{"name":"Sally"}'"#)?, expected(r#"{"name":"Sally"}"#));

@@ -52,27 +52,39 @@ pub enum Verb {
         /// The event's id: posting it again answers the first answer.
         #[arg(long, value_name = "uuid")]
         event_id: Option<Uuid>,
+        /// A tag: `vip` (tagged `vip: "true"`) or `segment=road-warrior`; repeatable.
+        #[arg(long = "tag", value_name = "tag")]
+        tags: Vec<String>,
     },
     /// Subscribe a river to a topic (an event type, `entity.*` or `*`); print its subscriptions.
     #[command(long_about = "Subscribe a river to a topic: an event type (ViewPage), a prefix (account.*) or \
-                            every event (*). The first subscription creates a generic river. Prints \
-                            {river, managed, topics}. The built-in rivers (accounts, transfers, views) \
-                            refuse.\n\nExample: subscribe r1 ViewPage")]
+                            every event (*), and with --tag only to events carrying every tag given (`vip`: \
+                            the tag is there; `segment=road-warrior`: it has that value). The first \
+                            subscription creates a generic river. Prints {river, managed, topics, \
+                            subscriptions}. The built-in rivers (accounts, transfers, views) \
+                            refuse.\n\nExample: subscribe r1 ViewPage --tag vip")]
     Subscribe {
         #[arg(value_name = "river")]
         river: String,
         #[arg(value_name = "topic")]
         topic: String,
+        /// Only events with this tag (`key` or `key=value`); repeatable: all of them.
+        #[arg(long = "tag", value_name = "tag")]
+        tags: Vec<String>,
     },
     /// Remove a river's subscription to a topic; print its subscriptions.
-    #[command(long_about = "Remove a river's subscription to a topic. Prints {river, managed, topics}. The \
-                            built-in rivers (accounts, transfers, views) refuse.\n\nExample: unsubscribe r1 \
-                            ViewPage")]
+    #[command(long_about = "Remove a river's subscriptions to a topic: with --tag the one selecting exactly \
+                            those tags, without every one of the topic. Prints {river, managed, topics, \
+                            subscriptions}. The built-in rivers (accounts, transfers, views) \
+                            refuse.\n\nExample: unsubscribe r1 ViewPage")]
     Unsubscribe {
         #[arg(value_name = "river")]
         river: String,
         #[arg(value_name = "topic")]
         topic: String,
+        /// The tags of the subscription to remove; repeatable.
+        #[arg(long = "tag", value_name = "tag")]
+        tags: Vec<String>,
     },
     /// Print the topics a river is subscribed to, as a JSON array.
     #[command(long_about = "Print the topics a river is subscribed to, as a JSON array (empty for a river \
@@ -207,14 +219,18 @@ fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
 pub async fn run(bus: &BusClient, verb: Verb) -> anyhow::Result<()> {
     let fail = |e| failed(bus, e);
     match verb {
-        Verb::Send { event, source, data, partition_key, event_id } => {
+        Verb::Send { event, source, data, partition_key, event_id, tags } => {
             let data = parse_data(data.as_deref())?;
-            let event = PostEvent { event_type: event, source, data, partition_key, event_id, tags: None };
+            let tags = (!tags.is_empty()).then(|| event_tags(&tags));
+            let event = PostEvent { event_type: event, source, data, partition_key, event_id, tags };
             print(&bus.post_event(&event).await.map_err(fail)?)
         }
-        Verb::Subscribe { river, topic } => print(&bus.subscribe(&river, &topic).await.map_err(fail)?),
-        Verb::Unsubscribe { river, topic } => print(&bus.unsubscribe(&river, &topic).await.map_err(fail)?),
-        Verb::Listsubs { river } => print(&bus.subscriptions(&river).await.map_err(fail)?.topics),
+        Verb::Subscribe { river, topic, tags } => print(&bus.subscribe(&river, &topic, &tags).await.map_err(fail)?),
+        Verb::Unsubscribe { river, topic, tags } => {
+            let tags = (!tags.is_empty()).then_some(tags.as_slice());
+            print(&bus.unsubscribe(&river, &topic, tags).await.map_err(fail)?)
+        }
+        Verb::Listsubs { river } => print(&subscription_lines(&bus.subscriptions(&river).await.map_err(fail)?)),
         Verb::Topics => print(&topic_names(bus.topics().await.map_err(fail)?)),
         Verb::Advertise { topic, description } => {
             print(&bus.advertise(&Advertise { name: topic, description }).await.map_err(fail)?)
@@ -242,6 +258,30 @@ pub async fn run(bus: &BusClient, verb: Verb) -> anyhow::Result<()> {
             print(&bus.unsettled(&UnsettledQuery { older_than_s: Some(older_than) }).await.map_err(fail)?)
         }
     }
+}
+
+/// An event's tags from `--tag` words: `vip` is `vip: "true"`, `k=v` is `k: "v"`.
+pub fn event_tags(words: &[String]) -> Map<String, Value> {
+    words
+        .iter()
+        .map(|word| match word.split_once('=') {
+            Some((key, value)) => (key.to_owned(), Value::String(value.to_owned())),
+            None => (word.clone(), Value::String("true".into())),
+        })
+        .collect()
+}
+
+/// A river's subscriptions as `listsubs` prints them: the topic, then `--tag …` for
+/// each selector (the words that subscribe it); of a bus older than tags, the topics.
+pub fn subscription_lines(subscriptions: &bus::RiverSubscriptions) -> Vec<String> {
+    if subscriptions.subscriptions.is_empty() {
+        return subscriptions.topics.clone();
+    }
+    subscriptions
+        .subscriptions
+        .iter()
+        .map(|s| s.tags.iter().fold(s.topic.clone(), |line, tag| format!("{line} --tag {tag}")))
+        .collect()
 }
 
 /// The topics' names: advertised first, then the bank's own (the bus's order
@@ -292,6 +332,22 @@ mod tests {
         assert!(not_json.to_string().starts_with("data is not JSON"), "{not_json}");
         let not_object = parse_data(Some("[1]")).err().ok_or(anyhow!("took an array"))?;
         assert!(not_object.to_string().starts_with("data must be a JSON object"), "{not_object}");
+        Ok(())
+    }
+
+    #[test]
+    fn tags_are_words_and_subscriptions_print_as_their_words() -> serde_json::Result<()> {
+        let words = ["vip".to_owned(), "segment=road-warrior".to_owned()];
+        assert_eq!(Value::Object(event_tags(&words)), serde_json::json!({"vip": "true", "segment": "road-warrior"}));
+        let subscriptions: bus::RiverSubscriptions = serde_json::from_value(serde_json::json!({
+            "river": "r1", "managed": false, "topics": ["ViewPage", "offers.assembled"],
+            "subscriptions": [
+                {"topic": "ViewPage", "tags": []},
+                {"topic": "offers.assembled", "tags": ["segment=road-warrior", "vip"]}]}))?;
+        assert_eq!(
+            subscription_lines(&subscriptions),
+            ["ViewPage", "offers.assembled --tag segment=road-warrior --tag vip"]
+        );
         Ok(())
     }
 

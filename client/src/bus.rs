@@ -14,7 +14,7 @@
 //! # async fn demo() -> Result<(), bank_client::ClientError> {
 //! use bank_client::bus::{BusClient, Receive};
 //! let bus = BusClient::new("http://127.0.0.1:8086", "a bearer token");
-//! bus.subscribe("r1", "ViewPage").await?;
+//! bus.subscribe("r1", "ViewPage", &[]).await?;
 //! let received = bus.receive("r1", &Receive { max_messages: Some(10), wait_ms: Some(3000), visibility_ms: None }).await?;
 //! let receipts: Vec<_> = received.messages.iter().map(|m| m.receipt).collect();
 //! bus.ack("r1", &receipts).await?;
@@ -113,6 +113,18 @@ pub struct RiverSubscriptions {
     pub managed: bool,
     /// Event types, prefixes `entity.*`, or `*`.
     pub topics: Vec<String>,
+    /// Each subscription with its tag selectors (a bus older than tags sends none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// One subscription of a river: a topic and the tags an event must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub topic: String,
+    /// `key` (the tag is there) or `key=value`; none: any tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// `POST /rivers/{river}/receive`; the bus's defaults for what is unset (10
@@ -247,16 +259,19 @@ impl BusClient {
         self.call(self.http.get(url(&self.base, &path)), CALL_TIMEOUT).await
     }
 
-    /// `PUT /rivers/{river}/subscriptions/{topic}`: creates a generic river at its
-    /// first subscription; 409 `river_managed` for a built-in river.
-    pub async fn subscribe(&self, river: &str, topic: &str) -> Result<RiverSubscriptions> {
-        self.call(self.http.put(url(&self.base, &subscription_path(river, topic))), CALL_TIMEOUT).await
+    /// `PUT /rivers/{river}/subscriptions/{topic}`, selecting events that meet every
+    /// tag selector of `tags` (none: any tags): creates a generic river at its first
+    /// subscription; 409 `river_managed` for a built-in river.
+    pub async fn subscribe(&self, river: &str, topic: &str, tags: &[String]) -> Result<RiverSubscriptions> {
+        let path = subscription_path(river, topic, (!tags.is_empty()).then_some(tags));
+        self.call(self.http.put(url(&self.base, &path)), CALL_TIMEOUT).await
     }
 
-    /// `DELETE /rivers/{river}/subscriptions/{topic}`; 409 `river_managed` for a
-    /// built-in river.
-    pub async fn unsubscribe(&self, river: &str, topic: &str) -> Result<RiverSubscriptions> {
-        self.call(self.http.delete(url(&self.base, &subscription_path(river, topic))), CALL_TIMEOUT).await
+    /// `DELETE /rivers/{river}/subscriptions/{topic}`: the subscription with exactly
+    /// `tags`, or with `None` every subscription of the topic; 409 `river_managed` for
+    /// a built-in river.
+    pub async fn unsubscribe(&self, river: &str, topic: &str, tags: Option<&[String]>) -> Result<RiverSubscriptions> {
+        self.call(self.http.delete(url(&self.base, &subscription_path(river, topic, tags))), CALL_TIMEOUT).await
     }
 
     /// `POST /rivers/{river}/receive`: long-polls up to `wait_ms`; 404
@@ -297,8 +312,12 @@ fn segment(name: &str) -> String {
     utf8_percent_encode(name, SEGMENT).to_string()
 }
 
-fn subscription_path(river: &str, topic: &str) -> String {
-    format!("/rivers/{}/subscriptions/{}", segment(river), segment(topic))
+fn subscription_path(river: &str, topic: &str, tags: Option<&[String]>) -> String {
+    let path = format!("/rivers/{}/subscriptions/{}", segment(river), segment(topic));
+    match tags {
+        Some(tags) => format!("{path}?tags={}", segment(&tags.join(","))),
+        None => path,
+    }
 }
 
 #[cfg(test)]
@@ -308,10 +327,15 @@ mod tests {
 
     #[test]
     fn names_in_the_path_are_escaped_but_wildcards_kept() {
-        assert_eq!(subscription_path("r1", "ViewPage"), "/rivers/r1/subscriptions/ViewPage");
-        assert_eq!(subscription_path("r1", "account.*"), "/rivers/r1/subscriptions/account.*");
-        assert_eq!(subscription_path("r1", "*"), "/rivers/r1/subscriptions/*");
-        assert_eq!(subscription_path("a/b", "x?y z"), "/rivers/a%2Fb/subscriptions/x%3Fy%20z");
+        assert_eq!(subscription_path("r1", "ViewPage", None), "/rivers/r1/subscriptions/ViewPage");
+        assert_eq!(subscription_path("r1", "account.*", None), "/rivers/r1/subscriptions/account.*");
+        assert_eq!(subscription_path("r1", "*", None), "/rivers/r1/subscriptions/*");
+        assert_eq!(subscription_path("a/b", "x?y z", None), "/rivers/a%2Fb/subscriptions/x%3Fy%20z");
+        let tags = ["vip".to_owned(), "segment=road-warrior".to_owned()];
+        assert_eq!(
+            subscription_path("r1", "ViewPage", Some(&tags)),
+            "/rivers/r1/subscriptions/ViewPage?tags=vip%2Csegment%3Droad-warrior"
+        );
     }
 
     #[test]
@@ -401,7 +425,8 @@ mod calls {
     async fn a_managed_river_refuses_with_the_bus_code_and_message() -> anyhow_free::Result {
         let body = json!({"error": {"code": "river_managed", "message": "river accounts is the bank's own"}});
         let (base, served) = answer_once("409 Conflict", &body.to_string()).await;
-        let error = BusClient::new(base, "tok").subscribe("accounts", "account.*").await.err().ok_or("subscribed")?;
+        let error =
+            BusClient::new(base, "tok").subscribe("accounts", "account.*", &[]).await.err().ok_or("subscribed")?;
         assert_eq!((error.status(), error.code()), (Some(409), Some("river_managed")));
         assert_eq!(error.to_string(), "HTTP 409 river_managed: river accounts is the bank's own");
         let seen = served.await?;

@@ -108,8 +108,46 @@ pub const TOPIC_ERRORS: &[ErrorCode] = &[
     ErrorCode::Forbidden,
 ];
 pub const RIVER_READ_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidRiver, ErrorCode::Forbidden];
-pub const SUBSCRIPTION_ERRORS: &[ErrorCode] =
-    &[ErrorCode::InvalidRiver, ErrorCode::InvalidTopic, ErrorCode::Forbidden, ErrorCode::RiverManaged];
+pub const SUBSCRIPTION_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidRiver,
+    ErrorCode::InvalidTopic,
+    ErrorCode::InvalidTags,
+    ErrorCode::InvalidQuery,
+    ErrorCode::Forbidden,
+    ErrorCode::RiverManaged,
+];
+
+/// The tag selectors of a subscription, as a query.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TagsQuery {
+    /// Comma-separated selectors, all of which an event's tags must meet: `vip` (the
+    /// tag is there), `segment=road-warrior` (it has that value); at most 8.
+    /// Subscribing: none selects any tags. Unsubscribing: none removes the topic's
+    /// every subscription, some the one with exactly these.
+    #[param(
+        pattern = "^[A-Za-z][A-Za-z0-9_.-]{0,63}(=[A-Za-z0-9_.:@-]{1,64})?(,[A-Za-z][A-Za-z0-9_.-]{0,63}(=[A-Za-z0-9_.:@-]{1,64})?){0,7}$"
+    )]
+    pub tags: Option<String>,
+}
+
+impl TagsQuery {
+    fn selectors(&self) -> Result<Option<Vec<String>>, ApiError> {
+        self.tags
+            .as_deref()
+            .map(|raw| {
+                crate::names::tag_selectors(raw).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidTags,
+                        "tags are at most 8 comma-separated selectors `key` or `key=value` (key: a letter, then \
+                         letters, digits, `_.-`, at most 64; value: letters, digits, `_.:@-`, at most 64)",
+                    )
+                })
+            })
+            .transpose()
+    }
+}
 pub const QUEUE_ERRORS: &[ErrorCode] = &[
     ErrorCode::MalformedJson,
     ErrorCode::InvalidBody,
@@ -227,35 +265,41 @@ async fn list_subscriptions(
 #[utoipa::path(put, path = "/rivers/{river}/subscriptions/{topic}", tag = "control plane",
     params(
         ("river" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"),
-        ("topic" = String, Path, description = "an event type, a prefix `entity.*`, or `*`")),
+        ("topic" = String, Path, description = "an event type, a prefix `entity.*`, or `*`"),
+        TagsQuery),
     responses((status = 200, description = "the river's topics", body = RiverSubscriptions)))]
 async fn subscribe(
     State(state): State<AppState>,
     caller: Caller,
     Names((river, topic)): Names<(String, String)>,
+    ApiQuery(query): ApiQuery<TagsQuery>,
 ) -> Result<Json<RiverSubscriptions>, ApiError> {
     river_user(&caller)?;
+    let tags = query.selectors()?.unwrap_or_default();
     // the bank's own events (every customer's balances) are staff's to read
     let bank_wide = topic == "*" || rapids::river::is_reserved(topic.trim_end_matches('*'));
     if bank_wide && !caller.is_staff() {
         return Err(ApiError::new(ErrorCode::Forbidden, "account.* and transfer.* events are staff's to read"));
     }
-    Ok(Json(registry::subscribe(&state.kit.pool, &caller, &river, &topic).await?))
+    Ok(Json(registry::subscribe(&state.kit.pool, &caller, &river, &topic, &tags).await?))
 }
 
 /// Removes a subscription. Built-in rivers: 409.
 #[utoipa::path(delete, path = "/rivers/{river}/subscriptions/{topic}", tag = "control plane",
     params(
         ("river" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"),
-        ("topic" = String, Path)),
+        ("topic" = String, Path),
+        TagsQuery),
     responses((status = 200, description = "the river's topics", body = RiverSubscriptions)))]
 async fn unsubscribe(
     State(state): State<AppState>,
     caller: Caller,
     Names((river, topic)): Names<(String, String)>,
+    ApiQuery(query): ApiQuery<TagsQuery>,
 ) -> Result<Json<RiverSubscriptions>, ApiError> {
     river_user(&caller)?;
-    Ok(Json(registry::unsubscribe(&state.kit.pool, &caller, &river, &topic).await?))
+    let tags = query.selectors()?;
+    Ok(Json(registry::unsubscribe(&state.kit.pool, &caller, &river, &topic, tags.as_deref()).await?))
 }
 
 /// Receives messages of a generic river (long-polling up to `wait_ms`); they stay

@@ -72,11 +72,40 @@ pub fn reserved_source(source: &str) -> bool {
 }
 
 /// Whether `pattern` selects `event_type` (the rivers' rule).
-pub fn matches(pattern: &str, event_type: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => event_type.starts_with(prefix),
-        None => pattern == event_type,
+pub use rapids::river::pattern_matches as matches;
+
+/// The most tag selectors one subscription takes.
+pub const MAX_SELECTORS: usize = 8;
+
+/// A subscription's tag selectors from their comma-separated form (`vip`,
+/// `vip,segment=road-warrior`): each `key` or `key=value`, the key 1 to 64 characters
+/// of `[A-Za-z0-9_.-]` starting with a letter, the value 1 to 64 of `[A-Za-z0-9_.:@-]`;
+/// at most [`MAX_SELECTORS`]. Sorted, without repeats (the registry's key); `None` when
+/// one is not valid.
+pub fn tag_selectors(raw: &str) -> Option<Vec<String>> {
+    let key = |k: &str| {
+        (1..=64).contains(&k.len())
+            && k.starts_with(|c: char| c.is_ascii_alphabetic())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let value = |v: &str| {
+        (1..=64).contains(&v.len())
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@'))
+    };
+    let mut selectors = Vec::new();
+    for selector in raw.split(',') {
+        let valid = match selector.split_once('=') {
+            Some((k, v)) => key(k) && value(v),
+            None => key(selector),
+        };
+        if !valid {
+            return None;
+        }
+        selectors.push(selector.to_owned());
     }
+    selectors.sort();
+    selectors.dedup();
+    (selectors.len() <= MAX_SELECTORS).then_some(selectors)
 }
 
 #[cfg(test)]
@@ -108,6 +137,22 @@ mod tests {
         assert!(matches("ViewPage", "ViewPage"));
         assert!(!matches("ViewPage", "ViewPages"));
         assert!(matches("*", "anything"));
+    }
+
+    #[test]
+    fn tag_selectors_are_keys_or_pairs_sorted_without_repeats() {
+        assert_eq!(tag_selectors("vip"), Some(vec!["vip".into()]));
+        assert_eq!(
+            tag_selectors("vip,segment=road-warrior,vip"),
+            Some(vec!["segment=road-warrior".into(), "vip".into()])
+        );
+        assert_eq!(tag_selectors("tier=gold.2026:eu@x"), Some(vec!["tier=gold.2026:eu@x".into()]));
+        for bad in ["", ",", "vip,", "=x", "k=", "1k", "k=a=b", "k=a b", "k=é", "a b", &"k".repeat(65), "k=v,l=w,"] {
+            assert_eq!(tag_selectors(bad), None, "{bad:?} accepted");
+        }
+        let nine: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+        assert_eq!(tag_selectors(&nine.join(",")), None);
+        assert_eq!(tag_selectors(&nine[..8].join(",")).map(|s| s.len()), Some(8));
     }
 
     #[test]

@@ -96,5 +96,18 @@ mod pattern_tests {
         assert_eq!(topic["schema"]["pattern"], super::PATTERN);
         let tags = doc.pointer("/components/schemas/PostEvent/properties/tags").expect("tags");
         assert_eq!(tags["maxProperties"], 16);
+        // a subscription's tag selectors, on both methods; a message's shape is typed
+        for method in ["put", "delete"] {
+            let pointer = format!("/paths/~1rivers~1{{river}}~1subscriptions~1{{topic}}/{method}/parameters");
+            let params = doc.pointer(&pointer).and_then(|p| p.as_array()).cloned().unwrap_or_default();
+            let selectors = params.iter().find(|p| p["name"] == "tags").expect("a tags parameter");
+            assert_eq!(selectors["in"], "query");
+        }
+        let message = doc.pointer("/components/schemas/Received/properties/message").expect("message");
+        assert_eq!(message["$ref"], "#/components/schemas/BusMessage", "{message}");
+        let fields = doc.pointer("/components/schemas/BusMessage/required").expect("BusMessage");
+        assert!(fields.as_array().is_some_and(|f| f.contains(&serde_json::json!("eventType"))), "{fields}");
+        let subscription = doc.pointer("/components/schemas/Subscription/properties/tags").expect("Subscription");
+        assert_eq!(subscription["type"], "array");
     }
 }

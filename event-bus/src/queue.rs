@@ -49,7 +49,39 @@ pub fn message(event: &RiverEvent) -> Value {
         "timestamp": e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "eventId": e.event_id,
         "poster": {"subject": e.actor, "role": e.role},
+        "tags": e.tags,
     })
+}
+
+/// The shape of a message ([`message`]), for the OpenAPI document: what a generic
+/// river's reader gets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BusMessage {
+    /// The event's type.
+    pub event_type: String,
+    /// Its emitting domain (`source`).
+    pub event_domain: String,
+    /// Its data.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    /// When it was recorded (RFC 3339).
+    pub timestamp: String,
+    pub event_id: Uuid,
+    /// Who posted it, as the event store recorded it.
+    pub poster: Poster,
+    /// Its tags: the producer's, and `region` and `service` (messages queued before
+    /// tags were carried have none).
+    #[serde(default)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
+    pub tags: Option<Value>,
+}
+
+/// The poster of a message.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Poster {
+    pub subject: String,
+    pub role: Option<String>,
 }
 
 impl Handler for QueueHandler {
@@ -61,8 +93,8 @@ impl Handler for QueueHandler {
                 HandlerError::Permanent(e.to_string())
             }
         };
-        let subscriptions: Vec<(String, chrono::DateTime<chrono::Utc>)> =
-            sqlx::query_as("select pattern, created_at from rapids.river_subscriptions where river = $1")
+        let subscriptions: Vec<(String, Vec<String>, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as("select pattern, tags, created_at from rapids.river_subscriptions where river = $1")
                 .bind(&self.river)
                 .fetch_all(&mut *tx)
                 .await
@@ -72,9 +104,11 @@ impl Handler for QueueHandler {
         let mut seen = HashSet::new();
         for event in events {
             let e = &event.envelope;
-            let wanted = subscriptions
-                .iter()
-                .any(|(pattern, since)| names::matches(pattern, &e.event_type) && e.recorded_at >= *since);
+            let wanted = subscriptions.iter().any(|(pattern, tags, since)| {
+                names::matches(pattern, &e.event_type)
+                    && rapids::river::tags_match(tags, &e.tags)
+                    && e.recorded_at >= *since
+            });
             if wanted && seen.insert(e.event_id) {
                 ids.push(e.event_id);
                 messages.push(message(event));
@@ -131,8 +165,9 @@ pub struct Received {
     pub receipt: Uuid,
     /// How many times the message was received (1 the first time).
     pub receive_count: i32,
-    /// `eventType`, `eventDomain`, `payload`, `timestamp` (RFC 3339), `eventId`.
-    #[schema(value_type = Object)]
+    /// `eventType`, `eventDomain`, `payload`, `timestamp` (RFC 3339), `eventId`,
+    /// `poster`, `tags`.
+    #[schema(value_type = BusMessage)]
     pub message: Value,
 }
 
@@ -339,8 +374,10 @@ pub async fn run_generic_rivers(
                     let config = args.river_config(&name, TopicFilter::new(&["*"]));
                     let river = rapids::river::River::new(
                         config,
-                        // the bus's pool: a generic river needs few connections
-                        pool.clone(),
+                        // a pool of its own (opened as needed), like a service's river: each
+                        // river holds a LISTEN connection and its readers' transactions,
+                        // which must never starve the bus's requests however many rivers run
+                        args.river_pool(&pool),
                         rapids.clone(),
                         QueueHandler { river: name.clone() },
                         metrics.clone(),

@@ -134,10 +134,35 @@ pub struct RiverSubscriptions {
     pub river: String,
     /// A built-in river run by a service: its topics cannot be changed here.
     pub managed: bool,
-    /// The topic patterns, in the order they were subscribed.
+    /// The topic patterns, in the order they were subscribed (each once).
     pub topics: Vec<String>,
+    /// Each subscription: a topic pattern and the tags an event must carry.
+    pub subscriptions: Vec<Subscription>,
     /// Who created it (a generic river's first subscriber); none for a built-in river.
     pub owner: Option<String>,
+}
+
+/// One subscription of a river.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Subscription {
+    /// An event type, a prefix `entity.*`, or `*`.
+    pub topic: String,
+    /// Tag selectors, all of which an event must meet: `vip` (the tag is there),
+    /// `segment=road-warrior` (it has that value). None: any tags.
+    pub tags: Vec<String>,
+}
+
+impl RiverSubscriptions {
+    fn of(river: String, managed: bool, owner: Option<String>, rows: Vec<(String, Vec<String>)>) -> Self {
+        let mut topics: Vec<String> = Vec::new();
+        for (pattern, _) in &rows {
+            if !topics.contains(pattern) {
+                topics.push(pattern.clone());
+            }
+        }
+        let subscriptions = rows.into_iter().map(|(topic, tags)| Subscription { topic, tags }).collect();
+        RiverSubscriptions { river, managed, topics, subscriptions, owner }
+    }
 }
 
 /// Whether `caller` may receive from, acknowledge on or change a river owned by
@@ -152,19 +177,27 @@ pub fn may_use(caller: &Caller, owner: Option<&str>) -> Result<(), ApiError> {
 
 /// Every river the registry knows, with its subscriptions.
 pub async fn rivers(pool: &PgPool) -> Result<Vec<RiverSubscriptions>, ApiError> {
-    let rows: Vec<(String, bool, Vec<String>, Option<String>)> = sqlx::query_as(
-        "select r.name, r.managed,
-                coalesce(array_agg(s.pattern order by s.created_at, s.pattern) filter (where s.pattern is not null), '{}'),
-                r.owner
-         from rapids.rivers r left join rapids.river_subscriptions s on s.river = r.name
-         group by r.name, r.managed, r.owner order by r.name",
+    let rivers: Vec<(String, bool, Option<String>)> =
+        sqlx::query_as("select name, managed, owner from rapids.rivers order by name")
+            .fetch_all(pool)
+            .await
+            .map_err(fault)?;
+    let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "select river, pattern, tags from rapids.river_subscriptions order by river, created_at, pattern, tags",
     )
     .fetch_all(pool)
     .await
     .map_err(fault)?;
-    Ok(rows
+    let mut by_river: std::collections::HashMap<String, Vec<(String, Vec<String>)>> = Default::default();
+    for (river, pattern, tags) in rows {
+        by_river.entry(river).or_default().push((pattern, tags));
+    }
+    Ok(rivers
         .into_iter()
-        .map(|(river, managed, topics, owner)| RiverSubscriptions { river, managed, topics, owner })
+        .map(|(river, managed, owner)| {
+            let rows = by_river.remove(&river).unwrap_or_default();
+            RiverSubscriptions::of(river, managed, owner, rows)
+        })
         .collect())
 }
 
@@ -199,14 +232,14 @@ pub async fn river(pool: &PgPool, river: &str) -> Result<Option<RiverRow>, ApiEr
 pub async fn subscriptions(pool: &PgPool, river: &str) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
     let (managed, owner) = self::river(pool, river).await?.map_or((false, None), |row| (row.managed, row.owner));
-    let topics: Vec<String> = sqlx::query_scalar(
-        "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "select pattern, tags from rapids.river_subscriptions where river = $1 order by created_at, pattern, tags",
     )
     .bind(river)
     .fetch_all(pool)
     .await
     .map_err(fault)?;
-    Ok(RiverSubscriptions { river: river.into(), managed, topics, owner })
+    Ok(RiverSubscriptions::of(river.into(), managed, owner, rows))
 }
 
 fn managed(river: &str) -> ApiError {
@@ -216,14 +249,16 @@ fn managed(river: &str) -> ApiError {
     )
 }
 
-/// Subscribes `river` to `pattern`, creating the river (a generic one, owned by
-/// `caller`) at its first subscription. Locks the river's row, so a concurrent change
-/// of a managed river's registration cannot slip between the check and the write.
+/// Subscribes `river` to `pattern` with tag selectors `tags` (checked, sorted:
+/// [`names::tag_selectors`]), creating the river (a generic one, owned by `caller`) at
+/// its first subscription. Locks the river's row, so a concurrent change of a managed
+/// river's registration cannot slip between the check and the write.
 pub async fn subscribe(
     pool: &PgPool,
     caller: &Caller,
     river: &str,
     pattern: &str,
+    tags: &[String],
 ) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
     if !names::valid_pattern(pattern) {
@@ -247,11 +282,12 @@ pub async fn subscribe(
     }
     may_use(caller, owner.as_deref())?;
     sqlx::query(
-        "insert into rapids.river_subscriptions (river, pattern, created_by) values ($1, $2, $3)
+        "insert into rapids.river_subscriptions (river, pattern, tags, created_by) values ($1, $2, $3, $4)
          on conflict do nothing",
     )
     .bind(river)
     .bind(pattern)
+    .bind(tags)
     .bind(&caller.subject)
     .execute(&mut *tx)
     .await
@@ -260,13 +296,15 @@ pub async fn subscribe(
     subscriptions(pool, river).await
 }
 
-/// Removes a subscription (removing one that is not there changes nothing): the
-/// river's owner's, or an admin's.
+/// Removes the subscription of `pattern` with exactly the selectors `tags`, or with
+/// `None` every subscription of `pattern` (removing one that is not there changes
+/// nothing): the river's owner's, or an admin's.
 pub async fn unsubscribe(
     pool: &PgPool,
     caller: &Caller,
     river: &str,
     pattern: &str,
+    tags: Option<&[String]>,
 ) -> Result<RiverSubscriptions, ApiError> {
     check_river(river)?;
     if !names::valid_pattern(pattern) {
@@ -284,10 +322,13 @@ pub async fn unsubscribe(
         Some((false, owner)) => may_use(caller, owner.as_deref())?,
         None => {}
     }
-    sqlx::query("delete from rapids.river_subscriptions where river = $1 and pattern = $2")
-        .bind(river)
-        .bind(pattern)
-        .execute(&mut *tx)
+    sqlx::query(
+        "delete from rapids.river_subscriptions where river = $1 and pattern = $2 and ($3::text[] is null or tags = $3)",
+    )
+    .bind(river)
+    .bind(pattern)
+    .bind(tags)
+    .execute(&mut *tx)
         .await
         .map_err(fault)?;
     tx.commit().await.map_err(fault)?;

@@ -348,6 +348,111 @@ impl Handler for Recorder {
     }
 }
 
+/// Receives and acknowledges a generic river's messages until `last` arrives; their
+/// event ids and tags, in order.
+async fn drain_until(bus: &Api, who: &str, river: &str, last: &str) -> Vec<(String, Value)> {
+    let mut got: Vec<(String, Value)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !got.iter().any(|(id, _)| id == last) {
+        assert!(tokio::time::Instant::now() < deadline, "waited 20 s in vain for {river} to receive {last}");
+        let reply = bus.post(&format!("/rivers/{river}/receive")).token(who).json(json!({"wait_ms": 300})).send().await;
+        let messages = reply.expect(200)["messages"].as_array().cloned().unwrap_or_default();
+        let receipts: Vec<Value> = messages.iter().map(|m| m["receipt"].clone()).collect();
+        if !receipts.is_empty() {
+            let ack = bus.post(&format!("/rivers/{river}/ack")).token(who).json(json!({"receipts": receipts})).send();
+            ack.await.expect(200);
+        }
+        got.extend(
+            messages.iter().map(|m| {
+                (m["message"]["eventId"].as_str().unwrap_or_default().to_owned(), m["message"]["tags"].clone())
+            }),
+        );
+    }
+    got
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn tags_route_events_to_the_subscriptions_that_select_them(pool: PgPool) {
+    let bank = start_bank(&pool).await;
+    let bus = Api::new(&bank.bus.base);
+    let engine = token("offer-engine", tests::Service);
+    let put = |path: String| bus.request(reqwest::Method::PUT, &path).token(&engine).send();
+    put("/rivers/vips/subscriptions/offers.assembled?tags=vip".into()).await.expect(200);
+    // several selectors: all of them; given in any order, kept sorted
+    put("/rivers/vips/subscriptions/ViewPage?tags=vip%2Csegment%3Droad-warrior".into()).await.expect(200);
+    put("/rivers/warriors/subscriptions/offers.assembled?tags=segment%3Droad-warrior".into()).await.expect(200);
+    put("/rivers/everything/subscriptions/offers.assembled".into()).await.expect(200);
+    for river in ["vips", "warriors", "everything"] {
+        put(format!("/rivers/{river}/subscriptions/sentinel.made")).await.expect(200);
+    }
+    let subs = bus.get("/rivers/vips/subscriptions").token(&tests::teller_token()).send().await;
+    assert_eq!(
+        subs.expect(200)["subscriptions"],
+        json!([
+            {"topic": "offers.assembled", "tags": ["vip"]},
+            {"topic": "ViewPage", "tags": ["segment=road-warrior", "vip"]},
+            {"topic": "sentinel.made", "tags": []}])
+    );
+    assert_eq!(subs.body["topics"], json!(["offers.assembled", "ViewPage", "sentinel.made"]));
+
+    // one shard (one partition key), so the sentinel comes last in every river
+    let send = |kind: &'static str, tags: Value| {
+        let (bus, engine) = (bus.clone(), engine.clone());
+        async move {
+            let mut body = json!({"type": kind, "source": "offers", "data": {}, "partition_key": "visitor-1"});
+            if !tags.is_null() {
+                body["tags"] = tags;
+            }
+            let reply = post(&bus, &engine, body).await;
+            reply.expect(201)["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let both = send("offers.assembled", json!({"vip": "true", "segment": "road-warrior"})).await;
+    let casual = send("offers.assembled", json!({"segment": "casual"})).await;
+    let untagged = send("offers.assembled", Value::Null).await;
+    let vip_view = send("ViewPage", json!({"vip": "yes"})).await;
+    let vip_warrior_view = send("ViewPage", json!({"vip": "yes", "segment": "road-warrior"})).await;
+    let sentinel = send("sentinel.made", Value::Null).await;
+    let ids = |got: Vec<(String, Value)>| got.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let vips = drain_until(&bus, &engine, "vips", &sentinel).await;
+    assert_eq!(vips[0].1["vip"], "true", "a message carries its tags: {:?}", vips[0]);
+    assert_eq!(vips[0].1["segment"], "road-warrior");
+    assert_eq!(ids(vips), [both.clone(), vip_warrior_view, sentinel.clone()]);
+    assert_eq!(ids(drain_until(&bus, &engine, "warriors", &sentinel).await), [both.clone(), sentinel.clone()]);
+    assert_eq!(
+        ids(drain_until(&bus, &engine, "everything", &sentinel).await),
+        [both, casual, untagged, sentinel.clone()]
+    );
+    assert!(!vip_view.is_empty());
+
+    // removing: with tags, exactly that subscription; without, every one of the topic
+    let delete = |path: &str| bus.request(reqwest::Method::DELETE, path).token(&engine).send();
+    put("/rivers/vips/subscriptions/offers.assembled?tags=gold".into()).await.expect(200);
+    let left = delete("/rivers/vips/subscriptions/offers.assembled?tags=vip").await;
+    assert_eq!(
+        left.expect(200)["subscriptions"],
+        json!([
+            {"topic": "ViewPage", "tags": ["segment=road-warrior", "vip"]},
+            {"topic": "sentinel.made", "tags": []},
+            {"topic": "offers.assembled", "tags": ["gold"]}])
+    );
+    let left = delete("/rivers/vips/subscriptions/ViewPage").await;
+    assert_eq!(left.expect(200)["topics"], json!(["sentinel.made", "offers.assembled"]));
+
+    // bad selectors are refused and change nothing
+    for bad in ["", "a%20b", "k%3D", "%3Dv", "1k", "vip%2C", "a%3Db%3Dc"] {
+        put(format!("/rivers/vips/subscriptions/ViewPage?tags={bad}")).await.expect_error(400, "invalid_tags");
+    }
+    put("/rivers/vips/subscriptions/ViewPage?tag=vip".into()).await.expect_error(400, "invalid_query");
+    let nine = (0..9).map(|i| format!("k{i}")).collect::<Vec<_>>().join("%2C");
+    put(format!("/rivers/vips/subscriptions/ViewPage?tags={nine}")).await.expect_error(400, "invalid_tags");
+    let stored: i64 = sqlx::query_scalar("select count(*) from rapids.river_subscriptions where river = 'vips'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+}
+
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
 async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rivers_refuse_them(pool: PgPool) {
     let bank = start_bank(&pool).await;
@@ -424,6 +529,32 @@ async fn subscriptions_changed_at_runtime_reach_running_rivers_and_built_in_rive
     assert_eq!(*recorder.seen.lock().unwrap(), ["a1", "s1"]);
     let subs = bus.get("/rivers/svc1/subscriptions").token(&admin).send().await;
     assert_eq!(subs.expect(200)["topics"], json!(["sentinel.made"]));
+    // a tagged subscription reaches it too: only thing.made tagged vip is handled
+    bus.request(reqwest::Method::PUT, "/rivers/svc1/subscriptions/thing.made?tags=vip")
+        .token(&admin)
+        .send()
+        .await
+        .expect(200);
+    wait_for(Duration::from_secs(10), "the running river to take the tagged topic", || async {
+        let tagged = rapids::river::Selection { pattern: "thing.made".into(), tags: vec!["vip".into()] };
+        topics.selections().contains(&tagged).then_some(())
+    })
+    .await;
+    let tagged = |n: &'static str, tags: Value| {
+        let (bus, shop) = (bus.clone(), shop.clone());
+        async move {
+            let body = json!({"type": "thing.made", "source": "s", "data": {"n": n}, "partition_key": "one-shard", "tags": tags});
+            post(&bus, &shop, body).await.expect(201);
+        }
+    };
+    tagged("c0", json!({"segment": "vip"})).await;
+    tagged("c1", json!({"vip": "true"})).await;
+    send("sentinel.made", "s2").await;
+    wait_for(Duration::from_secs(15), "the second sentinel to be handled", || async {
+        recorder.seen.lock().unwrap().contains(&"s2".to_owned()).then_some(())
+    })
+    .await;
+    assert_eq!(*recorder.seen.lock().unwrap(), ["a1", "s1", "c1", "s2"]);
     // not a queue: the bus queued none of its events and refuses to serve it
     let queued: i64 = sqlx::query_scalar("select count(*) from rapids.river_messages where river = 'svc1'")
         .fetch_one(&pool)

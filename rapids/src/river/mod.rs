@@ -233,32 +233,74 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// Event types a river wants: `transfer.*` (a prefix), `account.opened` (one type), `*`.
-/// Clones share the patterns, so a running river follows [`TopicFilter::replace`].
-#[derive(Debug, Clone, Default)]
-pub struct TopicFilter(Arc<std::sync::RwLock<Vec<String>>>);
+/// One subscription of a river: an event type pattern (`transfer.*`, a prefix;
+/// `account.opened`, one type; `*`) and tag selectors, all of which an event's tags
+/// must meet: `vip` (the tag is there), `segment=road-warrior` (it has that value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub pattern: String,
+    pub tags: Vec<String>,
+}
 
-impl TopicFilter {
-    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Self {
-        TopicFilter(Arc::new(std::sync::RwLock::new(patterns.iter().map(|p| p.as_ref().to_string()).collect())))
+impl Selection {
+    /// A subscription to `pattern` whatever the tags.
+    pub fn any_tags(pattern: &str) -> Self {
+        Selection { pattern: pattern.into(), tags: Vec::new() }
     }
 
-    pub fn matches(&self, event_type: &str) -> bool {
-        let patterns = self.0.read().unwrap_or_else(|p| p.into_inner());
-        patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => event_type.starts_with(prefix),
-            None => pattern == event_type,
-        })
+    pub fn matches(&self, event_type: &str, tags: &serde_json::Map<String, serde_json::Value>) -> bool {
+        pattern_matches(&self.pattern, event_type) && tags_match(&self.tags, tags)
+    }
+}
+
+/// Whether `event_type` falls under `pattern` (`entity.*`, a type, or `*`).
+pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => pattern == event_type,
+    }
+}
+
+/// Whether an event's `tags` meet every selector: `key` (the tag is there, whatever its
+/// value) or `key=value` (its value is that string).
+pub fn tags_match(selectors: &[String], tags: &serde_json::Map<String, serde_json::Value>) -> bool {
+    selectors.iter().all(|selector| match selector.split_once('=') {
+        Some((key, value)) => tags.get(key).and_then(serde_json::Value::as_str) == Some(value),
+        None => tags.contains_key(selector.as_str()),
+    })
+}
+
+/// What a river wants: its subscriptions ([`Selection`]). Clones share them, so a
+/// running river follows [`TopicFilter::replace`].
+#[derive(Debug, Clone, Default)]
+pub struct TopicFilter(Arc<std::sync::RwLock<Vec<Selection>>>);
+
+impl TopicFilter {
+    /// Subscriptions to `patterns`, whatever the tags.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Self {
+        let selections = patterns.iter().map(|p| Selection::any_tags(p.as_ref())).collect();
+        TopicFilter(Arc::new(std::sync::RwLock::new(selections)))
+    }
+
+    /// Whether an event of `event_type` with `tags` is wanted.
+    pub fn matches(&self, event_type: &str, tags: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let selections = self.0.read().unwrap_or_else(|p| p.into_inner());
+        selections.iter().any(|s| s.matches(event_type, tags))
     }
 
     /// The patterns, in order.
     pub fn patterns(&self) -> Vec<String> {
+        self.selections().into_iter().map(|s| s.pattern).collect()
+    }
+
+    /// The subscriptions, in order.
+    pub fn selections(&self) -> Vec<Selection> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces the patterns; the readers see the change at their next page.
-    pub fn replace(&self, patterns: Vec<String>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = patterns;
+    /// Replaces the subscriptions; the readers see the change at their next page.
+    pub fn replace(&self, selections: Vec<Selection>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = selections;
     }
 }
 
@@ -694,15 +736,18 @@ async fn sync_subscriptions<H: Handler>(shared: &Shared<H>) -> sqlx::Result<()> 
             .bind(&config.name)
             .execute(&shared.pool)
             .await?;
-            let patterns: Vec<String> = sqlx::query_scalar(
-                "select pattern from rapids.river_subscriptions where river = $1 order by created_at, pattern",
+            let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+                "select pattern, tags from rapids.river_subscriptions where river = $1
+                 order by created_at, pattern, tags",
             )
             .bind(&config.name)
             .fetch_all(&shared.pool)
             .await?;
-            if patterns != config.topics.patterns() {
-                tracing::info!(river = %config.name, topics = ?patterns, "subscriptions changed");
-                config.topics.replace(patterns);
+            let selections: Vec<Selection> =
+                rows.into_iter().map(|(pattern, tags)| Selection { pattern, tags }).collect();
+            if selections != config.topics.selections() {
+                tracing::info!(river = %config.name, topics = ?selections, "subscriptions changed");
+                config.topics.replace(selections);
             }
             Ok(())
         }
@@ -844,11 +889,33 @@ mod tests {
 
     #[test]
     fn topic_filters_match_prefixes_and_exact_types() {
+        let none = serde_json::Map::new();
         let filter = TopicFilter::new(&["transfer.*", "account.opened"]);
-        assert!(filter.matches("transfer.created"));
-        assert!(filter.matches("account.opened"));
-        assert!(!filter.matches("account.deposited"));
-        assert!(!filter.matches("transfers.created"));
-        assert!(TopicFilter::new(&["*"]).matches("anything"));
+        assert!(filter.matches("transfer.created", &none));
+        assert!(filter.matches("account.opened", &none));
+        assert!(!filter.matches("account.deposited", &none));
+        assert!(!filter.matches("transfers.created", &none));
+        assert!(TopicFilter::new(&["*"]).matches("anything", &none));
+    }
+
+    #[test]
+    fn a_tagged_subscription_wants_every_selector_met() {
+        let tags = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let filter = TopicFilter::default();
+        filter.replace(vec![
+            Selection { pattern: "offers.assembled".into(), tags: vec!["vip".into(), "segment=road-warrior".into()] },
+            Selection::any_tags("ViewPage"),
+        ]);
+        let both = tags(serde_json::json!({"vip": "true", "segment": "road-warrior", "region": "eu"}));
+        assert!(filter.matches("offers.assembled", &both));
+        assert!(!filter.matches("offers.assembled", &tags(serde_json::json!({"vip": "true"}))));
+        assert!(!filter.matches("offers.assembled", &tags(serde_json::json!({"vip": "1", "segment": "casual"}))));
+        assert!(!filter.matches("offers.assembled", &tags(serde_json::json!({"segment": "road-warrior"}))));
+        // a value is a string: a number of the same digits is another value
+        let numbered = Selection { pattern: "*".into(), tags: vec!["tier=1".into()] };
+        assert!(!numbered.matches("x", &tags(serde_json::json!({"tier": 1}))));
+        assert!(numbered.matches("x", &tags(serde_json::json!({"tier": "1"}))));
+        assert!(filter.matches("ViewPage", &serde_json::Map::new()));
+        assert_eq!(filter.patterns(), ["offers.assembled", "ViewPage"]);
     }
 }

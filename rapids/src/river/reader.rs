@@ -720,7 +720,7 @@ impl<H: Handler> ShardReader<H> {
 
     fn decode(&self, record: &Record) -> Decoded {
         match serde_json::from_slice::<Envelope>(record.data().as_ref()) {
-            Ok(envelope) if self.shared.config.topics.matches(&envelope.event_type) => {
+            Ok(envelope) if self.shared.config.topics.matches(&envelope.event_type, &envelope.tags) => {
                 Decoded::Event(RiverEvent::new(self.shard.clone(), record.sequence_number().to_string(), envelope))
             }
             Ok(_) => Decoded::Skipped,
