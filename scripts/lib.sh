@@ -309,6 +309,45 @@ kinesis_local_cert() {
   KINESIS_LOCAL_CERT_JSON="$dir/server.json"
 }
 
+# offers_npm_deps: the offers example's npm packages (examples/offers/package-lock.json,
+# pinned), installed again whenever the lock file changed.
+offers_npm_deps() {
+  local dir="$ROOT/examples/offers" stamp
+  stamp="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [ "$(cat "$dir/node_modules/.lock-stamp" 2>/dev/null || true)" != "$stamp" ]; then
+    log "installing the offers example's npm packages (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund >/dev/null) || die "npm ci failed in examples/offers"
+    echo "$stamp" >"$dir/node_modules/.lock-stamp"
+  fi
+}
+
+# A fleet of the debug binaries, for a script's own end-to-end test (scripts/browser,
+# examples/offers/test): their logs go to FLEET_DIR; fleet_stop stops them all and,
+# after a failure, shows the end of each log.
+FLEET_PIDS=()
+# fleet_start NAME ADDR_VARIABLE: target/debug/NAME on a free port; sets URL.
+fleet_start() {
+  local name=$1 var=$2 port
+  port="$(free_port $((20000 + RANDOM % 12000)))"
+  env "$var=127.0.0.1:$port" "$ROOT/target/debug/$name" >"$FLEET_DIR/$name.log" 2>&1 &
+  FLEET_PIDS+=("$!")
+  wait_http "http://127.0.0.1:$port/health" "$!" "$name"
+  URL="http://127.0.0.1:$port"
+}
+# fleet_stop RC
+fleet_stop() {
+  local rc=$1 pid f
+  for pid in "${FLEET_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${FLEET_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "$rc" != 0 ]; then
+    for f in "$FLEET_DIR"/*.log; do
+      [ -f "$f" ] || continue
+      echo "--- last lines of $(basename "$f") ---" >&2
+      tail -15 "$f" >&2 || true
+    done
+  fi
+}
+
 # wait_http URL PID NAME: until URL answers 200, or the process dies.
 wait_http() {
   local url=$1 pid=$2 name=$3

@@ -32,8 +32,12 @@ pub fn document_json() -> Value {
         // without NUL" must recurse, and the fuzzer's generator cannot
         *data = serde_json::json!({
             "type": "object",
+            "additionalProperties": true,
             "description": "the payload: a JSON object (no string may hold a NUL character)"
         });
+    }
+    if let Some(payload) = generated.pointer_mut("/components/schemas/BusMessage/properties/payload") {
+        payload["additionalProperties"] = serde_json::json!(true);
     }
     if let Some(key) = generated.pointer_mut("/components/schemas/PostEvent/properties/partition_key") {
         key["pattern"] = serde_json::json!(no_nul);
