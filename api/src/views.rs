@@ -124,3 +124,62 @@ pub struct AccountList {
     pub owner: String,
     pub items: Vec<AccountRow>,
 }
+
+/// `GET /search`: a caller's transactions (a teller's or an admin's: everyone's) by
+/// words, amount and date; each filter given must match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Words (1 to 200 characters): all of them in the transfer's memo, or the
+    /// transaction's kind (`deposit`, `transfer_credit`, …), or a part of the other
+    /// party's account id (4 characters or more, e.g. the app's `…1a2b3c4d`). Staff also get the accounts whose
+    /// owner starts with it.
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00]*$")]
+    pub q: Option<String>,
+    /// Exactly this amount, in minor units.
+    #[param(minimum = 1)]
+    pub amount: Option<i64>,
+    /// Recorded on or after this day (`YYYY-MM-DD`, UTC).
+    #[param(format = Date)]
+    pub from: Option<String>,
+    /// Recorded before the end of this day (`YYYY-MM-DD`, UTC).
+    #[param(format = Date)]
+    pub to: Option<String>,
+    /// Only this account's transactions.
+    #[param(format = Uuid)]
+    pub account: Option<String>,
+    /// Items per page (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The next page: `next_cursor` of the previous answer.
+    #[param(max_length = 200, pattern = "^[^\\x00]*$")]
+    pub cursor: Option<String>,
+}
+
+/// A transaction found, with its account and its transfer's memo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct SearchHit {
+    pub account_id: Uuid,
+    pub version: i32,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub balance_after: i64,
+    pub transfer_id: Option<Uuid>,
+    pub counterparty: Option<Uuid>,
+    /// The transfer's memo ("" for a deposit or a withdrawal).
+    pub memo: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A page of what `GET /search` found, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearchPage {
+    pub items: Vec<SearchHit>,
+    /// For staff with `q`: the accounts whose owner starts with it (at most 20).
+    pub accounts: Vec<AccountRow>,
+    /// Pass as `cursor` for the next page; none on the last.
+    pub next_cursor: Option<String>,
+}

@@ -97,6 +97,7 @@ fn table(method: &Method, segments: &[&str], temporal: bool) -> Option<Upstream>
         (&Method::POST, ["accounts", _, "deposits" | "withdrawals" | "payments" | "close"]) => Some(Upstream::Accounts),
         (&Method::POST, ["transfers"]) => Some(Upstream::Transfers),
         (&Method::GET, ["transfers", _]) => Some(Upstream::Queries),
+        (&Method::GET, ["search"]) => Some(Upstream::Queries),
         (&Method::GET | &Method::POST, ["events" | "topics"]) => Some(Upstream::Bus),
         (&Method::GET, ["rivers"] | ["rivers", _, "subscriptions"]) => Some(Upstream::Bus),
         (&Method::PUT | &Method::DELETE, ["rivers", _, "subscriptions", _]) => Some(Upstream::Bus),

@@ -171,6 +171,7 @@ export function customerPage() {
       transferForm(),
       transfersCard,
       h("section", { class: "card" }, h("h2", {}, "Recent transactions"), transactions, olderButton),
+      searchCard(),
       historyCard(),
     );
 
@@ -194,16 +195,16 @@ export function customerPage() {
 
     function renderTransactions() {
       const items = [...(current?.recent_transactions ?? []), ...(older?.items ?? [])];
-      fill(transactions, items.length === 0 && h("li", { class: "muted" }, "No transactions yet."), items.map(transactionItem));
+      fill(transactions, items.length === 0 && h("li", { class: "muted" }, "No transactions yet."), items.map((t) => transactionItem(t)));
       olderButton.hidden = !(older ? older.next_before_version : items.length >= 20);
     }
 
-    function transactionItem(t) {
+    function transactionItem(t, test = "transaction") {
       const [label, sign] = KINDS[t.kind] ?? [t.kind, +1];
       const memo = t.transfer_id ? state.memos.get(t.transfer_id) : "";
       return h(
         "li",
-        { "data-test": "transaction", "data-version": t.version, "data-kind": t.kind },
+        { "data-test": test, "data-version": t.version, "data-kind": t.kind },
         h(
           "div",
           {},
@@ -352,6 +353,41 @@ export function customerPage() {
       );
       if ([...targets.options].some((o) => o.value === chosen)) targets.value = chosen;
       showOther();
+    }
+
+    /** Searches this account's transactions: words of a memo, a kind, the other party's account. */
+    function searchCard() {
+      const results = h("ul", { class: "transactions", "data-test": "search-results" });
+      const status = h("div", { "data-test": "search-status" });
+      const submit = h("button", { type: "submit", "data-test": "search-submit" }, "Search");
+      const more = h("button", { type: "button", class: "link", hidden: true, "data-test": "search-more" }, "Show more");
+      let next = null;
+      let words = "";
+      const find = (cursor) =>
+        busy(cursor ? more : submit, status, describe, async () => {
+          const query = new URLSearchParams({ account: id, q: words, limit: "10" });
+          if (cursor) query.set("cursor", cursor);
+          const page = await api("GET", `/search?${query}`, undefined, { signal });
+          page.items.forEach((t) => t.transfer_id && state.memos.set(t.transfer_id, t.memo));
+          if (!cursor) fill(results);
+          results.append(...page.items.map((t) => transactionItem(t, "search-hit")));
+          next = page.next_cursor;
+          more.hidden = next == null;
+          if (!cursor && page.items.length === 0) return "Nothing found.";
+        });
+      const form = h(
+        "form",
+        { class: "inline" },
+        h("label", {}, "Find", h("input", { name: "q", required: true, maxlength: 200, placeholder: "rent, deposit, an account number…", "data-test": "search-input" })),
+        h("div", { class: "buttons" }, submit),
+      );
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        words = fields(form).q.trim();
+        if (words) find(null);
+      });
+      more.addEventListener("click", () => next && find(next));
+      return h("section", { class: "card" }, h("h2", {}, "Search"), form, status, results, more);
     }
 
     function historyCard() {

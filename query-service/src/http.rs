@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list_accounts, account, transactions, transfer))]
+#[openapi(paths(list_accounts, account, transactions, transfer, crate::search::search))]
 pub struct Api;
 
 /// The errors of the waiting reads of one account or transfer, beside the common ones.
@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}", get(account))
         .route("/accounts/{id}/transactions", get(transactions))
         .route("/transfers/{id}", get(transfer))
+        .route("/search", get(crate::search::search))
 }
 
 fn out_of_date(current: i64, wanted: i64) -> ApiError {
@@ -59,7 +60,7 @@ fn out_of_date(current: i64, wanted: i64) -> ApiError {
         .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
-fn fault(e: sqlx::Error) -> ApiError {
+pub(crate) fn fault(e: sqlx::Error) -> ApiError {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             ApiError::new(ErrorCode::Unavailable, "the database is busy or unreachable; retry")

@@ -4,12 +4,13 @@
 //! * [`waiters`]: waiting for a version on one shared LISTEN connection.
 //! * [`cache`]: the current account and transfer rows in memory, kept by the same
 //!   connection's announcements.
-//! * [`http`]: the routes.
+//! * [`http`]: the routes; [`search`]: `GET /search`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod http;
 pub mod openapi;
+pub mod search;
 pub mod waiters;
 
 use axum::Router;

@@ -18,6 +18,7 @@ pub fn document_json() -> Value {
             RouteErrors { method: "get", path: "/accounts/{id}", codes: ACCOUNT_ERRORS },
             RouteErrors { method: "get", path: "/accounts/{id}/transactions", codes: ACCOUNT_ERRORS },
             RouteErrors { method: "get", path: "/transfers/{id}", codes: TRANSFER_ERRORS },
+            RouteErrors { method: "get", path: "/search", codes: crate::search::SEARCH_ERRORS },
         ],
     )
 }

@@ -6,7 +6,7 @@ button: customers bring no cash of their own), receives a payment through the de
 payment rail; a teller takes cash in and pays some out at the cash desk; the customer
 transfers between the accounts with a memo: the transfer shows as pending at once
 (from the command's answer, while every read of it is held back), then completed
-without a reload; both balances and the memo follow. A transfer beyond the balance
+without a reload; both balances and the memo follow, and the search box finds it. A transfer beyond the balance
 fails in words. An admin then sees the books balanced and the rivers, and retries an
 event parked with SQL until it is gone from the list.
 
@@ -242,6 +242,25 @@ def main():
             else:
                 run.skip("the memo shows in the transactions", "the API has no memo field yet")
             shot(page, "transfer-completed.png")
+
+            def search():
+                # the memo's words find the transfer's debit of this account, with its memo
+                page.fill("[data-test=search-input]", f"rent {suffix}")
+                page.click("[data-test=search-submit]")
+                hits = page.locator("[data-test=search-results] [data-test=search-hit]")
+                expect(hits).to_have_count(1)
+                expect(hits.first).to_have_attribute("data-kind", "transfer_debit")
+                expect(hits.first.locator("[data-test=transaction-memo]")).to_have_text(f"“{memo}”")
+                # a kind finds the teller's deposit; words found nowhere say so
+                page.fill("[data-test=search-input]", "deposit")
+                page.click("[data-test=search-submit]")
+                expect(hits).to_have_count(1)
+                expect(hits.first).to_have_attribute("data-kind", "deposit")
+                page.fill("[data-test=search-input]", f"nothing-{suffix}")
+                page.click("[data-test=search-submit]")
+                expect(page.locator("[data-test=search-status]")).to_have_text("Nothing found.")
+                expect(hits).to_have_count(0)
+            run.step("the search box finds the transfer by its memo's words and the deposit by its kind", search)
 
             def refused():
                 page.select_option("[data-test=transfer-to]", ids["b"])

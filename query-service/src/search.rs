@@ -1,0 +1,180 @@
+//! `GET /search`: transactions by the words of their transfer's memo (Postgres full-text
+//! search, `simple` configuration, a GIN index on `views.transfers`), their kind or a
+//! part of the other party's account id, by amount and by day; newest first, keyset-paged. A customer
+//! finds their own accounts' transactions only; staff everyone's, and the accounts
+//! whose owner starts with the words (decision 0042).
+
+use crate::AppState;
+use axum::Json;
+use axum::extract::State;
+use bank_api::views::{AccountRow, SearchHit, SearchPage, SearchQuery};
+use chrono::{DateTime, NaiveDate, Utc};
+use service_kit::auth::Caller;
+use service_kit::extract::{ApiQuery, in_range};
+use service_kit::{ApiError, ErrorCode};
+use uuid::Uuid;
+
+/// The errors of `GET /search`, beside the common ones.
+pub const SEARCH_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidQuery, ErrorCode::Forbidden];
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidQuery, message)
+}
+
+/// Where a page ends: the last hit's `(recorded_at, account_id, version)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cursor {
+    recorded_at: DateTime<Utc>,
+    account_id: Uuid,
+    version: i32,
+}
+
+impl Cursor {
+    fn after(hit: &SearchHit) -> Self {
+        Cursor { recorded_at: hit.recorded_at, account_id: hit.account_id, version: hit.version }
+    }
+
+    fn encode(&self) -> String {
+        format!("{}_{}_{}", self.recorded_at.timestamp_micros(), self.account_id.simple(), self.version)
+    }
+
+    fn decode(text: &str) -> Result<Self, ApiError> {
+        let bad = || invalid("cursor is not a next_cursor this route gave");
+        let mut parts = text.split('_');
+        let (Some(micros), Some(account), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(Cursor {
+            recorded_at: micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?,
+            account_id: Uuid::parse_str(account).map_err(|_| bad())?,
+            version: version.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// The start of `day` (`YYYY-MM-DD`, UTC), or of the day after it with `next`.
+fn day(name: &str, text: Option<&str>, next: bool) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| invalid(format!("{name} must be a day, YYYY-MM-DD")))?;
+    let date = if next { date.succ_opt().ok_or_else(|| invalid(format!("{name} is out of range")))? } else { date };
+    Ok(Some(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()))
+}
+
+/// Transactions found, newest first.
+#[utoipa::path(get, path = "/search", tag = "search",
+    params(SearchQuery),
+    responses((status = 200, description = "a page of what was found", body = SearchPage)))]
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<SearchQuery>,
+) -> Result<Json<SearchPage>, ApiError> {
+    caller.person()?;
+    let words = match query.q.as_deref().map(str::trim) {
+        Some("") => return Err(invalid("q must hold a word")),
+        Some(q) if q.chars().count() > 200 => return Err(invalid("q is longer than 200 characters")),
+        Some(q) if q.contains('\0') => return Err(invalid("q must not hold a NUL character")),
+        other => other,
+    };
+    let amount = in_range("amount", query.amount, i64::MAX)?;
+    if amount == Some(0) {
+        return Err(invalid("amount must be at least 1"));
+    }
+    let (from, to) = (day("from", query.from.as_deref(), false)?, day("to", query.to.as_deref(), true)?);
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        return Err(invalid("from must not be after to"));
+    }
+    let account = query
+        .account
+        .as_deref()
+        .map(|a| Uuid::parse_str(a).map_err(|_| invalid("account must be an account id")))
+        .transpose()?;
+    let limit = in_range("limit", query.limit, 100)?.unwrap_or(20).max(1);
+    let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    // a customer: their own accounts only (another's account id finds nothing)
+    let owner = (!caller.is_staff()).then_some(caller.subject.as_str());
+    let pool = &state.kit.pool;
+    let mut items: Vec<SearchHit> = sqlx::query_as(
+        "select t.account_id, t.version, t.kind, t.amount, t.currency, t.balance_after, t.transfer_id,
+                t.counterparty, coalesce(x.memo, '') as memo, t.recorded_at
+         from views.account_transactions t
+         join views.accounts a on a.id = t.account_id
+         left join views.transfers x on x.id = t.transfer_id
+         where ($1::text is null or a.owner = $1)
+           and ($2::uuid is null or t.account_id = $2)
+           and ($3::int8 is null or t.amount = $3)
+           and ($4::timestamptz is null or t.recorded_at >= $4)
+           and ($5::timestamptz is null or t.recorded_at < $5)
+           and ($6::text is null
+                or to_tsvector('simple', x.memo) @@ websearch_to_tsquery('simple', $6)
+                or t.kind = lower($6)
+                or (length($6) >= 4 and strpos(t.counterparty::text, lower($6)) > 0))
+           and ($7::timestamptz is null or (t.recorded_at, t.account_id, t.version) < ($7, $8, $9))
+         order by t.recorded_at desc, t.account_id desc, t.version desc
+         limit $10",
+    )
+    .bind(owner)
+    .bind(account)
+    .bind(amount)
+    .bind(from)
+    .bind(to)
+    .bind(words)
+    .bind(cursor.map(|c| c.recorded_at))
+    .bind(cursor.map(|c| c.account_id))
+    .bind(cursor.map(|c| c.version))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await
+    .map_err(crate::http::fault)?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(|hit| Cursor::after(hit).encode()) } else { None };
+    let accounts: Vec<AccountRow> = match words {
+        Some(words) if caller.is_staff() && cursor.is_none() => sqlx::query_as(
+            "select id, owner, currency, status, balance, version, opened_at, updated_at from views.accounts
+             where starts_with(lower(owner), lower($1)) order by owner, opened_at limit 20",
+        )
+        .bind(words)
+        .fetch_all(pool)
+        .await
+        .map_err(crate::http::fault)?,
+        _ => Vec::new(),
+    };
+    Ok(Json(SearchPage { items, accounts, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_it_was_written_and_nothing_else_reads() {
+        let cursor = Cursor {
+            recorded_at: DateTime::from_timestamp_micros(1_796_520_587_562_123).unwrap_or_default(),
+            account_id: Uuid::now_v7(),
+            version: 42,
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
+        for bad in
+            ["", "1_2", "x_0190_1", "1_notauuid_1", &format!("{}_x", cursor.encode()), "99999999999999999999_0_1"]
+        {
+            assert!(Cursor::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn days_are_utc_days_and_to_ends_with_its_day() {
+        let start = day("from", Some("2026-12-06"), false).ok().flatten().map(|d| d.to_rfc3339());
+        assert_eq!(start.as_deref(), Some("2026-12-06T00:00:00+00:00"));
+        let end = day("to", Some("2026-12-31"), true).ok().flatten().map(|d| d.to_rfc3339());
+        assert_eq!(end.as_deref(), Some("2027-01-01T00:00:00+00:00"));
+        assert!(day("from", Some("2026-13-01"), false).is_err());
+        assert!(day("from", Some("yesterday"), false).is_err());
+        assert_eq!(day("from", None, false).ok(), Some(None));
+    }
+}

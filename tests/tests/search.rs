@@ -1,0 +1,179 @@
+//! `GET /search` on query-service: a customer finds their own transactions by the words
+//! of a transfer's memo, a kind, the other party's account, an amount and days, newest
+//! first and paged; never another customer's. Staff find everyone's, and accounts by
+//! owner. Bad input is 400 `invalid_query`. `view-updater rebuild` keeps it working
+//! (the memo's index comes along).
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use tests::{Api, Customer, token};
+use uuid::Uuid;
+
+/// A transfer with a memo, settled.
+async fn transfer(api: &Api, who: &str, from: Uuid, to: Uuid, amount: i64, memo: &str) -> Uuid {
+    let reply = api
+        .post("/transfers")
+        .token(who)
+        .idempotency_key(&Uuid::now_v7().to_string())
+        .json(json!({"from": from, "to": to, "amount": amount, "currency": "EUR", "memo": memo}))
+        .send()
+        .await;
+    reply.expect(201);
+    reply.id()
+}
+
+/// `(account, kind, amount, memo)` of each hit, in the order answered.
+fn hits(page: &Value) -> Vec<(Uuid, String, i64, String)> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["account_id"].as_str().unwrap().parse().unwrap(),
+                h["kind"].as_str().unwrap().to_owned(),
+                h["amount"].as_i64().unwrap(),
+                h["memo"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn found(queries: &Api, who: &str, query: &str) -> Value {
+    queries.get(&format!("/search?{query}")).token(who).send().await.expect(200).clone()
+}
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool) {
+    let bank = tests::start_bank(&pool).await;
+    let (accounts, transfers, queries) = (bank.accounts.api(), bank.transfers.api(), bank.queries.api());
+    let (alice, bob) = (token("alice", Customer), token("bob", Customer));
+    let teller = tests::teller_token();
+    let (a1, a2) = (accounts.open_account(&alice, "EUR", 1_000).await, accounts.open_account(&alice, "EUR", 0).await);
+    let b1 = accounts.open_account(&bob, "EUR", 500).await;
+    let rent = transfer(&transfers, &alice, a1, a2, 250, "Rent for May").await;
+    transfer(&transfers, &alice, a1, b1, 40, "pizza night").await;
+    transfer(&transfers, &bob, b1, a1, 15, "rent share").await;
+    tests::wait_until_true(
+        &pool,
+        std::time::Duration::from_secs(30),
+        "the transfers to settle",
+        "select count(*) = 3 from views.transfers where state = 'completed'",
+        &[],
+    )
+    .await;
+    tests::views_caught_up(&pool).await;
+
+    // a memo's word, any case: alice's three legs, newest first; never bob's debit
+    let page = found(&queries, &alice, "q=RENT").await;
+    let rent_hits = hits(&page);
+    assert_eq!(
+        rent_hits,
+        [
+            (a1, "transfer_credit".into(), 15, "rent share".into()),
+            (a2, "transfer_credit".into(), 250, "Rent for May".into()),
+            (a1, "transfer_debit".into(), 250, "Rent for May".into()),
+        ]
+    );
+    assert_eq!(page["items"][2]["transfer_id"], json!(rent));
+    assert_eq!(page["accounts"], json!([]), "a customer finds no accounts");
+    assert_eq!(page["next_cursor"], Value::Null);
+    // bob: his own leg of the rent share only
+    assert_eq!(hits(&found(&queries, &bob, "q=rent").await), [(b1, "transfer_debit".into(), 15, "rent share".into())]);
+    // every word must be in the memo
+    assert_eq!(hits(&found(&queries, &alice, "q=rent%20may").await).len(), 2);
+    // an amount, a kind, the start of the other party's account id
+    assert_eq!(
+        hits(&found(&queries, &alice, "amount=40").await),
+        [(a1, "transfer_debit".into(), 40, "pizza night".into())]
+    );
+    let deposits = hits(&found(&queries, &alice, "q=deposit").await);
+    assert_eq!(deposits, [(a1, "deposit".into(), 1_000, String::new())]);
+    // (ids are UUIDv7: their starts are times; the app shows their last 8 characters)
+    let with_bob = hits(&found(&queries, &alice, &format!("q={}", &b1.to_string()[28..])).await);
+    assert_eq!(with_bob.iter().map(|h| h.2).collect::<Vec<_>>(), [15, 40]);
+    // another customer's account finds nothing: no error that would say it exists
+    assert_eq!(hits(&found(&queries, &alice, &format!("account={b1}")).await), []);
+    assert_eq!(hits(&found(&queries, &alice, &format!("account={a2}")).await).len(), 1);
+    // days (UTC): today finds everything, tomorrow and yesterday nothing
+    let today = chrono::Utc::now().date_naive();
+    let all = hits(&found(&queries, &alice, &format!("from={today}&to={today}")).await).len();
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from views.account_transactions t join views.accounts a on a.id = t.account_id
+         where a.owner = 'alice'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(all as i64, stored);
+    let (yesterday, tomorrow) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    assert_eq!(hits(&found(&queries, &alice, &format!("from={tomorrow}")).await), []);
+    assert_eq!(hits(&found(&queries, &alice, &format!("to={yesterday}")).await), []);
+
+    // paged newest first: pages of 2 hold every one of alice's transactions once
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let page = found(&queries, &alice, &format!("limit=2{after}")).await;
+        let items = page["items"].as_array().unwrap().clone();
+        assert!(items.len() <= 2);
+        seen.extend(
+            items.iter().map(|h| (h["account_id"].as_str().unwrap().to_owned(), h["version"].as_i64().unwrap())),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as i64, stored);
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), seen.len(), "a transaction on two pages");
+
+    // staff: everyone's legs, and accounts by owner
+    let staff = found(&queries, &teller, "q=rent").await;
+    assert_eq!(hits(&staff).len(), 4);
+    let owners = found(&queries, &teller, "q=ALI").await;
+    let mut listed: Vec<&str> =
+        owners["accounts"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    listed.sort_unstable();
+    let mut expected = [a1.to_string(), a2.to_string()];
+    expected.sort_unstable();
+    assert_eq!(listed, expected);
+
+    // bad input: 400 invalid_query, and a machine identity reads no account
+    let long = "x".repeat(201);
+    for bad in [
+        "q=".to_owned(),
+        "q=%20%20".to_owned(),
+        format!("q={long}"),
+        "amount=0".into(),
+        "amount=ten".into(),
+        "amount=-5".into(),
+        "from=2026-13-01".into(),
+        "from=2026-12-07&to=2026-12-06".into(),
+        "limit=101".into(),
+        "limit=0x10".into(),
+        "account=not-an-id".into(),
+        "cursor=garbage".into(),
+        "cursor=1_2_3".into(),
+        "colour=blue".into(),
+    ] {
+        queries.get(&format!("/search?{bad}")).token(&alice).send().await.expect_error(400, "invalid_query");
+    }
+    let rail = token("rail", tests::Service);
+    queries.get("/search?q=rent").token(&rail).send().await.expect_error(403, "forbidden");
+    queries.get("/search?q=rent").send().await.expect_error(401, "missing_token");
+
+    // the views rebuilt from the events: the same answers, the memo's index with them
+    view_updater::rebuild::rebuild(&pool, false).await.unwrap();
+    assert_eq!(hits(&found(&queries, &alice, "q=RENT").await), rent_hits);
+    let indexed: bool = sqlx::query_scalar(
+        "select exists (select 1 from pg_indexes where schemaname = 'views' and indexname = 'transfers_memo_search')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(indexed);
+}
