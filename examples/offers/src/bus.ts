@@ -79,6 +79,30 @@ export async function ack(client: Bus, river: string, receipts: string[]): Promi
 /** Whether SIGTERM or SIGINT asked the process to stop. */
 let stopping = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => (stopping = true));
+export const stopped = () => stopping;
+
+/** A message received this often and still not handled is given up (acknowledged, logged). */
+export const MAX_RECEIVES = 5;
+
+/**
+ * Runs `round` until the process is asked to stop (with `once`, until it first
+ * passes); a round that fails (the bus away, a 5xx, a 429) is logged and tried again
+ * after a pause that doubles up to 5 s, so a passing fault never stops the service.
+ */
+export async function loop(name: string, round: () => Promise<void>, once = false): Promise<void> {
+  let pause = 100;
+  while (!stopping) {
+    try {
+      await round();
+      if (once) return;
+      pause = 100;
+    } catch (error) {
+      console.error(`${name}: ${error}; again in ${pause} ms`);
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 2, 5000);
+    }
+  }
+}
 
 /** What a service posts in answer to one message. */
 export type Answer = Omit<PostEvent, "source" | "event_id">;
@@ -92,7 +116,8 @@ export type Handled = Answer[] | { answers: Answer[]; keep: () => void };
  * Runs a service: subscribes `river`, then receives; each message's answers are posted
  * (each with an id derived from the message's, so a message received again posts
  * nothing new), then the message is acknowledged. A message whose handling failed is
- * not acknowledged: it comes back after its visibility timeout.
+ * not acknowledged: it comes back after its visibility timeout, until it was received
+ * MAX_RECEIVES times; then it is given up.
  */
 export async function serve(
   name: string,
@@ -101,12 +126,12 @@ export async function serve(
 ): Promise<void> {
   const client = bus();
   const river = process.env.RIVER ?? name;
-  await subscribe(client, river, subscriptions);
+  await loop(name, () => subscribe(client, river, subscriptions), true);
   console.log(`${name}: reading river ${river}`);
-  while (!stopping) {
+  await loop(name, async () => {
     const received = await receive(client, river, 30_000);
     const done: string[] = [];
-    for (const { receipt, message } of received) {
+    for (const { receipt, message, receive_count } of received) {
       try {
         const handled = await handle(message);
         const answers = Array.isArray(handled) ? handled : handled.answers;
@@ -116,11 +141,13 @@ export async function serve(
         if (!Array.isArray(handled)) handled.keep();
         done.push(receipt);
       } catch (error) {
-        console.error(`${name}: ${message.eventType} ${message.eventId} not handled: ${error}`);
+        const givenUp = receive_count >= MAX_RECEIVES;
+        console.error(`${name}: ${message.eventType} ${message.eventId} not handled${givenUp ? ", given up" : ""}: ${error}`);
+        if (givenUp) done.push(receipt);
       }
     }
     await ack(client, river, done);
-  }
+  });
 }
 
 /** The payload field `key` as a string ("" when absent). */

@@ -3,14 +3,20 @@
 // `offers.assembled` with all of them, tagged with the visitor's segment (and `vip` for
 // a Platinum member): a river that wants only VIP offers subscribes with `--tag vip`.
 //
-// Its pond is its river: a message is acknowledged only once the offers it belongs to
-// were posted, so a crash loses nothing; the messages come back after their visibility
-// timeout (OFFERS_VISIBILITY_MS, above the window) and are gathered again. So that they
-// come back into the window they belong to, no window closes before the engine has run
-// for that long. The assembled event's id is derived from the messages it gathers:
-// posted again, it is stored once.
-import { ack, type BusMessage, bus, derivedId, post, receive, subscribe, text } from "./bus.js";
+// Nothing is lost or doubled across a crash:
+// - a message is acknowledged only once the event it went into was posted; until then
+//   it comes back after its visibility timeout (OFFERS_VISIBILITY_MS, above the
+//   window), and no window closes before the engine has run that long, so the messages
+//   a crashed predecessor held come back into the window they belong to;
+// - before posting, the event is written to the pond (an outbox): a message already
+//   in a recorded event is acknowledged at once instead of gathered again, and at
+//   start-up every recorded event is posted again (its id is the same: the bus stores
+//   it once);
+// - the pond also remembers each visitor's segment and level, so an offer arriving
+//   after its window is assembled with the right tags.
+import { ack, type BusMessage, bus, derivedId, loop, post, type PostEvent, receive, stopped, subscribe, text } from "./bus.js";
 import { MEMBERSHIP_RECOGNISED, OFFER_PROPOSED, OFFERS_ASSEMBLED, PLATINUM, SEGMENT_ASSIGNED } from "./offers.js";
+import { Pond } from "./pond.js";
 
 const name = "offer-engine";
 const river = process.env.RIVER ?? name;
@@ -20,63 +26,82 @@ const started = Date.now();
 /** When a window opened at `opened` closes. */
 const closing = (opened: number) => Math.max(opened + windowMs, started + visibilityMs);
 
-/** What is gathered about one visitor. */
+/** What is gathered about one visitor in a window. */
 interface Gathered {
   opened: number;
   receipts: Map<string, string>; // event id → latest receipt
   offers: Map<string, string>; // event id → offer
   pageViews: Set<string>;
-  segment: string;
-  level: string;
 }
 
-const gathering = new Map<string, Gathered>();
-let stopping = false;
-for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, () => (stopping = true));
+/** The pond: each event assembled (the outbox) with the messages in it, and each
+ * visitor's segment and level. */
+type Kept = { event: PostEvent; members: string[] } | { segment: string; level: string };
+const pond = new Pond<Kept>(name);
+const assembled = (eventId: string) => pond.find((kept) => "members" in kept && kept.members.includes(eventId));
+const profile = (visitor: string) => {
+  const kept = pond.get(`visitor:${visitor}`);
+  return kept && "segment" in kept ? kept : { segment: "", level: "" };
+};
 
-function gather(message: BusMessage, receipt: string): void {
+const gathering = new Map<string, Gathered>();
+const client = bus();
+
+/** Takes a message into its visitor's window; true when it was already assembled. */
+function gather(message: BusMessage, receipt: string): boolean {
+  if (assembled(message.eventId)) return true;
   const visitor = text(message, "visitor");
+  if (message.eventType === SEGMENT_ASSIGNED) {
+    pond.set(`visitor:${visitor}`, { ...profile(visitor), segment: text(message, "segment") });
+  }
+  if (message.eventType === MEMBERSHIP_RECOGNISED) {
+    pond.set(`visitor:${visitor}`, { ...profile(visitor), level: text(message, "level") });
+  }
   let g = gathering.get(visitor);
   if (!g) {
-    g = { opened: Date.now(), receipts: new Map(), offers: new Map(), pageViews: new Set(), segment: "", level: "" };
+    g = { opened: Date.now(), receipts: new Map(), offers: new Map(), pageViews: new Set() };
     gathering.set(visitor, g);
   }
   g.receipts.set(message.eventId, receipt);
   g.pageViews.add(text(message, "page_view"));
   if (message.eventType === OFFER_PROPOSED) g.offers.set(message.eventId, text(message, "offer"));
-  if (message.eventType === SEGMENT_ASSIGNED) g.segment = text(message, "segment");
-  if (message.eventType === MEMBERSHIP_RECOGNISED) g.level = text(message, "level");
+  return false;
 }
 
-const client = bus();
-await subscribe(client, river, [{ topic: OFFER_PROPOSED }, { topic: SEGMENT_ASSIGNED }, { topic: MEMBERSHIP_RECOGNISED }]);
+/** Posts a closed window's event (recorded first), then acknowledges its messages. */
+async function assemble(visitor: string, g: Gathered): Promise<void> {
+  const members = [...g.receipts.keys()].sort();
+  const { segment, level } = profile(visitor);
+  const tags: Record<string, string> = { segment: segment || "unknown" };
+  if (level === PLATINUM) tags.vip = "true";
+  const event: PostEvent = {
+    type: OFFERS_ASSEMBLED,
+    source: name,
+    partition_key: visitor,
+    event_id: derivedId(name, ...members),
+    tags,
+    data: { visitor, page_views: [...g.pageViews].sort(), offers: [...g.offers.values()].sort(), segment, level },
+  };
+  pond.set(`assembled:${event.event_id}`, { event, members });
+  await post(client, event);
+  await ack(client, river, [...g.receipts.values()]);
+  gathering.delete(visitor);
+}
+
+await loop(name, () => subscribe(client, river, [{ topic: OFFER_PROPOSED }, { topic: SEGMENT_ASSIGNED }, { topic: MEMBERSHIP_RECOGNISED }]), true);
+// what a predecessor recorded and perhaps did not post
+for (const kept of pond.values()) if ("event" in kept) await loop(name, () => post(client, kept.event), true);
 console.log(`${name}: reading river ${river}, window ${windowMs} ms`);
-while (!stopping) {
+await loop(name, async () => {
   // wait no longer than the first window still open
   const closes = Math.min(...[...gathering.values()].map((g) => closing(g.opened)));
   const waitMs = Math.max(0, Math.min(5000, closes - Date.now()));
-  for (const { receipt, message } of await receive(client, river, visibilityMs, waitMs)) gather(message, receipt);
-  const now = Date.now();
-  for (const [visitor, g] of gathering) {
-    if (now < closing(g.opened)) continue;
-    const ids = [...g.receipts.keys()].sort();
-    const tags: Record<string, string> = { segment: g.segment || "unknown" };
-    if (g.level === PLATINUM) tags.vip = "true";
-    await post(client, {
-      type: OFFERS_ASSEMBLED,
-      source: name,
-      partition_key: visitor,
-      event_id: derivedId(name, ...ids),
-      tags,
-      data: {
-        visitor,
-        page_views: [...g.pageViews].sort(),
-        offers: [...g.offers.values()].sort(),
-        segment: g.segment,
-        level: g.level,
-      },
-    });
-    await ack(client, river, [...g.receipts.values()]);
-    gathering.delete(visitor);
+  const done: string[] = [];
+  for (const { receipt, message } of await receive(client, river, visibilityMs, waitMs)) {
+    if (!text(message, "visitor") || gather(message, receipt)) done.push(receipt);
   }
-}
+  await ack(client, river, done);
+  for (const [visitor, g] of gathering) {
+    if (!stopped() && Date.now() >= closing(g.opened)) await assemble(visitor, g);
+  }
+});

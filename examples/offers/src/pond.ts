@@ -13,15 +13,26 @@ export class Pond<T> {
     const dir = process.env.OFFERS_STATE_DIR ?? ".state";
     mkdirSync(dir, { recursive: true });
     this.file = join(dir, `${name}.json`);
+    let text: string | undefined;
     try {
-      this.entries = JSON.parse(readFileSync(this.file, "utf8"));
+      text = readFileSync(this.file, "utf8");
     } catch {
-      this.entries = {};
+      text = undefined; // no pond yet
     }
+    // a pond that does not parse is a fault to see, not an empty pond to start over with
+    this.entries = text === undefined ? {} : JSON.parse(text);
   }
 
   get(key: string): T | undefined {
     return this.entries[key];
+  }
+
+  values(): T[] {
+    return Object.values(this.entries);
+  }
+
+  find(match: (value: T) => boolean): T | undefined {
+    return Object.values(this.entries).find(match);
   }
 
   /** Sets `key` and writes the pond; the oldest entries go beyond `keep`. */

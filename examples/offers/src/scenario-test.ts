@@ -3,7 +3,7 @@
 // event; sends two visitors' page views at once and checks that their offers do not
 // mix; kills the offer engine mid-scenario, starts it again and checks that nothing
 // was lost or doubled. Needs BUS_URL and the tokens the test script mints.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { strict as assert } from "node:assert";
 import { ack, type Bus, type BusMessage, bus, receive, subscribe } from "./bus.js";
 import { OFFER_PROPOSED, OFFERS_ASSEMBLED, PAGE_VIEWED } from "./offers.js";
@@ -25,7 +25,25 @@ const SALLY = [
 ];
 const BOB = ["brand:baseline", "brand:road-warrior", "location:baseline", "location:road-warrior"];
 
+/** How many topics each service subscribes its river to. */
+const TOPICS: Record<Service, number> = { location: 3, brand: 2, segmentation: 1, membership: 1, "offer-engine": 3 };
+
+/** One value from the test's database (psql; PSQL and DATABASE_URL from the test script). */
+function sql(query: string): string {
+  const psql = process.env.PSQL ?? "psql";
+  return execFileSync(psql, [process.env.DATABASE_URL ?? "", "-v", "ON_ERROR_STOP=1", "-qtA", "-c", query], {
+    encoding: "utf8",
+  }).trim();
+}
+
 const running = new Map<Service, ChildProcess>();
+// stopped from outside (the test script's cleanup): the services go too
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    for (const child of running.values()) child.kill("SIGTERM");
+    process.exit(1);
+  });
+}
 function start(service: Service): void {
   const child = spawn(process.execPath, ["--import", "tsx", `src/${service}.ts`], {
     env: { ...process.env, BUS_TOKEN: token(service) },
@@ -98,11 +116,11 @@ try {
   await subscribe(watcher, "offers-watch", [{ topic: OFFERS_ASSEMBLED }]);
   await subscribe(watcher, "vip-offers", [{ topic: OFFERS_ASSEMBLED, tags: ["vip"] }]);
   for (const service of SERVICES) start(service);
-  // each has subscribed its river (the first subscription creates it)
+  // each has subscribed its river to every topic it reads
   for (const river of SERVICES) {
     await until(`${river} to subscribe`, async () => {
       const { data } = await staff.GET("/rivers/{river}/subscriptions", { params: { path: { river } } });
-      return data && data.topics.length > 0 ? true : undefined;
+      return data && data.topics.length === TOPICS[river] ? true : undefined;
     });
   }
 
@@ -124,14 +142,21 @@ try {
   );
   console.log("2. two visitors at once: their offers do not mix");
 
-  // 3. the offer engine killed mid-scenario (after the first offer was proposed): its
-  //    river keeps the messages, and once it runs again one assembled event has them all
+  // 3. the offer engine killed mid-scenario, holding a message it received and did not
+  //    acknowledge: its river keeps the messages (the held one comes back), and once it
+  //    runs again one assembled event has them all
   const third = await view(web, "Sally");
   const proposedFor = async (n: number) => {
     const offers = (await stored(OFFER_PROPOSED)).filter((e) => e.data.page_view === third);
     return offers.length >= n ? offers : undefined;
   };
-  await until("a first offer for the third page view", () => proposedFor(1));
+  await until("the offer engine to hold a message of the third page view", async () => {
+    const held = sql(
+      `select count(*) from rapids.river_messages where river = 'offer-engine' and receive_count >= 1
+         and acked_at is null and message -> 'payload' ->> 'page_view' = '${third}'`,
+    );
+    return Number(held) > 0 ? true : undefined;
+  });
   await stop("offer-engine", "SIGKILL");
   await until("every offer for the third page view", () => proposedFor(SALLY.length));
   start("offer-engine");
