@@ -131,20 +131,21 @@ pub struct AccountList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// Words (1 to 200 characters): all of them in the transfer's memo, or the
-    /// transaction's kind (`deposit`, `transfer_credit`, …), or a part of the other
-    /// party's account id (4 characters or more, e.g. the app's `…1a2b3c4d`). Staff also get the accounts whose
+    /// Words (1 to 200 characters) in the transfer's memo, read as a web search reads
+    /// them (all of them; `"a phrase"`, `or`, `-not`), or the transaction's kind
+    /// (`deposit`, `transfer_credit`, …), or a part of the other party's account id (8
+    /// hex digits or more, e.g. the app's `…1a2b3c4d`). Staff also get the accounts whose
     /// owner starts with it.
-    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00]*$")]
+    #[param(min_length = 1, max_length = 200, pattern = "^[^\\x00]*[^\\s\\x00][^\\x00]*$")]
     pub q: Option<String>,
     /// Exactly this amount, in minor units.
     #[param(minimum = 1)]
     pub amount: Option<i64>,
-    /// Recorded on or after this day (`YYYY-MM-DD`, UTC).
-    #[param(format = Date)]
+    /// Recorded on or after this day (`YYYY-MM-DD`, UTC, 1970 to 9999).
+    #[param(format = Date, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}$")]
     pub from: Option<String>,
-    /// Recorded before the end of this day (`YYYY-MM-DD`, UTC).
-    #[param(format = Date)]
+    /// Recorded before the end of this day (`YYYY-MM-DD`, UTC, 1970 to 9999).
+    #[param(format = Date, pattern = "^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}$")]
     pub to: Option<String>,
     /// Only this account's transactions.
     #[param(format = Uuid)]
@@ -153,7 +154,7 @@ pub struct SearchQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The next page: `next_cursor` of the previous answer.
-    #[param(max_length = 200, pattern = "^[^\\x00]*$")]
+    #[param(pattern = "^[0-9]{1,17}_[0-9a-f]{32}_[0-9]{1,10}$")]
     pub cursor: Option<String>,
 }
 
@@ -162,16 +163,11 @@ pub struct SearchQuery {
 #[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct SearchHit {
     pub account_id: Uuid,
-    pub version: i32,
-    pub kind: String,
-    pub amount: i64,
-    pub currency: String,
-    pub balance_after: i64,
-    pub transfer_id: Option<Uuid>,
-    pub counterparty: Option<Uuid>,
+    #[serde(flatten)]
+    #[cfg_attr(feature = "sqlx", sqlx(flatten))]
+    pub transaction: TransactionRow,
     /// The transfer's memo ("" for a deposit or a withdrawal).
     pub memo: String,
-    pub recorded_at: DateTime<Utc>,
 }
 
 /// A page of what `GET /search` found, newest first.

@@ -230,6 +230,8 @@ mod tests {
         }
         assert_eq!(to(M::POST, "/transfers", ""), Some("transfer-service"));
         assert_eq!(to(M::GET, "/transfers/1", "min_version=2&wait_ms=100"), Some("query-service"));
+        assert_eq!(to(M::GET, "/search", "q=rent&limit=10"), Some("query-service"));
+        assert_eq!(to(M::POST, "/search", ""), None);
         assert_eq!(to(M::POST, "/events", ""), Some("event-bus"));
         assert_eq!(to(M::PUT, "/rivers/r1/subscriptions/x", ""), Some("event-bus"));
         assert_eq!(

@@ -384,6 +384,9 @@ export function customerPage() {
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         words = fields(form).q.trim();
+        // a new search: the last one's next page is no longer wanted
+        next = null;
+        more.hidden = true;
         if (words) find(null);
       });
       more.addEventListener("click", () => next && find(next));

@@ -1,8 +1,9 @@
 //! `GET /search`: transactions by the words of their transfer's memo (Postgres full-text
 //! search, `simple` configuration, a GIN index on `views.transfers`), their kind or a
-//! part of the other party's account id, by amount and by day; newest first, keyset-paged. A customer
-//! finds their own accounts' transactions only; staff everyone's, and the accounts
-//! whose owner starts with the words (decision 0042).
+//! part of the other party's account id, by amount and by day; newest first,
+//! keyset-paged. A customer finds their own accounts' transactions only (a transfer's
+//! memo is its reference: the recipient sees it on the credit, as on a statement);
+//! staff everyone's, and the accounts whose owner starts with the words (decision 0042).
 
 use crate::AppState;
 use axum::Json;
@@ -26,12 +27,13 @@ fn invalid(message: impl Into<String>) -> ApiError {
 struct Cursor {
     recorded_at: DateTime<Utc>,
     account_id: Uuid,
-    version: i32,
+    version: i64,
 }
 
 impl Cursor {
     fn after(hit: &SearchHit) -> Self {
-        Cursor { recorded_at: hit.recorded_at, account_id: hit.account_id, version: hit.version }
+        let (recorded_at, version) = (hit.transaction.recorded_at, i64::from(hit.transaction.version));
+        Cursor { recorded_at, account_id: hit.account_id, version }
     }
 
     fn encode(&self) -> String {
@@ -46,19 +48,32 @@ impl Cursor {
         else {
             return Err(bad());
         };
+        use chrono::Datelike;
         Ok(Cursor {
-            recorded_at: micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(bad)?,
+            recorded_at: micros
+                .parse()
+                .ok()
+                .and_then(DateTime::from_timestamp_micros)
+                .filter(|t| YEARS.contains(&t.year()))
+                .ok_or_else(bad)?,
             account_id: Uuid::parse_str(account).map_err(|_| bad())?,
             version: version.parse().map_err(|_| bad())?,
         })
     }
 }
 
-/// The start of `day` (`YYYY-MM-DD`, UTC), or of the day after it with `next`.
+/// The years a day or a cursor may name (Postgres stores fewer than chrono reads).
+const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
+
+/// The start of `day` (`YYYY-MM-DD`, UTC, 1970 to 9999), or of the day after it with
+/// `next`.
 fn day(name: &str, text: Option<&str>, next: bool) -> Result<Option<DateTime<Utc>>, ApiError> {
+    use chrono::Datelike;
     let Some(text) = text else { return Ok(None) };
     let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| invalid(format!("{name} must be a day, YYYY-MM-DD")))?;
+        .ok()
+        .filter(|d| YEARS.contains(&d.year()))
+        .ok_or_else(|| invalid(format!("{name} must be a day from 1970 to 9999, YYYY-MM-DD")))?;
     let date = if next { date.succ_opt().ok_or_else(|| invalid(format!("{name} is out of range")))? } else { date };
     Ok(Some(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()))
 }
@@ -84,17 +99,20 @@ pub async fn search(
         return Err(invalid("amount must be at least 1"));
     }
     let (from, to) = (day("from", query.from.as_deref(), false)?, day("to", query.to.as_deref(), true)?);
-    if let (Some(from), Some(to)) = (from, to)
-        && from >= to
-    {
-        return Err(invalid("from must not be after to"));
-    }
     let account = query
         .account
         .as_deref()
         .map(|a| Uuid::parse_str(a).map_err(|_| invalid("account must be an account id")))
         .transpose()?;
-    let limit = in_range("limit", query.limit, 100)?.unwrap_or(20).max(1);
+    let limit = in_range("limit", query.limit, 100)?.unwrap_or(20);
+    if limit < 1 {
+        return Err(invalid("limit must be at least 1"));
+    }
+    // a part of an account id as the app shows it (`…1a2b3c4d`) or longer: 8 or more
+    // hex digits and dashes; shorter words would match ids by chance
+    let id_part = words
+        .map(|w| w.trim_start_matches('…').to_ascii_lowercase())
+        .filter(|w| w.len() >= 8 && w.len() <= 36 && w.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
     let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
     // a customer: their own accounts only (another's account id finds nothing)
     let owner = (!caller.is_staff()).then_some(caller.subject.as_str());
@@ -111,9 +129,10 @@ pub async fn search(
            and ($4::timestamptz is null or t.recorded_at >= $4)
            and ($5::timestamptz is null or t.recorded_at < $5)
            and ($6::text is null
-                or to_tsvector('simple', x.memo) @@ websearch_to_tsquery('simple', $6)
+                or t.transfer_id in (select id from views.transfers
+                                     where to_tsvector('simple', memo) @@ websearch_to_tsquery('simple', $6))
                 or t.kind = lower($6)
-                or (length($6) >= 4 and strpos(t.counterparty::text, lower($6)) > 0))
+                or strpos(t.counterparty::text, $11) > 0)
            and ($7::timestamptz is null or (t.recorded_at, t.account_id, t.version) < ($7, $8, $9))
          order by t.recorded_at desc, t.account_id desc, t.version desc
          limit $10",
@@ -128,6 +147,7 @@ pub async fn search(
     .bind(cursor.map(|c| c.account_id))
     .bind(cursor.map(|c| c.version))
     .bind(limit + 1)
+    .bind(id_part)
     .fetch_all(pool)
     .await
     .map_err(crate::http::fault)?;
@@ -160,9 +180,16 @@ mod tests {
             version: 42,
         };
         assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
-        for bad in
-            ["", "1_2", "x_0190_1", "1_notauuid_1", &format!("{}_x", cursor.encode()), "99999999999999999999_0_1"]
-        {
+        let ancient = format!("-99999999999999999_{}_1", cursor.account_id.simple());
+        for bad in [
+            "",
+            "1_2",
+            "x_0190_1",
+            "1_notauuid_1",
+            &format!("{}_x", cursor.encode()),
+            "99999999999999999999_0_1",
+            &ancient,
+        ] {
             assert!(Cursor::decode(bad).is_err(), "{bad:?}");
         }
     }
@@ -175,6 +202,10 @@ mod tests {
         assert_eq!(end.as_deref(), Some("2027-01-01T00:00:00+00:00"));
         assert!(day("from", Some("2026-13-01"), false).is_err());
         assert!(day("from", Some("yesterday"), false).is_err());
+        assert!(day("from", Some("-5000-01-01"), false).is_err());
+        assert!(day("from", Some("1969-12-31"), false).is_err());
+        let last = day("to", Some("9999-12-31"), true).ok().flatten().map(|d| d.to_rfc3339());
+        assert_eq!(last.as_deref(), Some("+10000-01-01T00:00:00+00:00"));
         assert_eq!(day("from", None, false).ok(), Some(None));
     }
 }

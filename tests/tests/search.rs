@@ -80,8 +80,18 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     assert_eq!(page["items"][2]["transfer_id"], json!(rent));
     assert_eq!(page["accounts"], json!([]), "a customer finds no accounts");
     assert_eq!(page["next_cursor"], Value::Null);
-    // bob: his own leg of the rent share only
+    // bob: his own leg of the rent share only; a memo is the payment's reference, which
+    // the recipient sees on the credit (bob finds alice's pizza)
     assert_eq!(hits(&found(&queries, &bob, "q=rent").await), [(b1, "transfer_debit".into(), 15, "rent share".into())]);
+    assert_eq!(
+        hits(&found(&queries, &bob, "q=pizza").await),
+        [(b1, "transfer_credit".into(), 40, "pizza night".into())]
+    );
+    // a web search's syntax: a word left out
+    assert_eq!(
+        hits(&found(&queries, &alice, "q=rent%20-may").await),
+        [(a1, "transfer_credit".into(), 15, "rent share".into())]
+    );
     // every word must be in the memo
     assert_eq!(hits(&found(&queries, &alice, "q=rent%20may").await).len(), 2);
     // an amount, a kind, the start of the other party's account id
@@ -97,9 +107,11 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     // another customer's account finds nothing: no error that would say it exists
     assert_eq!(hits(&found(&queries, &alice, &format!("account={b1}")).await), []);
     assert_eq!(hits(&found(&queries, &alice, &format!("account={a2}")).await).len(), 1);
-    // days (UTC): today finds everything, tomorrow and yesterday nothing
+    // days (UTC): from yesterday to tomorrow finds everything, the day after tomorrow and
+    // the day before yesterday nothing
     let today = chrono::Utc::now().date_naive();
-    let all = hits(&found(&queries, &alice, &format!("from={today}&to={today}")).await).len();
+    let (yesterday, tomorrow) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let all = hits(&found(&queries, &alice, &format!("from={yesterday}&to={tomorrow}")).await).len();
     let stored: i64 = sqlx::query_scalar(
         "select count(*) from views.account_transactions t join views.accounts a on a.id = t.account_id
          where a.owner = 'alice'",
@@ -108,9 +120,12 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     .await
     .unwrap();
     assert_eq!(all as i64, stored);
-    let (yesterday, tomorrow) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
-    assert_eq!(hits(&found(&queries, &alice, &format!("from={tomorrow}")).await), []);
-    assert_eq!(hits(&found(&queries, &alice, &format!("to={yesterday}")).await), []);
+    let later = tomorrow.succ_opt().unwrap();
+    let earlier = yesterday.pred_opt().unwrap();
+    assert_eq!(hits(&found(&queries, &alice, &format!("from={later}")).await), []);
+    assert_eq!(hits(&found(&queries, &alice, &format!("to={earlier}")).await), []);
+    // days the wrong way round: an empty range, nothing found
+    assert_eq!(hits(&found(&queries, &alice, &format!("from={tomorrow}&to={yesterday}")).await), []);
 
     // paged newest first: pages of 2 hold every one of alice's transactions once
     let mut seen = Vec::new();
@@ -147,12 +162,15 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     for bad in [
         "q=".to_owned(),
         "q=%20%20".to_owned(),
+        "q=a%00b".to_owned(),
         format!("q={long}"),
         "amount=0".into(),
         "amount=ten".into(),
         "amount=-5".into(),
         "from=2026-13-01".into(),
-        "from=2026-12-07&to=2026-12-06".into(),
+        "from=-5000-01-01".into(),
+        "from=1969-12-31".into(),
+        "limit=0".into(),
         "limit=101".into(),
         "limit=0x10".into(),
         "account=not-an-id".into(),
@@ -165,6 +183,19 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     let rail = token("rail", tests::Service);
     queries.get("/search?q=rent").token(&rail).send().await.expect_error(403, "forbidden");
     queries.get("/search?q=rent").send().await.expect_error(401, "missing_token");
+
+    // the memo's words are found through its index (the planner told to use one)
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("set local enable_seqscan = off").execute(&mut *tx).await.unwrap();
+    let plan: Value = sqlx::query_scalar(
+        "explain (format json) select id from views.transfers
+         where to_tsvector('simple', memo) @@ websearch_to_tsquery('simple', 'rent')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(plan.to_string().contains("transfers_memo_search"), "{plan}");
+    tx.rollback().await.unwrap();
 
     // the views rebuilt from the events: the same answers, the memo's index with them
     view_updater::rebuild::rebuild(&pool, false).await.unwrap();
