@@ -20,6 +20,8 @@ pub const STREAM_TYPE: &str = "bus";
 
 /// Most tags a producer may set.
 pub const MAX_TAGS: usize = 16;
+/// Tags the tailer sets on every envelope: a producer may not.
+pub const RESERVED_TAGS: [&str; 2] = ["region", "service"];
 
 /// `POST /events`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -46,7 +48,8 @@ pub struct PostEvent {
     /// nothing. Default a new UUIDv7.
     #[serde(default)]
     pub event_id: Option<Uuid>,
-    /// The producer's tags: at most 16 pairs of string values.
+    /// The producer's tags: at most 16 pairs of string values; not `region` or `service`
+    /// (the tailer sets those).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub tags: Option<Map<String, Value>>,
@@ -106,6 +109,13 @@ impl PostEvent {
                 });
             if bad {
                 return Err(ApiError::new(ErrorCode::InvalidTags, ErrorCode::InvalidTags.meaning()));
+            }
+            // the tailer's own: it would replace them on the way to the stream
+            if let Some(key) = RESERVED_TAGS.iter().find(|k| tags.contains_key(**k)) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidTags,
+                    format!("the tag `{key}` is the tailer's (it says where and by whom the event was stored)"),
+                ));
             }
         }
         Ok(())
@@ -364,7 +374,14 @@ mod tests {
             post(json!({"type": "a", "source": "s", "data": {}, "tags": {"n": 1}})),
             Err(ErrorCode::InvalidTags)
         );
-        assert_eq!(post(json!({"type": "a", "source": "s", "data": {}, "tags": {"region": "eu"}})), Ok(()));
+        assert_eq!(post(json!({"type": "a", "source": "s", "data": {}, "tags": {"app": "eu"}})), Ok(()));
+        for reserved in RESERVED_TAGS {
+            let tags = json!({reserved: "mine"});
+            assert_eq!(
+                post(json!({"type": "a", "source": "s", "data": {}, "tags": tags})),
+                Err(ErrorCode::InvalidTags)
+            );
+        }
         assert_eq!(post(json!({"type": "a", "source": "s", "data": {}, "extra": 1})), Err(ErrorCode::InvalidBody));
     }
 }

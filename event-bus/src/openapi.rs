@@ -21,9 +21,12 @@ pub fn document_json() -> Value {
         *tags = serde_json::json!({
             "type": ["object", "null"],
             "maxProperties": crate::events::MAX_TAGS,
-            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": no_nul},
+            "propertyNames": {
+                "minLength": 1, "maxLength": 64, "pattern": no_nul,
+                "not": {"enum": crate::events::RESERVED_TAGS}
+            },
             "additionalProperties": {"type": "string", "maxLength": 256, "pattern": no_nul},
-            "description": "the producer's tags: at most 16 pairs of string values"
+            "description": "the producer's tags: at most 16 pairs of string values; not region or service (the tailer sets those)"
         });
     }
     if let Some(data) = generated.pointer_mut("/components/schemas/PostEvent/properties/data") {

@@ -15,14 +15,12 @@ DATABASE_URL, PSQL (the psql binary), SCREENSHOT_DIR, DOCS_SCREENSHOT_DIR (optio
 customer.png and operator.png are copied there), CHROMIUM.
 """
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 import uuid
 
 from playwright.sync_api import expect, sync_playwright
@@ -44,7 +42,7 @@ class Run:
     """Steps in order; the first failure ends the run (later steps build on it)."""
 
     def __init__(self):
-        self.passed = self.failed = self.skipped = 0
+        self.passed = self.failed = 0
 
     def step(self, name, body):
         try:
@@ -57,13 +55,8 @@ class Run:
         self.passed += 1
         print(f"ok   {name}", flush=True)
 
-    def skip(self, name, why):
-        self.skipped += 1
-        print(f"skip {name}: {why}", flush=True)
-
     def summary(self):
-        skipped = f", {self.skipped} skipped" if self.skipped else ""
-        return f"browser: {self.passed} passed, {self.failed} failed{skipped}"
+        return f"browser: {self.passed} passed, {self.failed} failed"
 
 
 def shot(page, name, viewport=DESKTOP):
@@ -78,14 +71,6 @@ def psql(sql):
     out = subprocess.run([PSQL, DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql],
                          check=True, capture_output=True, text=True)
     return out.stdout.strip()
-
-
-def api_has_memo():
-    """Whether the transfer API takes a memo yet (it is in the OpenAPI document)."""
-    with urllib.request.urlopen(f"{GATEWAY}/openapi.json", timeout=10) as answer:
-        document = json.load(answer)
-    schemas = document.get("components", {}).get("schemas", {})
-    return any("memo" in (s.get("properties") or {}) for name, s in schemas.items() if "Transfer" in name)
 
 
 def sign_in(page, name, role):
@@ -122,7 +107,6 @@ def main():
     suffix = uuid.uuid4().hex[:8]
     customer, admin, teller = f"web-{suffix}", f"ops-{suffix}", f"desk-{suffix}"
     memo = f"rent for May {suffix}"
-    has_memo = api_has_memo()
     ids = {}
     errors = []
 
@@ -211,8 +195,7 @@ def main():
                 page.evaluate("window.notReloaded = true")
                 page.select_option("[data-test=transfer-to]", ids["b"])
                 page.fill("[data-test=transfer-amount]", "40.00")
-                if has_memo:
-                    page.fill("[data-test=transfer-memo]", memo)
+                page.fill("[data-test=transfer-memo]", memo)
                 page.click("[data-test=transfer-submit]")
                 item = page.locator("[data-test=transfer]").first
                 expect(item.locator("[data-test=transfer-state]")).to_have_text("pending: initiated")
@@ -235,12 +218,9 @@ def main():
                 expect(page.locator("[data-test=transaction][data-kind=transfer_debit]")).to_have_count(1)
             run.step("both balances changed (85.50 and 40.00 EUR)", balances)
 
-            if has_memo:
-                run.step("the memo shows in the transactions", lambda: expect(
-                    page.locator("[data-test=transaction][data-kind=transfer_debit] [data-test=transaction-memo]")
-                ).to_have_text(f"“{memo}”"))
-            else:
-                run.skip("the memo shows in the transactions", "the API has no memo field yet")
+            run.step("the memo shows in the transactions", lambda: expect(
+                page.locator("[data-test=transaction][data-kind=transfer_debit] [data-test=transaction-memo]")
+            ).to_have_text(f"“{memo}”"))
             shot(page, "transfer-completed.png")
 
             def search():
@@ -343,18 +323,13 @@ def main():
 
 
 def history_and_as_of(page, run):
-    """An account's history and its balance as of a time: skipped while the API has neither."""
-    page.click("[data-test=history-load]")
-    events = page.locator("[data-test=history-event]")
-    status = page.locator("[data-test=history-status]")
-    expect(events.first.or_(status.locator(".notice"))).to_be_visible()
-    if "not available" in status.inner_text():
-        run.skip("the account's history lists its events", "the API has no history route yet")
-    else:
-        def history():
-            expect(events.first).to_have_attribute("data-type", "account.opened")
-            expect(page.locator("[data-test=history-event][data-type='account.debited']")).to_have_count(1)
-        run.step("the account's history lists its events, opened first", history)
+    """An account's history and its balance as of a time."""
+    def history():
+        page.click("[data-test=history-load]")
+        events = page.locator("[data-test=history-event]")
+        expect(events.first).to_have_attribute("data-type", "account.opened")
+        expect(page.locator("[data-test=history-event][data-type='account.debited']")).to_have_count(1)
+    run.step("the account's history lists its events, opened first", history)
 
     # a minute from now: every event so far is at or before it
     later = page.evaluate("""() => { const d = new Date(Date.now() + 60000);
@@ -362,11 +337,7 @@ def history_and_as_of(page, run):
     page.fill("[data-test=asof-input]", later)
     page.click("[data-test=asof-submit]")
     result = page.locator("[data-test=asof-result]")
-    expect(result.locator(".notice")).to_be_visible()
-    if "not available" in result.inner_text():
-        run.skip("the balance as of a time", "the API has no as_of read yet")
-    else:
-        run.step("the balance as of a minute from now is today's", lambda: expect(result).to_contain_text("85.50 EUR"))
+    run.step("the balance as of a minute from now is today's", lambda: expect(result).to_contain_text("85.50 EUR"))
 
 
 def park_an_event(account_id):

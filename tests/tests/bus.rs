@@ -128,6 +128,12 @@ async fn every_refusal_has_its_code_and_stores_nothing(pool: PgPool) {
     post(&bus, &alice, json!({"type": "ViewPage", "source": "s", "data": {}, "tags": tags}))
         .await
         .expect_error(400, "invalid_tags");
+    // the tailer's own tags: a producer's would be replaced on the way to the stream
+    for reserved in ["region", "service"] {
+        post(&bus, &alice, json!({"type": "ViewPage", "source": "s", "data": {}, "tags": {reserved: "mine"}}))
+            .await
+            .expect_error(400, "invalid_tags");
+    }
     post(&bus, &alice, json!({"type": "ViewPage", "source": "s", "data": {}, "partition_key": ""}))
         .await
         .expect_error(400, "invalid_partition_key");

@@ -455,7 +455,7 @@ export interface components {
             partition_key?: string | null;
             /** @description The emitting domain. */
             source: string;
-            /** @description the producer's tags: at most 16 pairs of string values */
+            /** @description the producer's tags: at most 16 pairs of string values; not region or service (the tailer sets those) */
             tags?: {
                 [key: string]: string;
             } | null;
