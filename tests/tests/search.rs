@@ -53,17 +53,20 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     let teller = tests::teller_token();
     let (a1, a2) = (accounts.open_account(&alice, "EUR", 1_000).await, accounts.open_account(&alice, "EUR", 0).await);
     let b1 = accounts.open_account(&bob, "EUR", 500).await;
+    // one after the other, each settled before the next: their legs' order is known
+    let settled = |n: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let sql = format!("select count(*) = {n} from views.transfers where state = 'completed'");
+            tests::wait_until_true(&pool, std::time::Duration::from_secs(30), "a transfer to settle", &sql, &[]).await;
+        }
+    };
     let rent = transfer(&transfers, &alice, a1, a2, 250, "Rent for May").await;
+    settled("1").await;
     transfer(&transfers, &alice, a1, b1, 40, "pizza night").await;
+    settled("2").await;
     transfer(&transfers, &bob, b1, a1, 15, "rent share").await;
-    tests::wait_until_true(
-        &pool,
-        std::time::Duration::from_secs(30),
-        "the transfers to settle",
-        "select count(*) = 3 from views.transfers where state = 'completed'",
-        &[],
-    )
-    .await;
+    settled("3").await;
     tests::views_caught_up(&pool).await;
 
     // a memo's word, any case: alice's three legs, newest first; never bob's debit
