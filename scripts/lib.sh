@@ -140,15 +140,48 @@ ensure_kinesis_servers() {
   fi
 }
 
-# A pinned Python package in the project's venv (.dev/venv), installed on first use.
-ensure_pip_package() { # NAME VERSION
+# A pinned Python package in the project's venv (.dev/venv), installed on first use;
+# SPEC names it with extras (moto[s3,server]).
+ensure_pip_package() { # NAME VERSION [SPEC]
   local venv="$ROOT/.dev/venv"
   if ! "$venv/bin/pip" show "$1" 2>/dev/null | grep -q "^Version: $2$"; then
     log "installing $1 $2 into .dev/venv"
     mkdir -p "$ROOT/.dev"
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install -q --disable-pip-version-check "$1==$2" >/dev/null || die "pip could not install $1"
+    "$venv/bin/pip" install -q --disable-pip-version-check "${3:-$1}==$2" >/dev/null || die "pip could not install $1"
   fi
+}
+
+# The S3 API server of scripts/up and scripts/test: moto (PyPI, pinned) in server mode,
+# in .dev/venv (decision 0043).
+ensure_s3_server() {
+  ensure_pip_package moto 5.2.5 'moto[s3,server]'
+}
+
+# s3_start PORT LOG: moto's S3 server on 127.0.0.1:PORT, in memory. Sets S3_PID (call
+# it directly, not in $(...), so the server is this shell's child); 1 when it did not
+# come up there (the port taken).
+s3_start() {
+  local port=$1 logfile=$2
+  "$ROOT/.dev/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+  S3_PID=$!
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/moto-api/" && return 0
+    kill -0 "$S3_PID" 2>/dev/null || { tail -5 "$logfile" >&2; log "the S3 server exited"; return 1; }
+    sleep 0.1
+  done
+  log "the S3 server did not answer on port $port; stopping it"
+  kill -9 "$S3_PID" 2>/dev/null || true
+  return 1
+}
+
+# start_s3_server LOG: s3_start on a free port (a few tries); sets S3_PORT and S3_PID.
+start_s3_server() {
+  for _ in 1 2 3 4 5; do
+    S3_PORT="$(free_port $((30000 + RANDOM % 9000)))"
+    s3_start "$S3_PORT" "$1" && return 0
+  done
+  die "the S3 server did not start"
 }
 
 ensure_rust() {

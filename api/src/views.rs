@@ -179,3 +179,19 @@ pub struct SearchPage {
     /// Pass as `cursor` for the next page; none on the last.
     pub next_cursor: Option<String>,
 }
+
+/// One month's statement of an account, as the statements job wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatementFile {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// The formats written (`csv`, `pdf`): `GET /accounts/{id}/statements/{month}.{format}`.
+    pub formats: Vec<String>,
+}
+
+/// An account's statements, newest month first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatementList {
+    pub account_id: Uuid,
+    pub statements: Vec<StatementFile>,
+}

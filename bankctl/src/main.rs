@@ -39,6 +39,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Compare the archive with the event store, event by event: report what is missing,
+    /// extra, duplicated or under another stream or version; exit 1 on any difference.
+    /// Events the archiver has not reached yet count as missing.
+    Verify {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        s3: archive::s3::S3Args,
+        /// Only this day's events (UTC, YYYY-MM-DD) and partition.
+        #[arg(long)]
+        day: Option<chrono::NaiveDate>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Print a signed dev token (HS256 with JWT_SECRET) for a subject and role.
     Token {
@@ -87,6 +103,11 @@ enum Command {
         /// Forget what the ledger read and check the whole event store again.
         #[arg(long)]
         full: bool,
+    },
+    /// The archive on S3 (the river `archive`'s Parquet files).
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
     },
     /// List the events the rivers parked (not yet resolved).
     DeadLetters {
@@ -203,6 +224,15 @@ async fn main() -> anyhow::Result<()> {
             let report = ledger::check_now(&pool).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.balanced() {
+                std::process::exit(1);
+            }
+        }
+        Command::Archive { command: ArchiveCommand::Verify { database, s3, day } } => {
+            let pool = service_kit::startup::connect(&database).await?;
+            let bucket = archive::s3::Bucket::connect(&s3).await;
+            let report = archive::verify::verify(&pool, &bucket, day).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.differences() > 0 {
                 std::process::exit(1);
             }
         }

@@ -92,7 +92,8 @@ fn table(method: &Method, segments: &[&str], temporal: bool) -> Option<Upstream>
         (&Method::GET, ["accounts"]) => Some(Upstream::Queries),
         (&Method::GET, ["accounts", _]) if temporal => Some(Upstream::Accounts),
         (&Method::GET, ["accounts", _]) => Some(Upstream::Queries),
-        (&Method::GET, ["accounts", _, "transactions"]) => Some(Upstream::Queries),
+        (&Method::GET, ["accounts", _, "transactions" | "statements"]) => Some(Upstream::Queries),
+        (&Method::GET, ["accounts", _, "statements", _]) => Some(Upstream::Queries),
         (&Method::GET, ["accounts", _, "history" | "transfers"]) => Some(Upstream::Accounts),
         (&Method::POST, ["accounts", _, "deposits" | "withdrawals" | "payments" | "close"]) => Some(Upstream::Accounts),
         (&Method::POST, ["transfers"]) => Some(Upstream::Transfers),
@@ -112,7 +113,8 @@ fn table(method: &Method, segments: &[&str], temporal: bool) -> Option<Upstream>
 const FORWARDED: [&str; 6] =
     ["authorization", "content-type", "idempotency-key", "x-request-id", "x-correlation-id", "accept"];
 /// The answer headers passed back.
-const RETURNED: [&str; 5] = ["content-type", "retry-after", "idempotent-replayed", "www-authenticate", "allow"];
+const RETURNED: [&str; 6] =
+    ["content-type", "content-disposition", "retry-after", "idempotent-replayed", "www-authenticate", "allow"];
 
 /// A request as it goes upstream: its path and query below the upstream's base.
 #[derive(Clone)]

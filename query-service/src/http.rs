@@ -24,7 +24,15 @@ use uuid::Uuid;
 
 /// The generated OpenAPI document of these routes (completed by [`crate::openapi`]).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(list_accounts, account, transactions, transfer, crate::search::search))]
+#[openapi(paths(
+    list_accounts,
+    account,
+    transactions,
+    transfer,
+    crate::search::search,
+    crate::statements::list,
+    crate::statements::download
+))]
 pub struct Api;
 
 /// The errors of the waiting reads of one account or transfer, beside the common ones.
@@ -51,6 +59,8 @@ pub fn routes() -> Router<AppState> {
         .route("/accounts/{id}/transactions", get(transactions))
         .route("/transfers/{id}", get(transfer))
         .route("/search", get(crate::search::search))
+        .route("/accounts/{id}/statements", get(crate::statements::list))
+        .route("/accounts/{id}/statements/{file}", get(crate::statements::download))
 }
 
 fn out_of_date(current: i64, wanted: i64) -> ApiError {
@@ -131,7 +141,7 @@ async fn recent(
     .map_err(fault)
 }
 
-fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '_ {
+pub(crate) fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '_ {
     move |row| {
         if caller.may_read(&row.owner) {
             Ok(())
@@ -141,7 +151,7 @@ fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '
     }
 }
 
-fn account_not_found() -> ApiError {
+pub(crate) fn account_not_found() -> ApiError {
     ApiError::new(ErrorCode::AccountNotFound, "no such account")
 }
 

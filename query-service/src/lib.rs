@@ -4,13 +4,15 @@
 //! * [`waiters`]: waiting for a version on one shared LISTEN connection.
 //! * [`cache`]: the current account and transfer rows in memory, kept by the same
 //!   connection's announcements.
-//! * [`http`]: the routes; [`search`]: `GET /search`.
+//! * [`http`]: the routes; [`search`]: `GET /search`; [`statements`]: the monthly
+//!   statements in the archive's bucket.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod http;
 pub mod openapi;
 pub mod search;
+pub mod statements;
 pub mod waiters;
 
 use axum::Router;
@@ -40,6 +42,9 @@ pub struct Config {
     pub cache_size: usize,
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// The archive's bucket, where the statements are.
+    #[command(flatten)]
+    pub s3: archive::s3::S3Args,
 }
 
 impl Config {
@@ -50,7 +55,13 @@ impl Config {
     /// The defaults over `service`: tests and tools build a configuration as a value
     /// (the command line's defaults come from here too).
     pub fn new(service: ServiceArgs) -> Self {
-        Config { addr: Self::DEFAULT_ADDR, service, max_wait_ms: 10_000, cache_size: 100_000 }
+        Config {
+            addr: Self::DEFAULT_ADDR,
+            service,
+            max_wait_ms: 10_000,
+            cache_size: 100_000,
+            s3: archive::s3::S3Args::default(),
+        }
     }
 }
 
@@ -60,6 +71,9 @@ pub struct AppState {
     pub verifier: Arc<JwtVerifier>,
     pub waiters: Arc<waiters::Waiters>,
     pub max_wait: Duration,
+    s3: archive::s3::S3Args,
+    /// Connected on first use (loading the SDK's configuration is asynchronous).
+    bucket: Arc<tokio::sync::OnceCell<archive::s3::Bucket>>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -84,7 +98,14 @@ impl AppState {
             verifier: Arc::new(JwtVerifier::from_args(&config.service.auth)?),
             waiters,
             max_wait: config.service.http.wait_budget(config.max_wait_ms),
+            s3: config.s3.clone(),
+            bucket: Arc::default(),
         })
+    }
+
+    /// The archive's bucket (the statements).
+    pub async fn bucket(&self) -> &archive::s3::Bucket {
+        self.bucket.get_or_init(|| archive::s3::Bucket::connect(&self.s3)).await
     }
 
     /// The rows served from memory (its counters are on the service's registry).

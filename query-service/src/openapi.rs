@@ -19,6 +19,16 @@ pub fn document_json() -> Value {
             RouteErrors { method: "get", path: "/accounts/{id}/transactions", codes: ACCOUNT_ERRORS },
             RouteErrors { method: "get", path: "/transfers/{id}", codes: TRANSFER_ERRORS },
             RouteErrors { method: "get", path: "/search", codes: crate::search::SEARCH_ERRORS },
+            RouteErrors {
+                method: "get",
+                path: "/accounts/{id}/statements",
+                codes: crate::statements::STATEMENT_ERRORS,
+            },
+            RouteErrors {
+                method: "get",
+                path: "/accounts/{id}/statements/{file}",
+                codes: crate::statements::STATEMENT_ERRORS,
+            },
         ],
     )
 }

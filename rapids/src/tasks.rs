@@ -21,8 +21,10 @@ use uuid::Uuid;
 pub const TRANSFER_CREATE: &str = "transfers.transfer.create";
 /// Receive a payment from another bank (account-service; a rail's only).
 pub const PAYMENT_RECEIVE: &str = "accounts.payment.receive";
+/// Write the statements of a month (the archiver's statements job; staff or a service).
+pub const STATEMENTS_GENERATE: &str = "statements.statement.generate";
 /// The tasks the bank's services take: postable without advertising.
-pub const BANK_TASKS: &[&str] = &[TRANSFER_CREATE, PAYMENT_RECEIVE];
+pub const BANK_TASKS: &[&str] = &[TRANSFER_CREATE, PAYMENT_RECEIVE, STATEMENTS_GENERATE];
 
 /// The stream type of the refusals.
 pub const REJECTION_STREAM_TYPE: &str = "task";

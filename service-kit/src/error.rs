@@ -74,6 +74,7 @@ error_codes! {
     NotFound = ("not_found", NOT_FOUND, "no such route"),
     AccountNotFound = ("account_not_found", NOT_FOUND, "no such account"),
     TransferNotFound = ("transfer_not_found", NOT_FOUND, "no such transfer"),
+    StatementNotFound = ("statement_not_found", NOT_FOUND, "no statement of this account for that month and format (the statements job writes them)"),
     RiverNotFound = ("river_not_found", NOT_FOUND, "no such generic river (subscribe it to a topic first)"),
     MethodNotAllowed = ("method_not_allowed", METHOD_NOT_ALLOWED, "the route does not take this method"),
     AlreadyExists = ("already_exists", CONFLICT, "the resource exists already"),

@@ -573,6 +573,9 @@ pub struct Bank {
     /// The event bus, with its generic rivers running.
     pub bus: Running,
     pub bus_state: event_bus::AppState,
+    /// The archive query-service reads statements from (no archiver runs unless a
+    /// test starts one: [`start_archiver`]).
+    pub s3: archive::s3::S3Args,
     bus_shutdown: CancellationToken,
     shutdown: CancellationToken,
 }
@@ -632,11 +635,14 @@ pub async fn start_bank_with(pool: &PgPool, river: RiverArgs) -> Bank {
     // waits long enough for a loaded machine (the rule that a wait ends before the
     // request timeout is the service's own, tested apart)
     let mut config = query_service::Config::new(service_args(pool));
+    // an archive of its own, where an archiver started by the test writes statements
+    config.s3 = s3_args();
     config.service.http.request_timeout_ms = 30_000;
     config.max_wait_ms = 25_000;
     // a pool of its own, as the service would have (16 connections)
     let query_pool =
         PgPoolOptions::new().max_connections(16).connect_with((*pool.connect_options()).clone()).await.unwrap();
+    let s3 = config.s3.clone();
     let query_state = query_service::AppState::new(&config, query_pool).unwrap();
     query_state.listen(shutdown.clone());
     let queries = spawn(query_service::router(query_state.clone())).await;
@@ -655,6 +661,7 @@ pub async fn start_bank_with(pool: &PgPool, river: RiverArgs) -> Bank {
         view_metrics,
         bus,
         bus_state,
+        s3,
         bus_shutdown,
         shutdown,
     }
@@ -883,4 +890,80 @@ pub async fn write_unbalanced_deposit(pool: &PgPool, account: Uuid) {
     .execute(pool)
     .await
     .unwrap();
+}
+
+/// Splits the stream's first shard (kinesalite), or doubles the shard count where
+/// SplitShard is not supported; returns the new shards' ids.
+pub async fn reshard(rapids: &Rapids) -> Vec<String> {
+    let client = rapids.client();
+    let before = client.list_shards().stream_name(rapids.stream()).send().await.unwrap();
+    let old: Vec<String> = before.shards().iter().map(|s| s.shard_id().to_string()).collect();
+    let first = &before.shards()[0];
+    let range = first.hash_key_range().unwrap();
+    let (start, end): (u128, u128) =
+        (range.starting_hash_key().parse().unwrap(), range.ending_hash_key().parse().unwrap());
+    let split = client
+        .split_shard()
+        .stream_name(rapids.stream())
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .send()
+        .await;
+    if let Err(e) = split {
+        eprintln!("SplitShard refused ({}); resharding with UpdateShardCount", rapids::describe(&e));
+        client
+            .update_shard_count()
+            .stream_name(rapids.stream())
+            .target_shard_count(old.len() as i32 * 2)
+            .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+            .send()
+            .await
+            .unwrap();
+    }
+    rapids.ensure_stream(0, Duration::from_secs(30)).await.unwrap();
+    let after = client.list_shards().stream_name(rapids.stream()).send().await.unwrap();
+    let children: Vec<String> =
+        after.shards().iter().map(|s| s.shard_id().to_string()).filter(|id| !old.contains(id)).collect();
+    assert!(!children.is_empty(), "the reshard made new shards");
+    children
+}
+
+/// An archive of its own for one test: a fresh bucket's name at the S3 API server
+/// scripts/test started (`S3_ENDPOINT`); the bucket is made by whoever writes first.
+#[track_caller]
+pub fn s3_args() -> archive::s3::S3Args {
+    let endpoint = std::env::var("S3_ENDPOINT").expect("S3_ENDPOINT is not set: run the tests with scripts/test");
+    archive::s3::S3Args {
+        archive_bucket: format!("test-{}", Uuid::now_v7().simple()),
+        s3_endpoint: Some(endpoint),
+        ..archive::s3::S3Args::default()
+    }
+}
+
+/// The environment of an archiver binary over the test's database, `rapids` and
+/// `s3` (leases that expire in 1.5 s), listening on `port`.
+pub fn archiver_env(
+    pool: &PgPool,
+    rapids: &Rapids,
+    s3: &archive::s3::S3Args,
+    port: u16,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url(&pool.connect_options())),
+        ("KINESIS_STREAM", rapids.stream().to_owned()),
+        ("ARCHIVE_BUCKET", s3.archive_bucket.clone()),
+        ("S3_ENDPOINT", s3.s3_endpoint.clone().unwrap_or_default()),
+        ("ARCHIVER_ADDR", format!("127.0.0.1:{port}")),
+        ("RIVER_LEASE_MS", "1500".into()),
+        ("RIVER_RENEW_MS", "300".into()),
+        ("RIVER_SHARD_SYNC_MS", "500".into()),
+        ("RIVER_IDLE_POLL_MS", "50".into()),
+    ]
+}
+
+/// The archiver binary over the test's database, `rapids` and `s3`; its address.
+pub async fn start_archiver(pool: &PgPool, rapids: &Rapids, s3: &archive::s3::S3Args) -> (tokio::process::Child, Api) {
+    let port = free_port();
+    let child = spawn_binary("archiver", port, &archiver_env(pool, rapids, s3, port)).await;
+    (child, Api::new(&format!("http://127.0.0.1:{port}")))
 }

@@ -324,7 +324,7 @@ async fn a_reshard_during_a_load_loses_nothing_and_keeps_stream_order(
         (effect_counts(&pool).await.1 >= 100).then_some(())
     })
     .await;
-    let children = reshard(&rapids).await;
+    let children = tests::reshard(&rapids).await;
     load.await.unwrap();
     wait_for_effects(&pool, 600).await;
 
@@ -362,42 +362,6 @@ async fn a_reshard_during_a_load_loses_nothing_and_keeps_stream_order(
     assert!(read_children > 0, "events after the split came from the children {children:?}");
     assert!(tests::counter_sum(&river.metrics.handled) >= 600);
     river.kill();
-}
-
-/// Splits the stream's first shard (kinesalite), or doubles the shard count where
-/// SplitShard is not supported; returns the new shards' ids.
-async fn reshard(rapids: &Rapids) -> Vec<String> {
-    let client = rapids.client();
-    let before = client.list_shards().stream_name(rapids.stream()).send().await.unwrap();
-    let old: Vec<String> = before.shards().iter().map(|s| s.shard_id().to_string()).collect();
-    let first = &before.shards()[0];
-    let range = first.hash_key_range().unwrap();
-    let (start, end): (u128, u128) =
-        (range.starting_hash_key().parse().unwrap(), range.ending_hash_key().parse().unwrap());
-    let split = client
-        .split_shard()
-        .stream_name(rapids.stream())
-        .shard_to_split(first.shard_id())
-        .new_starting_hash_key((start + (end - start) / 2).to_string())
-        .send()
-        .await;
-    if let Err(e) = split {
-        eprintln!("SplitShard refused ({}); resharding with UpdateShardCount", rapids::describe(&e));
-        client
-            .update_shard_count()
-            .stream_name(rapids.stream())
-            .target_shard_count(old.len() as i32 * 2)
-            .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
-            .send()
-            .await
-            .unwrap();
-    }
-    rapids.ensure_stream(0, Duration::from_secs(30)).await.unwrap();
-    let after = client.list_shards().stream_name(rapids.stream()).send().await.unwrap();
-    let children: Vec<String> =
-        after.shards().iter().map(|s| s.shard_id().to_string()).filter(|id| !old.contains(id)).collect();
-    assert!(!children.is_empty(), "the reshard made new shards");
-    children
 }
 
 #[sqlx::test(migrator = "migrations::MIGRATOR")]

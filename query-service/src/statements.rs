@@ -1,0 +1,98 @@
+//! `GET /accounts/{id}/statements` and `GET /accounts/{id}/statements/{month}.csv|.pdf`:
+//! the statements the archiver's job wrote to the archive's bucket, for the account's
+//! owner and staff. The access check is the views' (the account's owner), made before
+//! the bucket is read.
+
+use crate::AppState;
+use crate::http::{account_not_found, fault, owned_by};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use bank_api::views::{AccountRow, StatementFile, StatementList};
+use http::{HeaderValue, header};
+use service_kit::auth::Caller;
+use service_kit::extract::{PathId, parse_id};
+use service_kit::{ApiError, ErrorCode};
+use uuid::Uuid;
+
+/// The errors of the statements' routes, beside the common ones.
+pub const STATEMENT_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidId,
+    ErrorCode::Forbidden,
+    ErrorCode::AccountNotFound,
+    ErrorCode::StatementNotFound,
+    ErrorCode::Unavailable,
+];
+
+fn unavailable(e: archive::s3::S3Error) -> ApiError {
+    tracing::warn!(error = %e, "the archive's bucket did not answer");
+    ApiError::new(ErrorCode::Unavailable, "the statements' store is unreachable; retry")
+}
+
+/// The account, if the caller may read it.
+async fn readable(state: &AppState, caller: &Caller, id: Uuid) -> Result<AccountRow, ApiError> {
+    let row: Option<AccountRow> = sqlx::query_as(
+        "select id, owner, currency, status, balance, version, opened_at, updated_at from views.accounts where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.kit.pool)
+    .await
+    .map_err(fault)?;
+    let row = row.ok_or_else(account_not_found)?;
+    owned_by(caller)(&row)?;
+    Ok(row)
+}
+
+/// An account's statements, newest month first.
+#[utoipa::path(get, path = "/accounts/{id}/statements", tag = "accounts",
+    params(("id" = Uuid, Path, description = "the account")),
+    responses((status = 200, description = "the months with a statement and their formats", body = StatementList)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<StatementList>, ApiError> {
+    readable(&state, &caller, id).await?;
+    let bucket = state.bucket().await;
+    let months = archive::statements::list(bucket, id).await.map_err(unavailable)?;
+    let statements = months.into_iter().map(|(month, formats)| StatementFile { month, formats }).collect();
+    Ok(Json(StatementList { account_id: id, statements }))
+}
+
+/// One month's statement: `YYYY-MM.csv` or `YYYY-MM.pdf`.
+#[utoipa::path(get, path = "/accounts/{id}/statements/{file}", tag = "accounts",
+    params(("id" = Uuid, Path, description = "the account"),
+           ("file" = String, Path, description = "`YYYY-MM.csv` or `YYYY-MM.pdf`")),
+    responses((status = 200, description = "the statement (opening balance, movements with memo and running balance, closing balance; minor units)",
+        content((String = "text/csv"), (Vec<u8> = "application/pdf")))))]
+pub async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    readable(&state, &caller, id).await?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::StatementNotFound,
+            "no such statement: YYYY-MM.csv or YYYY-MM.pdf of a month the job wrote",
+        )
+    };
+    let (month, format) = file.split_once('.').ok_or_else(not_found)?;
+    let media = match format {
+        "csv" => "text/csv; charset=utf-8",
+        "pdf" => "application/pdf",
+        _ => return Err(not_found()),
+    };
+    let month = archive::statements::Month::parse(month).map_err(|_| not_found())?;
+    let key = archive::statements::key(id, &month.to_string(), format);
+    let body = state.bucket().await.get(&key).await.map_err(unavailable)?.ok_or_else(not_found)?;
+    let disposition = format!("attachment; filename=\"statement-{id}-{month}.{format}\"");
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
