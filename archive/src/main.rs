@@ -26,9 +26,17 @@ async fn main() -> anyhow::Result<()> {
             let month = archive::statements::Month::parse(month).map_err(anyhow::Error::msg)?;
             let scope = archive::statements::Scope::parse(account).map_err(anyhow::Error::msg)?;
             bucket.ensure().await?;
-            let done = archive::statements::run(&pool, &bucket, month, scope).await?;
-            println!("{}", serde_json::to_string(&done)?);
-            Ok(())
+            match archive::statements::run(&pool, &bucket, month, scope).await {
+                Ok(done) => {
+                    println!("{}", serde_json::to_string(&done)?);
+                    Ok(())
+                }
+                Err(archive::statements::JobError::Refused(why)) => {
+                    eprintln!("refused: {why}");
+                    std::process::exit(archive::statements::EXIT_REFUSED)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }
