@@ -37,9 +37,9 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * One request (as the session, or as `token` when given); resolves to the answer's
- * JSON, or throws an ApiError.
+ * JSON (with `blob`: its body as a Blob, for a file), or throws an ApiError.
  */
-export async function api(method, path, body, { signal, token } = {}) {
+export async function api(method, path, body, { signal, token, blob = false } = {}) {
   for (let attempt = 1; ; attempt++) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -57,6 +57,7 @@ export async function api(method, path, body, { signal, token } = {}) {
       if (e.name === "AbortError") throw e;
       throw new ApiError(0, "network", "The bank cannot be reached; check the connection and retry.");
     }
+    if (response.ok && blob) return response.blob();
     const text = await response.text();
     let data = null;
     try {

@@ -1,8 +1,9 @@
 // The customer's page: my accounts and their balances, open an account, withdraw
 // cash, send a payment to another bank, receive one (through the development payment
 // rail), transfer (shown at once from the command's answer, then followed live
-// through its states with waiting reads), the recent transactions, an account's
-// history and its balance as of a chosen time. Customers bring no cash of their own:
+// through its states with waiting reads), the recent transactions, search, the monthly
+// statements (CSV and PDF downloads), an account's history and its balance as of a
+// chosen time. Customers bring no cash of their own:
 // a teller takes it in (the operator's page).
 //
 // Every read after a command asks for the version the command answered
@@ -172,6 +173,7 @@ export function customerPage() {
       transfersCard,
       h("section", { class: "card" }, h("h2", {}, "Recent transactions"), transactions, olderButton),
       searchCard(),
+      statementsCard(),
       historyCard(),
     );
 
@@ -391,6 +393,42 @@ export function customerPage() {
       });
       more.addEventListener("click", () => next && find(next));
       return h("section", { class: "card" }, h("h2", {}, "Search"), form, status, results, more);
+    }
+
+    /** The monthly statements the statements job wrote: each month's CSV and PDF. */
+    function statementsCard() {
+      const list = h("ul", { class: "statements", "data-test": "statements" });
+      const status = h("div", { "data-test": "statements-status" });
+      const show = h("button", { type: "button", "data-test": "statements-load" }, "Show statements");
+      show.addEventListener("click", () =>
+        busy(show, status, describe, async () => {
+          const page = await api("GET", `/accounts/${id}/statements`, undefined, { signal });
+          fill(
+            list,
+            page.statements.map((s) =>
+              h("li", { "data-test": "statement", "data-month": s.month }, h("span", {}, s.month), " ", s.formats.map((f) => download(s.month, f))),
+            ),
+          );
+          if (page.statements.length === 0) return "No statements yet: the bank writes them after each month.";
+        }),
+      );
+      // a file needs the session's token: fetched, then saved from memory
+      function download(month, format) {
+        const link = h("button", { type: "button", class: "link", "data-test": `statement-${format}` }, format.toUpperCase());
+        link.addEventListener("click", () =>
+          busy(link, status, describe, async () => {
+            const file = await api("GET", `/accounts/${id}/statements/${month}.${format}`, undefined, { signal, blob: true });
+            const url = URL.createObjectURL(file);
+            const save = h("a", { href: url, download: `statement-${id}-${month}.${format}`, hidden: true });
+            document.body.append(save);
+            save.click();
+            save.remove();
+            setTimeout(() => URL.revokeObjectURL(url), 60_000);
+          }),
+        );
+        return link;
+      }
+      return h("section", { class: "card" }, h("h2", {}, "Statements"), show, status, list);
     }
 
     function historyCard() {

@@ -141,7 +141,7 @@ async fn recent(
     .map_err(fault)
 }
 
-pub(crate) fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '_ {
+fn owned_by(caller: &Caller) -> impl Fn(&AccountRow) -> Result<(), ApiError> + '_ {
     move |row| {
         if caller.may_read(&row.owner) {
             Ok(())

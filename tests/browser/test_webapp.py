@@ -6,8 +6,10 @@ button: customers bring no cash of their own), receives a payment through the de
 payment rail; a teller takes cash in and pays some out at the cash desk; the customer
 transfers between the accounts with a memo: the transfer shows as pending at once
 (from the command's answer, while every read of it is held back), then completed
-without a reload; both balances and the memo follow, and the search box finds it. A transfer beyond the balance
-fails in words. An admin then sees the books balanced and the rivers, and retries an
+without a reload; both balances and the memo follow, and the search box finds it. A
+teller starts the month's statements job (a task on the bus); the customer downloads
+the account's CSV statement from the page, closing at the balance. A transfer beyond
+the balance fails in words. An admin then sees the books balanced and the rivers, and retries an
 event parked with SQL until it is gone from the list.
 
 Run by scripts/browser, which starts the system. Environment: GATEWAY_URL,
@@ -15,8 +17,12 @@ DATABASE_URL, PSQL (the psql binary), SCREENSHOT_DIR, DOCS_SCREENSHOT_DIR (optio
 customer.png and operator.png are copied there), CHROMIUM.
 """
 
+import csv
+import io
+import json
 import os
 import shutil
+import urllib.request
 import subprocess
 import sys
 import time
@@ -71,6 +77,21 @@ def psql(sql):
     out = subprocess.run([PSQL, DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql],
                          check=True, capture_output=True, text=True)
     return out.stdout.strip()
+
+
+def call(method, path, token=None, body=None):
+    """One request to the gateway's API; the answer's JSON."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(GATEWAY + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read() or b"null")
+
+
+def dev_token(sub, role):
+    return call("POST", "/api/dev/token", body={"sub": sub, "role": role})["token"]
 
 
 def sign_in(page, name, role):
@@ -241,6 +262,32 @@ def main():
                 expect(page.locator("[data-test=search-status]")).to_have_text("Nothing found.")
                 expect(hits).to_have_count(0)
             run.step("the search box finds the transfer by its memo's words and the deposit by its kind", search)
+
+            def statements():
+                # a teller starts this month's statements job for the account (a task on the bus)
+                month = time.strftime("%Y-%m", time.gmtime())
+                task = {"type": "statements.statement.generate", "source": "browser-test",
+                        "data": {"month": month, "account": ids["a"]}}
+                call("POST", "/api/events", dev_token(teller, "teller"), task)
+                own = dev_token(customer, "customer")
+                deadline = time.monotonic() + WAIT_MS / 1000
+                while not call("GET", f"/api/accounts/{ids['a']}/statements", own)["statements"]:
+                    assert time.monotonic() < deadline, "the statements job wrote nothing"
+                    time.sleep(0.1)
+                page.click("[data-test=statements-load]")
+                item = page.locator(f"[data-test=statement][data-month='{month}']")
+                expect(item).to_have_count(1)
+                with page.expect_download() as download:
+                    item.locator("[data-test=statement-csv]").click()
+                assert download.value.suggested_filename == f"statement-{ids['a']}-{month}.csv"
+                rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+                assert [r["event"] for r in rows] == [
+                    "opening_balance", "account.payment_received", "account.deposited", "account.withdrawn",
+                    "account.debited", "closing_balance"], rows
+                assert rows[4]["memo"] == memo and rows[4]["amount_minor"] == "-4000", rows[4]
+                assert rows[-1]["balance_minor"] == "8550", rows[-1]
+                expect(item.locator("[data-test=statement-pdf]")).to_have_text("PDF")
+            run.step("the customer downloads this month's CSV statement: every movement, closing at 85.50 EUR", statements)
 
             def refused():
                 page.select_option("[data-test=transfer-to]", ids["b"])
