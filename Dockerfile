@@ -69,15 +69,16 @@ FROM runtime AS bank
 ARG PROFILE=debug
 COPY target/${PROFILE}/account-service target/${PROFILE}/transfer-service target/${PROFILE}/query-service \
      target/${PROFILE}/view-updater target/${PROFILE}/tailer target/${PROFILE}/event-bus \
-     target/${PROFILE}/gateway target/${PROFILE}/bankctl /usr/local/bin/
+     target/${PROFILE}/gateway target/${PROFILE}/bankctl target/${PROFILE}/archiver /usr/local/bin/
 COPY gateway/web /usr/share/bank/web
 RUN useradd --system --no-create-home bank
 # In a container every process must listen on all addresses (see docs/DEPLOY.md).
 ENV GATEWAY_WEB_DIR=/usr/share/bank/web LOG_FORMAT=text \
     ACCOUNT_SERVICE_ADDR=0.0.0.0:8081 TRANSFER_SERVICE_ADDR=0.0.0.0:8082 QUERY_SERVICE_ADDR=0.0.0.0:8083 \
-    VIEW_UPDATER_ADDR=0.0.0.0:8084 TAILER_ADDR=0.0.0.0:8085 EVENT_BUS_ADDR=0.0.0.0:8086 GATEWAY_ADDR=0.0.0.0:8080
+    VIEW_UPDATER_ADDR=0.0.0.0:8084 TAILER_ADDR=0.0.0.0:8085 EVENT_BUS_ADDR=0.0.0.0:8086 GATEWAY_ADDR=0.0.0.0:8080 \
+    ARCHIVER_ADDR=0.0.0.0:8087
 USER bank
-EXPOSE 8080 8081 8082 8083 8084 8085 8086
+EXPOSE 8080 8081 8082 8083 8084 8085 8086 8087
 # The command names the process: `account-service`, `gateway`, `bankctl migrate`, ...
 # Its health check is the compose file's (each process has its own port).
 ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -156,6 +156,12 @@ ensure_pip_package() { # NAME VERSION [SPEC]
 # in .dev/venv (decision 0043).
 ensure_s3_server() {
   ensure_pip_package moto 5.2.5 'moto[s3,server]'
+  # a moto installed without its server extras has no moto_server (or no flask)
+  if [ ! -x "$ROOT/.dev/venv/bin/moto_server" ] || ! "$ROOT/.dev/venv/bin/python" -c 'import flask, flask_cors' 2>/dev/null; then
+    log "installing moto's server extras into .dev/venv"
+    "$ROOT/.dev/venv/bin/pip" install -q --disable-pip-version-check 'moto[s3,server]==5.2.5' >/dev/null \
+      || die "pip could not install moto[s3,server]"
+  fi
 }
 
 # s3_start PORT LOG: moto's S3 server on 127.0.0.1:PORT, in memory. Sets S3_PID (call
@@ -163,10 +169,15 @@ ensure_s3_server() {
 # come up there (the port taken).
 s3_start() {
   local port=$1 logfile=$2
+  # another server there (an earlier run's) would answer for ours
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port is taken"
+    return 1
+  fi
   "$ROOT/.dev/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
   S3_PID=$!
   for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "http://127.0.0.1:$port/moto-api/" && return 0
+    curl -sf -o /dev/null "http://127.0.0.1:$port/moto-api/" && kill -0 "$S3_PID" 2>/dev/null && return 0
     kill -0 "$S3_PID" 2>/dev/null || { tail -5 "$logfile" >&2; log "the S3 server exited"; return 1; }
     sleep 0.1
   done

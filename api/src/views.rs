@@ -153,9 +153,21 @@ pub struct SearchQuery {
     /// Items per page (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
-    /// The next page: `next_cursor` of the previous answer.
-    #[param(pattern = "^[0-9]{1,17}_[0-9a-f]{32}_[0-9]{1,10}$")]
+    /// `newest` first (the default), or `relevance`: the best matches of `q` first
+    /// (how often and how close its words are in the memo), then the newest.
+    pub order: Option<SearchOrder>,
+    /// The next page: `next_cursor` of the previous answer (of the same order).
+    #[param(pattern = "^(r[0-9a-f]{8}_)?[0-9]{1,17}_[0-9a-f]{32}_[0-9]{1,10}$")]
     pub cursor: Option<String>,
+}
+
+/// The order of `GET /search`'s hits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchOrder {
+    #[default]
+    Newest,
+    Relevance,
 }
 
 /// A transaction found, with its account and its transfer's memo.

@@ -25,7 +25,6 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Statements { month, account }) => {
             let month = archive::statements::Month::parse(month).map_err(anyhow::Error::msg)?;
             let scope = archive::statements::Scope::parse(account).map_err(anyhow::Error::msg)?;
-            bucket.ensure().await?;
             match archive::statements::run(&pool, &bucket, month, scope).await {
                 Ok(done) => {
                     println!("{}", serde_json::to_string(&done)?);
@@ -34,6 +33,10 @@ async fn main() -> anyhow::Result<()> {
                 Err(archive::statements::JobError::Refused(why)) => {
                     eprintln!("refused: {why}");
                     std::process::exit(archive::statements::EXIT_REFUSED)
+                }
+                Err(archive::statements::JobError::Failed(why)) => {
+                    eprintln!("failed: {why}");
+                    std::process::exit(archive::statements::EXIT_FAILED)
                 }
                 Err(e) => Err(e.into()),
             }

@@ -1,22 +1,37 @@
 //! The river `archive`: every event of the rapids, written to the bucket as Parquet
-//! files ([`crate::files`]), then checkpointed.
+//! files ([`crate::files`]), registered in Postgres in the transaction that moves the
+//! checkpoint.
 //!
-//! A page of a shard's records is cut into runs of events recorded on the same day;
-//! each run becomes one file named by its shard and the sequence numbers of its first
-//! and last record, written whole (S3 has no partial objects) before the page's
-//! checkpoint moves. After a crash the river reads again from the checkpoint, perhaps
-//! in pages of other lengths: so each file written also removes the shard's other
-//! files of that day that *start* inside its range. Those were written by an attempt
-//! that never checkpointed; every event they hold is at or after this file's start,
-//! so it is in this file or in one the river writes next. The archive thus holds each
-//! event once whatever the retries.
+//! A page of a shard's records becomes one file per run of events recorded on the
+//! same day, named by its shard and the sequence numbers of its first and last record,
+//! written whole (S3 has no partial objects) before the transaction commits. The
+//! transaction registers the page (`rapids.archive_pages`), its files
+//! (`rapids.archive_files`) and its events (`rapids.archived_events`), with the
+//! checkpoint, or none of them.
+//!
+//! * **A retry** after a crash reads from the same checkpoint, perhaps in pages of
+//!   other lengths, so the files of the attempt that never committed are not
+//!   rewritten: they are orphans. A file that is not registered and starts at or
+//!   before a committed checkpoint can never be registered (that would need a commit
+//!   moving the checkpoint over it again, which the lease's fence refuses): each page
+//!   first removes the orphans in the range of the shard's last committed page.
+//!   Removal only ever touches unregistered files, so no reader, however late or
+//!   fenced, removes an event another committed.
+//! * **An event the stream carries twice** (republished after a tailer's failover, or
+//!   put again by hand) is archived once: events already registered are left out.
+//!
+//! Left: an orphan written by a fenced reader after the owner cleaned that range stays
+//! (its events are also in registered files); `bankctl archive verify` reports it as
+//! doubled.
 
 use crate::files::{self, ArchivedEvent};
 use crate::s3::Bucket;
 use chrono::NaiveDate;
 use prometheus::{IntCounter, Opts, Registry};
-use rapids::river::{Handler, HandlerError, RiverEvent};
+use rapids::river::{Handler, HandlerError, RiverEvent, is_transient};
 use sqlx::PgConnection;
+use std::collections::HashSet;
+use uuid::Uuid;
 
 /// The river's name.
 pub const RIVER: &str = "archive";
@@ -61,22 +76,79 @@ pub struct ArchiveHandler {
 }
 
 /// The page's runs of events recorded on the same day, in order.
-pub fn day_runs(events: &[RiverEvent]) -> Vec<(NaiveDate, &[RiverEvent])> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 1..=events.len() {
-        let day = files::day_of(events[start].envelope.recorded_at);
-        if i == events.len() || files::day_of(events[i].envelope.recorded_at) != day {
-            runs.push((day, &events[start..i]));
-            start = i;
+pub fn day_runs<'a>(events: &[&'a RiverEvent]) -> Vec<(NaiveDate, Vec<&'a RiverEvent>)> {
+    let mut runs: Vec<(NaiveDate, Vec<&RiverEvent>)> = Vec::new();
+    for event in events {
+        let day = files::day_of(event.envelope.recorded_at);
+        match runs.last_mut() {
+            Some((last, run)) if *last == day => run.push(event),
+            _ => runs.push((day, vec![event])),
         }
     }
     runs
 }
 
+fn database(e: sqlx::Error) -> HandlerError {
+    if is_transient(&e) { HandlerError::Transient(e.to_string()) } else { HandlerError::Permanent(e.to_string()) }
+}
+
+fn s3(e: crate::s3::S3Error) -> HandlerError {
+    HandlerError::Transient(e.to_string())
+}
+
+/// A file written by a page, to register.
+struct Written {
+    key: String,
+    day: NaiveDate,
+    first: String,
+    last: String,
+    events: Vec<Uuid>,
+}
+
 impl ArchiveHandler {
-    async fn write_run(&self, day: NaiveDate, run: &[RiverEvent]) -> Result<(), HandlerError> {
-        let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(()) };
+    /// Removes the orphans in the range of the shard's last committed page: files not
+    /// registered whose first sequence lies in it.
+    async fn remove_orphans(&self, tx: &mut PgConnection, shard: &str) -> Result<(), HandlerError> {
+        let last: Option<(String, String, Vec<NaiveDate>)> = sqlx::query_as(
+            "select first_seq, last_seq, days from rapids.archive_pages
+             where shard_id = $1 order by first_seq desc limit 1",
+        )
+        .bind(shard)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database)?;
+        let Some((first, last, days)) = last else { return Ok(()) };
+        let registered: HashSet<String> = sqlx::query_scalar(
+            "select key from rapids.archive_files where shard_id = $1 and first_seq >= $2 and first_seq <= $3",
+        )
+        .bind(shard)
+        .bind(&first)
+        .bind(&last)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(database)?
+        .into_iter()
+        .collect();
+        for day in days {
+            let prefix = files::shard_prefix(day, shard);
+            let listed = self
+                .bucket
+                .list_while(&prefix, Some(&format!("{prefix}{first}")), |k| {
+                    files::range_of(k).is_none_or(|(start, _)| start <= last.as_str())
+                })
+                .await
+                .map_err(s3)?;
+            for orphan in listed.iter().filter(|o| files::range_of(&o.key).is_some() && !registered.contains(&o.key)) {
+                self.bucket.delete(&orphan.key).await.map_err(s3)?;
+                self.metrics.replaced.inc();
+                tracing::info!(key = %orphan.key, "removed a file of an attempt that never committed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_run(&self, day: NaiveDate, run: &[&RiverEvent]) -> Result<Option<Written>, HandlerError> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(None) };
         let shard = &*first.shard_id;
         let key = files::key(day, shard, &first.sequence_number, &last.sequence_number);
         let rows: Vec<ArchivedEvent> = run
@@ -89,41 +161,85 @@ impl ArchiveHandler {
             .collect();
         let body = files::write(&rows).map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let size = body.len() as u64;
-        self.bucket.put(&key, body, PARQUET).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
-        // the files of an attempt that never checkpointed, starting in this range
-        let prefix = files::shard_prefix(day, shard);
-        let (from, to) = (files::padded(&first.sequence_number), files::padded(&last.sequence_number));
-        let start_after = format!("{prefix}{from}");
-        let overlapped = self
-            .bucket
-            .list_while(&prefix, Some(&start_after), |k| {
-                files::range_of(k).is_none_or(|(start, _)| start <= to.as_str())
-            })
-            .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
-        for stale in overlapped.iter().filter(|o| o.key != key && files::range_of(&o.key).is_some()) {
-            self.bucket.delete(&stale.key).await.map_err(|e| HandlerError::Transient(e.to_string()))?;
-            self.metrics.replaced.inc();
-            tracing::info!(key = %stale.key, "removed a file of an attempt that never checkpointed");
-        }
+        self.bucket.put(&key, body, PARQUET).await.map_err(s3)?;
         self.metrics.files.inc();
         self.metrics.events.inc_by(run.len() as u64);
         self.metrics.bytes.inc_by(size);
         tracing::debug!(%key, events = run.len(), "archived");
-        Ok(())
+        Ok(Some(Written {
+            key,
+            day,
+            first: files::padded(&first.sequence_number),
+            last: files::padded(&last.sequence_number),
+            events: run.iter().map(|e| e.envelope.event_id).collect(),
+        }))
     }
 }
 
 impl Handler for ArchiveHandler {
-    async fn handle(&self, _tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
-        for (day, run) in day_runs(events) {
-            self.write_run(day, run).await?;
+    async fn handle(&self, tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(()) };
+        let shard = &*first.shard_id;
+        self.remove_orphans(tx, shard).await?;
+        // what the archive holds already (the stream carried it before) is left out
+        let ids: Vec<Uuid> = events.iter().map(|e| e.envelope.event_id).collect();
+        let archived: HashSet<Uuid> =
+            sqlx::query_scalar("select event_id from rapids.archived_events where event_id = any($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(database)?
+                .into_iter()
+                .collect();
+        let mut taken = HashSet::new();
+        let fresh: Vec<&RiverEvent> = events
+            .iter()
+            .filter(|e| !archived.contains(&e.envelope.event_id) && taken.insert(e.envelope.event_id))
+            .collect();
+        let mut written = Vec::new();
+        for (day, run) in day_runs(&fresh) {
+            written.extend(self.write_run(day, &run).await?);
+        }
+        // registered with the checkpoint (written last: the transaction takes its id
+        // here, not while the files upload)
+        let mut days: Vec<NaiveDate> = events.iter().map(|e| files::day_of(e.envelope.recorded_at)).collect();
+        days.sort_unstable();
+        days.dedup();
+        sqlx::query(
+            "insert into rapids.archive_pages (shard_id, first_seq, last_seq, days) values ($1, $2, $3, $4)
+             on conflict (shard_id, first_seq) do update set last_seq = excluded.last_seq, days = excluded.days",
+        )
+        .bind(shard)
+        .bind(files::padded(&first.sequence_number))
+        .bind(files::padded(&last.sequence_number))
+        .bind(&days)
+        .execute(&mut *tx)
+        .await
+        .map_err(database)?;
+        for file in written {
+            sqlx::query(
+                "insert into rapids.archive_files (key, shard_id, day, first_seq, last_seq, events)
+                 values ($1, $2, $3, $4, $5, $6) on conflict (key) do nothing",
+            )
+            .bind(&file.key)
+            .bind(shard)
+            .bind(file.day)
+            .bind(&file.first)
+            .bind(&file.last)
+            .bind(file.events.len() as i32)
+            .execute(&mut *tx)
+            .await
+            .map_err(database)?;
+            sqlx::query(
+                "insert into rapids.archived_events (event_id, key)
+                 select unnest($1::uuid[]), $2 on conflict (event_id) do nothing",
+            )
+            .bind(&file.events)
+            .bind(&file.key)
+            .execute(&mut *tx)
+            .await
+            .map_err(database)?;
         }
         Ok(())
-    }
-
-    /// Writes nothing to Postgres: the checkpoint moves in a statement of its own.
-    fn transactional(&self) -> bool {
-        false
     }
 }

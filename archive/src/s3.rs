@@ -20,14 +20,15 @@ pub struct S3Args {
     /// An S3 API server (a local one in dev and tests, path-style); unset: AWS's S3.
     #[arg(long, env = "S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
-    /// The bucket's region.
-    #[arg(long, env = "S3_REGION", default_value_t = S3Args::default().s3_region)]
-    pub s3_region: String,
+    /// The bucket's region; unset: the SDK's (`AWS_REGION`, the profile, the instance's),
+    /// else us-east-1.
+    #[arg(long, env = "S3_REGION")]
+    pub s3_region: Option<String>,
 }
 
 impl Default for S3Args {
     fn default() -> Self {
-        S3Args { archive_bucket: "bank-archive".into(), s3_endpoint: None, s3_region: "us-east-1".into() }
+        S3Args { archive_bucket: "bank-archive".into(), s3_endpoint: None, s3_region: None }
     }
 }
 
@@ -74,7 +75,7 @@ impl Bucket {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(timeouts)
             .http_client(http)
-            .region(aws_config::Region::new(args.s3_region.clone()));
+            .region(Self::region(args));
         if let Some(endpoint) = &args.s3_endpoint {
             loader = loader.endpoint_url(endpoint);
             if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
@@ -86,17 +87,43 @@ impl Bucket {
         Bucket { client: aws_sdk_s3::Client::from_conf(config), name: args.archive_bucket.clone() }
     }
 
+    /// `S3_REGION`; else, at a local server, `AWS_REGION` or us-east-1 (no instance
+    /// metadata to wait for); else the SDK's chain (environment, profile, instance), or
+    /// us-east-1.
+    fn region(args: &S3Args) -> aws_config::meta::region::RegionProviderChain {
+        use aws_config::meta::region::RegionProviderChain;
+        let given = args.s3_region.clone().map(aws_config::Region::new);
+        if args.s3_endpoint.is_some() {
+            let from_env = std::env::var("AWS_REGION").ok().map(aws_config::Region::new);
+            RegionProviderChain::first_try(given.or(from_env)).or_else("us-east-1")
+        } else {
+            RegionProviderChain::first_try(given).or_default_provider().or_else("us-east-1")
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Creates the bucket unless it is there (a dev server starts empty; on AWS it is
-    /// made with the deployment, and this only finds it).
+    /// Creates the bucket when it is not there (404; a dev server starts empty). On AWS
+    /// it is made with the deployment, and this only finds it; any other answer (403,
+    /// a timeout) is an error, not a reason to create it.
     pub async fn ensure(&self) -> Result<(), S3Error> {
-        if self.client.head_bucket().bucket(&self.name).send().await.is_ok() {
-            return Ok(());
+        match self.client.head_bucket().bucket(&self.name).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+            Err(e) => return Err(s3_error(&e)),
         }
-        match self.client.create_bucket().bucket(&self.name).send().await {
+        let mut create = self.client.create_bucket().bucket(&self.name);
+        let region = self.client.config().region().map(|r| r.as_ref().to_owned()).unwrap_or_default();
+        if region != "us-east-1" && !region.is_empty() {
+            use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+            let place = CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                .build();
+            create = create.create_bucket_configuration(place);
+        }
+        match create.send().await {
             Ok(_) => {
                 tracing::info!(bucket = %self.name, "created the archive's bucket");
                 Ok(())

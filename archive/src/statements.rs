@@ -40,6 +40,9 @@ pub const GENERATE: &str = rapids::tasks::STATEMENTS_GENERATE;
 pub const PREFIX: &str = "statements/";
 /// The job's exit code when it refuses its arguments (no such account in that month).
 pub const EXIT_REFUSED: i32 = 3;
+/// The job's exit code when an account's events do not make a statement (the others
+/// were written): an operator looks; running it again will not help.
+pub const EXIT_FAILED: i32 = 4;
 const REFUSER: Refuser = Refuser { service: "archiver", domain: "statement" };
 /// Statements written at once.
 const CONCURRENCY: usize = 8;
@@ -56,6 +59,9 @@ impl Month {
         let bad = || format!("month must be YYYY-MM, from 2000-01 to this month (got {text:?})");
         let (year, month) = text.split_once('-').ok_or_else(bad)?;
         if year.len() != 4 || month.len() != 2 {
+            return Err(bad());
+        }
+        if !year.bytes().chain(month.bytes()).all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         let (year, month): (i32, u32) = (year.parse().map_err(|_| bad())?, month.parse().map_err(|_| bad())?);
@@ -149,19 +155,23 @@ pub enum JobError {
     /// Its arguments name nothing to do (exit code [`EXIT_REFUSED`]).
     #[error("{0}")]
     Refused(String),
+    /// The database or the bucket did not answer (exit 1): running it again may pass.
+    #[error("{0}")]
+    Unavailable(String),
+    /// An account's events do not make a statement (exit [`EXIT_FAILED`]).
     #[error("{0}")]
     Failed(String),
 }
 
 impl From<eventstore::StoreError> for JobError {
     fn from(e: eventstore::StoreError) -> Self {
-        JobError::Failed(e.to_string())
+        JobError::Unavailable(e.to_string())
     }
 }
 
 impl From<crate::s3::S3Error> for JobError {
     fn from(e: crate::s3::S3Error) -> Self {
-        JobError::Failed(e.to_string())
+        JobError::Unavailable(e.to_string())
     }
 }
 
@@ -253,6 +263,12 @@ async fn memo_of(store: &EventStore, transfer: Uuid) -> Result<String, JobError>
     }
 }
 
+/// A text cell a spreadsheet will not run: one starting with `=`, `+`, `-`, `@`, a tab
+/// or a carriage return (a memo is the payer's words) gets a leading `'`.
+fn inert(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}") } else { text.to_owned() }
+}
+
 /// The statement as CSV: one row per movement between an opening and a closing row;
 /// amounts and balances in minor units.
 pub fn csv(statement: &Statement) -> Vec<u8> {
@@ -280,8 +296,8 @@ pub fn csv(statement: &Statement) -> Vec<u8> {
             statement.currency.clone(),
             time(line.recorded_at),
             line.event.clone(),
-            line.description.clone(),
-            line.memo.clone(),
+            inert(&line.description),
+            inert(&line.memo),
             line.amount.to_string(),
             line.balance.to_string(),
         ]);
@@ -406,7 +422,7 @@ async fn accounts(pool: &PgPool, month: Month, scope: Scope) -> Result<Vec<Uuid>
     })
     .fetch_all(pool)
     .await
-    .map_err(|e| JobError::Failed(e.to_string()))?;
+    .map_err(|e| JobError::Unavailable(e.to_string()))?;
     if let (Scope::Account(id), true) = (scope, opened.is_empty()) {
         return Err(JobError::Refused(format!("no account {id} was open by the end of {month}")));
     }
@@ -440,7 +456,21 @@ pub async fn run(pool: &PgPool, bucket: &Bucket, month: Month, scope: Scope) -> 
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
-    let statements = written.into_iter().sum::<Result<usize, JobError>>()?;
+    // every account that can have its statement gets it; then the first outage, or
+    // the accounts whose events do not make one
+    let mut statements = 0;
+    let mut failed = Vec::new();
+    for outcome in written {
+        match outcome {
+            Ok(n) => statements += n,
+            Err(JobError::Failed(why)) => failed.push(why),
+            Err(e) => return Err(e),
+        }
+    }
+    if !failed.is_empty() {
+        tracing::error!(%month, %scope, statements, failed = failed.len(), "statements not written: {}", failed.join("; "));
+        return Err(JobError::Failed(format!("{} statements not written: {}", failed.len(), failed.join("; "))));
+    }
     tracing::info!(%month, %scope, statements, "statements written");
     Ok(Done { month: month.to_string(), scope: scope.to_string(), statements, files: 2 * statements })
 }
@@ -485,8 +515,10 @@ impl Tasks {
         let mut env = vec![
             ("DATABASE_URL", config.service.database.database_url.expose().to_owned()),
             ("ARCHIVE_BUCKET", config.s3.archive_bucket.clone()),
-            ("S3_REGION", config.s3.s3_region.clone()),
         ];
+        if let Some(region) = &config.s3.s3_region {
+            env.push(("S3_REGION", region.clone()));
+        }
         if let Some(endpoint) = &config.s3.s3_endpoint {
             env.push(("S3_ENDPOINT", endpoint.clone()));
         }
@@ -508,6 +540,15 @@ impl Tasks {
             Ok(parsed) => parsed,
             Err(message) => return self.reject(&task, "invalid_body", &message).await,
         };
+        // a redelivery of a task already done (or refused) runs nothing again
+        let done: bool = sqlx::query_scalar("select exists (select 1 from es.events where stream_id = $1)")
+            .bind(task.id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        if done {
+            return Ok(());
+        }
         let exe = std::env::current_exe().map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let status = tokio::process::Command::new(exe)
             .args(["statements", "--month", &month.to_string(), "--account", &scope.to_string()])
@@ -523,7 +564,14 @@ impl Tasks {
                 self.reject(&task, "account_not_found", &format!("no account {scope} was open by the end of {month}"))
                     .await
             }
-            _ => Err(HandlerError::Permanent(format!("the statements job for {month} ({scope}) failed: {status}"))),
+            // an account's events that do not make a statement: parked for an operator
+            Some(EXIT_FAILED) => {
+                Err(HandlerError::Permanent(format!("the statements job for {month} ({scope}) failed: {status}")))
+            }
+            // the database or the bucket away, or the job killed: again until it passes
+            _ => Err(HandlerError::Transient(format!(
+                "the statements job for {month} ({scope}) did not finish: {status}"
+            ))),
         }
     }
 
@@ -588,7 +636,7 @@ mod tests {
         assert_eq!(m.to_string(), "2025-12");
         assert_eq!(m.start().to_rfc3339(), "2025-12-01T00:00:00+00:00");
         assert_eq!(m.end().to_rfc3339(), "2026-01-01T00:00:00+00:00");
-        for bad in ["2025-13", "2025-1", "25-01", "1999-12", "2025/01", "", "9999-01"] {
+        for bad in ["2025-13", "2025-1", "25-01", "1999-12", "2025/01", "", "9999-01", "2025-+1", "+025-01"] {
             assert!(Month::parse(bad).is_err(), "{bad:?} refused");
         }
     }
@@ -620,9 +668,15 @@ mod tests {
         assert_eq!(&rows[1][5], "rent, \"november\" – ünï");
         assert_eq!((&rows[1][6], &rows[1][7]), ("-250", "750"));
         assert_eq!((&rows[2][3], &rows[2][7]), ("closing_balance", "750"));
+        let mut formula = statement.clone();
+        formula.lines[0].memo = "=HYPERLINK(\"http://x\")".into();
+        let text = String::from_utf8(csv(&formula)).unwrap();
+        let row = csv::Reader::from_reader(text.as_bytes()).records().nth(1).unwrap().unwrap();
+        assert_eq!(&row[5], "'=HYPERLINK(\"http://x\")");
         let file = pdf(&statement);
         assert!(file.starts_with(b"%PDF-"));
         assert_eq!(file, pdf(&statement));
-        assert!(file.windows(b"Closing balance: 750".len()).any(|w| w == b"Closing balance: 750"));
+        let closing: &[u8] = b"(Closing balance: 750) Tj";
+        assert!(file.windows(closing.len()).any(|w| w == closing));
     }
 }

@@ -65,16 +65,18 @@ pub async fn verify(pool: &PgPool, bucket: &Bucket, day: Option<NaiveDate>) -> a
             archived.entry(e.event_id).or_insert((e.stream_id, e.version, 0)).2 += 1;
         }
     }
-    let stored: Vec<(Uuid, Uuid, i32)> =
-        match day {
-            Some(day) => sqlx::query_as(
-                "select event_id, stream_id, version from es.events where (recorded_at at time zone 'UTC')::date = $1",
+    let stored: Vec<(Uuid, Uuid, i32)> = match day {
+        Some(day) => {
+            sqlx::query_as(
+                "select event_id, stream_id, version from es.events
+                 where recorded_at >= $1 and recorded_at < $1 + interval '1 day'",
             )
-            .bind(day)
+            .bind(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
             .fetch_all(pool)
-            .await?,
-            None => sqlx::query_as("select event_id, stream_id, version from es.events").fetch_all(pool).await?,
-        };
+            .await?
+        }
+        None => sqlx::query_as("select event_id, stream_id, version from es.events").fetch_all(pool).await?,
+    };
     report.stored = stored.len();
     let note = |ids: &mut Vec<Uuid>, count: &mut usize, id: Uuid| {
         *count += 1;

@@ -365,9 +365,10 @@ export function customerPage() {
       const more = h("button", { type: "button", class: "link", hidden: true, "data-test": "search-more" }, "Show more");
       let next = null;
       let words = "";
+      let order = "newest";
       const find = (cursor) =>
         busy(cursor ? more : submit, status, describe, async () => {
-          const query = new URLSearchParams({ account: id, q: words, limit: "10" });
+          const query = new URLSearchParams({ account: id, q: words, limit: "10", order });
           if (cursor) query.set("cursor", cursor);
           const page = await api("GET", `/search?${query}`, undefined, { signal });
           page.items.forEach((t) => t.transfer_id && state.memos.set(t.transfer_id, t.memo));
@@ -381,11 +382,18 @@ export function customerPage() {
         "form",
         { class: "inline" },
         h("label", {}, "Find", h("input", { name: "q", required: true, maxlength: 200, placeholder: "rent, deposit, an account number…", "data-test": "search-input" })),
+        h(
+          "label",
+          {},
+          "Order",
+          h("select", { name: "order", "data-test": "search-order" }, h("option", { value: "newest" }, "Newest first"), h("option", { value: "relevance" }, "Best matches first")),
+        ),
         h("div", { class: "buttons" }, submit),
       );
       form.addEventListener("submit", (event) => {
         event.preventDefault();
         words = fields(form).q.trim();
+        order = fields(form).order;
         // a new search: the last one's next page is no longer wanted
         next = null;
         more.hidden = true;

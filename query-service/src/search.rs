@@ -1,14 +1,14 @@
 //! `GET /search`: transactions by the words of their transfer's memo (Postgres full-text
 //! search, `simple` configuration, a GIN index on `views.transfers`), their kind or a
-//! part of the other party's account id, by amount and by day; newest first,
-//! keyset-paged. A customer finds their own accounts' transactions only (a transfer's
+//! part of the other party's account id, by amount and by day; newest first or best
+//! matches first (`order=relevance`), keyset-paged. A customer finds their own accounts' transactions only (a transfer's
 //! memo is its reference: the recipient sees it on the credit, as on a statement);
 //! staff everyone's, and the accounts whose owner starts with the words (decision 0042).
 
 use crate::AppState;
 use axum::Json;
 use axum::extract::State;
-use bank_api::views::{AccountRow, SearchHit, SearchPage, SearchQuery};
+use bank_api::views::{AccountRow, SearchHit, SearchOrder, SearchPage, SearchQuery};
 use chrono::{DateTime, NaiveDate, Utc};
 use service_kit::auth::Caller;
 use service_kit::extract::{ApiQuery, in_range};
@@ -22,26 +22,48 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidQuery, message)
 }
 
-/// Where a page ends: the last hit's `(recorded_at, account_id, version)`.
+/// Where a page ends: the last hit's `(rank, recorded_at, account_id, version)`; the
+/// rank (a `real`, written as its bits) only in the order by relevance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Cursor {
+    rank: Option<f32>,
     recorded_at: DateTime<Utc>,
     account_id: Uuid,
     version: i64,
 }
 
+/// A hit with the rank it was ordered by.
+#[derive(sqlx::FromRow)]
+struct Ranked {
+    #[sqlx(flatten)]
+    hit: SearchHit,
+    rank: f32,
+}
+
 impl Cursor {
-    fn after(hit: &SearchHit) -> Self {
+    fn after(ranked: &Ranked, order: SearchOrder) -> Self {
+        let hit = &ranked.hit;
         let (recorded_at, version) = (hit.transaction.recorded_at, i64::from(hit.transaction.version));
-        Cursor { recorded_at, account_id: hit.account_id, version }
+        let rank = (order == SearchOrder::Relevance).then_some(ranked.rank);
+        Cursor { rank, recorded_at, account_id: hit.account_id, version }
     }
 
     fn encode(&self) -> String {
-        format!("{}_{}_{}", self.recorded_at.timestamp_micros(), self.account_id.simple(), self.version)
+        let rank = self.rank.map(|r| format!("r{:08x}_", r.to_bits())).unwrap_or_default();
+        format!("{rank}{}_{}_{}", self.recorded_at.timestamp_micros(), self.account_id.simple(), self.version)
     }
 
-    fn decode(text: &str) -> Result<Self, ApiError> {
-        let bad = || invalid("cursor is not a next_cursor this route gave");
+    fn decode(text: &str, order: SearchOrder) -> Result<Self, ApiError> {
+        let bad = || invalid("cursor is not a next_cursor this route gave for this order");
+        let (rank, text) = match (order, text.strip_prefix('r')) {
+            (SearchOrder::Relevance, Some(rest)) => {
+                let (bits, rest) = rest.split_once('_').ok_or_else(bad)?;
+                let bits = u32::from_str_radix(bits, 16).ok().filter(|_| bits.len() == 8).ok_or_else(bad)?;
+                (Some(f32::from_bits(bits)).filter(|r| r.is_finite()).ok_or_else(bad)?.into(), rest)
+            }
+            (SearchOrder::Newest, None) => (None, text),
+            _ => return Err(bad()),
+        };
         let mut parts = text.split('_');
         let (Some(micros), Some(account), Some(version), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -50,6 +72,7 @@ impl Cursor {
         };
         use chrono::Datelike;
         Ok(Cursor {
+            rank,
             recorded_at: micros
                 .parse()
                 .ok()
@@ -78,7 +101,7 @@ fn day(name: &str, text: Option<&str>, next: bool) -> Result<Option<DateTime<Utc
     Ok(Some(date.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()))
 }
 
-/// Transactions found, newest first.
+/// Transactions found, newest first (or the best matches first).
 #[utoipa::path(get, path = "/search", tag = "search",
     params(SearchQuery),
     responses((status = 200, description = "a page of what was found", body = SearchPage)))]
@@ -113,16 +136,36 @@ pub async fn search(
     let id_part = words
         .map(|w| w.trim_start_matches('…').to_ascii_lowercase())
         .filter(|w| w.len() >= 8 && w.len() <= 36 && w.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
-    let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let order = query.order.unwrap_or_default();
+    if order == SearchOrder::Relevance && words.is_none() {
+        return Err(invalid("order=relevance ranks the words of q: give q"));
+    }
+    let cursor = query.cursor.as_deref().map(|c| Cursor::decode(c, order)).transpose()?;
+    // by relevance: how often and how close the words are in the memo (ts_rank), a
+    // match of the kind or of the other party's account a little above none
+    let (rank, after, by) = match order {
+        SearchOrder::Newest => (
+            "0",
+            "(t.recorded_at, t.account_id, t.version) < ($7, $8, $9)",
+            "t.recorded_at desc, t.account_id desc, t.version desc",
+        ),
+        SearchOrder::Relevance => (
+            "coalesce(ts_rank(to_tsvector('simple', x.memo), websearch_to_tsquery('simple', $6)), 0)
+             + case when t.kind = lower($6) or strpos(t.counterparty::text, $11) > 0 then 0.01 else 0 end",
+            "(r.rank, t.recorded_at, t.account_id, t.version) < ($12, $7, $8, $9)",
+            "r.rank desc, t.recorded_at desc, t.account_id desc, t.version desc",
+        ),
+    };
     // a customer: their own accounts only (another's account id finds nothing)
     let owner = (!caller.is_staff()).then_some(caller.subject.as_str());
     let pool = &state.kit.pool;
-    let mut items: Vec<SearchHit> = sqlx::query_as(
+    let sql = format!(
         "select t.account_id, t.version, t.kind, t.amount, t.currency, t.balance_after, t.transfer_id,
-                t.counterparty, coalesce(x.memo, '') as memo, t.recorded_at
+                t.counterparty, coalesce(x.memo, '') as memo, t.recorded_at, r.rank
          from views.account_transactions t
          join views.accounts a on a.id = t.account_id
          left join views.transfers x on x.id = t.transfer_id
+         cross join lateral (select ({rank})::real as rank) r
          where ($1::text is null or a.owner = $1)
            and ($2::uuid is null or t.account_id = $2)
            and ($3::int8 is null or t.amount = $3)
@@ -133,27 +176,30 @@ pub async fn search(
                                      where to_tsvector('simple', memo) @@ websearch_to_tsquery('simple', $6))
                 or t.kind = lower($6)
                 or strpos(t.counterparty::text, $11) > 0)
-           and ($7::timestamptz is null or (t.recorded_at, t.account_id, t.version) < ($7, $8, $9))
-         order by t.recorded_at desc, t.account_id desc, t.version desc
-         limit $10",
-    )
-    .bind(owner)
-    .bind(account)
-    .bind(amount)
-    .bind(from)
-    .bind(to)
-    .bind(words)
-    .bind(cursor.map(|c| c.recorded_at))
-    .bind(cursor.map(|c| c.account_id))
-    .bind(cursor.map(|c| c.version))
-    .bind(limit + 1)
-    .bind(id_part)
-    .fetch_all(pool)
-    .await
-    .map_err(crate::http::fault)?;
+           and ($7::timestamptz is null or {after})
+         order by {by}
+         limit $10"
+    );
+    let mut items: Vec<Ranked> = sqlx::query_as(&sql)
+        .bind(owner)
+        .bind(account)
+        .bind(amount)
+        .bind(from)
+        .bind(to)
+        .bind(words)
+        .bind(cursor.map(|c| c.recorded_at))
+        .bind(cursor.map(|c| c.account_id))
+        .bind(cursor.map(|c| c.version))
+        .bind(limit + 1)
+        .bind(id_part)
+        .bind(cursor.and_then(|c| c.rank))
+        .fetch_all(pool)
+        .await
+        .map_err(crate::http::fault)?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
-    let next_cursor = if more { items.last().map(|hit| Cursor::after(hit).encode()) } else { None };
+    let next_cursor = if more { items.last().map(|hit| Cursor::after(hit, order).encode()) } else { None };
+    let items: Vec<SearchHit> = items.into_iter().map(|r| r.hit).collect();
     let accounts: Vec<AccountRow> = match words {
         Some(words) if caller.is_staff() && cursor.is_none() => sqlx::query_as(
             "select id, owner, currency, status, balance, version, opened_at, updated_at from views.accounts
@@ -175,11 +221,21 @@ mod tests {
     #[test]
     fn a_cursor_reads_back_as_it_was_written_and_nothing_else_reads() {
         let cursor = Cursor {
+            rank: None,
             recorded_at: DateTime::from_timestamp_micros(1_796_520_587_562_123).unwrap_or_default(),
             account_id: Uuid::now_v7(),
             version: 42,
         };
-        assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(cursor));
+        assert_eq!(Cursor::decode(&cursor.encode(), SearchOrder::Newest).ok(), Some(cursor));
+        let ranked = Cursor { rank: Some(0.0607927), ..cursor };
+        assert!(ranked.encode().starts_with("r3d7901c4_"), "{}", ranked.encode());
+        assert_eq!(Cursor::decode(&ranked.encode(), SearchOrder::Relevance).ok(), Some(ranked));
+        // a cursor of the other order is refused
+        assert!(Cursor::decode(&ranked.encode(), SearchOrder::Newest).is_err());
+        assert!(Cursor::decode(&cursor.encode(), SearchOrder::Relevance).is_err());
+        for bad in [&format!("r7fc00000_{}", cursor.encode()), &format!("r12_{}", cursor.encode())] {
+            assert!(Cursor::decode(bad, SearchOrder::Relevance).is_err(), "{bad:?}");
+        }
         let ancient = format!("-99999999999999999_{}_1", cursor.account_id.simple());
         for bad in [
             "",
@@ -190,7 +246,7 @@ mod tests {
             "99999999999999999999_0_1",
             &ancient,
         ] {
-            assert!(Cursor::decode(bad).is_err(), "{bad:?}");
+            assert!(Cursor::decode(bad, SearchOrder::Newest).is_err(), "{bad:?}");
         }
     }
 

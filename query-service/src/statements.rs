@@ -5,6 +5,7 @@
 use crate::AppState;
 use crate::http::{account_not_found, fault};
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bank_api::views::{StatementFile, StatementList};
@@ -31,14 +32,13 @@ fn unavailable(e: archive::s3::S3Error) -> ApiError {
 /// Whether the caller may read the account: its owner as the event store recorded it
 /// at its opening (the views may not have it yet), before the bucket is read.
 async fn readable(state: &AppState, caller: &Caller, id: Uuid) -> Result<(), ApiError> {
-    let owner: Option<String> = sqlx::query_scalar(
-        "select data->>'owner' from es.events where stream_id = $1 and version = 1 and stream_type = 'account'",
-    )
-    .bind(id)
-    .fetch_optional(&state.kit.pool)
-    .await
-    .map_err(fault)?
-    .flatten();
+    // through es.account_owner (migration 0019): query-service reads nothing else of the store
+    let owner: Option<String> = sqlx::query_scalar("select es.account_owner($1)")
+        .bind(id)
+        .fetch_optional(&state.kit.pool)
+        .await
+        .map_err(fault)?
+        .flatten();
     let owner = owner.ok_or_else(account_not_found)?;
     if !caller.may_read(&owner) {
         return Err(ApiError::new(ErrorCode::Forbidden, "this account belongs to someone else"));
@@ -71,8 +71,12 @@ pub async fn list(
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, file)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    // axum's own rejection (e.g. `%FF`) is plain text: answered in the error shape
+    let Ok(Path((id, file))) = path else {
+        return Err(ApiError::new(ErrorCode::InvalidId, "the path is not an account id and a file name"));
+    };
     let id = parse_id(&id)?;
     readable(&state, &caller, id).await?;
     let not_found = || {

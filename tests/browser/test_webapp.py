@@ -257,6 +257,13 @@ def main():
                 page.click("[data-test=search-submit]")
                 expect(hits).to_have_count(1)
                 expect(hits.first).to_have_attribute("data-kind", "deposit")
+                # best matches first: the transfer's words still find its one debit here
+                page.select_option("[data-test=search-order]", "relevance")
+                page.fill("[data-test=search-input]", f"rent {suffix}")
+                page.click("[data-test=search-submit]")
+                expect(hits).to_have_count(1)
+                expect(hits.first).to_have_attribute("data-kind", "transfer_debit")
+                page.select_option("[data-test=search-order]", "newest")
                 page.fill("[data-test=search-input]", f"nothing-{suffix}")
                 page.click("[data-test=search-submit]")
                 expect(page.locator("[data-test=search-status]")).to_have_text("Nothing found.")
@@ -271,7 +278,8 @@ def main():
                 call("POST", "/api/events", dev_token(teller, "teller"), task)
                 own = dev_token(customer, "customer")
                 deadline = time.monotonic() + WAIT_MS / 1000
-                while not call("GET", f"/api/accounts/{ids['a']}/statements", own)["statements"]:
+                written = [{"month": month, "formats": ["csv", "pdf"]}]
+                while call("GET", f"/api/accounts/{ids['a']}/statements", own)["statements"] != written:
                     assert time.monotonic() < deadline, "the statements job wrote nothing"
                     time.sleep(0.1)
                 page.click("[data-test=statements-load]")

@@ -183,10 +183,9 @@ async fn every_event_is_archived_once_through_a_reshard_and_a_killed_archiver(
     assert_eq!(report["missing_ids"].as_array().unwrap().len() as i64, in_file.min(100));
 }
 
-/// A shard's events `n` of them, sequence numbers 1000…, recorded across a midnight
-/// after the fifth.
-fn shard_events(n: usize) -> Vec<RiverEvent> {
-    let shard: Arc<str> = Arc::from("shardId-000000000007");
+/// `n` events of a shard, sequence numbers `from`…, recorded across a midnight after
+/// the fifth.
+fn shard_events(n: usize, from: usize) -> Vec<RiverEvent> {
     (0..n)
         .map(|i| {
             let recorded_at = if i < 5 { "2026-01-01T23:59:59Z" } else { "2026-01-02T00:00:01Z" };
@@ -202,9 +201,18 @@ fn shard_events(n: usize) -> Vec<RiverEvent> {
                 metadata: Default::default(),
                 recorded_at: recorded_at.parse().unwrap(),
             };
-            RiverEvent::new(shard.clone(), (1000 + i).to_string(), Envelope::from(recorded))
+            again(&RiverEvent::new(shard(), String::new(), Envelope::from(recorded)), from + i)
         })
         .collect()
+}
+
+fn shard() -> Arc<str> {
+    Arc::from("shardId-000000000007")
+}
+
+/// The same event as another record of the shard (a republish).
+fn again(event: &RiverEvent, sequence: usize) -> RiverEvent {
+    RiverEvent::new(shard(), sequence.to_string(), event.envelope.clone())
 }
 
 /// Every archived event of the bucket, by id: how many times.
@@ -220,33 +228,49 @@ async fn archived_counts(bucket: &Bucket) -> (usize, HashMap<Uuid, usize>) {
     (objects.len(), counts)
 }
 
+/// A page handled in a transaction that commits (its checkpoint moved) or not (a
+/// crash, a reader fenced off before its checkpoint).
+async fn page(pool: &PgPool, handler: &ArchiveHandler, events: &[RiverEvent], commits: bool) {
+    let mut tx = pool.begin().await.unwrap();
+    handler.handle(&mut tx, events).await.unwrap();
+    if commits {
+        tx.commit().await.unwrap();
+    } else {
+        tx.rollback().await.unwrap();
+    }
+}
+
 #[sqlx::test(migrator = "migrations::MIGRATOR")]
-async fn a_retry_in_pages_of_other_lengths_leaves_each_event_once(options: PgPoolOptions, connect: PgConnectOptions) {
+async fn retries_fenced_readers_and_republished_events_leave_each_event_once(
+    options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let pool = tests::pool(options, connect).await;
     let s3 = tests::s3_args();
     let bucket = Bucket::connect(&s3).await;
     bucket.ensure().await.unwrap();
     let metrics = ArchiveMetrics::register(&prometheus::Registry::new()).unwrap();
     let handler = ArchiveHandler { bucket: bucket.clone(), metrics: metrics.clone() };
-    let mut conn = pool.acquire().await.unwrap();
-    let events = shard_events(10);
+    let events = shard_events(10, 1000);
+    let once = |counts: &HashMap<Uuid, usize>, n: usize| {
+        assert_eq!(counts.len(), n, "{counts:?}");
+        assert!(counts.values().all(|c| *c == 1), "each event once: {counts:?}");
+    };
 
-    // an attempt that wrote the whole page (two days: two files) and never checkpointed
-    handler.handle(&mut conn, &events).await.unwrap();
+    // an attempt wrote the whole page (two days: two files) and never committed
+    page(&pool, &handler, &events, false).await;
     assert_eq!(archived_counts(&bucket).await.0, 2);
-    // the retry from the same checkpoint reads shorter pages: 0-2 replaces 0-4, then
-    // 3-7 writes 3-4 and 5-7, replacing 5-9
-    handler.handle(&mut conn, &events[0..3]).await.unwrap();
-    handler.handle(&mut conn, &events[3..8]).await.unwrap();
-    assert_eq!(metrics.replaced.get(), 2, "the first attempt's two files were removed");
-    // which crashes too before its checkpoint: the next retry reads 3-9 in one page
-    handler.handle(&mut conn, &events[3..10]).await.unwrap();
+    // the retry from the same checkpoint reads shorter pages; each page removes the
+    // orphans of the range the previous one committed
+    page(&pool, &handler, &events[0..3], true).await;
+    page(&pool, &handler, &events[3..8], true).await;
+    assert_eq!(metrics.replaced.get(), 1, "0-4 started in the committed 0-2");
+    page(&pool, &handler, &events[8..10], true).await;
+    assert_eq!(metrics.replaced.get(), 2, "5-9 started in the committed 3-7");
     let (files_now, counts) = archived_counts(&bucket).await;
-    assert_eq!(counts.len(), 10);
-    assert!(counts.values().all(|c| *c == 1), "each event once: {counts:?}");
-    // 0-2 and 3-4 (day one), 5-9 (day two)
-    assert_eq!(files_now, 3);
-    assert_eq!(metrics.replaced.get(), 3);
+    once(&counts, 10);
+    // 0-2 and 3-4 (day one), 5-7 and 8-9 (day two)
+    assert_eq!(files_now, 4);
     let days: HashSet<_> = bucket
         .list(files::EVENTS_PREFIX)
         .await
@@ -255,4 +279,26 @@ async fn a_retry_in_pages_of_other_lengths_leaves_each_event_once(options: PgPoo
         .map(|o| files::day_of_key(&o.key).unwrap().to_string())
         .collect();
     assert_eq!(days, HashSet::from(["2026-01-01".to_owned(), "2026-01-02".to_owned()]));
+
+    // the same events republished (other sequence numbers): nothing written again
+    let republished: Vec<RiverEvent> = events.iter().enumerate().map(|(i, e)| again(e, 2000 + i)).collect();
+    page(&pool, &handler, &republished, true).await;
+    let (files_now, counts) = archived_counts(&bucket).await;
+    once(&counts, 10);
+    assert_eq!(files_now, 4);
+
+    // two readers of one shard (a lease taken over): the owner commits 3000-3004, the
+    // fenced one handles 3000-3009 after it and cannot commit; its cleanup never touches
+    // the owner's registered file, and its own orphan goes with the owner's next page
+    let more = shard_events(10, 3000);
+    page(&pool, &handler, &more[0..5], true).await;
+    page(&pool, &handler, &more, false).await;
+    let (_, counts) = archived_counts(&bucket).await;
+    assert_eq!(counts.len(), 20, "nothing the owner committed was removed");
+    page(&pool, &handler, &more[5..10], true).await;
+    let (_, counts) = archived_counts(&bucket).await;
+    once(&counts, 20);
+    let registered: i64 =
+        sqlx::query_scalar("select count(*) from rapids.archived_events").fetch_one(&pool).await.unwrap();
+    assert_eq!(registered, 20);
 }

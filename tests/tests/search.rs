@@ -211,3 +211,60 @@ async fn customers_find_their_own_transactions_and_staff_everyones(pool: PgPool)
     .unwrap();
     assert!(indexed);
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn order_relevance_puts_the_best_matches_first_and_pages_them(pool: PgPool) {
+    let bank = tests::start_bank(&pool).await;
+    let (accounts, transfers, queries) = (bank.accounts.api(), bank.transfers.api(), bank.queries.api());
+    let alice = token("alice", Customer);
+    let (a1, a2) = (accounts.open_account(&alice, "EUR", 1_000).await, accounts.open_account(&alice, "EUR", 0).await);
+    // the best match is the oldest: newest first would list it last
+    for (n, memo) in [(1, "rent rent, the rent"), (2, "rent for June"), (3, "groceries")] {
+        transfer(&transfers, &alice, a1, a2, 10 * n, memo).await;
+        let sql = format!("select count(*) = {n} from views.transfers where state = 'completed'");
+        tests::wait_until_true(&pool, std::time::Duration::from_secs(30), "a transfer to settle", &sql, &[]).await;
+    }
+    tests::views_caught_up(&pool).await;
+
+    let memos = |page: &Value| hits(page).into_iter().map(|h| (h.1, h.3)).collect::<Vec<_>>();
+    let newest = memos(&found(&queries, &alice, "q=rent").await);
+    let best = memos(&found(&queries, &alice, "q=rent&order=relevance").await);
+    let (debit, credit) = ("transfer_debit".to_owned(), "transfer_credit".to_owned());
+    let (often, once) = ("rent rent, the rent".to_owned(), "rent for June".to_owned());
+    // each transfer's two legs (alice holds both accounts); legs of one transfer: newest first
+    assert_eq!(&newest[..2].iter().map(|h| &h.1).collect::<Vec<_>>(), &[&once, &once]);
+    assert_eq!(best.len(), 4);
+    assert_eq!(best[..2].iter().map(|h| &h.1).collect::<Vec<_>>(), [&often, &often]);
+    assert_eq!(best[2..].iter().map(|h| &h.1).collect::<Vec<_>>(), [&once, &once]);
+    assert!(best.contains(&(debit, often.clone())) && best.contains(&(credit, often)));
+
+    // paged one by one, the same order
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let page = found(&queries, &alice, &format!("q=rent&order=relevance&limit=1{after}")).await;
+        paged.extend(memos(&page));
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                assert!(next.starts_with('r'), "a cursor of the order by relevance: {next}");
+                cursor = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(paged, best);
+
+    // relevance needs words; a cursor of one order is refused in the other; no other order
+    let newest_cursor = found(&queries, &alice, "q=rent&limit=1").await["next_cursor"].as_str().unwrap().to_owned();
+    let ranked_cursor =
+        found(&queries, &alice, "q=rent&order=relevance&limit=1").await["next_cursor"].as_str().unwrap().to_owned();
+    for bad in [
+        "order=relevance".to_owned(),
+        "q=rent&order=best".to_owned(),
+        format!("q=rent&order=relevance&cursor={newest_cursor}"),
+        format!("q=rent&cursor={ranked_cursor}"),
+    ] {
+        queries.get(&format!("/search?{bad}")).token(&alice).send().await.expect_error(400, "invalid_query");
+    }
+}

@@ -165,7 +165,8 @@ async fn the_statements_job_writes_each_month_once_and_its_closing_balance_is_th
     let (status, kind, pdf_this) =
         download(gateway, &teller, &format!("/api/accounts/{a}/statements/{this}.pdf")).await;
     assert_eq!((status, kind.as_str()), (200, "application/pdf"));
-    assert!(pdf_this.starts_with(b"%PDF-") && pdf_this.windows(20).any(|w| w == b"Closing balance: 780"));
+    let closing: &[u8] = b"(Closing balance: 7800) Tj";
+    assert!(pdf_this.starts_with(b"%PDF-") && pdf_this.windows(closing.len()).any(|w| w == closing));
 
     // the job again, run by hand: the same files, byte for byte
     let port = tests::free_port();
@@ -180,7 +181,34 @@ async fn the_statements_job_writes_each_month_once_and_its_closing_balance_is_th
     assert!(status.success());
     let (_, _, csv_again) = download(gateway, &alice, &format!("/api/accounts/{a}/statements/{this}.csv")).await;
     let (_, _, pdf_again) = download(gateway, &alice, &format!("/api/accounts/{a}/statements/{this}.pdf")).await;
+    let csv_again_copy = csv_again.clone();
     assert_eq!((csv_again, pdf_again), (csv_this, pdf_this));
+    // an account whose events do not add up: exit 4, its statement not written, the
+    // others written all the same
+    let carol = accounts.open_account(&token("carol", Customer), "EUR", 500).await;
+    sqlx::query("update es.events set data = jsonb_set(data, '{balance_after}', '499') where stream_id = $1 and version = 2")
+        .bind(carol)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let job = |account: String| {
+        let mut command = tokio::process::Command::new(tests::binary("archiver"));
+        command
+            .args(["statements", "--month", &this, "--account", &account])
+            .envs(tests::archiver_env(&pool, &bank.rapids, &bank.s3, port))
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    assert_eq!(job("all".into()).status().await.unwrap().code(), Some(4));
+    let (status, _, _) = download(gateway, &teller, &format!("/api/accounts/{carol}/statements/{this}.csv")).await;
+    assert_eq!(status, 404);
+    let (_, _, csv_after) = download(gateway, &alice, &format!("/api/accounts/{a}/statements/{this}.csv")).await;
+    assert_eq!(csv_after, csv_again_copy);
+    // an account of no month: refused, exit 3
+    assert_eq!(job(Uuid::now_v7().to_string()).status().await.unwrap().code(), Some(3));
+
     // "all" this month wrote bob's too (one transfer in)
     let (_, _, csv_bob) = download(gateway, &bob, &format!("/api/accounts/{b}/statements/{this}.csv")).await;
     assert_eq!(rows(&csv_bob)[1], ("account.credited".into(), "rent, \"december\"".into(), Some(2500), 2500));
