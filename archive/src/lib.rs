@@ -5,12 +5,12 @@
 //! * [`verify`]: the archive compared with the event store (`bankctl archive verify`).
 //! * [`statements`]: the monthly statements, a finite job (`archiver statements`),
 //!   started by the task `statements.statement.generate` through the river `statements`.
-//! * [`s3`]: the bucket (the AWS SDK for S3).
+//! * [`s3`]: the bucket (the AWS SDK for S3; crate `pond`, shared with query-service).
 #![forbid(unsafe_code)]
 
 pub mod files;
 pub mod river;
-pub mod s3;
+pub use pond::s3;
 pub mod statements;
 pub mod verify;
 

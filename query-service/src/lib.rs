@@ -44,7 +44,7 @@ pub struct Config {
     pub service: ServiceArgs,
     /// The archive's bucket, where the statements are.
     #[command(flatten)]
-    pub s3: archive::s3::S3Args,
+    pub s3: pond::s3::S3Args,
 }
 
 impl Config {
@@ -60,7 +60,7 @@ impl Config {
             service,
             max_wait_ms: 10_000,
             cache_size: 100_000,
-            s3: archive::s3::S3Args::default(),
+            s3: pond::s3::S3Args::default(),
         }
     }
 }
@@ -71,9 +71,9 @@ pub struct AppState {
     pub verifier: Arc<JwtVerifier>,
     pub waiters: Arc<waiters::Waiters>,
     pub max_wait: Duration,
-    s3: archive::s3::S3Args,
+    s3: pond::s3::S3Args,
     /// Connected on first use (loading the SDK's configuration is asynchronous).
-    bucket: Arc<tokio::sync::OnceCell<archive::s3::Bucket>>,
+    bucket: Arc<tokio::sync::OnceCell<pond::s3::Bucket>>,
 }
 
 impl FromRef<AppState> for Arc<JwtVerifier> {
@@ -104,8 +104,8 @@ impl AppState {
     }
 
     /// The archive's bucket (the statements).
-    pub async fn bucket(&self) -> &archive::s3::Bucket {
-        self.bucket.get_or_init(|| archive::s3::Bucket::connect(&self.s3)).await
+    pub async fn bucket(&self) -> &pond::s3::Bucket {
+        self.bucket.get_or_init(|| pond::s3::Bucket::connect(&self.s3)).await
     }
 
     /// The rows served from memory (its counters are on the service's registry).

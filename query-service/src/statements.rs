@@ -24,7 +24,7 @@ pub const STATEMENT_ERRORS: &[ErrorCode] = &[
     ErrorCode::Unavailable,
 ];
 
-fn unavailable(e: archive::s3::S3Error) -> ApiError {
+fn unavailable(e: pond::s3::S3Error) -> ApiError {
     tracing::warn!(error = %e, "the archive's bucket did not answer");
     ApiError::new(ErrorCode::Unavailable, "the statements' store is unreachable; retry")
 }
@@ -57,7 +57,7 @@ pub async fn list(
 ) -> Result<Json<StatementList>, ApiError> {
     readable(&state, &caller, id).await?;
     let bucket = state.bucket().await;
-    let months = archive::statements::list(bucket, id).await.map_err(unavailable)?;
+    let months = pond::statements::list(bucket, id).await.map_err(unavailable)?;
     let statements = months.into_iter().map(|(month, formats)| StatementFile { month, formats }).collect();
     Ok(Json(StatementList { account_id: id, statements }))
 }
@@ -91,8 +91,8 @@ pub async fn download(
         "pdf" => "application/pdf",
         _ => return Err(not_found()),
     };
-    let month = archive::statements::Month::parse(month).map_err(|_| not_found())?;
-    let key = archive::statements::key(id, &month.to_string(), format);
+    let month = pond::statements::Month::parse(month).map_err(|_| not_found())?;
+    let key = pond::statements::key(id, &month.to_string(), format);
     let body = state.bucket().await.get(&key).await.map_err(unavailable)?.ok_or_else(not_found)?;
     let disposition = format!("attachment; filename=\"statement-{id}-{month}.{format}\"");
     let mut response = body.into_response();

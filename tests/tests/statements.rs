@@ -186,11 +186,13 @@ async fn the_statements_job_writes_each_month_once_and_its_closing_balance_is_th
     // an account whose events do not add up: exit 4, its statement not written, the
     // others written all the same
     let carol = accounts.open_account(&token("carol", Customer), "EUR", 500).await;
-    sqlx::query("update es.events set data = jsonb_set(data, '{balance_after}', '499') where stream_id = $1 and version = 2")
-        .bind(carol)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "update es.events set data = jsonb_set(data, '{balance_after}', '499') where stream_id = $1 and version = 2",
+    )
+    .bind(carol)
+    .execute(&pool)
+    .await
+    .unwrap();
     let job = |account: String| {
         let mut command = tokio::process::Command::new(tests::binary("archiver"));
         command
