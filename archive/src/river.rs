@@ -46,7 +46,7 @@ pub struct ArchiveMetrics {
     pub files: IntCounter,
     pub events: IntCounter,
     pub bytes: IntCounter,
-    /// Files of an attempt that never checkpointed, removed.
+    /// Files of an attempt that never committed, removed.
     pub replaced: IntCounter,
 }
 
@@ -63,7 +63,7 @@ impl ArchiveMetrics {
             bytes: counter("archive_bytes_written_total", "Bytes of Parquet written to the archive")?,
             replaced: counter(
                 "archive_files_replaced_total",
-                "Files of an attempt that never checkpointed, removed when their events were written again",
+                "Files of an attempt that never committed, removed once a committed page passed them",
             )?,
         })
     }
