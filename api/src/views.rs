@@ -154,9 +154,11 @@ pub struct SearchQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// `newest` first (the default), or `relevance`: the best matches of `q` first
-    /// (how often and how close its words are in the memo), then the newest.
+    /// (how often and how close its words are in the memo), then the newest (without
+    /// `q`, newest first).
     pub order: Option<SearchOrder>,
-    /// The next page: `next_cursor` of the previous answer (of the same order).
+    /// The next page: `next_cursor` of the previous answer (a cursor of the other
+    /// order: by newest, its time; by relevance, from the best matches again).
     #[param(pattern = "^(r[0-9a-f]{8}_)?[0-9]{1,17}_[0-9a-f]{32}_[0-9]{1,10}$")]
     pub cursor: Option<String>,
 }

@@ -28,7 +28,7 @@ use crate::files::{self, ArchivedEvent};
 use crate::s3::Bucket;
 use chrono::NaiveDate;
 use prometheus::{IntCounter, Opts, Registry};
-use rapids::river::{Handler, HandlerError, RiverEvent, is_transient};
+use rapids::river::{Handler, HandlerError, RiverEvent};
 use sqlx::PgConnection;
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -88,8 +88,10 @@ pub fn day_runs<'a>(events: &[&'a RiverEvent]) -> Vec<(NaiveDate, Vec<&'a RiverE
     runs
 }
 
+/// Every database error is retried until it passes: parking an event would leave it
+/// out of the archive (only a file that cannot be made is permanent).
 fn database(e: sqlx::Error) -> HandlerError {
-    if is_transient(&e) { HandlerError::Transient(e.to_string()) } else { HandlerError::Permanent(e.to_string()) }
+    HandlerError::Transient(e.to_string())
 }
 
 fn s3(e: crate::s3::S3Error) -> HandlerError {
@@ -149,6 +151,12 @@ impl ArchiveHandler {
 
     async fn write_run(&self, day: NaiveDate, run: &[&RiverEvent]) -> Result<Option<Written>, HandlerError> {
         let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(None) };
+        if last.sequence_number.len() > files::SEQUENCE_WIDTH || first.sequence_number.len() > files::SEQUENCE_WIDTH {
+            return Err(HandlerError::Permanent(format!(
+                "a sequence number longer than {} digits cannot name a file",
+                files::SEQUENCE_WIDTH
+            )));
+        }
         let shard = &*first.shard_id;
         let key = files::key(day, shard, &first.sequence_number, &last.sequence_number);
         let rows: Vec<ArchivedEvent> = run
@@ -180,6 +188,9 @@ impl Handler for ArchiveHandler {
     async fn handle(&self, tx: &mut PgConnection, events: &[RiverEvent]) -> Result<(), HandlerError> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(()) };
         let shard = &*first.shard_id;
+        // a fenced reader's uncommitted rows (the same page, the same events) are not
+        // waited for long: the attempt fails and is tried again
+        sqlx::query("set local lock_timeout = '5s'").execute(&mut *tx).await.map_err(database)?;
         self.remove_orphans(tx, shard).await?;
         // what the archive holds already (the stream carried it before) is left out
         let ids: Vec<Uuid> = events.iter().map(|e| e.envelope.event_id).collect();
@@ -230,15 +241,24 @@ impl Handler for ArchiveHandler {
             .execute(&mut *tx)
             .await
             .map_err(database)?;
-            sqlx::query(
+            let taken: Vec<Uuid> = sqlx::query_scalar(
                 "insert into rapids.archived_events (event_id, key)
-                 select unnest($1::uuid[]), $2 on conflict (event_id) do nothing",
+                 select unnest($1::uuid[]), $2 on conflict (event_id) do nothing returning event_id",
             )
             .bind(&file.events)
             .bind(&file.key)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(database)?;
+            if taken.len() != file.events.len() {
+                // another shard's page archived some of them meanwhile (the same event
+                // twice on the stream): again, without them; this file is then an orphan
+                return Err(HandlerError::Transient(format!(
+                    "{} events of {} were archived meanwhile from another record",
+                    file.events.len() - taken.len(),
+                    file.key
+                )));
+            }
         }
         Ok(())
     }

@@ -115,8 +115,13 @@ pub enum JobError {
 }
 
 impl From<eventstore::StoreError> for JobError {
+    /// Events that do not decode, or a corrupt store, are the data's fault; the rest
+    /// (the database away) may pass.
     fn from(e: eventstore::StoreError) -> Self {
-        JobError::Unavailable(e.to_string())
+        match e {
+            eventstore::StoreError::Codec(_) | eventstore::StoreError::Corrupt(_) => JobError::Failed(e.to_string()),
+            _ => JobError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -470,14 +475,35 @@ impl Tasks {
             Err(message) => return self.reject(&task, "invalid_body", &message).await,
         };
         // a redelivery of a task already done (or refused) runs nothing again
-        let done: bool = sqlx::query_scalar("select exists (select 1 from es.events where stream_id = $1)")
-            .bind(task.id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let done: bool = sqlx::query_scalar(
+            "select exists (select 1 from es.events where stream_id = $1 and stream_type in ('statement_job', 'task'))",
+        )
+        .bind(task.id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| HandlerError::Transient(e.to_string()))?;
         if done {
             return Ok(());
         }
+        // one run of a task at a time, across instances (a lease taken over mid-job
+        // hands the page to another reader while this one still runs it)
+        let mut lock = self.pool.acquire().await.map_err(|e| HandlerError::Transient(e.to_string()))?;
+        let key = i64::from_be_bytes(task.id.as_bytes()[8..].try_into().unwrap_or_default());
+        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *lock)
+            .await
+            .map_err(|e| HandlerError::Transient(e.to_string()))?;
+        if !locked {
+            return Err(HandlerError::Transient(format!("task {} is running elsewhere", task.id)));
+        }
+        let outcome = self.run_job(&task, month, scope).await;
+        let _ = sqlx::query("select pg_advisory_unlock($1)").bind(key).execute(&mut *lock).await;
+        outcome
+    }
+
+    /// Runs the job as a child process and records its outcome.
+    async fn run_job(&self, task: &StoredTask, month: Month, scope: Scope) -> Result<(), HandlerError> {
         let exe = std::env::current_exe().map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let status = tokio::process::Command::new(exe)
             .args(["statements", "--month", &month.to_string(), "--account", &scope.to_string()])
@@ -488,9 +514,9 @@ impl Tasks {
             .await
             .map_err(|e| HandlerError::Transient(format!("the statements job did not start: {e}")))?;
         match status.code() {
-            Some(0) => self.record_done(&task, month, scope).await,
+            Some(0) => self.record_done(task, month, scope).await,
             Some(EXIT_REFUSED) => {
-                self.reject(&task, "account_not_found", &format!("no account {scope} was open by the end of {month}"))
+                self.reject(task, "account_not_found", &format!("no account {scope} was open by the end of {month}"))
                     .await
             }
             // an account's events that do not make a statement: parked for an operator
@@ -525,14 +551,23 @@ impl Tasks {
             snapshot: None,
             idempotency: Vec::new(),
         };
-        match self.store.append(&append).await {
-            Ok(_) => {
-                tracing::info!(task_id = %task.id, %month, %scope, "statements job done");
-                Ok(())
+        // the job is done: a few tries here rather than the whole job again
+        let mut pause = std::time::Duration::from_millis(200);
+        for attempt in 1.. {
+            match self.store.append(&append).await {
+                Ok(_) => {
+                    tracing::info!(task_id = %task.id, %month, %scope, "statements job done");
+                    return Ok(());
+                }
+                Err(eventstore::StoreError::Conflict { .. }) => return Ok(()),
+                Err(e) if attempt >= 5 => return Err(HandlerError::Transient(e.to_string())),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
             }
-            Err(eventstore::StoreError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(HandlerError::Transient(e.to_string())),
         }
+        Ok(())
     }
 
     async fn reject(&self, task: &StoredTask, code: &str, message: &str) -> Result<(), HandlerError> {

@@ -23,7 +23,9 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// Where a page ends: the last hit's `(rank, recorded_at, account_id, version)`; the
-/// rank (a `real`, written as its bits) only in the order by relevance.
+/// rank (a `real`, written as its bits) only in the order by relevance. A cursor read
+/// in the other order is still a position: by newest its rank is not used, by
+/// relevance a cursor without one starts from the best matches again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Cursor {
     rank: Option<f32>,
@@ -54,15 +56,19 @@ impl Cursor {
     }
 
     fn decode(text: &str, order: SearchOrder) -> Result<Self, ApiError> {
-        let bad = || invalid("cursor is not a next_cursor this route gave for this order");
-        let (rank, text) = match (order, text.strip_prefix('r')) {
-            (SearchOrder::Relevance, Some(rest)) => {
+        let bad = || invalid("cursor is not a next_cursor this route gave");
+        let (rank, text) = match text.strip_prefix('r') {
+            Some(rest) => {
                 let (bits, rest) = rest.split_once('_').ok_or_else(bad)?;
                 let bits = u32::from_str_radix(bits, 16).ok().filter(|_| bits.len() == 8).ok_or_else(bad)?;
-                (Some(f32::from_bits(bits)).filter(|r| r.is_finite()).ok_or_else(bad)?.into(), rest)
+                (Some(f32::from_bits(bits)), rest)
             }
-            (SearchOrder::Newest, None) => (None, text),
-            _ => return Err(bad()),
+            None => (None, text),
+        };
+        let rank = match order {
+            SearchOrder::Newest => None,
+            // (a `real` above every rank: Postgres orders NaN above all numbers too)
+            SearchOrder::Relevance => Some(rank.unwrap_or(f32::INFINITY)),
         };
         let mut parts = text.split('_');
         let (Some(micros), Some(account), Some(version), None) =
@@ -136,10 +142,8 @@ pub async fn search(
     let id_part = words
         .map(|w| w.trim_start_matches('…').to_ascii_lowercase())
         .filter(|w| w.len() >= 8 && w.len() <= 36 && w.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
+    // by relevance without words every rank is 0: newest first
     let order = query.order.unwrap_or_default();
-    if order == SearchOrder::Relevance && words.is_none() {
-        return Err(invalid("order=relevance ranks the words of q: give q"));
-    }
     let cursor = query.cursor.as_deref().map(|c| Cursor::decode(c, order)).transpose()?;
     // by relevance: how often and how close the words are in the memo (ts_rank), a
     // match of the kind or of the other party's account a little above none
@@ -230,12 +234,13 @@ mod tests {
         let ranked = Cursor { rank: Some(0.0607927), ..cursor };
         assert!(ranked.encode().starts_with("r3d7901c4_"), "{}", ranked.encode());
         assert_eq!(Cursor::decode(&ranked.encode(), SearchOrder::Relevance).ok(), Some(ranked));
-        // a cursor of the other order is refused
-        assert!(Cursor::decode(&ranked.encode(), SearchOrder::Newest).is_err());
-        assert!(Cursor::decode(&cursor.encode(), SearchOrder::Relevance).is_err());
-        for bad in [&format!("r7fc00000_{}", cursor.encode()), &format!("r12_{}", cursor.encode())] {
-            assert!(Cursor::decode(bad, SearchOrder::Relevance).is_err(), "{bad:?}");
-        }
+        // a cursor of the other order is a position still
+        let plain = Cursor { rank: Some(f32::INFINITY), ..cursor };
+        assert_eq!(Cursor::decode(&cursor.encode(), SearchOrder::Relevance).ok(), Some(plain));
+        assert_eq!(Cursor::decode(&ranked.encode(), SearchOrder::Newest).ok(), Some(cursor));
+        let nan = Cursor::decode(&format!("r7fc00000_{}", cursor.encode()), SearchOrder::Relevance).ok();
+        assert!(nan.is_some_and(|c| c.rank.is_some_and(f32::is_nan)));
+        assert!(Cursor::decode(&format!("r12_{}", cursor.encode()), SearchOrder::Relevance).is_err());
         let ancient = format!("-99999999999999999_{}_1", cursor.account_id.simple());
         for bad in [
             "",

@@ -289,7 +289,8 @@ async fn retries_fenced_readers_and_republished_events_leave_each_event_once(
 
     // two readers of one shard (a lease taken over): the owner commits 3000-3004, the
     // fenced one handles 3000-3009 after it and cannot commit; its cleanup never touches
-    // the owner's registered file, and its own orphan goes with the owner's next page
+    // the owner's registered file, and the owner's next page writes the fenced one's
+    // file again under the same key (the same events) and registers it
     let more = shard_events(10, 3000);
     page(&pool, &handler, &more[0..5], true).await;
     page(&pool, &handler, &more, false).await;

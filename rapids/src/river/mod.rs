@@ -156,8 +156,9 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
     ) || e.as_database_error().and_then(|d| d.code()).is_some_and(|code| {
-        // serialization failure, deadlock, admin shutdown, cannot connect now, too many connections
-        matches!(&*code, "40001" | "40P01" | "57P01" | "57P03" | "53300")
+        // serialization failure, deadlock, lock timeout, admin shutdown, cannot connect
+        // now, too many connections
+        matches!(&*code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300")
     })
 }
 
