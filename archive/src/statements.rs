@@ -487,18 +487,20 @@ impl Tasks {
         }
         // one run of a task at a time, across instances (a lease taken over mid-job
         // hands the page to another reader while this one still runs it)
-        let mut lock = self.pool.acquire().await.map_err(|e| HandlerError::Transient(e.to_string()))?;
+        // (a connection of its own, closed at the end, so that the session's lock never
+        // goes back to the pool if this future is dropped mid-job)
+        let mut lock = self.pool.acquire().await.map_err(|e| HandlerError::Transient(e.to_string()))?.detach();
         let key = i64::from_be_bytes(task.id.as_bytes()[8..].try_into().unwrap_or_default());
         let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
             .bind(key)
-            .fetch_one(&mut *lock)
+            .fetch_one(&mut lock)
             .await
             .map_err(|e| HandlerError::Transient(e.to_string()))?;
         if !locked {
             return Err(HandlerError::Transient(format!("task {} is running elsewhere", task.id)));
         }
         let outcome = self.run_job(&task, month, scope).await;
-        let _ = sqlx::query("select pg_advisory_unlock($1)").bind(key).execute(&mut *lock).await;
+        let _ = sqlx::query("select pg_advisory_unlock($1)").bind(key).execute(&mut lock).await;
         outcome
     }
 
