@@ -245,3 +245,30 @@ async fn the_statements_job_writes_each_month_once_and_its_closing_balance_is_th
         assert_eq!((kind.as_str(), refusal["code"].as_str()), ("statement.task_rejected", Some(code)), "{data}");
     }
 }
+
+#[sqlx::test(migrator = "migrations::MIGRATOR")]
+async fn an_unreachable_archive_is_a_503_that_says_nothing_of_it(
+    options: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let pool = tests::pool(options, connect).await;
+    let accounts = tests::start_accounts(&pool, |_| {}).await;
+    let alice = token("alice", Customer);
+    let id = accounts.api().open_account(&alice, "EUR", 0).await;
+    // query-service with the archive at a port nothing listens on
+    let mut config = query_service::Config::new(tests::service_args(&pool));
+    let dead = format!("http://127.0.0.1:{}", tests::free_port());
+    config.s3 = archive::s3::S3Args { s3_endpoint: Some(dead.clone()), ..tests::s3_args() };
+    let queries =
+        tests::spawn(query_service::router(query_service::AppState::new(&config, pool.clone()).unwrap())).await;
+    let reply = queries.api().get(&format!("/accounts/{id}/statements")).token(&alice).send().await;
+    reply.expect_error(503, "unavailable");
+    let month = Utc::now().format("%Y-%m").to_string();
+    let reply = queries.api().get(&format!("/accounts/{id}/statements/{month}.pdf")).token(&alice).send().await;
+    reply.expect_error(503, "unavailable");
+    let port = dead.rsplit(':').next().unwrap();
+    assert!(!reply.body.to_string().contains(port), "the answer names the archive: {}", reply.body);
+    // the owner check comes first: someone else's account is 403 whatever the archive
+    let bob = token("bob", Customer);
+    queries.api().get(&format!("/accounts/{id}/statements")).token(&bob).send().await.expect_error(403, "forbidden");
+}
